@@ -1,0 +1,107 @@
+"""`python -m relay_app`: load settings, set up logs, serve :8080 and :8081 with Hypercorn.
+
+The sockets are bound here, before Hypercorn starts, so that port 0 (an ephemeral port, used by
+the tests) works and the app knows which actual port is the status port. SIGTERM/SIGINT first
+tells every session to close (1001), then lets Hypercorn finish; the process exits within a few
+seconds with each session's cleanup logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from .app import PortDispatcher, create_asgi_app
+from .config import ConfigError, Settings, load_settings
+from .ice import use_host_addresses
+from .logs import configure_logging, get_logger
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    # Listening now (not when Hypercorn gets to it) means a client that read our
+    # `server_listening` line is queued in the backlog instead of refused.
+    sock.listen(1024)
+    return sock
+
+
+def hypercorn_config(settings: Settings, sockets: Sequence[socket.socket]) -> HypercornConfig:
+    config = HypercornConfig()
+    # Hypercorn takes the descriptors over (and closes them on exit).
+    config.bind = [f"fd://{sock.detach()}" for sock in sockets]
+    config.graceful_timeout = settings.server.graceful_timeout
+    # Frames up to this size reach the app, which answers oversized ones with an error frame;
+    # beyond it Hypercorn closes the connection with 1009.
+    config.websocket_max_message_size = max(2 * 1024 * 1024, 4 * settings.server.max_message_bytes)
+    config.certfile = settings.server.certfile
+    config.keyfile = settings.server.keyfile
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.accesslog = None
+    return config
+
+
+async def _serve(settings: Settings) -> None:
+    log = get_logger("relay_app.main")
+    server = settings.server
+    sockets = [_bind(server.host, server.port), _bind(server.host, server.audio_port)]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    app: PortDispatcher = create_asgi_app(settings)
+    app.status_ports = {ports[1]}
+    ctx = app.main.config["RELAY_CONTEXT"]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("shutdown_requested", sessions=len(ctx.registry.sessions))
+        if ctx.shutting_down is not None:
+            ctx.shutting_down.set()
+
+    scheme = "https" if server.certfile else "http"
+    log.info(
+        "server_listening",
+        host=server.host,
+        port=ports[0],
+        audio_port=ports[1],
+        url=f"{scheme}://{server.host}:{ports[0]}/",
+    )
+    config = hypercorn_config(settings, sockets)
+    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(f"relay_app: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    use_host_addresses(settings.webrtc.ice_addresses)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as error:
+        print(f"relay_app: cannot listen: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""create_app: the Quart app on :8080, the status app on :8081, and the ROOT task group.
+
+ROOT is opened in the lifespan (`while_serving`), the one place a task group is held across a
+`yield`; it owns the stale-stream sweeper and the stats clock. Its children log their own
+errors, so one bad sweep cannot cancel it. Sessions do not live in ROOT: each runs in the task
+Hypercorn gives its WebSocket, inside its own SESSION group (session.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from quart import Quart, Response, jsonify, request, websocket
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .config import Settings
+from .context import RelayContext
+from .logs import get_logger
+from .metrics_view import health_view, metrics_json, metrics_prometheus, wants_prometheus
+from .session import PeerSession
+
+STATIC = Path(__file__).parent / "static"
+log = get_logger("relay_app.app")
+
+
+def _json_errors(app: Quart) -> None:
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> tuple[Response, int]:
+        code = error.code or 500
+        return jsonify({"error": error.name, "status": code, "message": error.description}), code
+
+
+async def sweep_stale_streams(ctx: RelayContext) -> None:
+    """End streams that have carried no audio for `streams.stale_after` seconds."""
+    settings = ctx.settings.streams
+    while True:
+        await anyio.sleep(settings.cleanup_interval)
+        try:
+            now = anyio.current_time()
+            for stream in ctx.registry.live_streams():
+                silent_for = now - stream.last_audio_at
+                if silent_for > settings.stale_after:
+                    log.warning(
+                        "stale_stream_cleanup",
+                        stream_id=stream.stream_id,
+                        connection_id=stream.sender_id,
+                        reason="no audio",
+                        silent_seconds=round(silent_for, 1),
+                    )
+                    stream.end(f"stale: no audio for {silent_for:.0f} s")
+        except Exception:
+            log.exception("stale_sweep_failed")
+
+
+async def stats_clock(ctx: RelayContext, interval: float = 60.0) -> None:
+    """Log the live counts once a minute: the guide's `log_stats`, built in."""
+    while True:
+        await anyio.sleep(interval)
+        live = ctx.metrics.live.statistics()
+        log.info(
+            "stats",
+            connections=len(ctx.registry.sessions),
+            streams=len(ctx.registry.streams),
+            peer_connections=live.peer_connections,
+            relay_subscriptions=live.relay_subscriptions,
+        )
+
+
+def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
+    """The :8080 app. Each call builds its own context: no state is shared between apps."""
+    ctx = ctx or RelayContext.from_settings(settings)
+    app = Quart(__name__, static_folder=str(STATIC), static_url_path="/static")
+    app.config["RELAY_CONTEXT"] = ctx
+    _json_errors(app)
+
+    @app.while_serving
+    async def _root() -> AsyncGenerator[None, None]:
+        ctx.shutting_down = anyio.Event()
+        async with anyio.create_task_group() as root:
+            root.start_soon(sweep_stale_streams, ctx)
+            root.start_soon(stats_clock, ctx)
+            ctx.serving = True
+            log.info("server_started", version=__version__)
+            try:
+                yield
+            finally:
+                ctx.serving = False
+                ctx.shutting_down.set()
+                root.cancel_scope.cancel()
+        log.info("server_stopped")
+
+    @app.websocket("/ws")
+    async def _ws() -> None:
+        ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
+        remote = websocket.remote_addr or ""
+        await PeerSession(ws, ctx, remote).run()
+
+    @app.get("/health")
+    async def _health() -> tuple[Response, int]:
+        body, code = health_view(ctx)
+        return jsonify(body), code
+
+    @app.get("/metrics")
+    async def _metrics() -> Response | tuple[Response, int]:
+        if wants_prometheus(request.headers.get("Accept", "")):
+            text, content_type = metrics_prometheus(ctx)
+            return Response(text, content_type=content_type)
+        return jsonify(metrics_json(ctx)), 200
+
+    @app.get("/stream/status")
+    async def _status_here() -> Response:
+        return jsonify(stream_status(ctx))
+
+    @app.get("/")
+    async def _index() -> Response:
+        return await app.send_static_file("index.html")
+
+    return app
+
+
+def stream_status(ctx: RelayContext) -> dict[str, Any]:
+    streams = ctx.registry.live_streams()
+    return {
+        "active_streams": [s.stream_id for s in streams],
+        "streams": [
+            {
+                "stream_id": s.stream_id,
+                "started_at": s.started_at,
+                "receivers": len(s.receivers),
+            }
+            for s in streams
+        ],
+    }
+
+
+def create_status_app(ctx: RelayContext) -> Quart:
+    """The :8081 audio/status server: `/stream/status`, plus `/health` for probes."""
+    app = Quart(__name__ + ".status")
+    _json_errors(app)
+
+    @app.get("/stream/status")
+    async def _status() -> Response:
+        return jsonify(stream_status(ctx))
+
+    @app.get("/health")
+    async def _health() -> tuple[Response, int]:
+        body, code = health_view(ctx)
+        return jsonify(body), code
+
+    return app
+
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class PortDispatcher:
+    """One ASGI app for Hypercorn that serves :8080 and :8081 from the same process.
+
+    Hypercorn serves one app on every bind, so requests are routed by the local port they
+    arrived on; lifespan goes to the main app, which owns ROOT.
+    """
+
+    def __init__(self, main: Quart, status: Quart, status_ports: set[int]) -> None:
+        self.main = main
+        self.status = status
+        self.status_ports = status_ports
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        app = self.main
+        if scope["type"] != "lifespan" and server and server[1] in self.status_ports:
+            app = self.status
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+
+def create_asgi_app(settings: Settings) -> PortDispatcher:
+    ctx = RelayContext.from_settings(settings)
+    main = create_app(settings, ctx)
+    return PortDispatcher(main, create_status_app(ctx), {settings.server.audio_port})

@@ -1,0 +1,407 @@
+"""Python client: `python -m relay_app.client send|listen`. The tests drive the server with it.
+
+    python -m relay_app.client send --tone 440            # stream a 440 Hz tone
+    python -m relay_app.client send --wav speech.wav      # stream a WAV file (looped)
+    python -m relay_app.client listen --out heard.wav     # record the newest stream
+    python -m relay_app.client listen --stream-id stream_ab12cd34-ef56 --out heard.wav
+
+It speaks the same protocol as the web client (protocol.py documents every message) and, like
+the server, keeps media on the addresses given by `--ice-address` (loopback in tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import json
+import math
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+import websockets
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+from av.frame import Frame
+from av.packet import Packet
+
+from .ice import use_host_addresses
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+
+
+class ServerError(Exception):
+    """The server answered with `{"type": "error"}`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PacedTrack(MediaStreamTrack):
+    """Base for generated audio: 20 ms s16 mono frames at 48 kHz, paced in real time.
+
+    `pause()` stops producing frames without ending the track: the server then sees a sender
+    whose media stopped while its WebSocket stays open (a stale stream).
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._sent = 0
+        self._running = asyncio.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._start = None
+        self._running.set()
+
+    def samples(self, offset: int, count: int) -> npt.NDArray[np.int16]:
+        raise NotImplementedError
+
+    async def recv(self) -> Frame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._running.wait()
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now - self._sent / SAMPLE_RATE
+        wait = self._start + self._sent / SAMPLE_RATE - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        data = self.samples(self._sent, FRAME_SAMPLES)
+        frame = AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._sent
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._sent += FRAME_SAMPLES
+        return frame
+
+
+class ToneTrack(PacedTrack):
+    def __init__(self, frequency: float, amplitude: float = 0.5) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+
+    def samples(self, offset: int, count: int) -> npt.NDArray[np.int16]:
+        t = (np.arange(offset, offset + count) / SAMPLE_RATE).astype(np.float64)
+        wave_ = self.amplitude * np.sin(2 * math.pi * self.frequency * t)
+        return (wave_ * 32767).astype(np.int16)
+
+
+class WavTrack(PacedTrack):
+    """A 16-bit PCM WAV file, mixed to mono, resampled to 48 kHz, looped."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        with wave.open(str(path), "rb") as wav:
+            if wav.getsampwidth() != 2:
+                raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+            rate, channels = wav.getframerate(), wav.getnchannels()
+            raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        mono = raw.reshape(-1, channels).mean(axis=1)
+        if rate != SAMPLE_RATE:
+            positions = np.arange(0, len(mono), rate / SAMPLE_RATE)
+            mono = np.interp(positions, np.arange(len(mono)), mono)
+        if len(mono) == 0:
+            raise ValueError(f"{path}: no audio")
+        self._pcm = mono.astype(np.int16)
+
+    def samples(self, offset: int, count: int) -> npt.NDArray[np.int16]:
+        index = np.arange(offset, offset + count) % len(self._pcm)
+        return self._pcm[index]
+
+
+class Recorder:
+    """Collects a received track's audio as mono float samples at its own rate."""
+
+    def __init__(self) -> None:
+        self.chunks: list[npt.NDArray[np.float32]] = []
+        self.sample_rate = SAMPLE_RATE
+        self.frames = 0
+        self._progress = anyio.Event()
+
+    def add(self, frame: Frame | Packet) -> None:
+        if not isinstance(frame, AudioFrame):
+            raise TypeError(f"expected decoded audio, got {type(frame).__name__}")
+        data = frame.to_ndarray().astype(np.float32) / 32768.0
+        channels = len(frame.layout.channels)
+        if frame.format.is_planar:
+            mono = data.mean(axis=0)
+        else:
+            mono = data.reshape(-1, channels).mean(axis=1)
+        self.sample_rate = frame.sample_rate
+        self.chunks.append(mono)
+        self.frames += 1
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    async def wait_seconds(self, seconds: float) -> None:
+        while self.seconds < seconds:
+            await self._progress.wait()
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(c) for c in self.chunks) / self.sample_rate
+
+    def audio(self, last_seconds: float | None = None) -> npt.NDArray[np.float32]:
+        if not self.chunks:
+            return np.zeros(0, dtype=np.float32)
+        samples = np.concatenate(self.chunks)
+        if last_seconds is not None:
+            samples = samples[-int(last_seconds * self.sample_rate) :]
+        return samples
+
+    def write_wav(self, path: Path) -> None:
+        pcm = (np.clip(self.audio(), -1, 1) * 32767).astype(np.int16)
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(self.sample_rate)
+            wav.writeframes(pcm.tobytes())
+
+
+def dominant_frequency(samples: npt.NDArray[np.float32], sample_rate: int) -> float:
+    """The strongest frequency (Hz) in the samples, by FFT with a Hann window."""
+    if len(samples) < 2:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    spectrum[0] = 0
+    return float(np.fft.rfftfreq(len(samples), 1 / sample_rate)[int(np.argmax(spectrum))])
+
+
+def rms_dbfs(samples: npt.NDArray[np.float32]) -> float:
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+    return 20 * math.log10(rms) if rms > 0 else -100.0
+
+
+class RelayClient:
+    """One WebSocket session with the relay, and at most one peer connection.
+
+    Use as `async with RelayClient.connect(url) as client:`; leaving the block closes the peer
+    connection and the WebSocket and ends the client's own tasks.
+    """
+
+    def __init__(self, ws: Any, tg: anyio.abc.TaskGroup, ice_servers: list[dict[str, Any]]):
+        self.ws = ws
+        self._tg = tg
+        self._ice_servers = ice_servers
+        self.welcome: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []  # everything received, in order
+        self.visualizations: list[dict[str, Any]] = []
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[dict[str, Any]](1000)
+        self.pc: RTCPeerConnection | None = None
+        self.recorder = Recorder()
+        self.stream_id: str | None = None
+        self.closed = anyio.Event()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, url: str, *, ice_servers: list[dict[str, Any]] | None = None, **ws_options: Any
+    ) -> AsyncIterator[RelayClient]:
+        async with (
+            websockets.connect(url, max_size=None, **ws_options) as ws,
+            anyio.create_task_group() as tg,
+        ):
+            client = cls(ws, tg, ice_servers or [])
+            tg.start_soon(client._read_loop)
+            try:
+                client.welcome = await client.expect("welcome")
+                yield client
+            finally:
+                with anyio.move_on_after(5, shield=True):
+                    await client.close_media()
+                    await ws.close()
+                tg.cancel_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        try:
+            async for text in self.ws:
+                message = json.loads(text)
+                self.messages.append(message)
+                if message.get("type") == "visualization":
+                    self.visualizations.append(message)
+                    continue
+                await self._inbox_send.send(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            self.closed.set()
+            self._inbox_send.close()
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    async def next_message(self, timeout: float = 10) -> dict[str, Any]:
+        with anyio.fail_after(timeout):
+            return await self._inbox.receive()
+
+    async def expect(self, *types: str, timeout: float = 10) -> dict[str, Any]:
+        """The next non-visualization message; raise ServerError on an unexpected error."""
+        message = await self.next_message(timeout)
+        if message.get("type") in types:
+            return message
+        if message.get("type") == "error":
+            raise ServerError(message.get("message", ""))
+        raise AssertionError(f"expected {types}, got {message}")
+
+    async def request(self, message: dict[str, Any], *types: str) -> dict[str, Any]:
+        await self.send(message)
+        return await self.expect(*types)
+
+    def _new_pc(self) -> RTCPeerConnection:
+        servers = [RTCIceServer(**server) for server in self._ice_servers]
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    async def start_sending(self, track: MediaStreamTrack) -> str:
+        """Offer `track`; return the stream_id once the server has stored the stream."""
+        self.pc = pc = self._new_pc()
+        pc.addTransceiver(track, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await self.request(
+            {"type": "start_sending", "sdp": pc.localDescription.sdp}, "answer"
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        started = await self.expect("stream_started")
+        self.stream_id = started["stream_id"]
+        return str(started["stream_id"])
+
+    async def start_receiving(self, stream_id: str | None = None) -> str:
+        """Ask for a stream and answer the offer; audio lands in `self.recorder`."""
+        request: dict[str, Any] = {"type": "start_receiving"}
+        if stream_id is not None:
+            request["stream_id"] = stream_id
+        offer = await self.request(request, "offer")
+        self.pc = pc = self._new_pc()
+        self.recorder = recorder = Recorder()
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            self._tg.start_soon(self._record, track, recorder)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+        self.stream_id = offer["stream_id"]
+        return str(offer["stream_id"])
+
+    @staticmethod
+    async def _record(track: MediaStreamTrack, recorder: Recorder) -> None:
+        try:
+            while True:
+                recorder.add(await track.recv())
+        except MediaStreamError:
+            pass
+
+    async def wait_audio(self, seconds: float, timeout: float = 20) -> None:
+        """Wait until `seconds` of audio have been received."""
+        with anyio.fail_after(timeout):
+            await self.recorder.wait_seconds(seconds)
+
+    async def close_media(self) -> None:
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+
+async def _run_cli(args: argparse.Namespace) -> int:
+    if args.ice_address:
+        use_host_addresses(args.ice_address)
+    async with RelayClient.connect(args.url) as client:
+        if args.command == "send":
+            track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
+            stream_id = await client.start_sending(track)
+            print(json.dumps({"event": "sending", "stream_id": stream_id}), flush=True)
+        else:
+            while True:
+                try:
+                    stream_id = await client.start_receiving(args.stream_id)
+                    break
+                except ServerError as error:
+                    if "No audio stream" not in error.message or not args.wait:
+                        raise
+                    await anyio.sleep(2)  # the guide's auto-retry
+            print(json.dumps({"event": "receiving", "stream_id": stream_id}), flush=True)
+        ping_interval = float(client.welcome["config"].get("ping_interval", 15))
+        deadline = anyio.current_time() + args.duration if args.duration else math.inf
+        while anyio.current_time() < deadline and not client.closed.is_set():
+            with anyio.move_on_after(min(ping_interval, deadline - anyio.current_time())):
+                await client.closed.wait()
+            if not client.closed.is_set():
+                await client.send({"type": "ping"})
+        if args.command == "listen" and args.out:
+            client.recorder.write_wav(Path(args.out))
+            peak = dominant_frequency(client.recorder.audio(), client.recorder.sample_rate)
+            print(
+                json.dumps(
+                    {
+                        "event": "recorded",
+                        "out": args.out,
+                        "seconds": round(client.recorder.seconds, 2),
+                        "dominant_hz": round(peak, 1),
+                    }
+                ),
+                flush=True,
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay_app.client")
+    parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        help="local IP to gather media candidates on (repeatable; 127.0.0.1 for loopback)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send", help="stream a tone or a WAV file")
+    source = send.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tone", type=float, metavar="HZ")
+    source.add_argument("--wav", metavar="FILE")
+    send.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
+    listen = sub.add_parser("listen", help="receive a stream, optionally into a WAV file")
+    listen.add_argument("--stream-id")
+    listen.add_argument("--out", metavar="FILE.wav")
+    listen.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
+    listen.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="fail at once if no stream"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return anyio.run(_run_cli, args)
+    except ServerError as error:
+        print(f"server error: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

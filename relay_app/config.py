@@ -1,0 +1,193 @@
+"""Settings: every configuration key, its default and unit, in one typed model.
+
+This is the only module that reads `config.json` and the environment. Everything else receives a
+`Settings` through its constructor. Precedence, highest first: environment variables
+(`RELAY_<SECTION>__<KEY>`, e.g. `RELAY_SERVER__PORT=9000`; lists and objects as JSON), the JSON file
+(`--config PATH` or `RELAY_CONFIG`), built-in defaults. An invalid value or an unknown key stops the
+process at startup with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV = "RELAY_CONFIG"
+SECONDS = 1.0
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("0.0.0.0", description="Address both HTTP ports listen on.")
+    port: int = Field(
+        8080, ge=0, le=65535, description="WebSocket `/ws`, `/health`, `/metrics`, web client."
+    )
+    audio_port: int = Field(
+        8081, ge=0, le=65535, description="Audio/status server `/stream/status`."
+    )
+    max_connections: int = Field(
+        50, ge=1, description="WebSocket sessions at once; the next one is refused with close 1013."
+    )
+    max_message_bytes: int = Field(
+        65536, ge=1024, description="Largest WebSocket text frame accepted from a client (bytes)."
+    )
+    certfile: str | None = Field(
+        None, description="TLS certificate (PEM); with keyfile enables HTTPS."
+    )
+    keyfile: str | None = Field(None, description="TLS private key (PEM).")
+    graceful_timeout: float = Field(
+        1.0, ge=0, description="Seconds Hypercorn waits for sessions to end on SIGTERM."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile must be set together")
+        if self.port != 0 and self.port == self.audio_port:
+            raise ValueError("port and audio_port must differ")
+        return self
+
+
+class AudioConstraints(_Section):
+    """Sent to clients in `welcome`; browsers pass them to getUserMedia."""
+
+    sample_rate: int = Field(16000, ge=8000, le=48000, description="Hz requested from the mic.")
+    channels: int = Field(1, ge=1, le=2, description="Mic channels.")
+    latency: float = Field(0, ge=0, description="Requested capture latency (seconds).")
+    echo_cancellation: bool = True
+    noise_suppression: bool = True
+    auto_gain_control: bool = True
+
+
+class WebRTCSettings(_Section):
+    ice_servers: list[dict[str, Any]] = Field(
+        default_factory=list, description="STUN/TURN servers; keep empty on a LAN."
+    )
+    connection_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a session may stay silent (no message, no connected media) before "
+        "it is closed; `ping` resets it.",
+    )
+    ice_addresses: list[str] | None = Field(
+        None,
+        description="Local IPs to gather host candidates on; null = every non-loopback interface. "
+        '`["127.0.0.1"]` keeps media on loopback.',
+    )
+    audio_constraints: AudioConstraints = Field(default_factory=AudioConstraints)
+
+    @field_validator("ice_addresses")
+    @classmethod
+    def _ips(cls, value: list[str] | None) -> list[str] | None:
+        for address in value or []:
+            ipaddress.ip_address(address)
+        return value
+
+
+class VisualizationSettings(_Section):
+    enabled: bool = Field(True, description="Send `visualization` level messages.")
+    downsample: int = Field(
+        5, ge=1, description="Measure every Nth audio frame (20 ms each): 5 = 10 messages/s."
+    )
+
+
+class StreamSettings(_Section):
+    cleanup_interval: float = Field(10.0, gt=0, description="Seconds between stale-stream sweeps.")
+    stale_after: float = Field(
+        15.0, gt=0, description="A stream with no audio for this many seconds is stale."
+    )
+
+
+class RelaySettings(_Section):
+    queue_frames: int = Field(
+        10,
+        ge=1,
+        description="Frames (20 ms each) buffered per receiver; a slow receiver drops its oldest.",
+    )
+    teardown_timeout: float = Field(
+        3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
+    )
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+    visualization: VisualizationSettings = Field(default_factory=VisualizationSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The config file's content arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Build Settings from defaults, the JSON file and the environment; raise ConfigError."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    data = _read_config_file(Path(path)) if path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad key, dotted the way config.json nests it."""
+    lines = ["invalid configuration:"]
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(root)"
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"  {key}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)

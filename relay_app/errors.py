@@ -1,0 +1,64 @@
+"""The RelayError family: what the client is told, and whether the session survives.
+
+Raise these anywhere; only the session's dispatch loop turns them into `error` frames or close
+codes (one mapping, like Starlette's exception handlers). Any other exception is a bug: it is
+logged with its traceback and the session is closed with 1011.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes this server uses (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class RelayError(Exception):
+    """A client-visible failure. `close_code` None means the session stays usable."""
+
+    kind = "relay_error"
+    close_code: CloseCode | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ProtocolError(RelayError):
+    """The client sent something that is not a valid message."""
+
+    kind = "protocol"
+
+
+class MessageTooBig(RelayError):
+    kind = "message_too_big"
+
+
+class SessionStateError(RelayError):
+    """A valid message that does not fit this session's state (e.g. a second start_sending)."""
+
+    kind = "session_state"
+
+
+class NoStreamError(RelayError):
+    kind = "no_stream"
+
+
+class NegotiationError(RelayError):
+    """The SDP could not be used to set up media."""
+
+    kind = "negotiation"
+
+
+class CapacityError(RelayError):
+    kind = "capacity"
+    close_code = CloseCode.TRY_AGAIN_LATER

@@ -1,0 +1,111 @@
+"""Structured logs: one JSON object per line on stdout, or a console rendering when asked.
+
+Every event the troubleshooting guide greps for has a stable snake_case name here, and each such
+line also carries a `message` in the old wording ("Cleaning up stale stream stream_abc"), so
+`docker logs voice-streaming | grep "Cleaning up stale stream"` keeps working beside `jq`.
+Standard-library loggers (Hypercorn, aiortc, aioice) are routed through the same renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from .config import LoggingSettings
+
+# Event name -> the guide's wording. Fields come from the bound logger and the call.
+LEGACY_MESSAGES: dict[str, str] = {
+    "sender_setup": "Setting up sender for connection {connection_id}",
+    "sender_track_received": "Received audio track from sender {connection_id}",
+    "stream_stored": "Stored stream {stream_id} for sender {connection_id}",
+    "visualization_started": "Starting visualization task for {stream_id}",
+    "receiver_offer_sent": "Sent offer to receiver {connection_id} for stream {stream_id}",
+    "ice_connection_state": "ICE connection state for {role} {connection_id}: {state}",
+    "relay_subscribe": "relay.subscribe({stream_id}) for receiver {connection_id}",
+    "relay_unsubscribe": "relay.unsubscribe({stream_id}) for receiver {connection_id}",
+    "connection_cleanup": "Cleaning up connection {connection_id}",
+    "track_ended": "Audio track ended for {connection_id}",
+    "no_stream_for_receiver": "No audio stream available for receiver {connection_id}",
+    "stream_track_ended": "Stream {stream_id} track is ended, cannot receive",
+    "stale_stream_cleanup": "Cleaning up stale stream {stream_id}",
+    "client_disconnected": "Client {connection_id} disconnected",
+}
+
+
+def _legacy_message(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    template = LEGACY_MESSAGES.get(str(event_dict.get("event")))
+    if template is not None and "message" not in event_dict:
+        try:
+            event_dict["message"] = template.format_map(event_dict)
+        except (KeyError, IndexError, ValueError):
+            event_dict["message"] = template
+    return event_dict
+
+
+def _drop_color_message(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
+    """Route structlog and stdlib logging to one line-buffered renderer on stdout."""
+    stream = stream or sys.stdout
+    if hasattr(stream, "reconfigure"):
+        # Line buffering makes each JSON line visible at once in `docker logs` and pipes,
+        # without PYTHONUNBUFFERED.
+        stream.reconfigure(line_buffering=True)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _legacy_message,
+        _drop_color_message,
+    ]
+    renderer: Any
+    if settings.format == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+    # aiortc and aioice are chatty at INFO/DEBUG about every packet and check.
+    quiet = logging.WARNING if settings.level != "DEBUG" else logging.INFO
+    for name in ("aiortc", "aioice", "av"):
+        logging.getLogger(name).setLevel(quiet)
+    for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+
+
+def get_logger(name: str = "relay_app", **context: Any) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger.bind(**context) if context else logger

@@ -1,0 +1,170 @@
+"""The WebSocket protocol: one model per message, keyed on `type`. Pure: no I/O.
+
+`parse_client_message` turns a text frame into exactly one model or raises ProtocolError with a
+message a person can act on; nothing deeper in the server sees a raw dict. Replies are models too,
+encoded by `encode`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .errors import ProtocolError
+
+NO_STREAM_MESSAGE = "No audio stream available"  # exact text: the guide's clients match on it
+
+
+class _ClientMessage(BaseModel):
+    # Unknown extra fields are ignored so that newer clients keep working with this server.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StartSending(_ClientMessage):
+    type: Literal["start_sending"]
+    sdp: str = Field(min_length=1)
+
+
+class StartReceiving(_ClientMessage):
+    type: Literal["start_receiving"]
+    stream_id: str | None = Field(None, min_length=1, max_length=200)
+
+
+class Answer(_ClientMessage):
+    type: Literal["answer"]
+    sdp: str = Field(min_length=1)
+
+
+class GetAvailableStreams(_ClientMessage):
+    type: Literal["get_available_streams"]
+
+
+class Ping(_ClientMessage):
+    type: Literal["ping"]
+
+
+class Stop(_ClientMessage):
+    type: Literal["stop"]
+
+
+ClientMessage = Annotated[
+    StartSending | StartReceiving | Answer | GetAvailableStreams | Ping | Stop,
+    Field(discriminator="type"),
+]
+_client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = (
+    "start_sending",
+    "start_receiving",
+    "answer",
+    "get_available_streams",
+    "ping",
+    "stop",
+)
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ProtocolError(f"invalid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"a message must be a JSON object, not {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('a message needs a string "type" field')
+    if kind not in CLIENT_TYPES:
+        shown = kind if len(kind) <= 40 else kind[:40] + "..."
+        raise ProtocolError(
+            f"unknown message type {shown!r}; expected one of: {', '.join(CLIENT_TYPES)}"
+        )
+    try:
+        return _client_adapter.validate_python(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'message'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise ProtocolError(f"invalid {kind!r} message: {problems}") from None
+
+
+class _ServerMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Welcome(_ServerMessage):
+    type: Literal["welcome"] = "welcome"
+    connection_id: str
+    config: dict[str, Any]
+
+
+class AnswerOut(_ServerMessage):
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+class StreamStarted(_ServerMessage):
+    type: Literal["stream_started"] = "stream_started"
+    stream_id: str
+
+
+class Offer(_ServerMessage):
+    type: Literal["offer"] = "offer"
+    sdp: str
+    stream_id: str
+
+
+class StreamInfo(_ServerMessage):
+    stream_id: str
+    started_at: float
+    receivers: int
+
+
+class AvailableStreams(_ServerMessage):
+    type: Literal["available_streams"] = "available_streams"
+    streams: list[StreamInfo]
+
+
+class Pong(_ServerMessage):
+    type: Literal["pong"] = "pong"
+
+
+class Stopped(_ServerMessage):
+    type: Literal["stopped"] = "stopped"
+
+
+class StreamEnded(_ServerMessage):
+    type: Literal["stream_ended"] = "stream_ended"
+    stream_id: str
+    reason: str
+
+
+class Visualization(_ServerMessage):
+    type: Literal["visualization"] = "visualization"
+    stream_id: str
+    rms: float
+    peak: float
+
+
+class Error(_ServerMessage):
+    type: Literal["error"] = "error"
+    message: str
+
+
+ServerMessage = (
+    Welcome
+    | AnswerOut
+    | StreamStarted
+    | Offer
+    | AvailableStreams
+    | Pong
+    | Stopped
+    | StreamEnded
+    | Visualization
+    | Error
+)
+
+
+def encode(message: ServerMessage) -> str:
+    return message.model_dump_json()

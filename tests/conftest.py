@@ -1,0 +1,69 @@
+"""Fixtures: real servers on 127.0.0.1, real aiortc clients, and the leak check after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay_app.ice import use_host_addresses
+
+from .server import ServerProcess
+
+# The test clients gather media candidates on loopback only, like the server under test.
+use_host_addresses(["127.0.0.1"])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiortc is asyncio-only
+
+
+def _finish(server: ServerProcess) -> None:
+    code = server.stop()
+    assert code == 0, f"server exit code {code}; stderr: {server.stderr[-20:]}"
+    assert not server.bad_lines, f"non-JSON lines on the server's stdout: {server.bad_lines[:5]}"
+    tracebacks = [e for e in server.events if "exception" in e]
+    assert not tracebacks, f"the server logged tracebacks: {tracebacks[:3]}"
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    live = server.wait_idle()["live"]
+    server.baseline_tasks = {  # type: ignore[attr-defined]
+        k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"
+    }
+    yield server
+    _finish(server)
+
+
+@pytest.fixture
+def server(shared_server: ServerProcess) -> Iterator[ServerProcess]:
+    """The module's server; after the test, every live count must be back to zero."""
+    yield shared_server
+    assert_no_leaks(shared_server)
+
+
+def assert_no_leaks(server: ServerProcess) -> None:
+    """Sessions, task groups, peer connections, relay subscriptions at zero; tasks at baseline."""
+    server.wait_idle(max_tasks=getattr(server, "baseline_tasks", None))
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server with extra config for this test only; checked and stopped after it."""
+    started: list[ServerProcess] = []
+
+    def _make(config: dict[str, Any] | None = None, **kwargs: Any) -> ServerProcess:
+        server = ServerProcess(tmp_path, config, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield _make
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.wait_idle()
+            _finish(server)

@@ -1,0 +1,170 @@
+"""A real relay server in a child process, on 127.0.0.1 ephemeral ports, for the tests.
+
+Its stdout is read line by line: every line must be JSON (the log contract), and tests look
+events up by name. Media stays on loopback: the config pins `webrtc.ice_addresses`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "server": {"host": "127.0.0.1", "port": 0, "audio_port": 0},
+    "webrtc": {"ice_addresses": ["127.0.0.1"]},
+}
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        tmp_dir: Path,
+        config: dict[str, Any] | None = None,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = deep_merge(BASE_CONFIG, config or {})
+        self.config_path = tmp_dir / f"config-{time.monotonic_ns()}.json"
+        self.config_path.write_text(json.dumps(self.config))
+        self.command = command or [
+            sys.executable,
+            "-m",
+            "relay_app",
+            "--config",
+            str(self.config_path),
+        ]
+        self.env = {**os.environ, "RELAY_CONFIG": str(self.config_path), **(env or {})}
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.bad_lines: list[str] = []
+        self.stderr: list[str] = []
+        self.port = 0
+        self.audio_port = 0
+        self._listening = threading.Event()
+        self.proc: subprocess.Popen[str] | None = None
+
+    # Lifetime --------------------------------------------------------------------------------
+    def start(self, timeout: float = 30) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if not self._listening.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"server did not start: {self.stderr[-20:]} {self.lines[-20:]}")
+        return self
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            try:
+                event = json.loads(line)
+                if not isinstance(event, dict):
+                    raise ValueError(line)
+            except ValueError:
+                self.bad_lines.append(line)
+                continue
+            self.events.append(event)
+            if event.get("event") == "server_listening":
+                self.port, self.audio_port = event["port"], event["audio_port"]
+                self._listening.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip("\n"))
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM and wait; return the exit code (None if it had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    # Access ------------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.audio_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def get(self, path: str, status_port: bool = False, **kwargs: Any) -> httpx.Response:
+        base = self.status_url if status_port else self.base_url
+        return httpx.get(base + path, timeout=5, **kwargs)
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.get("/metrics").json())
+
+    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in list(self.events)
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_event(self, event: str, timeout: float = 10, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.find(event, **fields)
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no {event} {fields} in server log within {timeout} s")
+
+    def wait_idle(
+        self, timeout: float = 8, max_tasks: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """Wait until every live count is zero (tasks per owner back to `max_tasks`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            metrics = self.metrics()
+            live = metrics["live"]
+            counts = {k: v for k, v in live.items() if not k.endswith("_tasks")}
+            tasks = {k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"}
+            tasks_ok = max_tasks is None or tasks == max_tasks
+            if not any(counts.values()) and metrics["active_streams"] == 0 and tasks_ok:
+                return metrics
+            if time.monotonic() > deadline:
+                raise AssertionError(f"resources left after the scenario: {metrics}")
+            time.sleep(0.05)
