@@ -154,13 +154,23 @@ class PeerSession:
                 code, text = self._close_request
                 with anyio.move_on_after(self.settings.relay.teardown_timeout, shield=True):
                     await self.ws.close(int(code), text)
+            self._outbox_send.close()
+            self._outbox_receive.close()
 
     def _close(self, code: CloseCode, reason: str) -> None:
-        """Ask the session to end; `run` closes the WebSocket with this code after teardown."""
+        """Ask the session to end; `run` closes the WebSocket with this code after teardown.
+
+        Closing the outbox lets the writer send what is queued, then cancel the session;
+        the deadline bounds that for a client that does not read.
+        """
         if self._close_request is None:
             self._close_request = (code, reason)
+        self._outbox_send.close()
         if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+            scope = self._task_group.cancel_scope
+            scope.deadline = min(
+                scope.deadline, anyio.current_time() + self.settings.relay.teardown_timeout
+            )
 
     def _client_config(self) -> dict[str, Any]:
         webrtc = self.settings.webrtc
@@ -174,12 +184,17 @@ class PeerSession:
 
     # Outgoing ------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
-        async with self._outbox_receive:
-            async for text in self._outbox_receive:
-                await self.ws.send(text)
+        async for text in self._outbox_receive:
+            await self.ws.send(text)
+        # The outbox was closed by _close() and is drained (so the client got, say, the
+        # idle-timeout error before the close frame): end the session.
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
 
     async def _send(self, message: p.ServerMessage) -> None:
-        await self._outbox_send.send(p.encode(message))
+        # After _close() the outbox is closed and late messages have no one to go to.
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._outbox_send.send(p.encode(message))
 
     def notify(self, text: str) -> None:
         """Queue a droppable message (visualization) without blocking; drop it if full."""

@@ -66,7 +66,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     # Lifetime --------------------------------------------------------------------------------
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 30, wait_for_http: bool = False) -> ServerProcess:
+        """Start; ready when it logs `server_listening` (or, with a foreign command, /health)."""
         self.proc = subprocess.Popen(
             self.command,
             cwd=REPO,
@@ -77,10 +78,24 @@ class ServerProcess:
         )
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._listening.wait(timeout):
+        if wait_for_http:
+            self._wait_http(timeout)
+        elif not self._listening.wait(timeout):
             self.stop()
             raise RuntimeError(f"server did not start: {self.stderr[-20:]} {self.lines[-20:]}")
         return self
+
+    def _wait_http(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer /health: {self.stderr[-20:]}")
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -19,7 +19,7 @@ LISTEN_SECONDS = 2.0
 async def assert_hears(
     client: RelayClient, frequency: float, seconds: float = LISTEN_SECONDS
 ) -> None:
-    """At least `seconds` of received audio, not silent, its FFT peak within 10 Hz of `frequency`."""
+    """`seconds` of received audio, not silent, its FFT peak within 10 Hz of `frequency`."""
     await client.wait_audio(seconds + 0.5)
     audio = client.recorder.audio(seconds)
     assert len(audio) >= seconds * client.recorder.sample_rate * 0.99
@@ -114,7 +114,7 @@ async def test_sender_leaves_receivers_get_stream_ended(server: ServerProcess) -
         assert server.metrics()["active_streams"] == 0
         # A new receiver gets the no-stream error, never a dead track.
         async with RelayClient.connect(server.ws_url) as late:
-            with pytest.raises(ServerError, match="^No audio stream available$"):
+            with pytest.raises(ServerError, match=r"^No audio stream available$"):
                 await late.start_receiving()
             with pytest.raises(ServerError, match="No audio stream available"):
                 await late.start_receiving(stream_id)

@@ -1,0 +1,67 @@
+"""config.py: defaults from the guide, file and env precedence, errors that name the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from relay_app.config import ConfigError, load_settings
+
+
+def test_defaults_match_the_guide(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELAY_CONFIG", raising=False)
+    settings = load_settings()
+    assert (settings.server.host, settings.server.port, settings.server.audio_port) == (
+        "0.0.0.0",
+        8080,
+        8081,
+    )
+    assert settings.server.max_connections == 50
+    assert settings.webrtc.ice_servers == [] and settings.webrtc.connection_timeout == 30
+    constraints = settings.webrtc.audio_constraints
+    assert (constraints.sample_rate, constraints.channels, constraints.latency) == (16000, 1, 0)
+    assert settings.visualization.downsample == 5
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"server": {"port": 9000, "max_connections": 10}}))
+    monkeypatch.setenv("RELAY_SERVER__MAX_CONNECTIONS", "20")
+    monkeypatch.setenv("RELAY_WEBRTC__ICE_ADDRESSES", '["127.0.0.1"]')
+    settings = load_settings(path)
+    assert settings.server.port == 9000 and settings.server.max_connections == 20
+    assert settings.webrtc.ice_addresses == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"max_connections": 0}}, "server.max_connections"),
+        ({"webrtc": {"ice_addresses": ["not-an-ip"]}}, "webrtc.ice_addresses"),
+        (
+            {"webrtc": {"audio_constraints": {"sample_rate": 1}}},
+            "webrtc.audio_constraints.sample_rate",
+        ),
+        ({"logging": {"format": "xml"}}, "logging.format"),
+        ({"nonsense": 1}, "nonsense: unknown key"),
+        ({"server": {"certfile": "cert.pem"}}, "certfile and keyfile"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, config: dict[str, object], key: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert key in str(error.value)
+
+
+def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_settings(bad)

@@ -1,0 +1,224 @@
+"""What operators see: /health, /metrics, /stream/status, logs, config errors, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from relay_app.client import RelayClient, ToneTrack
+from relay_app.logs import LEGACY_MESSAGES
+
+from .server import REPO, ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+HEALTH_KEYS = {
+    "status",
+    "webrtc_available",
+    "audio_server_running",
+    "active_streams",
+    "connected_clients",
+    "uptime_seconds",
+}
+METRICS_KEYS = {
+    "uptime_seconds",
+    "active_connections",
+    "active_streams",
+    "total_audio_bytes",
+    "webrtc_available",
+}
+
+
+async def test_health_metrics_and_status_during_and_after_a_stream(server: ServerProcess) -> None:
+    idle_health = server.get("/health").json()
+    assert idle_health.keys() >= HEALTH_KEYS
+    assert idle_health["status"] == "healthy" and idle_health["active_streams"] == 0
+    bytes_before = server.metrics()["total_audio_bytes"]
+
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        async with (
+            RelayClient.connect(server.ws_url) as one,
+            RelayClient.connect(server.ws_url) as two,
+        ):
+            await one.start_receiving()
+            await two.start_receiving()
+            await one.wait_audio(0.5)
+            await two.wait_audio(0.5)
+
+            health = server.get("/health")
+            assert health.status_code == 200
+            body = health.json()
+            assert body.keys() >= HEALTH_KEYS
+            assert body["status"] == "healthy"
+            assert body["webrtc_available"] is True and body["audio_server_running"] is True
+            assert body["active_streams"] == 1 and body["connected_clients"] == 3
+            assert isinstance(body["uptime_seconds"], int)
+
+            metrics = server.metrics()
+            assert metrics.keys() >= METRICS_KEYS
+            # The guide's Issue 10 numbers: 1 stream, 3 connections (1 sender + 2 receivers).
+            assert metrics["active_streams"] == 1 and metrics["active_connections"] == 3
+            assert metrics["total_audio_bytes"] > bytes_before
+            live = metrics["live"]
+            assert live["peer_connections"] == 3 and live["session_task_groups"] == 3
+            # Two receivers plus the visualization tap.
+            assert live["relay_subscriptions"] == 3
+
+            status = server.get("/stream/status", status_port=True).json()
+            assert status["active_streams"] == [stream_id]
+            assert status["streams"][0]["receivers"] == 2
+
+    metrics = server.wait_idle()
+    assert metrics["active_streams"] == 0 and metrics["active_connections"] == 0
+    assert server.get("/stream/status", status_port=True).json()["active_streams"] == []
+    after = server.get("/health").json()
+    assert after["active_streams"] == 0 and after["connected_clients"] == 0
+
+
+async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) -> None:
+    response = server.get("/metrics", headers={"Accept": "text/plain"})
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE relay_active_streams gauge" in response.text
+    assert "relay_live_peer_connections 0" in response.text
+
+
+async def test_unknown_paths_get_json_404_and_wrong_method_405(server: ServerProcess) -> None:
+    for status_port in (False, True):
+        response = server.get("/no/such/path", status_port=status_port)
+        assert response.status_code == 404
+        assert response.json()["status"] == 404
+    response = httpx.post(server.base_url + "/health", timeout=5)
+    assert response.status_code == 405 and response.json()["status"] == 405
+
+
+async def test_web_client_page_is_served(server: ServerProcess) -> None:
+    response = server.get("/")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+
+
+async def test_every_stdout_line_is_json_with_the_guides_patterns(server: ServerProcess) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440))
+        async with RelayClient.connect(server.ws_url) as receiver:
+            await receiver.start_receiving()
+            await receiver.wait_audio(0.3)
+    server.wait_idle()
+    assert not server.bad_lines
+    for event in server.events:
+        assert {"timestamp", "level", "event"} <= event.keys(), event
+    # The guide's greps keep working on the JSON lines.
+    wanted = [
+        "Setting up sender for connection",
+        "Received audio track from sender",
+        "Stored stream stream_",
+        "Starting visualization task for stream_",
+        "Sent offer to receiver",
+        "relay.subscribe",
+        "Cleaning up connection",
+        "Audio track ended for",
+    ]
+    text = "\n".join(server.lines)
+    for pattern in wanted:
+        assert pattern in text, pattern
+    assert any(
+        e["event"] == "ice_connection_state" and e["message"].endswith("connected")
+        for e in server.events
+        if "message" in e
+    )
+    assert set(LEGACY_MESSAGES) >= {e["event"] for e in server.events if "message" in e}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_invalid_config_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"server": {"port": "eighty", "colour": "blue"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "relay_app", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "server.port" in result.stderr and "server.colour: unknown key" in result.stderr
+
+    env = {**os.environ, "RELAY_WEBRTC__CONNECTION_TIMEOUT": "-1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "relay_app"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2 and "webrtc.connection_timeout" in result.stderr
+
+
+async def test_sigterm_to_hypercorn_exits_within_5s_cleaning_every_session(
+    tmp_path: Path,
+) -> None:
+    port, audio_port = _free_port(), _free_port()
+    hypercorn = Path(sys.executable).parent / "hypercorn"
+    server = ServerProcess(
+        tmp_path,
+        {"server": {"port": port, "audio_port": audio_port}},
+        command=[
+            str(hypercorn),
+            "-c",
+            "hypercorn.toml",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--bind",
+            f"127.0.0.1:{audio_port}",
+            "relay_app.asgi:app",
+        ],
+    )
+    server.port, server.audio_port = port, audio_port
+    server.start(wait_for_http=True)
+    try:
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(ToneTrack(440))
+            async with (
+                RelayClient.connect(server.ws_url) as one,
+                RelayClient.connect(server.ws_url) as two,
+            ):
+                await one.start_receiving()
+                await two.start_receiving()
+                await one.wait_audio(0.3)
+                await two.wait_audio(0.3)
+                assert server.get("/stream/status", status_port=True).json()["active_streams"]
+                started = time.monotonic()
+                code = await anyio.to_thread.run_sync(server.stop)
+                elapsed = time.monotonic() - started
+                with anyio.fail_after(5):
+                    await one.closed.wait()
+        assert code == 0, server.stderr[-20:]
+        assert elapsed < 5, elapsed
+        ids = {c.welcome["connection_id"] for c in (sender, one, two)}
+        cleaned = {e["connection_id"] for e in server.find("connection_cleanup")}
+        assert ids <= cleaned
+        assert server.find("server_stopped")
+        assert not server.bad_lines
+    finally:
+        server.stop()
+
+
+async def test_status_port_serves_only_status(server: ServerProcess) -> None:
+    assert server.get("/stream/status", status_port=True).status_code == 200
+    assert server.get("/metrics", status_port=True).status_code == 404
