@@ -67,9 +67,9 @@ class AudioConstraints(_Section):
     sample_rate: int = Field(16000, ge=8000, le=48000, description="Hz requested from the mic.")
     channels: int = Field(1, ge=1, le=2, description="Mic channels.")
     latency: float = Field(0, ge=0, description="Requested capture latency (seconds).")
-    echo_cancellation: bool = True
-    noise_suppression: bool = True
-    auto_gain_control: bool = True
+    echo_cancellation: bool = Field(True, description="Browser echo cancellation on the mic.")
+    noise_suppression: bool = Field(True, description="Browser noise suppression on the mic.")
+    auto_gain_control: bool = Field(True, description="Browser automatic gain control.")
 
 
 class WebRTCSettings(_Section):
@@ -123,8 +123,12 @@ class RelaySettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "console"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR (any case)."
+    )
+    format: Literal["json", "console"] = Field(
+        "json", description="`json`: one JSON object per line; `console`: for people."
+    )
 
     @field_validator("level", mode="before")
     @classmethod
@@ -191,3 +195,67 @@ def describe_validation_error(error: ValidationError) -> str:
         message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
         lines.append(f"  {key}: {message} (got {problem.get('input')!r})")
     return "\n".join(lines)
+
+
+def iter_keys(
+    model: type[BaseModel] = Settings, prefix: str = ""
+) -> list[tuple[str, Any, str, str]]:
+    """(dotted key, default, type, description) for every leaf key, in declaration order."""
+    rows: list[tuple[str, Any, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(iter_keys(annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(annotation, "__name__", None) or str(annotation)
+        if type_name == "Literal":
+            type_name = "one of " + ", ".join(map(str, getattr(annotation, "__args__", ())))
+        rows.append((key, default, str(type_name).replace("typing.", ""), field.description or ""))
+    return rows
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md, generated from the model (a test fails when they drift)."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from relay_app/config.py by `python -m relay_app.config > "
+        "docs/configuration.md`; tests/test_docs.py fails when this file drifts. -->",
+        "",
+        "Settings come from built-in defaults, then `config.json` (`--config PATH` or the",
+        "`RELAY_CONFIG` environment variable), then environment variables, highest last.",
+        "An environment variable is `RELAY_` + the key in upper case with `__` between levels:",
+        "`server.port` is `RELAY_SERVER__PORT`; lists and objects are written as JSON",
+        "(`RELAY_WEBRTC__ICE_ADDRESSES='[\"127.0.0.1\"]'`). An unknown key or a bad value stops",
+        "the server at startup with a message naming the key (exit code 2).",
+        "",
+        "| key | default | type | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, default, type_name, description in iter_keys():
+        shown = json.dumps(default)
+        type_name = type_name.replace("|", "or")
+        lines.append(f"| `{key}` | `{shown}` | {type_name} | {description} |")
+    lines += [
+        "",
+        "Example `config.json` (the guide's keys):",
+        "",
+        "```json",
+        json.dumps(
+            {
+                "server": {"host": "0.0.0.0", "port": 8080, "audio_port": 8081},
+                "webrtc": {"ice_servers": [], "connection_timeout": 30},
+                "visualization": {"enabled": True, "downsample": 5},
+            },
+            indent=2,
+        ),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(configuration_markdown(), end="")

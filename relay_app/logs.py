@@ -32,7 +32,6 @@ LEGACY_MESSAGES: dict[str, str] = {
     "no_stream_for_receiver": "No audio stream available for receiver {connection_id}",
     "stream_track_ended": "Stream {stream_id} track is ended, cannot receive",
     "stale_stream_cleanup": "Cleaning up stale stream {stream_id}",
-    "client_disconnected": "Client {connection_id} disconnected",
 }
 
 
