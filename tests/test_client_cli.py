@@ -1,0 +1,69 @@
+"""`python -m relay_app.client send|listen`: the guide's test_ws.py, as a real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from relay_app.client import dominant_frequency
+
+from .server import REPO, ServerProcess
+
+
+def _client(server: ServerProcess, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay_app.client",
+            "--url",
+            server.ws_url,
+            "--ice-address",
+            "127.0.0.1",
+            *args,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_cli_listen_waits_for_sender_then_records_its_wav(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    source = tmp_path / "tone.wav"
+    rate = 16000
+    t = np.arange(rate * 2) / rate
+    with wave.open(str(source), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes((0.4 * 32767 * np.sin(2 * np.pi * 660 * t)).astype(np.int16).tobytes())
+    heard = tmp_path / "heard.wav"
+    listener = _client(server, "listen", "--out", str(heard), "--duration", "3")
+    sender = _client(server, "send", "--wav", str(source), "--duration", "5")
+    out, err = listener.communicate(timeout=30)
+    sender.communicate(timeout=30)
+    assert listener.returncode == 0, err
+    assert sender.returncode == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["event"] == "receiving"
+    recorded = events[-1]
+    assert recorded["event"] == "recorded" and recorded["seconds"] > 1.5
+    assert abs(recorded["dominant_hz"] - 660) <= 10
+    with wave.open(str(heard), "rb") as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        assert abs(dominant_frequency(samples / 32768, wav.getframerate()) - 660) <= 10
+
+
+def test_cli_listen_no_wait_reports_no_stream(server: ServerProcess) -> None:
+    listener = _client(server, "listen", "--no-wait")
+    _, err = listener.communicate(timeout=30)
+    assert listener.returncode == 1
+    assert "No audio stream available" in err
