@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -84,10 +85,27 @@ async def _serve(settings: Settings) -> None:
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
+def _cert(args: argparse.Namespace) -> int:
+    from .tls import make_self_signed
+
+    cert, key = make_self_signed(args.host, Path(args.out_dir), args.days)
+    print(f"wrote {cert} and {key} for {', '.join(args.host)}")
+    print(f'config.json: {{"server": {{"certfile": "{cert}", "keyfile": "{key}"}}}}')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve :8080 and :8081 (the default)")
+    cert = sub.add_parser("cert", help="write a self-signed cert.pem/key.pem for LAN HTTPS")
+    cert.add_argument("--host", action="append", required=True, help="LAN IP or name (repeatable)")
+    cert.add_argument("--out-dir", default=".", help="where to write cert.pem and key.pem")
+    cert.add_argument("--days", type=int, default=825, help="validity (days)")
     args = parser.parse_args(argv)
+    if args.command == "cert":
+        return _cert(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as error:

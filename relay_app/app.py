@@ -119,6 +119,14 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     async def _index() -> Response:
         return await app.send_static_file("index.html")
 
+    @app.get("/send")
+    async def _send_page() -> Response:
+        return await app.send_static_file("send.html")
+
+    @app.get("/listen")
+    async def _listen_page() -> Response:
+        return await app.send_static_file("listen.html")
+
     return app
 
 

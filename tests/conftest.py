@@ -21,7 +21,7 @@ def anyio_backend() -> str:
     return "asyncio"  # aiortc is asyncio-only
 
 
-def _finish(server: ServerProcess) -> None:
+def finish_server(server: ServerProcess) -> None:
     code = server.stop()
     assert code == 0, f"server exit code {code}; stderr: {server.stderr[-20:]}"
     assert not server.bad_lines, f"non-JSON lines on the server's stdout: {server.bad_lines[:5]}"
@@ -37,7 +37,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"
     }
     yield server
-    _finish(server)
+    finish_server(server)
 
 
 @pytest.fixture
@@ -66,4 +66,4 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for server in started:
         if server.proc is not None and server.proc.poll() is None:
             server.wait_idle()
-            _finish(server)
+            finish_server(server)

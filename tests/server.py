@@ -60,6 +60,8 @@ class ServerProcess:
         self.events: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
         self.stderr: list[str] = []
+        self.scheme = "http"
+        self.verify: Any = True
         self.port = 0
         self.audio_port = 0
         self._listening = threading.Event()
@@ -134,11 +136,11 @@ class ServerProcess:
     # Access ------------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def status_url(self) -> str:
-        return f"http://127.0.0.1:{self.audio_port}"
+        return f"{self.scheme}://127.0.0.1:{self.audio_port}"
 
     @property
     def ws_url(self) -> str:
@@ -146,7 +148,7 @@ class ServerProcess:
 
     def get(self, path: str, status_port: bool = False, **kwargs: Any) -> httpx.Response:
         base = self.status_url if status_port else self.base_url
-        return httpx.get(base + path, timeout=5, **kwargs)
+        return httpx.get(base + path, timeout=5, verify=self.verify, **kwargs)
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.get("/metrics").json())

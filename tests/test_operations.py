@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -222,3 +224,35 @@ async def test_sigterm_to_hypercorn_exits_within_5s_cleaning_every_session(
 async def test_status_port_serves_only_status(server: ServerProcess) -> None:
     assert server.get("/stream/status", status_port=True).status_code == 200
     assert server.get("/metrics", status_port=True).status_code == 404
+
+
+async def test_https_and_wss_with_a_self_signed_cert_for_lan_phones(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay_app",
+            "cert",
+            "--host",
+            "127.0.0.1",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server = make_server({"server": {"certfile": str(cert), "keyfile": str(key)}})
+    assert server.wait_event("server_listening")["url"].startswith("https://")
+    context = ssl.create_default_context(cafile=str(cert))
+    server.scheme, server.verify = "https", context
+    response = server.get("/health")
+    assert response.status_code == 200 and response.json()["status"] == "healthy"
+    url = f"wss://127.0.0.1:{server.port}/ws"
+    async with RelayClient.connect(url, ssl=context) as client:
+        assert client.welcome["type"] == "welcome"

@@ -1,0 +1,157 @@
+// Receiver page: relay -> WebRTC -> speakers. Waits, retries and rejoins on its own.
+import { LevelMeter, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+
+const RETRY_MS = 2000; // the guide's auto-retry on "No audio stream available"
+const LIST_REFRESH_MS = 5000;
+
+const $ = (id) => document.getElementById(id);
+const setState = stateReporter($("status"));
+const meter = new LevelMeter($("level"), $("level-text"));
+const audio = $("audio");
+const playButton = $("play");
+const streamSelect = $("stream-select");
+
+let pc = null;
+let retryTimer = null;
+let listTimer = null;
+let currentStream = null;
+let remoteStream = null;
+
+const signaling = new Signaling({ onMessage, onState, token: tokenFromUrl() });
+
+function onState(state, text) {
+  if (state === "disconnected") {
+    closePeer();
+    clearTimeout(retryTimer);
+  }
+  setState(state, text);
+}
+
+function chosenStream() {
+  return streamSelect.value || null; // "" = the newest stream
+}
+
+function requestStream() {
+  clearTimeout(retryTimer);
+  const request = { type: "start_receiving" };
+  const chosen = chosenStream();
+  if (chosen) request.stream_id = chosen;
+  if (signaling.send(request)) setState("requesting", "Asking for a stream…");
+}
+
+function retrySoon(text) {
+  if (pc) signaling.send({ type: "stop" }); // drop any half-open media on the server first
+  closePeer();
+  setState("waiting", text);
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(requestStream, RETRY_MS);
+}
+
+function closePeer() {
+  if (pc) pc.close();
+  pc = null;
+  currentStream = null;
+  remoteStream = null;
+  $("stream-id").textContent = "—";
+  $("ice").textContent = "—";
+  meter.reset();
+}
+
+async function answerOffer(message) {
+  closePeer();
+  currentStream = message.stream_id;
+  $("stream-id").textContent = message.stream_id;
+  setState("negotiating", `Connecting to ${message.stream_id}…`);
+  pc = newPeerConnection(signaling.welcome);
+  const thisPc = pc;
+  pc.ontrack = (event) => {
+    remoteStream = event.streams[0] || new MediaStream([event.track]);
+    audio.srcObject = remoteStream;
+    play();
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc !== thisPc) return;
+    $("ice").textContent = pc.connectionState;
+    if (pc.connectionState === "connected" && !audio.paused) setState("playing", `Playing ${currentStream}`);
+    if (pc.connectionState === "failed") retrySoon("Audio connection failed; retrying…");
+  };
+  await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+  await pc.setLocalDescription(await pc.createAnswer());
+  await gatheringComplete(pc);
+  if (pc !== thisPc) return;
+  signaling.send({ type: "answer", sdp: pc.localDescription.sdp });
+}
+
+async function play() {
+  try {
+    await audio.play();
+    playButton.hidden = true;
+    if (pc && pc.connectionState === "connected") setState("playing", `Playing ${currentStream}`);
+  } catch (error) {
+    // Autoplay policy: the browser wants a tap first.
+    playButton.hidden = false;
+    setState("blocked", "Tap Play to hear the stream (the browser blocked autoplay).");
+  }
+}
+
+function showStreams(streams) {
+  const chosen = streamSelect.value;
+  streamSelect.replaceChildren(new Option("Newest stream", ""));
+  for (const stream of streams) {
+    const since = new Date(stream.started_at * 1000).toLocaleTimeString();
+    const label = `${stream.stream_id} (since ${since}, ${stream.receivers} listening)`;
+    streamSelect.add(new Option(label, stream.stream_id));
+  }
+  if ([...streamSelect.options].some((option) => option.value === chosen)) streamSelect.value = chosen;
+  $("stream-count").textContent = String(streams.length);
+}
+
+async function onMessage(message) {
+  switch (message.type) {
+    case "welcome":
+      $("connection-id").textContent = message.connection_id;
+      signaling.send({ type: "get_available_streams" });
+      clearInterval(listTimer);
+      listTimer = setInterval(() => signaling.send({ type: "get_available_streams" }), LIST_REFRESH_MS);
+      requestStream();
+      break;
+    case "available_streams":
+      showStreams(message.streams);
+      break;
+    case "offer":
+      await answerOffer(message);
+      break;
+    case "stream_ended":
+      retrySoon(`Stream ${message.stream_id} ended (${message.reason}); waiting for a sender…`);
+      break;
+    case "stopped":
+      break;
+    case "visualization":
+      if (message.stream_id === currentStream) meter.show(message.rms, message.peak);
+      break;
+    case "error":
+      if (message.message.includes("No audio stream")) {
+        retrySoon("Waiting for a sender… (retrying every 2 s)");
+      } else {
+        setState("error", `Server: ${message.message}`);
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+streamSelect.addEventListener("change", () => {
+  signaling.send({ type: "stop" });
+  closePeer();
+  requestStream();
+});
+playButton.addEventListener("click", play);
+window.addEventListener("pagehide", () => signaling.close());
+window.relayReceiver = {
+  signaling,
+  get pc() { return pc; },
+  get remoteStream() { return remoteStream; },
+  get streamId() { return currentStream; },
+};
+signaling.connect();

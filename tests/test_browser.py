@@ -1,0 +1,254 @@
+"""Real Chromium (Debian's /usr/bin/chromium) against the real server: the web client, end to end.
+
+The sender's microphone is a WAV file the test writes (Chromium's fake capture device); the
+receiver page's audio is measured in the page with a WebAudio AnalyserNode. Media stays on
+127.0.0.1: the server gathers on loopback and Chromium allows loopback candidates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency, rms_dbfs
+
+from .conftest import assert_no_leaks, finish_server
+from .server import REPO, ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = REPO / "test-output" / "screenshots"
+
+if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but Chromium is missing at {CHROMIUM}", pytrace=False)
+    pytest.skip(
+        f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium` to run the browser tests",
+        allow_module_level=True,
+    )
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+BROWSER_CONFIG = {
+    "webrtc": {
+        # Stable levels for measuring: no browser processing on the fake microphone.
+        "audio_constraints": {
+            "echo_cancellation": False,
+            "noise_suppression": False,
+            "auto_gain_control": False,
+            "sample_rate": 48000,
+        }
+    },
+    "streams": {"cleanup_interval": 1.0, "stale_after": 5.0},
+}
+
+# Measures the receiver page's remote stream: dominant frequency and RMS over `seconds`.
+ANALYSE_JS = """
+async (seconds) => {
+  const stream = window.relayReceiver.remoteStream;
+  if (!stream) return null;
+  const ctx = new AudioContext();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 16384;
+  analyser.smoothingTimeConstant = 0.5;
+  ctx.createMediaStreamSource(stream).connect(analyser);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const spectrum = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(spectrum);
+  let best = 1;
+  for (let i = 2; i < spectrum.length; i++) if (spectrum[i] > spectrum[best]) best = i;
+  const wave = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(wave);
+  const rms = Math.sqrt(wave.reduce((sum, x) => sum + x * x, 0) / wave.length);
+  const result = {freq: best * ctx.sampleRate / analyser.fftSize, rms};
+  await ctx.close();
+  return result;
+}
+"""
+
+
+def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int = 48000) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    samples = (0.5 * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = ServerProcess(tmp_path_factory.mktemp("browser-server"), BROWSER_CONFIG).start()
+    yield server
+    finish_server(server)
+
+
+@pytest.fixture
+def server(browser_server: ServerProcess) -> Any:
+    yield browser_server
+    assert_no_leaks(browser_server)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    tone = write_tone_wav(tmp_path / "tone440.wav", 440)
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={tone}",
+                "--autoplay-policy=no-user-gesture-required",
+                "--allow-loopback-in-peer-connection",
+                # Real host addresses instead of mDNS .local names: resolving those would send
+                # multicast queries off this machine. On a LAN the server resolves them.
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+            ],
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def open_page(browser: Any, url: str) -> Any:
+    context = await browser.new_context(viewport={"width": 420, "height": 820})
+    page = await context.new_page()
+    page.on("console", lambda message: print(f"[page] {message.type}: {message.text}"))
+    await page.goto(url)
+    return page
+
+
+async def wait_state(page: Any, state: str, timeout: float = 15) -> None:
+    await page.wait_for_function(
+        "state => document.body.dataset.state === state", arg=state, timeout=timeout * 1000
+    )
+
+
+async def start_sender_page(browser: Any, server: ServerProcess) -> tuple[Any, str]:
+    page = await open_page(browser, server.base_url + "/send")
+    await wait_state(page, "idle")
+    await page.click("#start")
+    await wait_state(page, "sending")
+    stream_id = await page.text_content("#stream-id")
+    assert stream_id and stream_id.startswith("stream_")
+    return page, stream_id
+
+
+async def heard_by_page(page: Any, seconds: float = 1.5) -> dict[str, float]:
+    result = await page.evaluate(ANALYSE_JS, seconds)
+    assert result is not None, "the receiver page has no remote stream"
+    return dict(result)
+
+
+async def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_chromium_sender_python_receiver_hears_440(
+    server: ServerProcess, browser: Any
+) -> None:
+    page, stream_id = await start_sender_page(browser, server)
+    async with RelayClient.connect(server.ws_url) as receiver:
+        assert await receiver.start_receiving(stream_id) == stream_id
+        await receiver.wait_audio(2.5)
+        audio = receiver.recorder.audio(2.0)
+        assert rms_dbfs(audio) > -35
+        assert abs(dominant_frequency(audio, receiver.recorder.sample_rate) - 440) <= 10
+        # The sender page's meter is fed by the server's visualization messages.
+        await page.wait_for_function("Number(document.getElementById('level').value) > 0")
+        await screenshot(page, "sender-sending")
+    await page.context.close()
+
+
+async def test_python_sender_chromium_receiver_hears_880(
+    server: ServerProcess, browser: Any
+) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(880))
+        page = await open_page(browser, server.base_url + "/listen")
+        await wait_state(page, "playing")
+        assert await page.text_content("#stream-id") == stream_id
+        heard = await heard_by_page(page)
+        assert abs(heard["freq"] - 880) <= 10, heard
+        assert heard["rms"] > 0.01, heard
+        await page.wait_for_function("Number(document.getElementById('level').value) > 0")
+        await page.wait_for_function(
+            "document.getElementById('stream-select').options.length === 2"
+        )
+        await screenshot(page, "receiver-playing")
+        await page.context.close()
+
+
+async def test_chromium_sender_two_chromium_receivers_both_hear(
+    server: ServerProcess, browser: Any
+) -> None:
+    sender_page, stream_id = await start_sender_page(browser, server)
+    receivers = [await open_page(browser, server.base_url + "/listen") for _ in range(2)]
+    for page in receivers:
+        await wait_state(page, "playing")
+        heard = await heard_by_page(page)
+        assert abs(heard["freq"] - 440) <= 10, heard
+        assert await page.text_content("#stream-id") == stream_id
+    assert len(server.find("relay_subscribe", stream_id=stream_id)) >= 2
+    for page in [sender_page, *receivers]:
+        await page.context.close()
+
+
+async def test_receiver_page_waits_retries_then_plays_without_reload(
+    server: ServerProcess, browser: Any
+) -> None:
+    page = await open_page(browser, server.base_url + "/listen")
+    await wait_state(page, "waiting")
+    assert "Waiting for a sender" in (await page.text_content("#status") or "")
+    connection_id = await page.text_content("#connection-id")
+    with anyio.fail_after(10):
+        while len(server.find("no_stream_for_receiver", connection_id=connection_id)) < 2:
+            await anyio.sleep(0.1)  # it retried at least once, every 2 s
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(660))
+        await wait_state(page, "playing", timeout=10)
+        heard = await heard_by_page(page)
+        assert abs(heard["freq"] - 660) <= 10, heard
+        await page.context.close()
+
+
+async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
+    server: ServerProcess, browser: Any
+) -> None:
+    sender_page, stream_id = await start_sender_page(browser, server)
+    page = await open_page(browser, server.base_url + "/listen")
+    await wait_state(page, "playing")
+    await sender_page.context.close()  # the tab goes away
+    await page.wait_for_function(
+        "document.getElementById('status').textContent.includes('ended')", timeout=10000
+    )
+    async with RelayClient.connect(server.ws_url) as sender:
+        new_id = await sender.start_sending(ToneTrack(550))
+        await wait_state(page, "playing", timeout=10)
+        assert await page.text_content("#stream-id") == new_id != stream_id
+        heard = await heard_by_page(page)
+        assert abs(heard["freq"] - 550) <= 10, heard
+        await page.context.close()
