@@ -112,6 +112,11 @@ class StreamSettings(_Section):
 
 
 class RelaySettings(_Section):
+    mode: Literal["forward", "transcode"] = Field(
+        "forward",
+        description="`forward`: receivers get the sender's Opus packets as they arrive (no "
+        "per-receiver encode); `transcode`: decode once, re-encode per receiver.",
+    )
     queue_frames: int = Field(
         10,
         ge=1,

@@ -8,9 +8,61 @@ registry forgot the owner.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Relay-added latency buckets (seconds): ingress of a packet/frame -> a receiver's sender.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+)  # fmt: skip
+
+
+@dataclass
+class Histogram:
+    """Counts per upper bound (Prometheus style); quantiles interpolate within a bucket."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        for index, bucket_count in enumerate(self.counts):
+            if seen + bucket_count >= rank and bucket_count:
+                lower = self.bounds[index - 1] if index > 0 else 0.0
+                upper = self.bounds[index] if index < len(self.bounds) else lower * 2
+                return lower + (upper - lower) * (rank - seen) / bucket_count
+            seen += bucket_count
+        return self.bounds[-1]
+
+    def summary_ms(self) -> dict[str, Any]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
+
+        mean = self.total / self.count if self.count else None
+        return {
+            "count": self.count,
+            "mean_ms": ms(mean),
+            "p50_ms": ms(self.quantile(0.5)),
+            "p95_ms": ms(self.quantile(0.95)),
+            "p99_ms": ms(self.quantile(0.99)),
+        }
 
 
 @dataclass(frozen=True)
@@ -37,7 +89,12 @@ class Metrics:
     live: LiveCounts = field(default_factory=LiveCounts)
     started_monotonic: float = field(default_factory=time.monotonic)
     total_audio_bytes: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
     audio_frames: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    relay_latency: Histogram = field(default_factory=Histogram)
     sessions_total: int = 0
     streams_total: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -48,3 +105,19 @@ class Metrics:
 
     def count_error(self, kind: str) -> None:
         self.errors[kind] += 1
+
+    def count_drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def record_ingress(self, payload_bytes: int) -> None:
+        """An encoded audio packet arrived from a sender."""
+        self.packets_in += 1
+        self.total_audio_bytes += payload_bytes
+
+    def record_egress(self, item: Any, latency: float) -> None:
+        """A receiver's sender took an item `latency` seconds after it entered the relay."""
+        self.packets_out += 1
+        size = getattr(item, "size", None)
+        if size is not None:  # an encoded packet; decoded frames are re-encoded per receiver
+            self.bytes_out += size
+        self.relay_latency.observe(latency)

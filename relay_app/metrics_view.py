@@ -60,6 +60,15 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
         "sessions_total": metrics.sessions_total,
         "streams_total": metrics.streams_total,
         "errors": dict(metrics.errors),
+        "relay": {
+            "mode": ctx.settings.relay.mode,
+            "packets_in": metrics.packets_in,
+            "packets_out": metrics.packets_out,
+            "bytes_in": metrics.total_audio_bytes,
+            "bytes_out": metrics.bytes_out,
+            "drops": dict(metrics.drops),
+            "latency": metrics.relay_latency.summary_ms(),
+        },
         "live": {
             "sessions": live.sessions,
             "session_task_groups": live.session_task_groups,
@@ -126,6 +135,28 @@ def metrics_prometheus(ctx: RelayContext) -> tuple[str, str]:
         "1 when WebRTC media is available.",
         int(data["webrtc_available"]),
     )
+    relay = data["relay"]
+    metric(
+        "packets_in_total", "counter", "Opus packets received from senders.", relay["packets_in"]
+    )
+    metric(
+        "packets_out_total", "counter", "Packets/frames taken by receivers.", relay["packets_out"]
+    )
+    metric("bytes_out_total", "counter", "Opus bytes forwarded to receivers.", relay["bytes_out"])
+    for reason, count in sorted(relay["drops"].items()):
+        metric(
+            "drops_total", "counter", "Audio dropped, by reason.", count, f'{{reason="{reason}"}}'
+        )
+    histogram = ctx.metrics.relay_latency
+    name = "relay_latency_seconds"
+    lines.append(f"# HELP relay_{name} Relay-added latency: ingress to a receiver's sender.")
+    lines.append(f"# TYPE relay_{name} histogram")
+    cumulative = 0
+    for bound, count in zip((*histogram.bounds, "+Inf"), histogram.counts, strict=True):
+        cumulative += count
+        lines.append(f'relay_{name}_bucket{{le="{bound}"}} {cumulative}')
+    lines.append(f"relay_{name}_sum {histogram.total}")
+    lines.append(f"relay_{name}_count {histogram.count}")
     for kind, count in sorted(data["errors"].items()):
         metric(
             "errors_total", "counter", "Client-visible errors by kind.", count, f'{{kind="{kind}"}}'

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+from aiortc.mediastreams import MediaStreamTrack
 
 from .errors import CapacityError, NoStreamError
 from .protocol import NO_STREAM_MESSAGE
-from .relay import StreamRelay
+from .relay import Fanout
 
 Notify = Callable[[str], None]
 """Hands an encoded message to a session's outbox without blocking (may drop it)."""
@@ -26,7 +27,11 @@ class Stream:
 
     stream_id: str
     sender_id: str
-    relay: StreamRelay
+    source: MediaStreamTrack
+    # Decoded audio: visualization, and receivers in transcode mode.
+    frames: Fanout
+    # The sender's Opus packets as they arrive: receivers in forward mode; None in transcode.
+    packets: Fanout | None
     cancel_sender: Callable[[], None]
     started_at: float = field(default_factory=time.time)
     last_audio_at: float = field(default_factory=anyio.current_time)
@@ -34,6 +39,15 @@ class Stream:
     end_reason: str = ""
     # connection_id -> that receiver session's notify function (visualization messages).
     receivers: dict[str, Notify] = field(default_factory=dict)
+
+    @property
+    def receiver_source(self) -> Fanout:
+        return self.packets if self.packets is not None else self.frames
+
+    def close_relays(self) -> None:
+        self.frames.close()
+        if self.packets is not None:
+            self.packets.close()
 
     def end(self, reason: str) -> None:
         """Mark the stream over and cancel its sender's media scope; idempotent, never blocks."""

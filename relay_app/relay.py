@@ -1,16 +1,20 @@
-"""One source track to N subscribers, each with a small bounded buffer.
+"""One source to N subscribers, each with a small bounded buffer.
+
+A `Fanout` hands every item published to it (decoded audio frames, or encoded Opus packets in
+`forward` mode) to each subscriber's `RelayTrack`, the track a receiver's RTCRtpSender reads.
 
 Why not aiortc's `MediaRelay`: it starts its reader with `asyncio.ensure_future` (a task nobody
-owns, left pending at exit, aiortc PR #595) and its buffered proxies queue without limit (PR #498).
-Here the reader is `StreamRelay.run`, a plain coroutine the sender's session task group runs, so the
-reader's lifetime is the sender's scope; and each subscriber keeps only the newest `capacity`
-frames, so a slow receiver loses its own oldest audio instead of growing memory or delaying others.
-The source is always drained, even with no subscribers (aiortc issue #554).
+owns, left pending at exit, aiortc PR #595) and its buffered proxies queue without limit (PR
+#498). Here the reader is a plain coroutine (`pump`) that the sender's session task group runs,
+so its lifetime is the sender's scope; and each subscriber keeps only the newest `capacity`
+items, so a slow receiver loses its own oldest audio instead of growing memory or delaying
+others. The source is always drained, even with no subscribers (aiortc issue #554).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -18,10 +22,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
-from .metrics import LiveCounts
+from .metrics import Metrics
 
 Media = Frame | Packet
-"""What a track yields: decoded frames (transcoding relay) or encoded packets."""
+"""What a track yields: decoded frames (transcoding relay) or encoded packets (forwarding)."""
 
 
 class RelayTrack(MediaStreamTrack):
@@ -29,19 +33,22 @@ class RelayTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
         super().__init__()
-        self._frames: deque[Media] = deque(maxlen=capacity)
+        # (item, time it entered the relay): the age at recv() is the relay-added latency.
+        self._items: deque[tuple[Media, float]] = deque(maxlen=capacity)
         # asyncio.Event, not anyio: aiortc calls recv() from its own asyncio tasks and we need
         # clear(); the event is only touched from the loop thread.
         self._ready = asyncio.Event()
         self._closed = False
+        self._metrics = metrics
         self.dropped = 0
 
-    def _put(self, frame: Media) -> None:
-        if len(self._frames) == self._frames.maxlen:
+    def _put(self, item: Media, ingress: float) -> None:
+        if len(self._items) == self._items.maxlen:
             self.dropped += 1
-        self._frames.append(frame)
+            self._metrics.count_drop("receiver_queue_full")
+        self._items.append((item, ingress))
         self._ready.set()
 
     def _close(self) -> None:
@@ -49,19 +56,20 @@ class RelayTrack(MediaStreamTrack):
         self._ready.set()
 
     async def recv(self) -> Media:
-        while not self._frames:
+        while not self._items:
             if self._closed or self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        return self._frames.popleft()
+        item, ingress = self._items.popleft()
+        self._metrics.record_egress(item, time.monotonic() - ingress)
+        return item
 
 
-class StreamRelay:
-    def __init__(self, source: MediaStreamTrack, capacity: int, live: LiveCounts) -> None:
-        self._source = source
+class Fanout:
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
         self._capacity = capacity
-        self._live = live
+        self._metrics = metrics
         self._subscribers: set[RelayTrack] = set()
         self._closed = False
 
@@ -74,21 +82,27 @@ class StreamRelay:
         return len(self._subscribers)
 
     def subscribe(self) -> RelayTrack:
-        """A new track fed with this source's frames from now on. Never blocks."""
+        """A new track fed with everything published from now on. Never blocks."""
         if self._closed:
             raise MediaStreamError("relay is closed")
-        track = RelayTrack(self._capacity)
+        track = RelayTrack(self._capacity, self._metrics)
         self._subscribers.add(track)
-        self._live.relay_subscriptions += 1
+        self._metrics.live.relay_subscriptions += 1
         return track
 
     def unsubscribe(self, track: RelayTrack) -> None:
         """Idempotent: teardown paths may call it after close()."""
         if track in self._subscribers:
             self._subscribers.discard(track)
-            self._live.relay_subscriptions -= 1
+            self._metrics.live.relay_subscriptions -= 1
         track._close()
         track.stop()
+
+    def publish(self, item: Media, ingress: float | None = None) -> None:
+        """Hand `item` to every subscriber. Never blocks: full buffers drop their oldest."""
+        ingress = time.monotonic() if ingress is None else ingress
+        for track in self._subscribers:
+            track._put(item, ingress)
 
     def close(self) -> None:
         """End every subscriber track; their recv() raises MediaStreamError."""
@@ -96,13 +110,12 @@ class StreamRelay:
         for track in list(self._subscribers):
             self.unsubscribe(track)
 
-    async def run(self, on_frame: Callable[[Media], None]) -> None:
-        """Read the source until it ends, handing each frame to every subscriber."""
-        while True:
-            try:
-                frame = await self._source.recv()
-            except MediaStreamError:
-                return
-            on_frame(frame)
-            for track in self._subscribers:
-                track._put(frame)
+
+async def pump(source: MediaStreamTrack, on_item: Callable[[Media], None]) -> None:
+    """Read `source` until it ends, handing each item on; this is what drains a remote track."""
+    while True:
+        try:
+            item = await source.recv()
+        except MediaStreamError:
+            return
+        on_item(item)

@@ -8,7 +8,9 @@ The task tree of a session (the SESSION group is opened in `PeerSession.run`):
     ├── _close_on_shutdown  closes with 1001 when the server stops
     ├── receive loop        (the host task) parses and dispatches client messages
     └── media task          at most one: _run_sender or _run_receiver
-        ├── relay pump      (sender) source track -> every subscriber
+        ├── drain           (sender) the decoded track -> visualization (+ receivers in
+        │                   transcode mode); in forward mode receivers get the sender's Opus
+        │                   packets straight from the RTP tap (rtp_tap.py)
         ├── visualization   (sender) levels -> sender and receivers
         └── watchers        ICE failure, stream end
 
@@ -29,10 +31,10 @@ from typing import Any, Protocol
 import anyio
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
 from av import AudioFrame
-from av.packet import Packet
 
 from . import protocol as p
 from .context import RelayContext
@@ -48,7 +50,14 @@ from .levels import EveryNth, levels
 from .logs import get_logger
 from .peer import Peer, open_peer
 from .registry import SessionInfo, Stream
-from .relay import Media, StreamRelay
+from .relay import Fanout, Media, pump
+from .rtp_tap import (
+    OpusPacketizer,
+    RtpCallback,
+    audio_receiver,
+    negotiated_opus_payload_type,
+    tap_receiver,
+)
 
 OUTBOX_SIZE = 64
 
@@ -296,7 +305,7 @@ class PeerSession:
         except RelayError:
             self.log.warning("no_stream_for_receiver", requested=stream_id)
             raise
-        if stream.ended.is_set() or stream.relay.closed:
+        if stream.ended.is_set():
             self.log.warning("stream_track_ended", stream_id=stream.stream_id)
             raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
         return stream
@@ -343,31 +352,22 @@ class PeerSession:
                     )
                 async with open_peer(self.settings, self.ctx.metrics.live, log) as peer:
                     self._peer = peer
-                    tracks: list[Any] = []
-                    peer.pc.on("track", tracks.append)
-                    await self._negotiate_answer(peer, sdp)
+                    stream = await self._negotiate_answer(peer, sdp, media_scope)
+                    await self._send(p.AnswerOut(sdp=peer.pc.localDescription.sdp))
                     task_status.started()
-                    if not tracks:
-                        await self._send(p.Error(message="the offer carried no audio track"))
-                        return
                     log.info("sender_track_received")
-                    stream_id = f"stream_{self.connection_id}"
-                    relay = StreamRelay(
-                        tracks[0], self.settings.relay.queue_frames, self.ctx.metrics.live
-                    )
-                    stream = Stream(stream_id, self.connection_id, relay, media_scope.cancel)
-                    self.log = log = log.bind(stream_id=stream_id)
+                    self.log = log = log.bind(stream_id=stream.stream_id)
                     try:
                         self.ctx.registry.add_stream(stream)
                         self.ctx.metrics.streams_total += 1
-                        log.info("stream_stored")
-                        await self._send(p.StreamStarted(stream_id=stream_id))
+                        log.info("stream_stored", mode=self.settings.relay.mode)
+                        await self._send(p.StreamStarted(stream_id=stream.stream_id))
                         await self._serve_stream(peer, stream)
                     finally:
                         # Sync bookkeeping first, so no receiver can find a dying stream.
                         stream.end(stream.end_reason or "sender left")
                         self.ctx.registry.remove_stream(stream)
-                        relay.close()
+                        stream.close_relays()
                         log.info("track_ended", reason=stream.end_reason)
         finally:
             self._media_finished()
@@ -375,7 +375,12 @@ class PeerSession:
             # Ended for a reason other than this session leaving: tell the sender why.
             await self._send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
 
-    async def _negotiate_answer(self, peer: Peer, sdp: str) -> None:
+    async def _negotiate_answer(
+        self, peer: Peer, sdp: str, media_scope: anyio.CancelScope
+    ) -> Stream:
+        """Answer the offer and tap its audio; the answer is not sent yet."""
+        tracks: list[Any] = []
+        peer.pc.on("track", tracks.append)
         try:
             await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await peer.pc.setLocalDescription(await peer.pc.createAnswer())
@@ -383,21 +388,51 @@ class PeerSession:
             raise NegotiationError(
                 f"cannot use this offer: {error or type(error).__name__}"
             ) from None
-        await self._send(p.AnswerOut(sdp=peer.pc.localDescription.sdp))
+        audio = [track for track in tracks if track.kind == "audio"]
+        if not audio:
+            raise NegotiationError("the offer has no audio track (no m=audio section)")
+        opus = negotiated_opus_payload_type(peer.pc)
+        settings, metrics = self.settings.relay, self.ctx.metrics
+        stream = Stream(
+            stream_id=f"stream_{self.connection_id}",
+            sender_id=self.connection_id,
+            source=audio[0],
+            frames=Fanout(settings.queue_frames, metrics),
+            packets=Fanout(settings.queue_frames, metrics) if settings.mode == "forward" else None,
+            cancel_sender=media_scope.cancel,
+        )
+        # Tap before the answer leaves, so that no packet arrives untapped.
+        tap_receiver(audio_receiver(peer.pc, audio[0]), self._ingress(stream, opus))
+        return stream
+
+    def _ingress(self, stream: Stream, opus: int) -> RtpCallback:
+        """Per packet from the sender: liveness, counters, and (forward) the fan-out."""
+        metrics = self.ctx.metrics
+        packets = stream.packets
+        packetizer = OpusPacketizer()
+
+        def on_packet(rtp: RtpPacket, arrival: float) -> None:
+            if rtp.payload_type != opus or not rtp.payload:
+                metrics.count_drop("not_opus")
+                return
+            stream.last_audio_at = anyio.current_time()
+            metrics.record_ingress(len(rtp.payload))
+            if packets is not None:
+                packets.publish(packetizer.packet(rtp), arrival)
+
+        return on_packet
 
     async def _serve_stream(self, peer: Peer, stream: Stream) -> None:
         metrics = self.ctx.metrics
 
         def on_frame(frame: Media) -> None:
-            stream.last_audio_at = anyio.current_time()
+            # The one decode per stream (aiortc's decoder thread): it drains the track and
+            # feeds visualization, and, in transcode mode, every receiver.
             metrics.audio_frames += 1
-            if isinstance(frame, AudioFrame):
-                metrics.total_audio_bytes += sum(plane.buffer_size for plane in frame.planes)
-            elif isinstance(frame, Packet):
-                metrics.total_audio_bytes += frame.size
+            stream.frames.publish(frame)
 
-        async def pump() -> None:
-            await stream.relay.run(on_frame)
+        async def drain() -> None:
+            await pump(stream.source, on_frame)
             stream.end("track ended")
             self.log.warning("stale_stream_cleanup", reason="track ended")
 
@@ -407,7 +442,7 @@ class PeerSession:
             self.log.warning("stale_stream_cleanup", reason=peer.failure)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
+            tg.start_soon(drain)
             tg.start_soon(ice_watch)
             if self.settings.visualization.enabled:
                 tg.start_soon(self._visualize, stream)
@@ -415,7 +450,7 @@ class PeerSession:
             tg.cancel_scope.cancel()
 
     async def _visualize(self, stream: Stream) -> None:
-        track = stream.relay.subscribe()
+        track = stream.frames.subscribe()
         self.log.info("visualization_started")
         tap = EveryNth(self.settings.visualization.downsample)
         try:
@@ -437,7 +472,7 @@ class PeerSession:
         except MediaStreamError:
             pass  # the relay closed: the stream is over
         finally:
-            stream.relay.unsubscribe(track)
+            stream.frames.unsubscribe(track)
 
     # Receiver --------------------------------------------------------------------------------
     async def _run_receiver(self, stream: Stream, *, task_status: TaskStatus[None]) -> None:
@@ -449,7 +484,8 @@ class PeerSession:
                 self._media_scope = media_scope
                 async with open_peer(self.settings, self.ctx.metrics.live, log) as peer:
                     self._peer = peer
-                    track = stream.relay.subscribe()
+                    source = stream.receiver_source
+                    track = source.subscribe()
                     stream.receivers[self.connection_id] = self.notify
                     log.info("relay_subscribe", receivers=len(stream.receivers))
                     try:
@@ -474,7 +510,7 @@ class PeerSession:
                             )
                     finally:
                         stream.receivers.pop(self.connection_id, None)
-                        stream.relay.unsubscribe(track)
+                        source.unsubscribe(track)
                         log.info("relay_unsubscribe")
         finally:
             self._media_finished()

@@ -10,7 +10,7 @@ import pytest
 
 from relay_app.ice import use_host_addresses
 
-from .server import ServerProcess
+from .server import ServerProcess, deep_merge
 
 # The test clients gather media candidates on loopback only, like the server under test.
 use_host_addresses(["127.0.0.1"])
@@ -29,9 +29,21 @@ def finish_server(server: ServerProcess) -> None:
     assert not tracebacks, f"the server logged tracebacks: {tracebacks[:3]}"
 
 
+RELAY_MODES = ["forward", "transcode"]
+
+
+@pytest.fixture(scope="module", params=RELAY_MODES)
+def relay_mode(request: pytest.FixtureRequest) -> str:
+    """Every scenario runs against both relay modes (relay.mode)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("server")).start()
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, relay_mode: str
+) -> Iterator[ServerProcess]:
+    config = {"relay": {"mode": relay_mode}}
+    server = ServerProcess(tmp_path_factory.mktemp("server"), config).start()
     live = server.wait_idle()["live"]
     server.baseline_tasks = {  # type: ignore[attr-defined]
         k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"
@@ -53,11 +65,12 @@ def assert_no_leaks(server: ServerProcess) -> None:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def make_server(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start a server with extra config for this test only; checked and stopped after it."""
     started: list[ServerProcess] = []
 
     def _make(config: dict[str, Any] | None = None, **kwargs: Any) -> ServerProcess:
+        config = deep_merge({"relay": {"mode": relay_mode}}, config or {})
         server = ServerProcess(tmp_path, config, **kwargs).start()
         started.append(server)
         return server

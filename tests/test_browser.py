@@ -21,7 +21,7 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency, rms_dbfs
 
 from .conftest import assert_no_leaks, finish_server
-from .server import REPO, ServerProcess
+from .server import REPO, ServerProcess, deep_merge
 
 pytestmark = pytest.mark.anyio
 
@@ -88,8 +88,9 @@ def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int
 
 
 @pytest.fixture(scope="module")
-def browser_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = ServerProcess(tmp_path_factory.mktemp("browser-server"), BROWSER_CONFIG).start()
+def browser_server(tmp_path_factory: pytest.TempPathFactory, relay_mode: str) -> Any:
+    config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}})
+    server = ServerProcess(tmp_path_factory.mktemp("browser-server"), config).start()
     yield server
     finish_server(server)
 
