@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -292,8 +292,15 @@ class RelayClient:
         self.stream_id = started["stream_id"]
         return str(started["stream_id"])
 
-    async def start_receiving(self, stream_id: str | None = None) -> str:
-        """Ask for a stream and answer the offer; audio lands in `self.recorder`."""
+    async def start_receiving(
+        self,
+        stream_id: str | None = None,
+        on_track: Callable[[RTCPeerConnection, MediaStreamTrack], None] | None = None,
+    ) -> str:
+        """Ask for a stream and answer the offer; audio lands in `self.recorder`.
+
+        `on_track` replaces the recorder (a load generator counts packets instead).
+        """
         request: dict[str, Any] = {"type": "start_receiving"}
         if stream_id is not None:
             request["stream_id"] = stream_id
@@ -303,7 +310,10 @@ class RelayClient:
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
-            self._tg.start_soon(self._record, track, recorder)
+            if on_track is not None:
+                on_track(pc, track)
+            else:
+                self._tg.start_soon(self._record, track, recorder)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())

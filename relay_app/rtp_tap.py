@@ -75,13 +75,20 @@ RtpCallback = Callable[[RtpPacket, float], None]
 """Called with each RTP packet routed to the receiver and its arrival time (monotonic)."""
 
 
-def tap_receiver(receiver: RTCRtpReceiver, on_packet: RtpCallback) -> None:
-    """Call `on_packet` for every RTP packet `receiver` gets, before aiortc handles it."""
+def tap_receiver(
+    receiver: RTCRtpReceiver, on_packet: RtpCallback, *, then_aiortc: bool = True
+) -> None:
+    """Call `on_packet` for every RTP packet `receiver` gets, before aiortc handles it.
+
+    `then_aiortc=False` skips aiortc's handling entirely (no jitter buffer, no decode, no
+    RTCP receiver reports): only for load generators that count packets (bench/fanout.py).
+    """
     original = getattr(receiver, _HOOK)
 
     async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         on_packet(packet, time.monotonic())
-        await original(packet, arrival_time_ms=arrival_time_ms)
+        if then_aiortc:
+            await original(packet, arrival_time_ms=arrival_time_ms)
 
     setattr(receiver, _HOOK, _handle_rtp_packet)
 

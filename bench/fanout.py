@@ -1,0 +1,379 @@
+"""Fan-out benchmark: one sender, N lightweight receivers, both relay modes, all on 127.0.0.1.
+
+    .venv/bin/python bench/fanout.py                    # both modes, N = 1, 10, 25, ... 400
+    .venv/bin/python bench/fanout.py --counts 1 10 50 --window 5
+
+For each mode and N: a fresh server (`python -m relay_app`), a sender streaming a tone
+(`relay_app.client send`), and N receivers spread over worker processes. Receivers count
+and timestamp RTP packets without decoding them. Over a measurement window it records the
+server's CPU (% of one core, from its /proc stats), RSS, packets delivered vs expected (by RTP
+sequence numbers), and the relay-added latency (ingress -> a receiver's sender) from the
+server's own histogram. A mode stops growing N once it saturates (loss >= 5 %).
+
+Results: bench/results/fanout-<timestamp>.json and a table on stdout. Not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PER_WORKER = 40
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- the server under test ---------------------------------------------------------------------
+class Server:
+    def __init__(self, mode: str, tmp: Path) -> None:
+        config = {
+            "server": {"host": "127.0.0.1", "port": 0, "audio_port": 0, "max_connections": 2000},
+            "webrtc": {"ice_addresses": ["127.0.0.1"], "connection_timeout": 60},
+            "relay": {"mode": mode},
+            "logging": {"level": "INFO"},
+        }
+        path = tmp / f"config-{mode}.json"
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay_app", "--config", str(path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.port = 0
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "server_listening":
+                self.port = event["port"]
+                break
+        threading_drain(self.proc.stdout)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def latency_buckets(self) -> list[tuple[float, int]]:
+        text = httpx.get(
+            f"http://127.0.0.1:{self.port}/metrics", headers={"Accept": "text/plain"}, timeout=10
+        ).text
+        buckets = []
+        for match in re.finditer(r'relay_relay_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', text):
+            bound = float("inf") if match[1] == "+Inf" else float(match[1])
+            buckets.append((bound, int(match[2])))
+        return buckets
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).json())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def threading_drain(stream: Any) -> None:
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+
+def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
+    """q-quantile (seconds) from cumulative Prometheus buckets, interpolated in its bucket."""
+    total = buckets[-1][1] if buckets else 0
+    if total == 0:
+        return None
+    rank = q * total
+    previous_bound, previous_count = 0.0, 0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return previous_bound
+            inside = count - previous_count
+            fraction = (rank - previous_count) / inside if inside else 0
+            return previous_bound + (bound - previous_bound) * fraction
+        previous_bound, previous_count = bound, count
+    return previous_bound
+
+
+# -- receivers in worker processes -------------------------------------------------------------
+def worker_main(url: str, count: int, ready: Any, commands: Any, results: Any) -> None:
+    import anyio
+
+    from relay_app.client import RelayClient
+    from relay_app.ice import use_host_addresses
+    from relay_app.rtp_tap import audio_receiver, tap_receiver
+
+    use_host_addresses(["127.0.0.1"])
+    # Per receiver: arrival times (monotonic -> converted to wall clock) and sequence numbers.
+    offset = time.time() - time.monotonic()
+    arrivals: list[list[tuple[float, int]]] = [[] for _ in range(count)]
+
+    async def one(index: int, connected: Any) -> None:
+        log = arrivals[index]
+
+        def on_track(pc: Any, track: Any) -> None:
+            def on_packet(packet: Any, arrival: float) -> None:
+                log.append((arrival + offset, packet.sequence_number))
+
+            tap_receiver(audio_receiver(pc, track), on_packet, then_aiortc=False)
+
+        async with RelayClient.connect(url) as client:
+            await client.start_receiving(on_track=on_track)
+            connected.release()
+            await anyio.sleep_forever()
+
+    async def main() -> None:
+        limiter = anyio.Semaphore(8)  # negotiate a few at a time, like people joining
+        connected = anyio.Semaphore(0, max_value=count)
+
+        async def start(index: int) -> None:
+            async with limiter:
+                gate = anyio.Semaphore(0)
+                tg.start_soon(one, index, gate)
+                await gate.acquire()
+            connected.release()
+
+        async with anyio.create_task_group() as tg:
+            for index in range(count):
+                tg.start_soon(start, index)
+            for _ in range(count):
+                await connected.acquire()
+            ready.put(count)
+            start_at, end_at = await anyio.to_thread.run_sync(commands.recv)
+            await anyio.sleep(max(0.0, end_at - time.time()) + 0.5)
+            # Packets each receiver got in the window (distinct sequence numbers). Each
+            # receiver's RTCRtpSender numbers its own sequence, so packets the relay dropped
+            # leave no gap: what counts is how many arrived against how many the sender sent.
+            results.put(
+                [len({seq for at, seq in log if start_at <= at < end_at}) for log in arrivals]
+            )
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+# -- one measurement ---------------------------------------------------------------------------
+@dataclass
+class Point:
+    mode: str
+    receivers: int
+    cpu_percent: float
+    cpu_per_receiver: float
+    rss_mb: float
+    delivered: int
+    expected: int
+    loss_percent: float
+    min_receiver_packets: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    setup_seconds: float
+
+
+def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
+    server = Server(mode, tmp)
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay_app.client",
+            "--url",
+            server.ws_url,
+            "--ice-address",
+            "127.0.0.1",
+            "send",
+            "--tone",
+            "440",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ctx = mp.get_context("spawn")
+    workers, pipes = [], []
+    ready, results = ctx.Queue(), ctx.Queue()
+    try:
+        deadline = time.monotonic() + 20
+        while server.metrics()["active_streams"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sender did not start")
+            time.sleep(0.2)
+        started = time.monotonic()
+        remaining = receivers
+        while remaining:
+            count = min(PER_WORKER, remaining)
+            remaining -= count
+            parent, child = ctx.Pipe()
+            process = ctx.Process(
+                target=worker_main, args=(server.ws_url, count, ready, child, results)
+            )
+            process.start()
+            workers.append(process)
+            pipes.append(parent)
+        connected = sum(ready.get(timeout=300) for _ in workers)
+        setup = time.monotonic() - started
+        assert connected == receivers
+        start_at = time.time() + 2.0  # let the last joiners settle
+        end_at = start_at + window
+        for pipe in pipes:
+            pipe.send((start_at, end_at))
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0, buckets0 = server.cpu_seconds(), server.latency_buckets()
+        sent0 = server.metrics()["relay"]["packets_in"]
+        time.sleep(max(0.0, end_at - time.time()))
+        cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
+        sent1 = server.metrics()["relay"]["packets_in"]
+        rss = server.rss_mb()
+        counts = [n for _ in workers for n in results.get(timeout=60)]
+        delivered = sum(counts)
+        # What the sender sent in the window, once per receiver.
+        expected = max((sent1 - sent0) * receivers, 1)
+        delta = [(b1[0], b1[1] - b0[1]) for b0, b1 in zip(buckets0, buckets1, strict=True)]
+        cpu = 100 * (cpu1 - cpu0) / window
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 2)
+
+        return Point(
+            mode=mode,
+            receivers=receivers,
+            cpu_percent=round(cpu, 1),
+            cpu_per_receiver=round(cpu / receivers, 3),
+            rss_mb=round(rss, 1),
+            delivered=delivered,
+            expected=expected,
+            loss_percent=round(100 * max(0, expected - delivered) / expected, 2),
+            min_receiver_packets=min(counts),
+            latency_p50_ms=ms(quantile(delta, 0.5)),
+            latency_p95_ms=ms(quantile(delta, 0.95)),
+            latency_p99_ms=ms(quantile(delta, 0.99)),
+            setup_seconds=round(setup, 1),
+        )
+    finally:
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.join(10)
+        sender.terminate()
+        sender.wait(10)
+        server.stop()
+
+
+def table(points: list[Point]) -> str:
+    header = (
+        f"{'mode':<10} {'N':>4} {'cpu%':>7} {'cpu%/rx':>8} {'rss MB':>7} {'loss%':>6} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for p in points:
+
+        def f(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        lines.append(
+            f"{p.mode:<10} {p.receivers:>4} {p.cpu_percent:>7.1f} {p.cpu_per_receiver:>8.3f} "
+            f"{p.rss_mb:>7.1f} {p.loss_percent:>6.2f} {f(p.latency_p50_ms):>7} "
+            f"{f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7}"
+        )
+    return "\n".join(lines)
+
+
+def summary(points: list[Point]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in ("forward", "transcode"):
+        ok = [
+            p.receivers
+            for p in points
+            if p.mode == mode
+            and p.loss_percent < 1
+            and p.latency_p95_ms is not None
+            and p.latency_p95_ms < 20
+        ]
+        out[f"{mode}_max_receivers_ok"] = max(ok) if ok else 0
+    # CPU per added receiver: the slope from N=1 to the largest N that both modes ran without
+    # saturating, so the per-stream base (receive, one decode) does not count.
+    by_mode = {
+        mode: {p.receivers: p for p in points if p.mode == mode and p.loss_percent < 5}
+        for mode in ("forward", "transcode")
+    }
+    common = set(by_mode["forward"]) & set(by_mode["transcode"])
+    top = max((n for n in common if n > 1), default=None)
+    per_rx: dict[str, float] = {}
+    if top is not None and 1 in common:
+        for mode, rows in by_mode.items():
+            per_rx[mode] = round((rows[top].cpu_percent - rows[1].cpu_percent) / (top - 1), 3)
+        out["slope_between_receivers"] = [1, top]
+    if per_rx.get("forward", 0) > 0 and "transcode" in per_rx:
+        out["transcode_over_forward_cpu_per_receiver"] = round(
+            per_rx["transcode"] / per_rx["forward"], 1
+        )
+    out["cpu_per_receiver"] = per_rx
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modes", nargs="+", default=["transcode", "forward"])
+    parser.add_argument("--counts", nargs="+", type=int, default=[1, 10, 25, 50, 100, 200, 400])
+    parser.add_argument("--window", type=float, default=5.0, help="measurement seconds")
+    args = parser.parse_args()
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes:
+            for count in args.counts:
+                point = measure(mode, count, args.window, Path(tmp))
+                points.append(point)
+                print(table([point]).splitlines()[-1], flush=True)
+                if point.loss_percent >= 5:
+                    print(f"{mode} saturated at {count} receivers", flush=True)
+                    break
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result = {
+        "benchmark": "fanout",
+        "when": stamp,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "window_seconds": args.window,
+        "points": [asdict(p) for p in points],
+        "summary": summary(points),
+    }
+    path = RESULTS / f"fanout-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(points))
+    print(json.dumps(result["summary"], indent=2))
+    print(f"results: {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
