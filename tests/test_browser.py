@@ -253,3 +253,29 @@ async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
         heard = await heard_by_page(page)
         assert abs(heard["freq"] - 550) <= 10, heard
         await page.context.close()
+
+
+async def test_receiver_page_reconnects_after_server_restart(
+    browser: Any, tmp_path: Path, relay_mode: str
+) -> None:
+    """WebSocket loss: the page backs off, reconnects to the restarted server, plays again."""
+    from .test_operations import free_port
+
+    ports = {"port": free_port(), "audio_port": free_port()}
+    config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}, "server": ports})
+    first = ServerProcess(tmp_path, config).start()
+    page = await open_page(browser, first.base_url + "/listen")
+    await wait_state(page, "waiting")
+    finish_server(first)
+    await wait_state(page, "disconnected")
+    second = ServerProcess(tmp_path, config).start()
+    try:
+        async with RelayClient.connect(second.ws_url) as sender:
+            await sender.start_sending(ToneTrack(770))
+            await wait_state(page, "playing", timeout=20)
+            heard = await heard_by_page(page)
+            assert abs(heard["freq"] - 770) <= 10, heard
+            await page.context.close()
+        assert_no_leaks(second)
+    finally:
+        finish_server(second)

@@ -141,7 +141,7 @@ async def test_every_stdout_line_is_json_with_the_guides_patterns(server: Server
     assert set(LEGACY_MESSAGES) >= {e["event"] for e in server.events if "message" in e}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -175,7 +175,7 @@ def test_invalid_config_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
 async def test_sigterm_to_hypercorn_exits_within_5s_cleaning_every_session(
     tmp_path: Path,
 ) -> None:
-    port, audio_port = _free_port(), _free_port()
+    port, audio_port = free_port(), free_port()
     hypercorn = Path(sys.executable).parent / "hypercorn"
     server = ServerProcess(
         tmp_path,
