@@ -33,3 +33,6 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output
+
+docs/configuration.md: relay_app/config.py
+	$(PY) -m relay_app.config > $@

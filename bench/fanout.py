@@ -84,7 +84,7 @@ class Server:
             f"http://127.0.0.1:{self.port}/metrics", headers={"Accept": "text/plain"}, timeout=10
         ).text
         buckets = []
-        for match in re.finditer(r'relay_relay_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', text):
+        for match in re.finditer(r'relay_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', text):
             bound = float("inf") if match[1] == "+Inf" else float(match[1])
             buckets.append((bound, int(match[2])))
         return buckets

@@ -48,8 +48,9 @@ def hypercorn_config(settings: Settings, sockets: Sequence[socket.socket]) -> Hy
     config.websocket_max_message_size = max(2 * 1024 * 1024, 4 * settings.server.max_message_bytes)
     config.certfile = settings.server.certfile
     config.keyfile = settings.server.keyfile
+    # Hypercorn's own loggers, routed through our JSON renderer (see logs.py).
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.accesslog = None
+    config.accesslog = logging.getLogger("hypercorn.access")
     return config
 
 

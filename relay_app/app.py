@@ -20,7 +20,13 @@ from . import __version__
 from .config import Settings
 from .context import RelayContext
 from .logs import get_logger
-from .metrics_view import health_view, metrics_json, metrics_prometheus, wants_prometheus
+from .metrics_view import (
+    health_view,
+    metrics_json,
+    metrics_prometheus,
+    prometheus_registry,
+    wants_prometheus,
+)
 from .session import PeerSession
 
 STATIC = Path(__file__).parent / "static"
@@ -104,11 +110,15 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         body, code = health_view(ctx)
         return jsonify(body), code
 
+    scrape_registry = prometheus_registry(ctx)
+
     @app.get("/metrics")
     async def _metrics() -> Response | tuple[Response, int]:
-        if wants_prometheus(request.headers.get("Accept", "")):
-            text, content_type = metrics_prometheus(ctx)
-            return Response(text, content_type=content_type)
+        # JSON for people and jq (the guide's commands); exposition format for scrapers.
+        accept = request.headers.get("Accept", "")
+        if wants_prometheus(accept):
+            body, content_type = metrics_prometheus(scrape_registry, accept)
+            return Response(body, content_type=content_type)
         return jsonify(metrics_json(ctx)), 200
 
     @app.get("/stream/status")

@@ -134,6 +134,9 @@ class LoggingSettings(_Section):
     format: Literal["json", "console"] = Field(
         "json", description="`json`: one JSON object per line; `console`: for people."
     )
+    access_log: bool = Field(
+        True, description="Log each HTTP request and WebSocket handshake (`http_access`)."
+    )
 
     @field_validator("level", mode="before")
     @classmethod

@@ -47,10 +47,36 @@ def _legacy_message(
     return event_dict
 
 
-def _drop_color_message(
+def _tidy_foreign(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    """Drop what another formatter left on a stdlib record (Hypercorn's stderr handler)."""
     event_dict.pop("color_message", None)
+    event_dict.pop("asctime", None)
+    if event_dict.get("message") == event_dict.get("event"):
+        del event_dict["message"]
+    return event_dict
+
+
+def _http_access(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Hypercorn's access lines as fields (`http_access`), not a preformatted string."""
+    record = event_dict.get("_record")
+    atoms = event_dict.pop("positional_args", None)  # ProcessorFormatter(pass_foreign_args)
+    if record is None or record.name != "hypercorn.access" or not isinstance(atoms, dict):
+        return event_dict
+    event_dict["event"] = "http_access"
+    event_dict.update(
+        client=atoms.get("h"),
+        method=atoms.get("m"),
+        path=atoms.get("U"),
+        query=atoms.get("q") or None,
+        status=int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
+        protocol=atoms.get("H"),
+        duration_ms=round(int(atoms.get("D", 0)) / 1000, 3),
+        user_agent=atoms.get("{user-agent}i"),
+    )
     return event_dict
 
 
@@ -67,7 +93,7 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _legacy_message,
-        _drop_color_message,
+        _tidy_foreign,
     ]
     renderer: Any
     if settings.format == "json":
@@ -87,7 +113,8 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[_http_access, structlog.stdlib.ExtraAdder(), *shared],
+        pass_foreign_args=True,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(stream)
@@ -99,6 +126,7 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     quiet = logging.WARNING if settings.level != "DEBUG" else logging.INFO
     for name in ("aiortc", "aioice", "av"):
         logging.getLogger(name).setLevel(quiet)
+    logging.getLogger("hypercorn.access").disabled = not settings.access_log
     for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

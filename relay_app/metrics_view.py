@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .context import RelayContext
 
@@ -106,61 +124,77 @@ def wants_prometheus(accept: str) -> bool:
     return "openmetrics" in accept or ("text/plain" in accept and "json" not in accept)
 
 
-def metrics_prometheus(ctx: RelayContext) -> tuple[str, str]:
-    """Prometheus text exposition (0.0.4) of the same numbers as the JSON view."""
-    data = metrics_json(ctx)
-    lines: list[str] = []
+class RelayCollector(Collector):
+    """Prometheus view of the registry and Metrics, built at scrape time (no second state)."""
 
-    def metric(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
-        if not any(line.startswith(f"# TYPE relay_{name} ") for line in lines):
-            lines.append(f"# HELP relay_{name} {help_}")
-            lines.append(f"# TYPE relay_{name} {kind}")
-        lines.append(f"relay_{name}{labels} {value}")
+    def __init__(self, ctx: RelayContext) -> None:
+        self.ctx = ctx
 
-    metric("uptime_seconds", "gauge", "Seconds since the server started.", data["uptime_seconds"])
-    metric("active_connections", "gauge", "Open WebSocket sessions.", data["active_connections"])
-    metric("active_streams", "gauge", "Live sender streams.", data["active_streams"])
-    metric(
-        "active_receivers", "gauge", "Receivers subscribed to a stream.", data["active_receivers"]
-    )
-    metric(
-        "audio_bytes_total", "counter", "Decoded audio bytes received.", data["total_audio_bytes"]
-    )
-    metric("audio_frames_total", "counter", "Audio frames received.", data["audio_frames"])
-    metric("sessions_total", "counter", "WebSocket sessions opened.", data["sessions_total"])
-    metric("streams_total", "counter", "Streams started.", data["streams_total"])
-    metric(
-        "webrtc_available",
-        "gauge",
-        "1 when WebRTC media is available.",
-        int(data["webrtc_available"]),
-    )
-    relay = data["relay"]
-    metric(
-        "packets_in_total", "counter", "Opus packets received from senders.", relay["packets_in"]
-    )
-    metric(
-        "packets_out_total", "counter", "Packets/frames taken by receivers.", relay["packets_out"]
-    )
-    metric("bytes_out_total", "counter", "Opus bytes forwarded to receivers.", relay["bytes_out"])
-    for reason, count in sorted(relay["drops"].items()):
-        metric(
-            "drops_total", "counter", "Audio dropped, by reason.", count, f'{{reason="{reason}"}}'
+    def collect(self) -> Iterable[Metric]:
+        ctx, metrics = self.ctx, self.ctx.metrics
+        registry = ctx.registry
+        streams = registry.live_streams()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"relay_{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"relay_{name}", doc, value=value)
+
+        yield gauge("uptime_seconds", "Seconds since the server started.", metrics.uptime_seconds)
+        yield gauge("active_connections", "Open WebSocket sessions.", len(registry.sessions))
+        yield gauge("active_streams", "Live sender streams.", len(streams))
+        yield gauge("webrtc_available", "1 when WebRTC media is available.", int(_WEBRTC))
+        per_stream = GaugeMetricFamily(
+            "relay_stream_receivers", "Receivers of each live stream.", labels=["stream_id"]
         )
-    histogram = ctx.metrics.relay_latency
-    name = "relay_latency_seconds"
-    lines.append(f"# HELP relay_{name} Relay-added latency: ingress to a receiver's sender.")
-    lines.append(f"# TYPE relay_{name} histogram")
-    cumulative = 0
-    for bound, count in zip((*histogram.bounds, "+Inf"), histogram.counts, strict=True):
-        cumulative += count
-        lines.append(f'relay_{name}_bucket{{le="{bound}"}} {cumulative}')
-    lines.append(f"relay_{name}_sum {histogram.total}")
-    lines.append(f"relay_{name}_count {histogram.count}")
-    for kind, count in sorted(data["errors"].items()):
-        metric(
-            "errors_total", "counter", "Client-visible errors by kind.", count, f'{{kind="{kind}"}}'
+        for stream in streams:
+            per_stream.add_metric([stream.stream_id], len(stream.receivers))
+        yield per_stream
+        yield counter("audio_bytes", "Opus bytes received from senders.", metrics.total_audio_bytes)
+        yield counter("packets_in", "Opus packets received from senders.", metrics.packets_in)
+        yield counter("packets_out", "Packets/frames taken by receivers.", metrics.packets_out)
+        yield counter("bytes_out", "Opus bytes forwarded to receivers.", metrics.bytes_out)
+        yield counter("sessions", "WebSocket sessions opened.", metrics.sessions_total)
+        yield counter("streams", "Streams started.", metrics.streams_total)
+        drops = CounterMetricFamily("relay_drops", "Audio dropped, by reason.", labels=["reason"])
+        for reason, count in sorted(metrics.drops.items()):
+            drops.add_metric([reason], count)
+        yield drops
+        errors = CounterMetricFamily(
+            "relay_errors", "Client-visible errors, by kind.", labels=["kind"]
         )
-    for name, value in data["live"].items():
-        metric(f"live_{name}", "gauge", f"Live {name.replace('_', ' ')}.", value)
-    return "\n".join(lines) + "\n", "text/plain; version=0.0.4; charset=utf-8"
+        for kind, count in sorted(metrics.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        histogram = metrics.relay_latency
+        cumulative, buckets = 0, []
+        for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            "relay_latency_seconds",
+            "Relay-added latency: a packet's arrival to a receiver's sender taking it.",
+            buckets=buckets,
+            sum_value=histogram.total,
+        )
+        live = GaugeMetricFamily(
+            "relay_live", "Resources held now; all 0 when no client is connected.", labels=["kind"]
+        )
+        for kind, value in asdict(metrics.live.statistics()).items():
+            live.add_metric([kind], value)
+        yield live
+
+
+def prometheus_registry(ctx: RelayContext) -> CollectorRegistry:
+    """Per app (never the global registry): each test builds its own app."""
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(ctx))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def metrics_prometheus(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    if "application/openmetrics-text" in accept.lower():
+        return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST

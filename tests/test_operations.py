@@ -90,8 +90,18 @@ async def test_health_metrics_and_status_during_and_after_a_stream(server: Serve
 async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) -> None:
     response = server.get("/metrics", headers={"Accept": "text/plain"})
     assert response.headers["content-type"].startswith("text/plain")
-    assert "# TYPE relay_active_streams gauge" in response.text
-    assert "relay_live_peer_connections 0" in response.text
+    text = response.text
+    assert "# TYPE relay_active_streams gauge" in text
+    assert 'relay_live{kind="peer_connections"} 0.0' in text
+    assert "# TYPE relay_latency_seconds histogram" in text
+    assert "process_resident_memory_bytes" in text
+    response = server.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+    # jq users keep getting JSON.
+    assert server.get("/metrics", headers={"Accept": "*/*"}).json()["active_streams"] == 0
 
 
 async def test_unknown_paths_get_json_404_and_wrong_method_405(server: ServerProcess) -> None:
