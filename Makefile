@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy relay_app
+	$(VENV)/bin/hadolint Dockerfile
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .app import PortDispatcher, create_asgi_app
 from .config import ConfigError, Settings, load_settings
-from .ice import use_host_addresses
+from .ice import configure_ice
 from .logs import configure_logging, get_logger
 
 
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay_app: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.logging)
-    use_host_addresses(settings.webrtc.ice_addresses)
+    configure_ice(settings.webrtc)
     try:
         asyncio.run(_serve(settings))
     except OSError as error:

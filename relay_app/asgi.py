@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from .app import create_asgi_app
 from .config import load_settings
-from .ice import use_host_addresses
+from .ice import configure_ice
 from .logs import configure_logging
 
 settings = load_settings()
 configure_logging(settings.logging)
-use_host_addresses(settings.webrtc.ice_addresses)
+configure_ice(settings.webrtc)
 app = create_asgi_app(settings)

@@ -87,7 +87,24 @@ class WebRTCSettings(_Section):
         description="Local IPs to gather host candidates on; null = every non-loopback interface. "
         '`["127.0.0.1"]` keeps media on loopback.',
     )
+    udp_port_range: tuple[int, int] | None = Field(
+        None,
+        description="[low, high]: the only UDP ports media uses (one per peer connection), for "
+        "firewalls and `docker run -p`; null = any port.",
+    )
     audio_constraints: AudioConstraints = Field(default_factory=AudioConstraints)
+
+    @model_validator(mode="after")
+    def _port_range(self) -> WebRTCSettings:
+        if self.udp_port_range is not None:
+            low, high = self.udp_port_range
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(
+                    "udp_port_range must be [low, high] with 1 <= low <= high <= 65535"
+                )
+            if self.ice_servers:
+                raise ValueError("udp_port_range cannot be combined with ice_servers (STUN/TURN)")
+        return self
 
     @field_validator("ice_addresses")
     @classmethod

@@ -59,6 +59,12 @@ class NegotiationError(RelayError):
     kind = "negotiation"
 
 
+class MediaUnavailable(RelayError):
+    """No media can be set up right now (e.g. every port of webrtc.udp_port_range is taken)."""
+
+    kind = "media_unavailable"
+
+
 class CapacityError(RelayError):
     kind = "capacity"
     close_code = CloseCode.TRY_AGAIN_LATER

@@ -10,10 +10,16 @@ an upgrade renames the hook.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
+import random
 from collections.abc import Callable, Sequence
 
+import aioice
 import aioice.ice
+
+from .config import WebRTCSettings
 
 HostAddresses = Callable[[bool, bool], list[str]]
 _original: HostAddresses = aioice.ice.get_host_addresses
@@ -32,3 +38,77 @@ def use_host_addresses(addresses: Sequence[str] | None) -> None:
         ]
 
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+def configure_ice(settings: WebRTCSettings) -> None:
+    """Apply webrtc.ice_addresses and webrtc.udp_port_range to this process."""
+    use_host_addresses(settings.ice_addresses)
+    use_port_range(settings.udp_port_range)
+
+
+class NoFreeMediaPort(OSError):
+    """Every UDP port of webrtc.udp_port_range is taken by other peer connections."""
+
+
+_original_gather = aioice.ice.Connection.get_component_candidates
+
+
+def use_port_range(port_range: tuple[int, int] | None) -> None:
+    """Bind host candidates only to UDP ports in [low, high]; None restores aioice's choice.
+
+    aioice binds each host candidate to port 0 (any port), so firewalls and `docker run -p`
+    cannot be told which ports media uses. This replaces its host-candidate gathering with
+    one that tries the ports of the range (from a random start, so that concurrent peers do
+    not all probe the same port first). Each peer connection needs one port per address.
+    STUN/TURN candidates are not gathered with a range (config refuses the combination).
+    """
+    if port_range is None:
+        aioice.ice.Connection.get_component_candidates = _original_gather  # type: ignore[method-assign]
+        return
+    low, high = port_range
+
+    async def get_component_candidates(
+        self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[aioice.Candidate]:
+        candidates = []
+        for address in addresses:
+            protocol = await _bind_in_range(self, address, low, high)
+            host, port = protocol.transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = aioice.Candidate(
+                foundation=aioice.ice.candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=aioice.ice.candidate_priority(component, "host"),
+                host=host,
+                port=port,
+                type="host",
+            )
+            self._protocols.append(protocol)
+            candidates.append(protocol.local_candidate)
+        return candidates
+
+    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_in_range(
+    connection: aioice.ice.Connection, address: str, low: int, high: int
+) -> aioice.ice.StunProtocol:
+    loop = asyncio.get_running_loop()
+    size = high - low + 1
+    start = random.randrange(size)
+    for offset in range(size):
+        port = low + (start + offset) % size
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise
+        return protocol
+    raise NoFreeMediaPort(
+        errno.EADDRINUSE,
+        f"no free UDP port for media on {address} in {low}-{high} (webrtc.udp_port_range): "
+        f"all {size} are in use",
+    )

@@ -40,12 +40,14 @@ from . import protocol as p
 from .context import RelayContext
 from .errors import (
     CloseCode,
+    MediaUnavailable,
     MessageTooBig,
     NegotiationError,
     ProtocolError,
     RelayError,
     SessionStateError,
 )
+from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .logs import get_logger
 from .peer import Peer, open_peer
@@ -384,6 +386,8 @@ class PeerSession:
         try:
             await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await peer.pc.setLocalDescription(await peer.pc.createAnswer())
+        except NoFreeMediaPort as error:
+            raise MediaUnavailable(str(error.strerror or error)) from None
         except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
             raise NegotiationError(
                 f"cannot use this offer: {error or type(error).__name__}"
@@ -490,7 +494,10 @@ class PeerSession:
                     log.info("relay_subscribe", receivers=len(stream.receivers))
                     try:
                         peer.pc.addTrack(track)
-                        await peer.pc.setLocalDescription(await peer.pc.createOffer())
+                        try:
+                            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+                        except NoFreeMediaPort as error:
+                            raise MediaUnavailable(str(error.strerror or error)) from None
                         await self._send(
                             p.Offer(sdp=peer.pc.localDescription.sdp, stream_id=stream.stream_id)
                         )

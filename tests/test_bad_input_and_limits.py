@@ -144,3 +144,31 @@ async def test_flowing_media_keeps_silent_sessions_open(
             await receiver.start_receiving()
             await receiver.wait_audio(2.5)
             assert not receiver.closed.is_set() and not sender.closed.is_set()
+
+
+async def test_media_ports_stay_in_udp_port_range_and_a_full_range_says_so(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    from .test_operations import free_port
+
+    low = free_port()
+    while low > 65000:  # leave room for the range
+        low = free_port()
+    server = make_server({"webrtc": {"udp_port_range": [low, low + 1]}})
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440))
+        answer = next(m for m in sender.messages if m["type"] == "answer")
+        ports = {
+            int(line.split()[5]) for line in answer["sdp"].splitlines() if "a=candidate" in line
+        }
+        assert ports and ports <= {low, low + 1}, ports
+        async with RelayClient.connect(server.ws_url) as receiver:
+            await receiver.start_receiving()
+            await receiver.wait_audio(0.5)
+            async with RelayClient.connect(server.ws_url) as third:
+                await third.send({"type": "start_receiving"})
+                error = await third.expect("error")
+                assert "webrtc.udp_port_range" in error["message"], error
+                # The others keep hearing the tone.
+                heard = receiver.recorder.seconds
+                await receiver.wait_audio(heard + 0.5)

@@ -48,6 +48,11 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ({"logging": {"format": "xml"}}, "logging.format"),
         ({"nonsense": 1}, "nonsense: unknown key"),
         ({"server": {"certfile": "cert.pem"}}, "certfile and keyfile"),
+        ({"webrtc": {"udp_port_range": [40100, 40000]}}, "udp_port_range must be"),
+        (
+            {"webrtc": {"udp_port_range": [40000, 40100], "ice_servers": [{"urls": "stun:x"}]}},
+            "cannot be combined with ice_servers",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, config: dict[str, object], key: str) -> None:

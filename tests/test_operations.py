@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -266,3 +267,69 @@ async def test_https_and_wss_with_a_self_signed_cert_for_lan_phones(
     url = f"wss://127.0.0.1:{server.port}/ws"
     async with RelayClient.connect(url, ssl=context) as client:
         assert client.welcome["type"] == "welcome"
+
+
+def _dockerfile() -> tuple[list[str], dict[str, str], list[str]]:
+    """(CMD, ENV, HEALTHCHECK CMD) of the Dockerfile, joined across continuation lines."""
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    # Like Docker: comment lines go first (even inside a continued instruction), then join.
+    kept = [line for line in lines if not line.strip().startswith("#")]
+    text = "\n".join(kept).replace("\\\n", " ")
+    env: dict[str, str] = {}
+    cmd: list[str] = []
+    health: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("ENV "):
+            for key, value in re.findall(r'(\w+)=("[^"]*"|\S+)', line[4:]):
+                env[key] = value.strip('"')
+        elif line.startswith("CMD "):
+            cmd = json.loads(line[4:])
+        elif line.startswith("HEALTHCHECK "):
+            health = json.loads(line[line.index("CMD ") + 4 :])
+    return cmd, env, health
+
+
+async def test_docker_cmd_and_healthcheck_run_as_plain_processes(tmp_path: Path) -> None:
+    """No Docker engine here: run the image's CMD and HEALTHCHECK as processes instead."""
+    cmd, env, health = _dockerfile()
+    assert cmd[:3] == ["hypercorn", "-c", "hypercorn.toml"], cmd
+    assert "relay_app.asgi:app" in cmd
+    readme = (REPO / "README.md").read_text()
+    assert " ".join(cmd) in readme, "the README shows the same Hypercorn command"
+    port, audio_port = free_port(), free_port()
+    hypercorn = str(Path(sys.executable).parent / "hypercorn")
+    server = ServerProcess(
+        tmp_path,
+        {"server": {"port": port, "audio_port": audio_port}},
+        # The CMD as is, plus binds on loopback ephemeral ports for the test.
+        command=[
+            hypercorn,
+            *cmd[1:],
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--bind",
+            f"127.0.0.1:{audio_port}",
+        ],
+        env=env,
+    )
+    server.port, server.audio_port = port, audio_port
+    server.start(wait_for_http=True)
+    try:
+        check = [
+            sys.executable
+            if part == "python"
+            else part.replace("localhost:8080", f"127.0.0.1:{port}")
+            for part in health
+        ]
+        assert subprocess.run(check, timeout=30).returncode == 0
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(ToneTrack(440))
+            answer = next(m for m in sender.messages if m["type"] == "answer")
+            low, high = json.loads(env["RELAY_WEBRTC__UDP_PORT_RANGE"])
+            for line in answer["sdp"].splitlines():
+                if line.startswith("a=candidate"):
+                    assert low <= int(line.split()[5]) <= high, line
+        server.wait_idle()
+    finally:
+        assert server.stop() == 0

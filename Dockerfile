@@ -1,0 +1,30 @@
+# relay_app: LAN voice relay. Build: docker build -t webrtc-voice-backend .
+# Run:   docker run -d --name voice-streaming --network host webrtc-voice-backend
+#   or:  docker run -d --name voice-streaming -p 8080:8080 -p 8081:8081 \
+#          -p 40000-40100:40000-40100/udp webrtc-voice-backend
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # Media only on this port range, so `-p 40000-40100:40000-40100/udp` is enough.
+    RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]"
+
+WORKDIR /app
+
+# Dependencies first (cached while only the code changes), pinned by the lock file.
+COPY constraints.txt pyproject.toml README.md ./
+COPY relay_app ./relay_app
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --create-home --uid 10001 relay
+
+COPY hypercorn.toml ./
+
+USER 10001
+EXPOSE 8080/tcp 8081/tcp 40000-40100/udp
+
+# The guide's health check; urlopen raises (exit 1) on a 503 "unhealthy" too.
+HEALTHCHECK --interval=30s --timeout=30s --start-period=120s \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8080/health', timeout=25)"]
+
+CMD ["hypercorn", "-c", "hypercorn.toml", "relay_app.asgi:app"]
