@@ -45,6 +45,13 @@ SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 
 
+def single_error(error: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups that task groups raise."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 class ServerError(Exception):
     """The server answered with `{"type": "error"}`."""
 
@@ -406,11 +413,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return anyio.run(_run_cli, args)
-    except ServerError as error:
-        print(f"server error: {error.message}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as group:
+        error = single_error(group)
+        if isinstance(error, ServerError):
+            print(f"server error: {error.message}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError | websockets.InvalidHandshake):
+            print(f"cannot reach {args.url}: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
