@@ -20,3 +20,30 @@ def test_troubleshooting_doc_maps_every_guide_pattern_to_its_event() -> None:
     doc = (REPO / "docs" / "troubleshooting.md").read_text()
     for event in LEGACY_MESSAGES:
         assert f"`{event}`" in doc, event
+
+
+def test_troubleshooting_doc_says_what_replaced_the_old_files() -> None:
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    for old, new in [
+        ("webrtc_server_relay.py", "make run"),
+        ("test_ws.py", "relay_app.check"),
+        ("performance_test.py", "relay_app.perf"),
+        ("config.json", "RELAY_CONFIG"),
+    ]:
+        assert old in doc and new in doc, old
+
+
+def test_every_guide_config_key_is_documented() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    for key in [
+        "server.host",
+        "server.port",
+        "server.audio_port",
+        "server.max_connections",
+        "webrtc.ice_servers",
+        "webrtc.connection_timeout",
+        "webrtc.audio_constraints.sample_rate",
+        "webrtc.audio_constraints.channels",
+        "webrtc.audio_constraints.latency",
+    ]:
+        assert f"`{key}`" in doc, key
