@@ -95,6 +95,22 @@ def _cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from .auth import mint, parse_ttl
+
+    secret = settings.auth.secret
+    if secret is None:
+        print("relay_app: auth.secret is not set: tokens are not needed", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as error:
+        print(f"relay_app: --ttl: {error}", file=sys.stderr)
+        return 2
+    print(mint(secret.get_secret_value(), args.role, ttl, stream=args.stream, subject=args.sub))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
@@ -104,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cert.add_argument("--host", action="append", required=True, help="LAN IP or name (repeatable)")
     cert.add_argument("--out-dir", default=".", help="where to write cert.pem and key.pem")
     cert.add_argument("--days", type=int, default=825, help="validity (days)")
+    token = sub.add_parser("token", help="mint an access token signed with auth.secret")
+    token.add_argument("--role", choices=["send", "receive", "both", "metrics"], required=True)
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--stream", help="receivers: only this stream_id")
+    token.add_argument("--sub", help="who it is for (logged)")
     args = parser.parse_args(argv)
     if args.command == "cert":
         return _cert(args)
@@ -112,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"relay_app: {error}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return _token(args, settings)
     configure_logging(settings.logging)
     configure_ice(settings.webrtc)
     try:

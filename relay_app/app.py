@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from quart import Quart, Response, jsonify, request, websocket
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
+from .auth import verify
 from .config import Settings
 from .context import RelayContext
+from .errors import AuthError
 from .logs import get_logger
 from .metrics_view import (
     health_view,
@@ -31,6 +34,55 @@ from .session import PeerSession
 
 STATIC = Path(__file__).parent / "static"
 log = get_logger("relay_app.app")
+
+
+# The web client loads only its own scripts and styles and talks only to this server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def origin_allowed(origin: str | None, host: str, settings: Settings) -> bool:
+    """Cross-site WebSocket protection: a browser page from elsewhere may not open /ws.
+
+    Clients that send no Origin (Python, curl) pass: Origin is what browsers add, and what a
+    malicious page cannot forge. Default: only the server's own origin (same host:port).
+    """
+    if origin is None:
+        return True
+    allowed = settings.server.allowed_origins
+    if allowed is not None:
+        return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _metrics_refusal(settings: Settings, authorization: str) -> str | None:
+    secret = settings.auth.secret
+    if secret is None or not settings.auth.protect_metrics:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "/metrics needs Authorization: Bearer <token> (auth.protect_metrics)"
+    try:
+        grant = verify(secret.get_secret_value(), token.strip())
+    except AuthError as error:
+        return error.message
+    return None if grant.allows_metrics() else "this token's role may not read /metrics"
+
+
+def _json_error(code: int, name: str, message: str) -> Response:
+    response = jsonify({"error": name, "status": code, "message": message})
+    response.status_code = code
+    return response
 
 
 def _json_errors(app: Quart) -> None:
@@ -100,10 +152,20 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         log.info("server_stopped")
 
     @app.websocket("/ws")
-    async def _ws() -> None:
-        ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
+    async def _ws() -> Response | None:
         remote = websocket.remote_addr or ""
-        await PeerSession(ws, ctx, remote).run()
+        origin = websocket.headers.get("Origin")
+        if not origin_allowed(origin, websocket.headers.get("Host", ""), settings):
+            # Refused before the handshake completes: a page on another site cannot open it.
+            log.warning("origin_refused", origin=origin, remote=remote)
+            ctx.metrics.count_error("origin")
+            return _json_error(
+                403, "Forbidden", f"origin {origin} is not allowed (server.allowed_origins)"
+            )
+        ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
+        token = websocket.args.get("token")
+        await PeerSession(ws, ctx, remote, token=token).run()
+        return None
 
     @app.get("/health")
     async def _health() -> tuple[Response, int]:
@@ -114,6 +176,9 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
 
     @app.get("/metrics")
     async def _metrics() -> Response | tuple[Response, int]:
+        refusal = _metrics_refusal(settings, request.headers.get("Authorization", ""))
+        if refusal is not None:
+            return _json_error(401, "Unauthorized", refusal), 401
         # JSON for people and jq (the guide's commands); exposition format for scrapers.
         accept = request.headers.get("Accept", "")
         if wants_prometheus(accept):
@@ -124,6 +189,12 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     @app.get("/stream/status")
     async def _status_here() -> Response:
         return jsonify(stream_status(ctx))
+
+    @app.after_request
+    async def _security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.get("/")
     async def _index() -> Response:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 import numpy as np
@@ -228,8 +229,17 @@ class RelayClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, url: str, *, ice_servers: list[dict[str, Any]] | None = None, **ws_options: Any
+        cls,
+        url: str,
+        *,
+        ice_servers: list[dict[str, Any]] | None = None,
+        token: str | None = None,
+        token_in_url: bool = True,
+        **ws_options: Any,
     ) -> AsyncIterator[RelayClient]:
+        """Open a session; with `token`, authenticate in the URL or in a first `auth` message."""
+        if token is not None and token_in_url:
+            url += ("&" if "?" in url else "?") + urlencode({"token": token})
         async with (
             websockets.connect(url, max_size=None, **ws_options) as ws,
             anyio.create_task_group() as tg,
@@ -237,6 +247,8 @@ class RelayClient:
             client = cls(ws, tg, ice_servers or [])
             tg.start_soon(client._read_loop)
             try:
+                if token is not None and not token_in_url:
+                    await client.send({"type": "auth", "token": token})
                 client.welcome = await client.expect("welcome")
                 yield client
             finally:
@@ -350,7 +362,7 @@ class RelayClient:
 async def _run_cli(args: argparse.Namespace) -> int:
     if args.ice_address:
         use_host_addresses(args.ice_address)
-    async with RelayClient.connect(args.url) as client:
+    async with RelayClient.connect(args.url, token=args.token) as client:
         if args.command == "send":
             track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
             stream_id = await client.start_sending(track)
@@ -392,6 +404,7 @@ async def _run_cli(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app.client")
     parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument("--token", help="access token (when the server has auth.secret)")
     parser.add_argument(
         "--ice-address",
         action="append",

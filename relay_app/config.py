@@ -15,7 +15,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "RELAY_CONFIG"
@@ -50,6 +58,14 @@ class ServerSettings(_Section):
     keyfile: str | None = Field(None, description="TLS private key (PEM).")
     graceful_timeout: float = Field(
         1.0, ge=0, description="Seconds Hypercorn waits for sessions to end on SIGTERM."
+    )
+    max_messages_per_second: float = Field(
+        20.0, gt=0, description="WebSocket messages a client may send per second (burst: 2x)."
+    )
+    allowed_origins: list[str] | None = Field(
+        None,
+        description="Browser origins allowed to open /ws (e.g. `https://intercom.lan:8080`); "
+        'null = only the server\'s own origin; `["*"]` = any. Clients without Origin pass.',
     )
 
     @model_validator(mode="after")
@@ -92,6 +108,12 @@ class WebRTCSettings(_Section):
         description="[low, high]: the only UDP ports media uses (one per peer connection), for "
         "firewalls and `docker run -p`; null = any port.",
     )
+    negotiation_timeout: float = Field(
+        10.0, gt=0, description="Seconds a receiver has to answer the server's offer."
+    )
+    max_sdp_bytes: int = Field(
+        16384, ge=1024, description="Largest SDP offer or answer accepted (bytes)."
+    )
     audio_constraints: AudioConstraints = Field(default_factory=AudioConstraints)
 
     @model_validator(mode="after")
@@ -126,6 +148,8 @@ class StreamSettings(_Section):
     stale_after: float = Field(
         15.0, gt=0, description="A stream with no audio for this many seconds is stale."
     )
+    max_streams: int = Field(20, ge=1, description="Senders streaming at once.")
+    max_receivers: int = Field(200, ge=1, description="Receivers of one stream at once.")
 
 
 class RelaySettings(_Section):
@@ -142,6 +166,24 @@ class RelaySettings(_Section):
     teardown_timeout: float = Field(
         3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
     )
+
+
+class AuthSettings(_Section):
+    secret: SecretStr | None = Field(
+        None,
+        description="Signs access tokens (HS256); set it (32+ characters) to require a token "
+        "on /ws. null = open (a trusted LAN).",
+    )
+    protect_metrics: bool = Field(
+        False, description="With a secret: /metrics needs `Authorization: Bearer <metrics token>`."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
 
 class LoggingSettings(_Section):
@@ -186,6 +228,7 @@ class Settings(BaseSettings):
     visualization: VisualizationSettings = Field(default_factory=VisualizationSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
@@ -234,6 +277,8 @@ def iter_keys(
             rows.extend(iter_keys(annotation, key + "."))
             continue
         default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = "**********"
         type_name = getattr(annotation, "__name__", None) or str(annotation)
         if type_name == "Literal":
             type_name = "one of " + ", ".join(map(str, getattr(annotation, "__args__", ())))

@@ -65,6 +65,24 @@ class MediaUnavailable(RelayError):
     kind = "media_unavailable"
 
 
+class AuthError(RelayError):
+    """No, or a bad, access token, or a token that does not allow this."""
+
+    kind = "auth"
+    close_code = CloseCode.POLICY_VIOLATION
+
+
+class LimitError(RelayError):
+    """A configured limit was reached; the message names the config key."""
+
+    kind = "limit"
+
+
+class FloodError(RelayError):
+    kind = "flood"
+    close_code = CloseCode.POLICY_VIOLATION
+
+
 class CapacityError(RelayError):
     kind = "capacity"
     close_code = CloseCode.TRY_AGAIN_LATER

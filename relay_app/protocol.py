@@ -37,6 +37,11 @@ class Answer(_ClientMessage):
     sdp: str = Field(min_length=1)
 
 
+class Auth(_ClientMessage):
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=4096)
+
+
 class GetAvailableStreams(_ClientMessage):
     type: Literal["get_available_streams"]
 
@@ -50,7 +55,7 @@ class Stop(_ClientMessage):
 
 
 ClientMessage = Annotated[
-    StartSending | StartReceiving | Answer | GetAvailableStreams | Ping | Stop,
+    StartSending | StartReceiving | Answer | GetAvailableStreams | Ping | Stop | Auth,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -61,6 +66,7 @@ CLIENT_TYPES = (
     "get_available_streams",
     "ping",
     "stop",
+    "auth",
 )
 
 
@@ -147,6 +153,12 @@ class Visualization(_ServerMessage):
     peak: float
 
 
+class Authenticated(_ServerMessage):
+    type: Literal["authenticated"] = "authenticated"
+    role: str
+    stream: str | None = None
+
+
 class Error(_ServerMessage):
     type: Literal["error"] = "error"
     message: str
@@ -162,6 +174,7 @@ ServerMessage = (
     | Stopped
     | StreamEnded
     | Visualization
+    | Authenticated
     | Error
 )
 

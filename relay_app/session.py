@@ -37,9 +37,13 @@ from anyio.abc import TaskStatus
 from av import AudioFrame
 
 from . import protocol as p
+from .auth import Grant, verify
 from .context import RelayContext
 from .errors import (
+    AuthError,
     CloseCode,
+    FloodError,
+    LimitError,
     MediaUnavailable,
     MessageTooBig,
     NegotiationError,
@@ -73,6 +77,31 @@ class WebSocket(Protocol):
     async def close(self, code: int, reason: str = "") -> None: ...
 
 
+class TokenBucket:
+    """At most `rate` messages a second on average, bursts of 2x; a flood closes the session."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = 2 * rate
+        self.tokens = self.capacity
+        self.updated = anyio.current_time()
+        self.refused = 0
+
+    def take(self) -> None:
+        now = anyio.current_time()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return
+        self.refused += 1
+        message = f"too many messages: limit {self.rate:g}/s (server.max_messages_per_second)"
+        if self.refused > self.capacity:
+            raise FloodError(message + "; closing")
+        raise LimitError(message + "; this message was ignored")
+
+
 def new_connection_id() -> str:
     return secrets.token_hex(4) + "-" + secrets.token_hex(2)
 
@@ -97,8 +126,13 @@ async def _wait_any(*waits: Callable[[], Awaitable[Any]]) -> None:
 
 
 class PeerSession:
-    def __init__(self, ws: WebSocket, ctx: RelayContext, remote: str = "") -> None:
+    def __init__(
+        self, ws: WebSocket, ctx: RelayContext, remote: str = "", token: str | None = None
+    ) -> None:
         self.ws = ws
+        self._url_token = token
+        # None while auth is off; otherwise what the client's token allows.
+        self.grant: Grant | None = None
         self.ctx = ctx
         self.settings = ctx.settings
         self.connection_id = new_connection_id()
@@ -117,6 +151,7 @@ class PeerSession:
         self._media_scope: anyio.CancelScope | None = None
         self._media_done: anyio.Event | None = None
         self._peer: Peer | None = None
+        self._bucket = TokenBucket(ctx.settings.server.max_messages_per_second)
 
     # Lifetime ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -125,12 +160,16 @@ class PeerSession:
         registry = self.ctx.registry
         await self.ws.accept()
         try:
+            # A refused client never reaches the registry: authenticate first.
+            self.grant = await self._authenticate()
             registry.open_session(self.info)
         except RelayError as error:
-            self.log.warning("connection_refused", reason=error.message)
+            self.log.warning("connection_refused", kind=error.kind, reason=error.message)
             self.ctx.metrics.count_error(error.kind)
-            await self.ws.send(p.encode(p.Error(message=error.message)))
-            await self.ws.close(error.close_code or CloseCode.TRY_AGAIN_LATER, "server is full")
+            code = error.close_code or CloseCode.TRY_AGAIN_LATER
+            with anyio.move_on_after(self.settings.relay.teardown_timeout, shield=True):
+                await self.ws.send(p.encode(p.Error(message=error.message)))
+                await self.ws.close(code, error.message[:120])
             return
         live.sessions += 1
         self.ctx.metrics.sessions_total += 1
@@ -167,6 +206,29 @@ class PeerSession:
                     await self.ws.close(int(code), text)
             self._outbox_send.close()
             self._outbox_receive.close()
+
+    async def _authenticate(self) -> Grant | None:
+        """With auth.secret set: the grant of the URL's token or of a first `auth` message."""
+        secret = self.settings.auth.secret
+        if secret is None:
+            return None
+        token = self._url_token
+        if token is None:
+            hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
+            with anyio.move_on_after(self.settings.webrtc.negotiation_timeout):
+                data = await self.ws.receive()
+                try:
+                    message = p.parse_client_message(data) if isinstance(data, str) else None
+                except ProtocolError:
+                    message = None
+                if not isinstance(message, p.Auth):
+                    raise AuthError(f"authentication required: {hint}")
+                token = message.token
+            if token is None:
+                raise AuthError(f"authentication timed out: {hint}")
+        grant = verify(secret.get_secret_value(), token)
+        self.log.info("client_authenticated", role=grant.role, stream=grant.stream)
+        return grant
 
     def _close(self, code: CloseCode, reason: str) -> None:
         """Ask the session to end; `run` closes the WebSocket with this code after teardown.
@@ -252,6 +314,7 @@ class PeerSession:
                         f"message too large: {len(data.encode())} bytes "
                         f"(limit {limit}, server.max_message_bytes)"
                     )
+                self._bucket.take()
                 await self._dispatch(p.parse_client_message(data))
             except RelayError as error:
                 self.ctx.metrics.count_error(error.kind)
@@ -268,13 +331,27 @@ class PeerSession:
             case p.GetAvailableStreams():
                 await self._send(self._available_streams())
             case p.StartSending(sdp=sdp):
+                self._check_sdp_size(sdp)
+                if self.grant is not None and not self.grant.allows_sending():
+                    raise AuthError(f"this access token may not send (role {self.grant.role!r})")
                 self._require_no_media("start_sending")
+                self._check_stream_limit()
                 await self._start_media(self._run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id):
+                if self.grant is not None:
+                    stream_id = stream_id or self.grant.stream
+                    if not self.grant.allows_receiving(stream_id):
+                        raise AuthError(
+                            f"this access token may not receive {stream_id or 'streams'} "
+                            f"(role {self.grant.role!r}, stream {self.grant.stream!r})"
+                        )
                 self._require_no_media("start_receiving")
                 stream = self._find_stream(stream_id)
                 await self._start_media(self._run_receiver, stream)
-            case p.Answer():
+            case p.Auth(token=token):
+                await self._reauthenticate(token)
+            case p.Answer(sdp=sdp):
+                self._check_sdp_size(sdp)
                 try:
                     self._answers_send.send_nowait(message)
                 except anyio.WouldBlock:
@@ -282,6 +359,30 @@ class PeerSession:
             case p.Stop():
                 await self._stop_media()
                 await self._send(p.Stopped())
+
+    async def _reauthenticate(self, token: str) -> None:
+        """`auth` mid-session: refresh the grant (a new token before the old one expires)."""
+        secret = self.settings.auth.secret
+        if secret is None:
+            await self._send(p.Authenticated(role="both"))  # open server: anything goes
+            return
+        self.grant = verify(secret.get_secret_value(), token)
+        await self._send(p.Authenticated(role=self.grant.role, stream=self.grant.stream))
+
+    def _check_sdp_size(self, sdp: str) -> None:
+        limit = self.settings.webrtc.max_sdp_bytes
+        if len(sdp) > limit:
+            raise LimitError(
+                f"SDP too large: {len(sdp)} bytes (limit {limit}, webrtc.max_sdp_bytes)"
+            )
+
+    def _check_stream_limit(self) -> None:
+        limit = self.settings.streams.max_streams
+        senders = sum(1 for s in self.ctx.registry.sessions.values() if s.role == "sender")
+        if senders >= limit:
+            raise LimitError(
+                f"the server already has {senders} senders (limit {limit}, streams.max_streams)"
+            )
 
     def _available_streams(self) -> p.AvailableStreams:
         return p.AvailableStreams(
@@ -486,6 +587,12 @@ class PeerSession:
         try:
             with anyio.CancelScope() as media_scope:
                 self._media_scope = media_scope
+                limit = self.settings.streams.max_receivers
+                if len(stream.receivers) >= limit:
+                    raise LimitError(
+                        f"{stream.stream_id} already has {len(stream.receivers)} receivers "
+                        f"(limit {limit}, streams.max_receivers)"
+                    )
                 async with open_peer(self.settings, self.ctx.metrics.live, log) as peer:
                     self._peer = peer
                     source = stream.receiver_source
@@ -525,7 +632,7 @@ class PeerSession:
             await self._send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
 
     async def _accept_answer(self, peer: Peer) -> bool:
-        timeout = self.settings.webrtc.connection_timeout
+        timeout = self.settings.webrtc.negotiation_timeout
         with anyio.move_on_after(timeout):
             answer = await self._answers_receive.receive()
             try:

@@ -62,6 +62,7 @@ class ServerProcess:
         self.stderr: list[str] = []
         self.scheme = "http"
         self.verify: Any = True
+        self.headers: dict[str, str] = {}
         self.port = 0
         self.audio_port = 0
         self._listening = threading.Event()
@@ -148,7 +149,8 @@ class ServerProcess:
 
     def get(self, path: str, status_port: bool = False, **kwargs: Any) -> httpx.Response:
         base = self.status_url if status_port else self.base_url
-        return httpx.get(base + path, timeout=5, verify=self.verify, **kwargs)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.get(base + path, timeout=5, verify=self.verify, headers=headers, **kwargs)
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.get("/metrics").json())
