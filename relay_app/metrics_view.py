@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -87,6 +90,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "drops": dict(metrics.drops),
             "latency": metrics.relay_latency.summary_ms(),
         },
+        "process": process_stats(),
         "live": {
             "sessions": live.sessions,
             "session_task_groups": live.session_task_groups,
@@ -96,6 +100,16 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             **{f"{owner}_tasks": count for owner, count in tasks_by_owner().items()},
         },
     }
+
+
+def process_stats() -> dict[str, Any]:
+    """Resident memory and threads: what a leak would grow."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        rss_mb = round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        rss_mb = None
+    return {"rss_mb": rss_mb, "threads": threading.active_count()}
 
 
 TASK_OWNERS = ("relay_app", "aiortc", "aioice")

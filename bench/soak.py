@@ -1,0 +1,230 @@
+"""Churn soak: sessions that connect, negotiate and leave in every way, concurrently.
+
+    .venv/bin/python bench/soak.py                       # 1,000 sessions against a fresh server
+    .venv/bin/python bench/soak.py --sessions 200 --concurrency 10
+
+Ways to leave, interleaved: a clean close; an abrupt TCP drop (no close frame) while sending or
+receiving; a drop after the server's offer, before answering; a drop in the middle of ICE; a
+sender leaving while its receivers listen (they must get `stream_ended`). A long-lived sender
+keeps a stream up for the receivers throughout. Afterwards every live count in /metrics must be
+zero, the relay/aiortc/aioice tasks and the threads back to their baseline, and RSS growth under
+20 MB. The RSS curve goes to bench/results/soak-<timestamp>.json. `tests/test_soak.py` runs a
+short version in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from relay_app.client import RelayClient, ToneTrack, single_error  # noqa: E402
+from relay_app.ice import use_host_addresses  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+
+
+def _abort(client: RelayClient) -> None:
+    """Drop the TCP connection without a close frame, like a client that vanished."""
+    client.ws.transport.abort()
+
+
+async def clean_close(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        await client.request({"type": "ping"}, "pong")
+        await client.request({"type": "get_available_streams"}, "available_streams")
+
+
+async def receiver_then_close(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        await client.start_receiving(stream_id)
+        await client.wait_audio(0.2)
+
+
+async def receiver_abrupt_drop(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        await client.start_receiving(stream_id)
+        await client.wait_audio(0.1)
+        _abort(client)
+
+
+async def drop_after_offer(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        await client.request({"type": "start_receiving", "stream_id": stream_id}, "offer")
+        _abort(client)
+
+
+async def sender_drop_mid_ice(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        pc = RTCPeerConnection()
+        try:
+            pc.addTransceiver(ToneTrack(300), direction="sendonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await client.request(
+                {"type": "start_sending", "sdp": pc.localDescription.sdp}, "answer"
+            )
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            _abort(client)  # ICE has only just started
+        finally:
+            await pc.close()
+
+
+async def sender_leaves_receivers_told(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as sender:
+        own = await sender.start_sending(ToneTrack(500))
+        async with (
+            RelayClient.connect(url) as one,
+            RelayClient.connect(url) as two,
+        ):
+            await one.start_receiving(own)
+            await two.start_receiving(own)
+            await one.wait_audio(0.1)
+            _abort(sender)
+            for receiver in (one, two):
+                ended = await receiver.expect("stream_ended", timeout=10)
+                assert ended["stream_id"] == own
+
+
+async def sender_abrupt_drop(url: str, stream_id: str) -> None:
+    async with RelayClient.connect(url) as client:
+        await client.start_sending(ToneTrack(700))
+        await anyio.sleep(0.1)
+        _abort(client)
+
+
+# Each gets the server's URL and the long-lived stream to join (the newest stream may be a
+# churning sender's).
+SCENARIOS: dict[str, Callable[[str, str], Awaitable[None]]] = {
+    "clean_close": clean_close,
+    "receiver_then_close": receiver_then_close,
+    "receiver_abrupt_drop": receiver_abrupt_drop,
+    "drop_after_offer": drop_after_offer,
+    "sender_drop_mid_ice": sender_drop_mid_ice,
+    "sender_leaves_receivers_told": sender_leaves_receivers_told,
+    "sender_abrupt_drop": sender_abrupt_drop,
+}
+
+
+def metrics(base_url: str) -> dict[str, Any]:
+    return dict(httpx.get(base_url + "/metrics", timeout=10).json())
+
+
+async def churn(
+    url: str,
+    base_url: str,
+    sessions: int,
+    concurrency: int,
+    seed: int = 1,
+    sample_every: int = 50,
+) -> dict[str, Any]:
+    """Run `sessions` scenarios (a weighted mix) at `concurrency`; return counts and RSS curve."""
+    rng = random.Random(seed)
+    names = list(SCENARIOS)
+    plan = [rng.choice(names) for _ in range(sessions)]
+    done: Counter[str] = Counter()
+    failures: list[str] = []
+    curve: list[tuple[int, float]] = []
+    limiter = anyio.Semaphore(concurrency)
+
+    async def run(name: str) -> None:
+        async with limiter:
+            try:
+                with anyio.fail_after(30):
+                    await SCENARIOS[name](url, stream_id)
+            except Exception as group:  # a failed client scenario is reported, not fatal
+                error = single_error(group)
+                failures.append(f"{name}: {type(error).__name__}: {error}")
+            done[name] += 1
+            total = sum(done.values())
+            if total % sample_every == 0:
+                process = (await anyio.to_thread.run_sync(metrics, base_url))["process"]
+                curve.append((total, process["rss_mb"]))
+
+    async with RelayClient.connect(url) as keeper:  # a stream for the receivers to join
+        stream_id = await keeper.start_sending(ToneTrack(440))
+        async with anyio.create_task_group() as tg:
+            for name in plan:
+                tg.start_soon(run, name)
+    return {"by_scenario": dict(done), "failures": failures, "rss_curve": curve}
+
+
+async def wait_idle(base_url: str, baseline: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
+    """Poll /metrics until live counts are zero and tasks/threads are back to baseline."""
+    deadline = anyio.current_time() + timeout
+    while True:
+        now = await anyio.to_thread.run_sync(metrics, base_url)
+        live = now["live"]
+        counts_zero = (
+            not any(v for k, v in live.items() if not k.endswith("_tasks"))
+            and now["active_streams"] == 0
+        )
+        tasks_back = all(
+            live[k] <= baseline["live"][k]
+            for k in ("relay_app_tasks", "aiortc_tasks", "aioice_tasks")
+        )
+        threads_back = now["process"]["threads"] <= baseline["process"]["threads"]
+        if (counts_zero and tasks_back and threads_back) or anyio.current_time() > deadline:
+            return now
+        await anyio.sleep(0.2)
+
+
+async def soak(url: str, base_url: str, sessions: int, concurrency: int) -> dict[str, Any]:
+    use_host_addresses(["127.0.0.1"])
+    # Warm up first, so that lazily made pools and caches are in the baseline.
+    await churn(url, base_url, min(50, sessions), concurrency, seed=0)
+    warm = await wait_idle(base_url, metrics(base_url), timeout=5)
+    baseline = await wait_idle(base_url, warm)
+    started = time.monotonic()
+    result = await churn(url, base_url, sessions, concurrency)
+    after = await wait_idle(base_url, baseline)
+    result.update(
+        sessions=sessions,
+        concurrency=concurrency,
+        seconds=round(time.monotonic() - started, 1),
+        baseline={"live": baseline["live"], "process": baseline["process"]},
+        after={"live": after["live"], "process": after["process"]},
+        rss_growth_mb=round(after["process"]["rss_mb"] - baseline["process"]["rss_mb"], 1),
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    from tests.server import ServerProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp), {"server": {"max_connections": 500}}).start()
+        try:
+            result = anyio.run(
+                soak, server.ws_url, server.base_url, args.sessions, args.concurrency
+            )
+        finally:
+            server.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"soak-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_curve"}, indent=2))
+    print(f"results: {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""A short churn soak (bench/soak.py runs 1,000): nothing is left behind, however clients leave."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from bench.soak import SCENARIOS, soak
+
+from .server import ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_churn_of_sessions_leaving_every_way_leaves_nothing_behind(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"server": {"max_connections": 200}})
+    result = await soak(server.ws_url, server.base_url, sessions=70, concurrency=8)
+    assert not result["failures"], result["failures"]
+    assert set(result["by_scenario"]) == set(SCENARIOS)
+    live = result["after"]["live"]
+    assert not any(v for k, v in live.items() if not k.endswith("_tasks")), live
+    for owner in ("relay_app_tasks", "aiortc_tasks", "aioice_tasks"):
+        assert live[owner] <= result["baseline"]["live"][owner], (owner, result)
+    assert result["after"]["process"]["threads"] <= result["baseline"]["process"]["threads"]
+    assert result["rss_growth_mb"] < 20, result
+    assert not server.find("session_crashed")
