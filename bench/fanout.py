@@ -43,7 +43,7 @@ class Server:
     def __init__(self, mode: str, tmp: Path) -> None:
         config = {
             "server": {"host": "127.0.0.1", "port": 0, "audio_port": 0, "max_connections": 2000},
-            "webrtc": {"ice_addresses": ["127.0.0.1"], "connection_timeout": 60},
+            "webrtc": {"ice_addresses": ["127.0.0.1"], "connection_timeout": 600},
             "relay": {"mode": mode},
             "logging": {"level": "INFO"},
         }

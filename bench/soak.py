@@ -183,15 +183,23 @@ async def wait_idle(base_url: str, baseline: dict[str, Any], timeout: float = 15
         await anyio.sleep(0.2)
 
 
-async def soak(url: str, base_url: str, sessions: int, concurrency: int) -> dict[str, Any]:
+async def soak(
+    url: str, base_url: str, sessions: int, concurrency: int, trim_interval: float = 1.0
+) -> dict[str, Any]:
+    """Warm up, take a baseline, churn, and compare; the server must run with
+    relay.memory_trim_interval = `trim_interval` (RSS is read after a trim)."""
     use_host_addresses(["127.0.0.1"])
     # Warm up first, so that lazily made pools and caches are in the baseline.
     await churn(url, base_url, min(50, sessions), concurrency, seed=0)
     warm = await wait_idle(base_url, metrics(base_url), timeout=5)
     baseline = await wait_idle(base_url, warm)
+    await anyio.sleep(trim_interval * 1.5)
+    baseline = await anyio.to_thread.run_sync(metrics, base_url)
     started = time.monotonic()
     result = await churn(url, base_url, sessions, concurrency)
     after = await wait_idle(base_url, baseline)
+    await anyio.sleep(trim_interval * 1.5)
+    after = await anyio.to_thread.run_sync(metrics, base_url)
     result.update(
         sessions=sessions,
         concurrency=concurrency,
@@ -211,7 +219,8 @@ def main() -> None:
     from tests.server import ServerProcess
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp), {"server": {"max_connections": 500}}).start()
+        config = {"server": {"max_connections": 500}, "relay": {"memory_trim_interval": 1.0}}
+        server = ServerProcess(Path(tmp), config).start()
         try:
             result = anyio.run(
                 soak, server.ws_url, server.base_url, args.sessions, args.concurrency

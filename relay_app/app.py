@@ -8,6 +8,7 @@ Hypercorn gives its WebSocket, inside its own SESSION group (session.py).
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,27 @@ async def stats_clock(ctx: RelayContext, interval: float = 60.0) -> None:
         )
 
 
+async def trim_memory(interval: float) -> None:
+    """Hand freed heap back to the OS now and then (glibc only).
+
+    Each peer connection allocates and frees native memory (DTLS, SRTP, codecs) from several
+    threads; glibc keeps the freed pages, so RSS stays at the churn's high-water mark although
+    nothing leaks (bench/soak.py: +66 MB after 1,000 sessions, back to +28 MB after a trim).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        log.info("memory_trim_unavailable")
+        return
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(malloc_trim, 0)
+        except Exception:
+            log.exception("memory_trim_failed")
+
+
 def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     """The :8080 app. Each call builds its own context: no state is shared between apps."""
     ctx = ctx or RelayContext.from_settings(settings)
@@ -141,6 +163,8 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         async with anyio.create_task_group() as root:
             root.start_soon(sweep_stale_streams, ctx)
             root.start_soon(stats_clock, ctx)
+            if settings.relay.memory_trim_interval > 0:
+                root.start_soon(trim_memory, settings.relay.memory_trim_interval)
             ctx.serving = True
             log.info("server_started", version=__version__)
             try:

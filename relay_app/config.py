@@ -166,6 +166,12 @@ class RelaySettings(_Section):
     teardown_timeout: float = Field(
         3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
     )
+    memory_trim_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between handing freed heap back to the OS (glibc malloc_trim); "
+        "peer-connection churn otherwise leaves RSS at its high-water mark. 0 = off.",
+    )
 
 
 class AuthSettings(_Section):

@@ -28,6 +28,9 @@ class Peer:
     def __init__(self, pc: RTCPeerConnection, log: Any) -> None:
         self.pc = pc
         self.connected = False
+        # When we last heard from the remote peer's media (RTP from a sender, RTCP receiver
+        # reports from a receiver): the session's idle watchdog counts it as activity.
+        self.last_heard = anyio.current_time()
         self.failed = anyio.Event()
         self.failure = ""
 
@@ -52,20 +55,43 @@ def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
     return connections
 
 
-async def _stop_consent_checks(connections: list[Any]) -> None:
-    """Work around an aioice 0.13 race that leaks a task per peer connection.
+async def _stop_late_starters(pc: RTCPeerConnection, connections: list[Any]) -> None:
+    """Work around two aiortc 1.16 / aioice 0.13 races that leak tasks past `pc.close()`.
 
-    If the peer connection closes while aioice's `connect()` is between "check list
-    completed" and returning, `connect()` starts its consent-freshness task after `close()`
-    has already run, and nothing ever cancels it (it sleeps forever on a closed connection).
-    The leak checks after every test (tests/conftest.py) catch it when it comes back.
+    When a peer connection closes while it is still connecting, code that was awaiting the
+    handshake resumes after `close()` has run and starts tasks nobody stops: aioice's
+    `connect()` starts its consent-freshness task, and aiortc's `__connect()` calls
+    `sender.send()` (an RTCP task that loops forever on the closed transport). So, after a
+    few ticks, cancel a late consent task and stop every sender and receiver again (their
+    `stop()` is public and idempotent). The leak checks after every test and in
+    bench/soak.py catch it if this comes back.
     """
     for _ in range(3):
-        await anyio.sleep(0.01)  # let a connect() that is finishing start its task
+        await anyio.sleep(0.01)  # let a connect() that is finishing start its tasks
         for connection in connections:
             task = getattr(connection, "_query_consent_task", None)
             if task is not None and not task.done():
                 task.cancel()
+    for transceiver in pc.getTransceivers():
+        await transceiver.sender.stop()
+        await transceiver.receiver.stop()
+
+
+async def watch_receiver_reports(peer: Peer, interval: float = 1.0) -> None:
+    """Note each new RTCP receiver report from the remote peer (about 1 a second).
+
+    A receiver whose process is paused or whose network vanished stops reporting long before
+    ICE consent expires (~30 s), so its session can be ended after webrtc.connection_timeout.
+    """
+    seen: object = None
+    while True:
+        await anyio.sleep(interval)
+        for sender in peer.pc.getSenders():
+            report = await sender.getStats()
+            for stats in report.values():
+                if stats.type == "remote-inbound-rtp" and stats.timestamp != seen:
+                    seen = stats.timestamp
+                    peer.last_heard = anyio.current_time()
 
 
 @asynccontextmanager
@@ -80,7 +106,7 @@ async def open_peer(settings: Settings, live: LiveCounts, log: Any) -> AsyncIter
         # pc.close() has been seen never to return (aiortc issue #283).
         with anyio.move_on_after(settings.relay.teardown_timeout, shield=True) as scope:
             await pc.close()
-            await _stop_consent_checks(ice)
+            await _stop_late_starters(pc, ice)
         live.peer_connections -= 1
         if scope.cancelled_caught:
             log.warning("cleanup_timeout", resource="peer_connection")

@@ -54,7 +54,7 @@ from .errors import (
 from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .logs import get_logger
-from .peer import Peer, open_peer
+from .peer import Peer, open_peer, watch_receiver_reports
 from .registry import SessionInfo, Stream
 from .relay import Fanout, Media, pump
 from .rtp_tap import (
@@ -283,8 +283,9 @@ class PeerSession:
         while True:
             now = anyio.current_time()
             if self._peer is not None and self._peer.connected:
-                # Flowing media is activity: its liveness is ICE consent, not WebSocket chatter.
-                self._last_activity = now
+                # Media the peer is really exchanging (RTP from a sender, RTCP reports from a
+                # receiver) is activity: a listener need not chat on its WebSocket.
+                self._last_activity = max(self._last_activity, self._peer.last_heard)
             deadline = self._last_activity + timeout
             if now >= deadline:
                 self.log.info("session_idle_timeout", timeout=timeout)
@@ -509,10 +510,10 @@ class PeerSession:
             cancel_sender=media_scope.cancel,
         )
         # Tap before the answer leaves, so that no packet arrives untapped.
-        tap_receiver(audio_receiver(peer.pc, audio[0]), self._ingress(stream, opus))
+        tap_receiver(audio_receiver(peer.pc, audio[0]), self._ingress(stream, peer, opus))
         return stream
 
-    def _ingress(self, stream: Stream, opus: int) -> RtpCallback:
+    def _ingress(self, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
         """Per packet from the sender: liveness, counters, and (forward) the fan-out."""
         metrics = self.ctx.metrics
         packets = stream.packets
@@ -522,7 +523,7 @@ class PeerSession:
             if rtp.payload_type != opus or not rtp.payload:
                 metrics.count_drop("not_opus")
                 return
-            stream.last_audio_at = anyio.current_time()
+            stream.last_audio_at = peer.last_heard = anyio.current_time()
             metrics.record_ingress(len(rtp.payload))
             if packets is not None:
                 packets.publish(packetizer.packet(rtp), arrival)
@@ -614,7 +615,10 @@ class PeerSession:
                         task_status.started()
                         if not await self._accept_answer(peer):
                             return
-                        await _wait_any(stream.ended.wait, peer.failed.wait)
+                        async with anyio.create_task_group() as watchers:
+                            watchers.start_soon(watch_receiver_reports, peer)
+                            await _wait_any(stream.ended.wait, peer.failed.wait)
+                            watchers.cancel_scope.cancel()
                         if stream.ended.is_set():
                             ended_by_stream = True
                         else:
