@@ -95,8 +95,8 @@ class WebRTCSettings(_Section):
     connection_timeout: float = Field(
         30.0,
         gt=0,
-        description="Seconds a session may stay silent (no message, no connected media) before "
-        "it is closed; `ping` resets it.",
+        description="Seconds a session may stay silent before it is closed: no WebSocket "
+        "message (`ping` counts) and no media heard from its peer (for at least 5 s).",
     )
     ice_addresses: list[str] | None = Field(
         None,

@@ -66,6 +66,7 @@ from .rtp_tap import (
 )
 
 OUTBOX_SIZE = 64
+MEDIA_SILENCE_FLOOR = 5.0  # seconds; receivers send RTCP reports every 0.5-1.5 s
 
 
 class WebSocket(Protocol):
@@ -279,14 +280,20 @@ class PeerSession:
 
     # Watchdogs -----------------------------------------------------------------------------
     async def _idle_watchdog(self) -> None:
+        """Close the session once both its WebSocket and its media have gone quiet.
+
+        WebSocket: no message for webrtc.connection_timeout. Media: nothing heard from the
+        peer (RTP from a sender, RTCP reports from a receiver) for the same time, but at
+        least MEDIA_SILENCE_FLOOR, since receivers report only about once a second. So a
+        listener need not chat on its socket, and a frozen one is dropped all the same.
+        """
         timeout = self.settings.webrtc.connection_timeout
+        media_grace = max(timeout, MEDIA_SILENCE_FLOOR)
         while True:
             now = anyio.current_time()
-            if self._peer is not None and self._peer.connected:
-                # Media the peer is really exchanging (RTP from a sender, RTCP reports from a
-                # receiver) is activity: a listener need not chat on its WebSocket.
-                self._last_activity = max(self._last_activity, self._peer.last_heard)
             deadline = self._last_activity + timeout
+            if self._peer is not None and self._peer.connected:
+                deadline = max(deadline, self._peer.last_heard + media_grace)
             if now >= deadline:
                 self.log.info("session_idle_timeout", timeout=timeout)
                 message = f"idle timeout: no message for {timeout:g} s (send ping to keep alive)"
