@@ -33,6 +33,11 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.server import start_client  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -202,22 +207,8 @@ class Point:
 
 def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
     server = Server(mode, tmp)
-    sender = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay_app.client",
-            "--url",
-            server.ws_url,
-            "--ice-address",
-            "127.0.0.1",
-            "send",
-            "--tone",
-            "440",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sender = start_client(
+        server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     ctx = mp.get_context("spawn")
     workers, pipes = [], []

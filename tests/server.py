@@ -37,6 +37,17 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
+def start_client(ws_url: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`python -m relay_app.client` with media on loopback, as a child process."""
+    command = [sys.executable, "-m", "relay_app.client", "--url", ws_url]
+    return subprocess.Popen(
+        [*command, "--ice-address", "127.0.0.1", *args],
+        cwd=REPO,
+        text=True,
+        **({"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} | popen),
+    )
+
+
 class ServerProcess:
     def __init__(
         self,

@@ -134,6 +134,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
 
 
 async def open_page(browser: Any, url: str) -> Any:
+    # Under the page's own CSP (no bypass): predicates are functions, never eval'd strings.
     context = await browser.new_context(viewport={"width": 420, "height": 820})
     page = await context.new_page()
     page.on("console", lambda message: print(f"[page] {message.type}: {message.text}"))
@@ -179,7 +180,7 @@ async def test_chromium_sender_python_receiver_hears_440(
         assert rms_dbfs(audio) > -35
         assert abs(dominant_frequency(audio, receiver.recorder.sample_rate) - 440) <= 10
         # The sender page's meter is fed by the server's visualization messages.
-        await page.wait_for_function("Number(document.getElementById('level').value) > 0")
+        await page.wait_for_function("() => Number(document.getElementById('level').value) > 0")
         await screenshot(page, "sender-sending")
     await page.context.close()
 
@@ -195,9 +196,9 @@ async def test_python_sender_chromium_receiver_hears_880(
         heard = await heard_by_page(page)
         assert abs(heard["freq"] - 880) <= 10, heard
         assert heard["rms"] > 0.01, heard
-        await page.wait_for_function("Number(document.getElementById('level').value) > 0")
+        await page.wait_for_function("() => Number(document.getElementById('level').value) > 0")
         await page.wait_for_function(
-            "document.getElementById('stream-select').options.length === 2"
+            "() => document.getElementById('stream-select').options.length === 2"
         )
         await screenshot(page, "receiver-playing")
         await page.context.close()
@@ -244,7 +245,7 @@ async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
     await wait_state(page, "playing")
     await sender_page.context.close()  # the tab goes away
     await page.wait_for_function(
-        "document.getElementById('status').textContent.includes('ended')", timeout=10000
+        "() => document.getElementById('status').textContent.includes('ended')", timeout=10000
     )
     async with RelayClient.connect(server.ws_url) as sender:
         new_id = await sender.start_sending(ToneTrack(550))

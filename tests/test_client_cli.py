@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -12,26 +11,11 @@ import numpy as np
 
 from relay_app.client import dominant_frequency
 
-from .server import REPO, ServerProcess
+from .server import ServerProcess, start_client
 
 
 def _client(server: ServerProcess, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay_app.client",
-            "--url",
-            server.ws_url,
-            "--ice-address",
-            "127.0.0.1",
-            *args,
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_client(server.ws_url, *args)
 
 
 def test_cli_listen_waits_for_sender_then_records_its_wav(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ import pytest
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 
-from .server import REPO, ServerProcess
+from .server import ServerProcess, start_client
 
 pytestmark = pytest.mark.anyio
 
@@ -34,22 +33,7 @@ def fault_server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
 
 @contextmanager
 def client_process(server: ServerProcess, *args: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay_app.client",
-            "--url",
-            server.ws_url,
-            "--ice-address",
-            "127.0.0.1",
-            *args,
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_client(server.ws_url, *args)
     try:
         yield process
     finally:
