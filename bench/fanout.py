@@ -50,6 +50,7 @@ class Server:
             "server": {"host": "127.0.0.1", "port": 0, "audio_port": 0, "max_connections": 2000},
             "webrtc": {"ice_addresses": ["127.0.0.1"], "connection_timeout": 600},
             "relay": {"mode": mode},
+            "streams": {"max_receivers": 5000},
             "logging": {"level": "INFO"},
         }
         path = tmp / f"config-{mode}.json"
@@ -231,7 +232,7 @@ def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
             process.start()
             workers.append(process)
             pipes.append(parent)
-        connected = sum(ready.get(timeout=300) for _ in workers)
+        connected = sum(_get(ready, workers) for _ in workers)
         setup = time.monotonic() - started
         assert connected == receivers
         start_at = time.time() + 2.0  # let the last joiners settle
@@ -245,7 +246,7 @@ def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
         cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
         sent1 = server.metrics()["relay"]["packets_in"]
         rss = server.rss_mb()
-        counts = [n for _ in workers for n in results.get(timeout=60)]
+        counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
         delivered = sum(counts)
         # What the sender sent in the window, once per receiver.
         expected = max((sent1 - sent0) * receivers, 1)
@@ -278,6 +279,19 @@ def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
         sender.terminate()
         sender.wait(10)
         server.stop()
+
+
+def _get(queue: Any, workers: list[Any], timeout: float = 300) -> Any:
+    """The next item from a worker, failing fast if one of them died instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=1)
+        except Exception:  # queue.Empty
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"{len(dead)} receiver worker(s) failed") from None
+    raise TimeoutError("receiver workers did not report in time")
 
 
 def table(points: list[Point]) -> str:

@@ -6,6 +6,7 @@ event); the session's tasks act on them.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,6 +46,22 @@ class Peer:
                 self.failure = f"connection {state}"
                 self.failed.set()
 
+    async def refresh_last_heard(self) -> float:
+        """Update `last_heard` from the newest RTCP report the peer sent about our audio.
+
+        Receivers report about once a second; one that is paused or whose network vanished
+        stops long before ICE consent expires (~30 s). Asked for only when the idle watchdog
+        is about to fire, so it costs one stats query per receiver per timeout, not per second.
+        """
+        now_wall, now = datetime.datetime.now(datetime.UTC), anyio.current_time()
+        for sender in self.pc.getSenders():
+            report = await sender.getStats()
+            for stats in report.values():
+                if stats.type == "remote-inbound-rtp":
+                    age = (now_wall - stats.timestamp).total_seconds()
+                    self.last_heard = max(self.last_heard, now - max(0.0, age))
+        return self.last_heard
+
 
 def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
     connections = []
@@ -75,23 +92,6 @@ async def _stop_late_starters(pc: RTCPeerConnection, connections: list[Any]) -> 
     for transceiver in pc.getTransceivers():
         await transceiver.sender.stop()
         await transceiver.receiver.stop()
-
-
-async def watch_receiver_reports(peer: Peer, interval: float = 1.0) -> None:
-    """Note each new RTCP receiver report from the remote peer (about 1 a second).
-
-    A receiver whose process is paused or whose network vanished stops reporting long before
-    ICE consent expires (~30 s), so its session can be ended after webrtc.connection_timeout.
-    """
-    seen: object = None
-    while True:
-        await anyio.sleep(interval)
-        for sender in peer.pc.getSenders():
-            report = await sender.getStats()
-            for stats in report.values():
-                if stats.type == "remote-inbound-rtp" and stats.timestamp != seen:
-                    seen = stats.timestamp
-                    peer.last_heard = anyio.current_time()
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ The task tree of a session (the SESSION group is opened in `PeerSession.run`):
         │                   transcode mode); in forward mode receivers get the sender's Opus
         │                   packets straight from the RTP tap (rtp_tap.py)
         ├── visualization   (sender) levels -> sender and receivers
-        └── watchers        ICE failure, stream end
+        └── watchers        ICE failure, stream end (liveness: see _idle_watchdog)
 
 Every resource is acquired inside the scope that releases it: the peer connection by
 `open_peer`, the stream registration and relay subscriptions by a `try/finally` in the media
@@ -54,7 +54,7 @@ from .errors import (
 from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .logs import get_logger
-from .peer import Peer, open_peer, watch_receiver_reports
+from .peer import Peer, open_peer
 from .registry import SessionInfo, Stream
 from .relay import Fanout, Media, pump
 from .rtp_tap import (
@@ -292,8 +292,11 @@ class PeerSession:
         while True:
             now = anyio.current_time()
             deadline = self._last_activity + timeout
-            if self._peer is not None and self._peer.connected:
-                deadline = max(deadline, self._peer.last_heard + media_grace)
+            peer = self._peer
+            if peer is not None and peer.connected:
+                deadline = max(deadline, peer.last_heard + media_grace)
+                if now >= deadline:  # before giving up, look at the newest RTCP report
+                    deadline = max(deadline, await peer.refresh_last_heard() + media_grace)
             if now >= deadline:
                 self.log.info("session_idle_timeout", timeout=timeout)
                 message = f"idle timeout: no message for {timeout:g} s (send ping to keep alive)"
@@ -622,10 +625,7 @@ class PeerSession:
                         task_status.started()
                         if not await self._accept_answer(peer):
                             return
-                        async with anyio.create_task_group() as watchers:
-                            watchers.start_soon(watch_receiver_reports, peer)
-                            await _wait_any(stream.ended.wait, peer.failed.wait)
-                            watchers.cancel_scope.cancel()
+                        await _wait_any(stream.ended.wait, peer.failed.wait)
                         if stream.ended.is_set():
                             ended_by_stream = True
                         else:
