@@ -102,6 +102,11 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
     }
 
 
+# Worker pools grow on demand and keep their threads (asyncio's default executor, where
+# aiortc encodes in transcode mode; anyio's to_thread): not a leak, so counted apart.
+POOL_THREAD_PREFIXES = ("asyncio_", "AnyIO worker thread", "ThreadPoolExecutor")
+
+
 def process_stats() -> dict[str, Any]:
     """Resident memory and threads: what a leak would grow."""
     try:
@@ -109,7 +114,9 @@ def process_stats() -> dict[str, Any]:
         rss_mb = round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 1024**2, 1)
     except (OSError, ValueError, IndexError):
         rss_mb = None
-    return {"rss_mb": rss_mb, "threads": threading.active_count()}
+    threads = threading.enumerate()
+    pooled = sum(1 for t in threads if t.name.startswith(POOL_THREAD_PREFIXES))
+    return {"rss_mb": rss_mb, "threads": len(threads) - pooled, "pool_threads": pooled}
 
 
 TASK_OWNERS = ("relay_app", "aiortc", "aioice")
