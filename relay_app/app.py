@@ -111,7 +111,7 @@ async def sweep_stale_streams(ctx: RelayContext) -> None:
                         silent_seconds=round(silent_for, 1),
                     )
                     stream.end(f"stale: no audio for {silent_for:.0f} s")
-        except Exception:
+        except Exception:  # a ROOT child logs its own bugs: one bad sweep must not stop ROOT
             log.exception("stale_sweep_failed")
 
 
@@ -146,7 +146,7 @@ async def trim_memory(interval: float) -> None:
         await anyio.sleep(interval)
         try:
             await anyio.to_thread.run_sync(malloc_trim, 0)
-        except Exception:
+        except Exception:  # a ROOT child logs its own bugs; trimming is best effort
             log.exception("memory_trim_failed")
 
 

@@ -36,7 +36,7 @@ def webrtc_available() -> bool:
 
         av.codec.Codec("opus", "r")
         av.codec.Codec("libopus", "w")
-    except Exception:
+    except (ImportError, ValueError):  # PyAV missing, or built without (lib)opus
         return False
     return True
 

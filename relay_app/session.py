@@ -533,7 +533,8 @@ class PeerSession:
             if rtp.payload_type != opus or not rtp.payload:
                 metrics.count_drop("not_opus")
                 return
-            stream.last_audio_at = peer.last_heard = anyio.current_time()
+            # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
+            stream.last_audio_at = peer.last_heard = arrival
             metrics.record_ingress(len(rtp.payload))
             if packets is not None:
                 packets.publish(packetizer.packet(rtp), arrival)
