@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,13 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.server import start_client  # noqa: E402
+from tests.server import ServerProcess, start_client  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
@@ -44,73 +41,31 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server under test ---------------------------------------------------------------------
-class Server:
+class Server(ServerProcess):
+    """The tests' server process, with what the benchmark measures on top."""
+
     def __init__(self, mode: str, tmp: Path) -> None:
         config = {
-            "server": {"host": "127.0.0.1", "port": 0, "audio_port": 0, "max_connections": 2000},
-            "webrtc": {"ice_addresses": ["127.0.0.1"], "connection_timeout": 600},
+            "server": {"max_connections": 2000},
+            "webrtc": {"connection_timeout": 600},  # packet counters send no RTCP reports
             "relay": {"mode": mode},
             "streams": {"max_receivers": 5000},
-            "logging": {"level": "INFO"},
         }
-        path = tmp / f"config-{mode}.json"
-        path.write_text(json.dumps(config))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay_app", "--config", str(path)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.port = 0
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            event = json.loads(line)
-            if event.get("event") == "server_listening":
-                self.port = event["port"]
-                break
-        threading_drain(self.proc.stdout)
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        super().__init__(tmp, config)
+        self.start()
 
     def cpu_seconds(self) -> float:
+        assert self.proc is not None
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
     def latency_buckets(self) -> list[tuple[float, int]]:
-        text = httpx.get(
-            f"http://127.0.0.1:{self.port}/metrics", headers={"Accept": "text/plain"}, timeout=10
-        ).text
+        text = self.get("/metrics", headers={"Accept": "text/plain"}).text
         buckets = []
         for match in re.finditer(r'relay_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', text):
             bound = float("inf") if match[1] == "+Inf" else float(match[1])
             buckets.append((bound, int(match[2])))
         return buckets
-
-    def metrics(self) -> dict[str, Any]:
-        return dict(httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).json())
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def threading_drain(stream: Any) -> None:
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
 
 
 def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
@@ -245,7 +200,7 @@ def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
         time.sleep(max(0.0, end_at - time.time()))
         cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
         sent1 = server.metrics()["relay"]["packets_in"]
-        rss = server.rss_mb()
+        rss = server.metrics()["process"]["rss_mb"]
         counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
         delivered = sum(counts)
         # What the sender sent in the window, once per receiver.
