@@ -536,7 +536,8 @@ class PeerSession:
             # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
             stream.last_audio_at = peer.last_heard = arrival
             metrics.record_ingress(len(rtp.payload))
-            if packets is not None:
+            if packets is not None and packets.subscriber_count:
+                # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
                 packets.publish(packetizer.packet(rtp), arrival)
 
         return on_packet
