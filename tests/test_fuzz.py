@@ -122,6 +122,10 @@ def exercise(url: str, messages: list[str | bytes]) -> None:
             assert closed.rcvd is not None and closed.rcvd.code in (1008, 1009), closed
 
 
+# The listening pair's aiortc/aioice (on the event loop thread) call the `random` module while
+# Hypothesis draws examples in the worker thread; Hypothesis notices the global state moving
+# and warns, though no strategy uses it.
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 async def test_fuzzed_protocol_never_crashes_and_the_pair_keeps_hearing(
     fuzz_server: ServerProcess,
 ) -> None:
