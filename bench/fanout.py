@@ -22,18 +22,13 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.server import ServerProcess, start_client  # noqa: E402
+from relay_app.testing import REPO, ServerProcess, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40

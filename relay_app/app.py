@@ -31,6 +31,7 @@ from .metrics_view import (
     prometheus_registry,
     wants_prometheus,
 )
+from .registry import EndCause
 from .session import PeerSession
 
 STATIC = Path(__file__).parent / "static"
@@ -110,7 +111,7 @@ async def sweep_stale_streams(ctx: RelayContext) -> None:
                         reason="no audio",
                         silent_seconds=round(silent_for, 1),
                     )
-                    stream.end(f"stale: no audio for {silent_for:.0f} s")
+                    stream.end(EndCause.STALE, f"stale: no audio for {silent_for:.0f} s")
         except Exception:  # a ROOT child logs its own bugs: one bad sweep must not stop ROOT
             log.exception("stale_sweep_failed")
 
@@ -191,11 +192,7 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         await PeerSession(ws, ctx, remote, token=token).run()
         return None
 
-    @app.get("/health")
-    async def _health() -> tuple[Response, int]:
-        body, code = health_view(ctx)
-        return jsonify(body), code
-
+    _status_routes(app, ctx)
     scrape_registry = prometheus_registry(ctx)
 
     @app.get("/metrics")
@@ -209,10 +206,6 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
             body, content_type = metrics_prometheus(scrape_registry, accept)
             return Response(body, content_type=content_type)
         return jsonify(metrics_json(ctx)), 200
-
-    @app.get("/stream/status")
-    async def _status_here() -> Response:
-        return jsonify(stream_status(ctx))
 
     @app.after_request
     async def _security_headers(response: Response) -> Response:
@@ -236,34 +229,31 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
 
 
 def stream_status(ctx: RelayContext) -> dict[str, Any]:
-    streams = ctx.registry.live_streams()
+    streams = ctx.registry.stream_infos()
     return {
         "active_streams": [s.stream_id for s in streams],
-        "streams": [
-            {
-                "stream_id": s.stream_id,
-                "started_at": s.started_at,
-                "receivers": len(s.receivers),
-            }
-            for s in streams
-        ],
+        "streams": [s.model_dump() for s in streams],
     }
 
 
-def create_status_app(ctx: RelayContext) -> Quart:
-    """The :8081 audio/status server: `/stream/status`, plus `/health` for probes."""
-    app = Quart(__name__ + ".status")
-    _json_errors(app)
-
-    @app.get("/stream/status")
-    async def _status() -> Response:
-        return jsonify(stream_status(ctx))
+def _status_routes(app: Quart, ctx: RelayContext) -> None:
+    """`/health` and `/stream/status`: served on both ports (probes and the guide use both)."""
 
     @app.get("/health")
     async def _health() -> tuple[Response, int]:
         body, code = health_view(ctx)
         return jsonify(body), code
 
+    @app.get("/stream/status")
+    async def _status() -> Response:
+        return jsonify(stream_status(ctx))
+
+
+def create_status_app(ctx: RelayContext) -> Quart:
+    """The :8081 audio/status server: `/stream/status`, plus `/health` for probes."""
+    app = Quart(__name__ + ".status")
+    _json_errors(app)
+    _status_routes(app, ctx)
     return app
 
 

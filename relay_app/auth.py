@@ -44,6 +44,20 @@ class Grant:
     def allows_metrics(self) -> bool:
         return self.role == "metrics"
 
+    def check_sending(self) -> None:
+        if not self.allows_sending():
+            raise AuthError(f"this access token may not send (role {self.role!r})")
+
+    def check_receiving(self, stream_id: str | None) -> str | None:
+        """The stream to receive (a scoped token names it when the client does not)."""
+        stream_id = stream_id or self.stream
+        if not self.allows_receiving(stream_id):
+            raise AuthError(
+                f"this access token may not receive {stream_id or 'streams'} "
+                f"(role {self.role!r}, stream {self.stream!r})"
+            )
+        return stream_id
+
 
 def mint(
     secret: str,

@@ -27,7 +27,6 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "RELAY_CONFIG"
-SECONDS = 1.0
 
 
 class ConfigError(Exception):

@@ -1,8 +1,9 @@
 """The RelayError family: what the client is told, and whether the session survives.
 
-Raise these anywhere; only the session's dispatch loop turns them into `error` frames or close
-codes (one mapping, like Starlette's exception handlers). Any other exception is a bug: it is
-logged with its traceback and the session is closed with 1011.
+Raise these anywhere; only `PeerSession.refuse` turns them into `error` frames and close codes
+(one mapping, like Starlette's exception handlers): counted, logged once, delivered or closed.
+Any other exception is a bug: it is logged with its traceback and the session is closed with
+1011.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
-    UNSUPPORTED_DATA = 1003
     POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
 
@@ -27,6 +26,8 @@ class RelayError(Exception):
 
     kind = "relay_error"
     close_code: CloseCode | None = None
+    # The close frame's reason when close_code is set; None: the message (cut to fit).
+    close_reason: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,6 +64,27 @@ class MediaUnavailable(RelayError):
     """No media can be set up right now (e.g. every port of webrtc.udp_port_range is taken)."""
 
     kind = "media_unavailable"
+
+
+class MediaFailed(RelayError):
+    """An established media connection failed (ICE, DTLS); the session stays, media ends."""
+
+    kind = "media"
+
+
+class IdleTimeout(RelayError):
+    """Neither the WebSocket nor the media said anything for webrtc.connection_timeout."""
+
+    kind = "idle_timeout"
+    close_code = CloseCode.NORMAL
+    close_reason = "idle timeout"
+
+
+class NotReading(RelayError):
+    """The client stopped reading its messages: the outbox is full, so the session closes."""
+
+    kind = "not_reading"
+    close_code = CloseCode.POLICY_VIOLATION
 
 
 class AuthError(RelayError):

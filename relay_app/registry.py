@@ -1,7 +1,8 @@
 """StreamRegistry: the one truth on sessions, streams and who listens to what.
 
 Health, metrics, `/stream/status` and `available_streams` all read it; nothing keeps a second
-count. Its methods never await, so they need no lock: on one event loop a sync method runs whole.
+count, and sessions change roles and receiver lists only through its methods. Its methods never
+await, so they need no lock: on one event loop a sync method runs whole.
 """
 
 from __future__ import annotations
@@ -9,16 +10,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
 
 import anyio
 from aiortc.mediastreams import MediaStreamTrack
 
 from .errors import CapacityError, NoStreamError
-from .protocol import NO_STREAM_MESSAGE
+from .limits import check_receiver_limit, check_stream_limit
+from .protocol import NO_STREAM_MESSAGE, StreamInfo
 from .relay import Fanout
 
 Notify = Callable[[str], None]
 """Hands an encoded message to a session's outbox without blocking (may drop it)."""
+
+SessionRole = Literal["idle", "sender", "receiver"]
+
+
+class EndCause(Enum):
+    """Who ended a stream. Only SENDER_LEFT is the sender's own doing: for every other cause
+    the sender's client is told why its stream ended."""
+
+    SENDER_LEFT = "sender left"
+    TRACK_ENDED = "track ended"
+    CONNECTION_FAILED = "connection failed"
+    STALE = "stale"
 
 
 @dataclass(eq=False)
@@ -32,10 +48,11 @@ class Stream:
     frames: Fanout
     # The sender's Opus packets as they arrive: receivers in forward mode; None in transcode.
     packets: Fanout | None
-    cancel_sender: Callable[[], None]
     started_at: float = field(default_factory=time.time)
     last_audio_at: float = field(default_factory=anyio.current_time)
     ended: anyio.Event = field(default_factory=anyio.Event)
+    end_cause: EndCause | None = None
+    # What clients and logs are told; for most causes the cause's own words.
     end_reason: str = ""
     # connection_id -> that receiver session's notify function (visualization messages).
     receivers: dict[str, Notify] = field(default_factory=dict)
@@ -49,21 +66,28 @@ class Stream:
         if self.packets is not None:
             self.packets.close()
 
-    def end(self, reason: str) -> None:
-        """Mark the stream over and cancel its sender's media scope; idempotent, never blocks."""
+    def end(self, cause: EndCause, reason: str | None = None) -> None:
+        """Mark the stream over (its sender's `serve_stream` then returns); idempotent, sync.
+
+        The first cause wins: a stream that went stale and whose sender then left ended stale.
+        """
         if self.ended.is_set():
             return
-        self.end_reason = reason
+        self.end_cause = cause
+        self.end_reason = reason or cause.value
         self.ended.set()
-        self.cancel_sender()
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            stream_id=self.stream_id, started_at=self.started_at, receivers=len(self.receivers)
+        )
 
 
 @dataclass
 class SessionInfo:
     connection_id: str
     remote: str
-    connected_at: float = field(default_factory=time.time)
-    role: str = "idle"
+    role: SessionRole = "idle"
 
 
 class StreamRegistry:
@@ -84,6 +108,15 @@ class StreamRegistry:
     def close_session(self, connection_id: str) -> None:
         self.sessions.pop(connection_id, None)
 
+    def claim_sender(self, info: SessionInfo, max_streams: int) -> None:
+        """Count `info` as a sender from now on (while it negotiates, too), within the limit."""
+        senders = sum(1 for s in self.sessions.values() if s.role == "sender")
+        check_stream_limit(senders, max_streams)
+        info.role = "sender"
+
+    def set_idle(self, info: SessionInfo) -> None:
+        info.role = "idle"
+
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
         self.streams[stream.stream_id] = stream
@@ -97,7 +130,7 @@ class StreamRegistry:
         if stream_id is not None:
             stream = self.streams.get(stream_id)
         else:
-            live = [s for s in self.streams.values() if not s.ended.is_set()]
+            live = self.live_streams()
             stream = max(live, key=lambda s: s.started_at) if live else None
         if stream is None:
             detail = "" if stream_id is None else f" (no stream {stream_id!r})"
@@ -106,6 +139,21 @@ class StreamRegistry:
 
     def live_streams(self) -> list[Stream]:
         return [s for s in self.streams.values() if not s.ended.is_set()]
+
+    def stream_infos(self) -> list[StreamInfo]:
+        """The live streams as clients see them (`available_streams`, `/stream/status`)."""
+        return [s.info() for s in self.live_streams()]
+
+    # Receivers ------------------------------------------------------------------------------
+    def add_receiver(
+        self, stream: Stream, info: SessionInfo, notify: Notify, max_receivers: int
+    ) -> None:
+        check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
+        stream.receivers[info.connection_id] = notify
+        info.role = "receiver"
+
+    def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
+        stream.receivers.pop(info.connection_id, None)
 
     @property
     def receiver_count(self) -> int:

@@ -74,10 +74,6 @@ class Fanout:
         self._closed = False
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from relay_app.ice import use_host_addresses
-
-from .server import ServerProcess, deep_merge
+from relay_app.testing import ServerProcess, deep_merge
 
 # The test clients gather media candidates on loopback only, like the server under test.
 use_host_addresses(["127.0.0.1"])
@@ -44,10 +43,7 @@ def shared_server(
 ) -> Iterator[ServerProcess]:
     config = {"relay": {"mode": relay_mode}}
     server = ServerProcess(tmp_path_factory.mktemp("server"), config).start()
-    live = server.wait_idle()["live"]
-    server.baseline_tasks = {  # type: ignore[attr-defined]
-        k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"
-    }
+    server.take_baseline()
     yield server
     finish_server(server)
 
@@ -61,7 +57,7 @@ def server(shared_server: ServerProcess) -> Iterator[ServerProcess]:
 
 def assert_no_leaks(server: ServerProcess) -> None:
     """Sessions, task groups, peer connections, relay subscriptions at zero; tasks at baseline."""
-    server.wait_idle(max_tasks=getattr(server, "baseline_tasks", None))
+    server.wait_idle()
 
 
 @pytest.fixture
@@ -73,6 +69,7 @@ def make_server(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., Serve
         config = deep_merge({"relay": {"mode": relay_mode}}, config or {})
         server = ServerProcess(tmp_path, config, **kwargs).start()
         started.append(server)
+        server.take_baseline()
         return server
 
     yield _make

@@ -8,8 +8,7 @@ import anyio
 import pytest
 
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency, rms_dbfs
-
-from .server import ServerProcess
+from relay_app.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

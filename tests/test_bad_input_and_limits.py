@@ -11,8 +11,7 @@ import websockets
 from aiortc import RTCPeerConnection
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
-
-from .server import ServerProcess
+from relay_app.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -149,7 +148,7 @@ async def test_flowing_media_keeps_silent_sessions_open(
 async def test_media_ports_stay_in_udp_port_range_and_a_full_range_says_so(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    from .test_operations import free_port
+    from relay_app.testing import free_port
 
     low = free_port()
     while low > 65000:  # leave room for the range

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency, rms_dbfs
+from relay_app.testing import REPO, ServerProcess, deep_merge
 
 from .conftest import assert_no_leaks, finish_server
-from .server import REPO, ServerProcess, deep_merge
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +91,7 @@ def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int
 def browser_server(tmp_path_factory: pytest.TempPathFactory, relay_mode: str) -> Any:
     config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}})
     server = ServerProcess(tmp_path_factory.mktemp("browser-server"), config).start()
+    server.take_baseline()
     yield server
     finish_server(server)
 
@@ -260,7 +261,7 @@ async def test_receiver_page_reconnects_after_server_restart(
     browser: Any, tmp_path: Path, relay_mode: str
 ) -> None:
     """WebSocket loss: the page backs off, reconnects to the restarted server, plays again."""
-    from .test_operations import free_port
+    from relay_app.testing import free_port
 
     ports = {"port": free_port(), "audio_port": free_port()}
     config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}, "server": ports})

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from relay_app.client import dominant_frequency
-
-from .server import ServerProcess, start_client
+from relay_app.testing import ServerProcess, start_client
 
 
 def _client(server: ServerProcess, *args: str) -> subprocess.Popen[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .server import REPO
+from relay_app.testing import REPO
 
 
 def test_no_fire_and_forget_tasks_in_relay_app() -> None:

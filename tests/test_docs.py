@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from relay_app.config import configuration_markdown
 from relay_app.logs import LEGACY_MESSAGES
-
-from .server import REPO
+from relay_app.testing import REPO
 
 
 def test_configuration_doc_matches_the_settings_model() -> None:

@@ -22,9 +22,9 @@ from websockets.sync.client import connect
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.protocol import CLIENT_TYPES
+from relay_app.testing import ServerProcess
 
 from .conftest import assert_no_leaks, finish_server
-from .server import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +48,7 @@ SERVER_TYPES = {
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path_factory.mktemp("fuzz"), FUZZ_CONFIG).start()
+    server.take_baseline()
     yield server
     finish_server(server)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,8 +18,7 @@ import pytest
 
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.logs import LEGACY_MESSAGES
-
-from .server import REPO, ServerProcess
+from relay_app.testing import REPO, ServerProcess, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -152,12 +150,6 @@ async def test_every_stdout_line_is_json_with_the_guides_patterns(server: Server
     assert set(LEGACY_MESSAGES) >= {e["event"] for e in server.events if "message" in e}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_invalid_config_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"server": {"port": "eighty", "colour": "blue"}}))
@@ -261,7 +253,6 @@ async def test_https_and_wss_with_a_self_signed_cert_for_lan_phones(
     server = make_server({"server": {"certfile": str(cert), "keyfile": str(key)}})
     assert server.wait_event("server_listening")["url"].startswith("https://")
     context = ssl.create_default_context(cafile=str(cert))
-    server.scheme, server.verify = "https", context
     response = server.get("/health")
     assert response.status_code == 200 and response.json()["status"] == "healthy"
     url = f"wss://127.0.0.1:{server.port}/ws"

@@ -12,8 +12,7 @@ from aiortc.rtp import RtpPacket
 
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.rtp_tap import WRITTEN_FOR_AIORTC, OpusPacketizer
-
-from .server import ServerProcess
+from relay_app.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +41,9 @@ def test_packetizer_unwraps_timestamps_and_tolerates_reordering() -> None:
     assert pts == [0, 960, 0x1380, 0x780, 0x1740]
 
 
-async def test_forward_mode_relays_opus_packets_without_reencoding(server: ServerProcess) -> None:
+async def test_forward_mode_sends_the_senders_opus_and_transcode_reencodes(
+    server: ServerProcess,
+) -> None:
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(440))
         async with RelayClient.connect(server.ws_url) as receiver:

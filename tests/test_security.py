@@ -16,9 +16,9 @@ import websockets
 
 from relay_app.auth import mint
 from relay_app.client import RelayClient, ServerError, ToneTrack
+from relay_app.testing import REPO, ServerProcess
 
 from .conftest import assert_no_leaks, finish_server
-from .server import REPO, ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +35,7 @@ SECURE_CONFIG = {
 def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path_factory.mktemp("secure"), SECURE_CONFIG).start()
     server.headers = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
+    server.take_baseline()
     yield server
     finish_server(server)
 
@@ -64,6 +65,8 @@ async def test_no_expired_or_forged_token_is_refused_and_never_counted(
 ) -> None:
     expired = jwt.encode({"aud": "relay_app", "role": "send", "exp": 1}, SECRET, "HS256")
     forged = mint("another-secret-that-is-long-enough-000000", "send", 600)
+    before = server.metrics()
+    refusals_before = len(server.find("connection_refused", kind="auth"))
     await refused(server.ws_url, "authentication timed out")
     await refused(f"{server.ws_url}?token={expired}", "expired")
     await refused(f"{server.ws_url}?token={forged}", "wrong signature")
@@ -72,10 +75,11 @@ async def test_no_expired_or_forged_token_is_refused_and_never_counted(
         await ws.send(json.dumps({"type": "get_available_streams"}))
         reply = json.loads(await ws.recv())
         assert "authentication required" in reply["message"]
+    # Counted as refusals, never as sessions (compared with before: the server is shared).
     metrics = server.metrics()
-    assert metrics["sessions_total"] == 0 and metrics["active_streams"] == 0
-    assert metrics["errors"]["auth"] == 5
-    assert len(server.find("connection_refused", kind="auth")) == 5
+    assert metrics["sessions_total"] == before["sessions_total"]
+    assert metrics["errors"]["auth"] == before["errors"].get("auth", 0) + 5
+    assert len(server.find("connection_refused", kind="auth")) == refusals_before + 5
 
 
 async def test_right_tokens_work_in_url_or_first_message(server: ServerProcess) -> None:

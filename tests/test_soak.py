@@ -7,8 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from bench.soak import SCENARIOS, soak
-
-from .server import ServerProcess
+from relay_app.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from .server import REPO, ServerProcess
+from relay_app.testing import REPO, ServerProcess
 
 DOC = REPO / "docs" / "troubleshooting.md"
 

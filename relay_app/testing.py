@@ -1,7 +1,9 @@
-"""A real relay server in a child process, on 127.0.0.1 ephemeral ports, for the tests.
+"""Helpers for tests/ and bench/ (like `trio.testing`): a real server process, the client CLI as
+a child process, free ports, and the one idle/leak check.
 
-Its stdout is read line by line: every line must be JSON (the log contract), and tests look
-events up by name. Media stays on loopback: the config pins `webrtc.ice_addresses`.
+`ServerProcess` runs the relay in a child process on 127.0.0.1 ephemeral ports. Its stdout is
+read line by line: every line must be JSON (the log contract), and tests look events up by
+name. Media stays on loopback: the config pins `webrtc.ice_addresses`.
 """
 
 from __future__ import annotations
@@ -9,16 +11,27 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+# Tasks counted per owner in /metrics' `live` (asyncio_tasks is everyone's, so not compared).
+TASK_OWNERS = ("relay_app_tasks", "aiortc_tasks", "aioice_tasks")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -71,12 +84,15 @@ class ServerProcess:
         self.events: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
         self.stderr: list[str] = []
-        self.scheme = "http"
-        self.verify: Any = True
+        certfile = self.config["server"].get("certfile")
+        # TLS servers are reached over https, trusting their own (self-signed) certificate.
+        self.scheme = "https" if certfile else "http"
+        self.verify: Any = ssl.create_default_context(cafile=certfile) if certfile else True
         self.headers: dict[str, str] = {}
         self.port = 0
         self.audio_port = 0
         self._listening = threading.Event()
+        self.baseline: dict[str, Any] | None = None
         self.proc: subprocess.Popen[str] | None = None
 
     # Lifetime --------------------------------------------------------------------------------
@@ -182,19 +198,48 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError(f"no {event} {fields} in server log within {timeout} s")
 
-    def wait_idle(
-        self, timeout: float = 8, max_tasks: dict[str, int] | None = None
-    ) -> dict[str, Any]:
-        """Wait until every live count is zero (tasks per owner back to `max_tasks`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            metrics = self.metrics()
-            live = metrics["live"]
-            counts = {k: v for k, v in live.items() if not k.endswith("_tasks")}
-            tasks = {k: v for k, v in live.items() if k.endswith("_tasks") and k != "asyncio_tasks"}
-            tasks_ok = max_tasks is None or tasks == max_tasks
-            if not any(counts.values()) and metrics["active_streams"] == 0 and tasks_ok:
-                return metrics
-            if time.monotonic() > deadline:
-                raise AssertionError(f"resources left after the scenario: {metrics}")
-            time.sleep(0.05)
+    def take_baseline(self) -> dict[str, Any]:
+        """Once the server is idle: what `wait_idle` compares tasks with after each scenario."""
+        self.baseline = wait_idle(self.metrics)
+        return self.baseline
+
+    def wait_idle(self, timeout: float = 8) -> dict[str, Any]:
+        return wait_idle(self.metrics, self.baseline, timeout)
+
+
+def idle_problems(
+    metrics: dict[str, Any], baseline: dict[str, Any] | None = None, threads: bool = False
+) -> list[str]:
+    """What is still held: live counts above zero, tasks (and threads) above the baseline."""
+    live = metrics["live"]
+    problems = [f"{k}={v}" for k, v in live.items() if v and not k.endswith("_tasks")]
+    if metrics["active_streams"]:
+        problems.append(f"active_streams={metrics['active_streams']}")
+    if baseline is not None:
+        problems += [
+            f"{k}={live[k]} (baseline {baseline['live'][k]})"
+            for k in TASK_OWNERS
+            if live[k] > baseline["live"][k]
+        ]
+        was, now = baseline["process"]["threads"], metrics["process"]["threads"]
+        if threads and now > was:
+            problems.append(f"threads={now} (baseline {was})")
+    return problems
+
+
+def wait_idle(
+    fetch_metrics: Callable[[], dict[str, Any]],
+    baseline: dict[str, Any] | None = None,
+    timeout: float = 8,
+    threads: bool = False,
+) -> dict[str, Any]:
+    """Poll /metrics until nothing is held (see `idle_problems`); AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = fetch_metrics()
+        problems = idle_problems(metrics, baseline, threads)
+        if not problems:
+            return metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"resources left after the scenario: {problems}")
+        time.sleep(0.05)

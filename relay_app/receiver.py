@@ -1,0 +1,102 @@
+"""A receiver's media task: subscribe to a stream, offer it, accept the answer, play until the
+stream or the connection ends.
+
+Subscribing and registering as a receiver (`_listening`) are sync and undone before the peer
+connection closes: a receiver is counted exactly while it listens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from anyio.abc import TaskStatus
+
+from . import protocol as p
+from .errors import MediaFailed, MediaUnavailable, NegotiationError, SessionStateError
+from .ice import NoFreeMediaPort
+from .media import MediaTask, SessionHost
+from .peer import Peer, open_peer
+from .registry import Stream
+from .relay import RelayTrack
+
+
+async def run_receiver(
+    host: SessionHost, media: MediaTask, stream: Stream, *, task_status: TaskStatus[None]
+) -> None:
+    ctx = host.ctx
+    media.log = log = media.log.bind(stream_id=stream.stream_id)
+    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
+        media.peer = peer
+        with _listening(host, stream, log) as track:
+            await _offer(host, peer, track, stream)
+            log.info("receiver_offer_sent")
+            task_status.started()
+            await _accept_answer(media, peer, ctx.settings.webrtc.negotiation_timeout)
+            await _wait_any(stream.ended.wait, peer.failed.wait)
+    if not stream.ended.is_set():
+        raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
+    host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+
+
+@contextmanager
+def _listening(host: SessionHost, stream: Stream, log: Any) -> Iterator[RelayTrack]:
+    """Subscribed to the stream and counted as its receiver, for exactly this block.
+
+    Sync on both sides: entered before the offer, left before the peer connection closes.
+    """
+    source, registry = stream.receiver_source, host.ctx.registry
+    try:
+        track = source.subscribe()
+    except MediaStreamError:  # it ended between start_receiving and this task's start
+        raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)") from None
+    try:
+        registry.add_receiver(
+            stream, host.info, host.send_or_drop, host.ctx.settings.streams.max_receivers
+        )
+    except BaseException:
+        source.unsubscribe(track)
+        raise
+    log.info("relay_subscribe", receivers=len(stream.receivers))
+    try:
+        yield track
+    finally:
+        registry.remove_receiver(stream, host.info)
+        source.unsubscribe(track)
+        log.info("relay_unsubscribe")
+
+
+async def _offer(host: SessionHost, peer: Peer, track: Any, stream: Stream) -> None:
+    peer.pc.addTrack(track)
+    try:
+        await peer.pc.setLocalDescription(await peer.pc.createOffer())
+    except NoFreeMediaPort as error:
+        raise MediaUnavailable(str(error.strerror or error)) from None
+    host.send(p.Offer(sdp=peer.pc.localDescription.sdp, stream_id=stream.stream_id))
+
+
+async def _accept_answer(media: MediaTask, peer: Peer, timeout: float) -> None:
+    with anyio.move_on_after(timeout):
+        answer = await media.wait_answer()
+        try:
+            await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+        except Exception as error:  # aiortc raises ValueError, KeyError, ... on a bad answer
+            raise NegotiationError(f"cannot use this answer: {error}") from None
+        return
+    raise NegotiationError(f"no answer to the offer within {timeout:g} s")
+
+
+async def _wait_any(*waits: Callable[[], Awaitable[Any]]) -> None:
+    """Return as soon as one of the waits returns; the others are cancelled."""
+    async with anyio.create_task_group() as tg:
+
+        async def _one(wait: Callable[[], Awaitable[Any]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(_one, wait)

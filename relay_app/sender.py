@@ -1,0 +1,186 @@
+"""A sender's media task: check the offer, answer it, tap its RTP, register the stream, serve it.
+
+The task tree under the session's media task (see session.py for the rest):
+
+    run_sender
+    └── serve_stream        until the stream ends (sender left, track ended, ICE, stale)
+        ├── drain           the decoded track -> visualization (+ receivers in transcode
+        │                   mode); in forward mode receivers get the sender's Opus packets
+        │                   straight from the RTP tap (rtp_tap.py), never through a task
+        ├── ice_watch       ends the stream when the sender's connection fails
+        └── visualize       levels -> the sender and its receivers (droppable messages)
+
+The stream is registered only after the answer has left and unregistered in a `finally`
+before the peer connection closes, so no receiver ever finds a dying stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
+from anyio.abc import TaskStatus
+from av import AudioFrame
+
+from . import protocol as p
+from .errors import MediaUnavailable, NegotiationError
+from .ice import NoFreeMediaPort
+from .levels import EveryNth, levels
+from .media import MediaTask, SessionHost
+from .peer import Peer, open_peer
+from .registry import EndCause, Stream
+from .relay import Fanout, Media, pump
+from .rtp_tap import (
+    OpusPacketizer,
+    RtpCallback,
+    audio_receiver,
+    negotiated_opus_payload_type,
+    tap_receiver,
+)
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse, before any peer connection exists, an offer that is not audio only."""
+    try:
+        kinds = {media.kind for media in SessionDescription.parse(sdp).media}
+    except Exception as error:  # aiortc's parser raises assorted errors on garbage
+        raise NegotiationError(f"invalid SDP offer: {error}") from None
+    if "audio" not in kinds:
+        raise NegotiationError("the offer has no audio track (no m=audio section)")
+    if others := sorted(kinds - {"audio"}):
+        raise NegotiationError(
+            f"only audio is relayed; remove these from the offer: {', '.join(others)}"
+        )
+
+
+async def run_sender(
+    host: SessionHost, media: MediaTask, sdp: str, *, task_status: TaskStatus[None]
+) -> None:
+    ctx = host.ctx
+    log = media.log
+    log.info("sender_setup")
+    check_offer(sdp)
+    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
+        media.peer = peer
+        stream = await _answer_offer(host, peer, sdp)
+        host.send(p.AnswerOut(sdp=peer.pc.localDescription.sdp))
+        task_status.started()
+        log.info("sender_track_received")
+        media.log = log = log.bind(stream_id=stream.stream_id)
+        try:
+            ctx.registry.add_stream(stream)
+            ctx.metrics.streams_total += 1
+            log.info("stream_stored", mode=ctx.settings.relay.mode)
+            host.send(p.StreamStarted(stream_id=stream.stream_id))
+            await serve_stream(host, peer, stream, log)
+        finally:
+            # Sync bookkeeping first, so no receiver can find a dying stream.
+            stream.end(EndCause.SENDER_LEFT)
+            ctx.registry.remove_stream(stream)
+            stream.close_relays()
+            log.info("track_ended", reason=stream.end_reason)
+    if stream.end_cause is not EndCause.SENDER_LEFT:
+        # Ended by something other than this sender leaving: tell the sender why.
+        host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+
+
+async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
+    """Answer the offer and tap its audio; the answer is not sent yet."""
+    tracks: list[Any] = []
+    peer.pc.on("track", tracks.append)
+    try:
+        await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await peer.pc.setLocalDescription(await peer.pc.createAnswer())
+    except NoFreeMediaPort as error:
+        raise MediaUnavailable(str(error.strerror or error)) from None
+    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
+        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
+    audio = [track for track in tracks if track.kind == "audio"]
+    if not audio:
+        raise NegotiationError("the offer has no audio track (no m=audio section)")
+    opus = negotiated_opus_payload_type(peer.pc)
+    settings, metrics = host.ctx.settings.relay, host.ctx.metrics
+    stream = Stream(
+        stream_id=f"stream_{host.connection_id}",
+        sender_id=host.connection_id,
+        source=audio[0],
+        frames=Fanout(settings.queue_frames, metrics),
+        packets=Fanout(settings.queue_frames, metrics) if settings.mode == "forward" else None,
+    )
+    # Tap before the answer leaves, so that no packet arrives untapped.
+    tap_receiver(audio_receiver(peer.pc, audio[0]), _packet_handler(host, stream, peer, opus))
+    return stream
+
+
+def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
+    """Per packet from the sender: liveness, counters, and (forward mode) the fan-out."""
+    metrics = host.ctx.metrics
+    packets = stream.packets
+    packetizer = OpusPacketizer()
+
+    def on_packet(rtp: RtpPacket, arrival: float) -> None:
+        if rtp.payload_type != opus or not rtp.payload:
+            metrics.count_drop("not_opus")
+            return
+        # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
+        stream.last_audio_at = peer.last_heard = arrival
+        metrics.record_ingress(len(rtp.payload))
+        if packets is not None and packets.subscriber_count:
+            # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
+            packets.publish(packetizer.packet(rtp), arrival)
+
+    return on_packet
+
+
+async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) -> None:
+    """Drain, watch and visualize the stream until it ends, whoever ends it."""
+    metrics = host.ctx.metrics
+
+    def on_frame(frame: Media) -> None:
+        # The one decode per stream (aiortc's decoder thread): it drains the track and
+        # feeds visualization, and, in transcode mode, every receiver.
+        metrics.audio_frames += 1
+        stream.frames.publish(frame)
+
+    async def drain() -> None:
+        await pump(stream.source, on_frame)
+        stream.end(EndCause.TRACK_ENDED)
+        log.warning("stale_stream_cleanup", reason=stream.end_reason)
+
+    async def ice_watch() -> None:
+        await peer.failed.wait()
+        stream.end(EndCause.CONNECTION_FAILED, f"sender {peer.failure}")
+        log.warning("stale_stream_cleanup", reason=peer.failure)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        tg.start_soon(ice_watch)
+        if host.ctx.settings.visualization.enabled:
+            tg.start_soon(visualize, host, stream, log)
+        await stream.ended.wait()
+        tg.cancel_scope.cancel()
+
+
+async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:
+    """Levels of every Nth decoded frame, to the sender and each receiver (droppable)."""
+    track = stream.frames.subscribe()
+    log.info("visualization_started")
+    tap = EveryNth(host.ctx.settings.visualization.downsample)
+    try:
+        while True:
+            frame = await track.recv()
+            if not tap() or not isinstance(frame, AudioFrame):
+                continue
+            rms, peak = levels(frame.to_ndarray())
+            text = p.encode(p.Visualization(stream_id=stream.stream_id, rms=rms, peak=peak))
+            host.send_or_drop(text)
+            for send_or_drop in list(stream.receivers.values()):
+                send_or_drop(text)
+    except MediaStreamError:
+        pass  # the relay closed: the stream is over
+    finally:
+        stream.frames.unsubscribe(track)
