@@ -29,6 +29,7 @@ import anyio
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack, single_error
 from relay_app.ice import use_host_addresses
 from relay_app.testing import REPO, ServerProcess, wait_idle
@@ -43,8 +44,8 @@ def _abort(client: RelayClient) -> None:
 
 async def clean_close(url: str, stream_id: str) -> None:
     async with RelayClient.connect(url) as client:
-        await client.request({"type": "ping"}, "pong")
-        await client.request({"type": "get_available_streams"}, "available_streams")
+        await client.request(p.Ping(), "pong")
+        await client.request(p.GetAvailableStreams(), "available_streams")
 
 
 async def receiver_then_close(url: str, stream_id: str) -> None:
@@ -62,7 +63,7 @@ async def receiver_abrupt_drop(url: str, stream_id: str) -> None:
 
 async def drop_after_offer(url: str, stream_id: str) -> None:
     async with RelayClient.connect(url) as client:
-        await client.request({"type": "start_receiving", "stream_id": stream_id}, "offer")
+        await client.request(p.StartReceiving(stream_id=stream_id), "offer")
         _abort(client)
 
 
@@ -72,10 +73,9 @@ async def sender_drop_mid_ice(url: str, stream_id: str) -> None:
         try:
             pc.addTransceiver(ToneTrack(300), direction="sendonly")
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await client.request(
-                {"type": "start_sending", "sdp": pc.localDescription.sdp}, "answer"
-            )
-            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            await client.send(p.StartSending(sdp=pc.localDescription.sdp))
+            answer = await client.receive(p.AnswerOut)
+            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
             _abort(client)  # ICE has only just started
         finally:
             await pc.close()
@@ -93,8 +93,8 @@ async def sender_leaves_receivers_told(url: str, stream_id: str) -> None:
             await one.wait_audio(0.1)
             _abort(sender)
             for receiver in (one, two):
-                ended = await receiver.expect("stream_ended", timeout=10)
-                assert ended["stream_id"] == own
+                ended = await receiver.receive(p.StreamEnded, timeout=10)
+                assert ended.stream_id == own
 
 
 async def sender_abrupt_drop(url: str, stream_id: str) -> None:

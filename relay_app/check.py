@@ -19,20 +19,24 @@ from collections.abc import Sequence
 
 import anyio
 
-from .client import RelayClient, ServerError, dominant_frequency, rms_dbfs, single_error
+from . import protocol as p
+from .client import RelayClient, ServerError, dominant_frequency, single_error
 from .ice import use_host_addresses
+from .levels import rms_dbfs
 
 
 async def run_check(url: str, listen: float) -> dict[str, object]:
     report: dict[str, object] = {"url": url}
     async with RelayClient.connect(url, open_timeout=5) as client:
         report["websocket"] = "connected"
-        report["connection_id"] = client.welcome["connection_id"]
+        report["connection_id"] = client.connection_id
         started = time.perf_counter()
-        await client.request({"type": "ping"}, "pong")
+        await client.send(p.Ping())
+        await client.receive(p.Pong)
         report["ping_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        streams = await client.request({"type": "get_available_streams"}, "available_streams")
-        report["streams"] = [s["stream_id"] for s in streams["streams"]]
+        await client.send(p.GetAvailableStreams())
+        streams = await client.receive(p.AvailableStreams)
+        report["streams"] = [s.stream_id for s in streams.streams]
         if listen > 0:
             report["receiving"] = await client.start_receiving()
             await client.wait_audio(listen, timeout=listen + 10)

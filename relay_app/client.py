@@ -19,10 +19,11 @@ import math
 import sys
 import time
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import anyio
@@ -40,10 +41,12 @@ from av import AudioFrame
 from av.frame import Frame
 from av.packet import Packet
 
+from . import protocol as p
 from .ice import use_host_addresses
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+MESSAGES_KEPT = 1000
 
 
 def single_error(error: BaseException) -> BaseException:
@@ -142,12 +145,22 @@ class WavTrack(PacedTrack):
 
 
 class Recorder:
-    """Collects a received track's audio as mono float samples at its own rate."""
+    """A received track's audio: the newest `keep_seconds` as mono float samples for checks,
+    and, with `wav`, everything written to that file as it arrives (16-bit mono).
 
-    def __init__(self) -> None:
-        self.chunks: list[npt.NDArray[np.float32]] = []
+    Memory stays bounded however long a listener runs (an hour of kept float samples would be
+    ~700 MB).
+    """
+
+    def __init__(self, keep_seconds: float = 60.0, wav: Path | None = None) -> None:
+        self.keep_seconds = keep_seconds
+        self.chunks: deque[npt.NDArray[np.float32]] = deque()
+        self._kept = 0  # samples in chunks
         self.sample_rate = SAMPLE_RATE
         self.frames = 0
+        self.total_samples = 0
+        self._wav_path = wav
+        self._wav: wave.Wave_write | None = None
         self._progress = anyio.Event()
 
     def add(self, frame: Frame | Packet) -> None:
@@ -160,10 +173,35 @@ class Recorder:
         else:
             mono = data.reshape(-1, channels).mean(axis=1)
         self.sample_rate = frame.sample_rate
-        self.chunks.append(mono)
+        self._keep(mono)
+        self._write(mono)
         self.frames += 1
+        self.total_samples += len(mono)
         self._progress.set()
         self._progress = anyio.Event()
+
+    def _keep(self, mono: npt.NDArray[np.float32]) -> None:
+        self.chunks.append(mono)
+        self._kept += len(mono)
+        limit = self.keep_seconds * self.sample_rate
+        while self.chunks and self._kept - len(self.chunks[0]) >= limit:
+            self._kept -= len(self.chunks.popleft())
+
+    def _write(self, mono: npt.NDArray[np.float32]) -> None:
+        if self._wav_path is None:
+            return
+        if self._wav is None:
+            self._wav = wave.open(str(self._wav_path), "wb")  # noqa: SIM115 (closed in close())
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(self.sample_rate)
+        self._wav.writeframes((np.clip(mono, -1, 1) * 32767).astype(np.int16).tobytes())
+
+    def close(self) -> None:
+        """Finish the WAV file, if any (its header needs the final length)."""
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
 
     async def wait_seconds(self, seconds: float) -> None:
         while self.seconds < seconds:
@@ -171,23 +209,17 @@ class Recorder:
 
     @property
     def seconds(self) -> float:
-        return sum(len(c) for c in self.chunks) / self.sample_rate
+        """All audio received so far, kept or not."""
+        return self.total_samples / self.sample_rate
 
     def audio(self, last_seconds: float | None = None) -> npt.NDArray[np.float32]:
+        """The kept audio (at most keep_seconds), or its last `last_seconds`."""
         if not self.chunks:
             return np.zeros(0, dtype=np.float32)
         samples = np.concatenate(self.chunks)
         if last_seconds is not None:
             samples = samples[-int(last_seconds * self.sample_rate) :]
         return samples
-
-    def write_wav(self, path: Path) -> None:
-        pcm = (np.clip(self.audio(), -1, 1) * 32767).astype(np.int16)
-        with wave.open(str(path), "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(self.sample_rate)
-            wav.writeframes(pcm.tobytes())
 
 
 def dominant_frequency(samples: npt.NDArray[np.float32], sample_rate: int) -> float:
@@ -199,32 +231,41 @@ def dominant_frequency(samples: npt.NDArray[np.float32], sample_rate: int) -> fl
     return float(np.fft.rfftfreq(len(samples), 1 / sample_rate)[int(np.argmax(spectrum))])
 
 
-def rms_dbfs(samples: npt.NDArray[np.float32]) -> float:
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
-    return 20 * math.log10(rms) if rms > 0 else -100.0
+M = TypeVar("M", bound=p.ServerMessage)
+Outgoing = p.ClientMessage | dict[str, Any] | str | bytes
+"""A protocol model; or, for tests of bad input, a raw dict, text or binary frame."""
 
 
 class RelayClient:
     """One WebSocket session with the relay, and at most one peer connection.
 
     Use as `async with RelayClient.connect(url) as client:`; leaving the block closes the peer
-    connection and the WebSocket and ends the client's own tasks.
+    connection and the WebSocket and ends the client's own tasks. Messages are protocol.py's
+    models both ways. What it keeps is bounded: the newest MESSAGES_KEPT messages and
+    visualizations, and an inbox that drops its oldest unread message when full (a CLI that
+    only pings never reads its pongs).
     """
 
     def __init__(self, ws: Any, tg: anyio.abc.TaskGroup, ice_servers: list[dict[str, Any]]):
         self.ws = ws
         self._tg = tg
         self._ice_servers = ice_servers
-        self.welcome: dict[str, Any] = {}
-        self.messages: list[dict[str, Any]] = []  # everything received, in order
-        self.visualizations: list[dict[str, Any]] = []
-        self._inbox_send, self._inbox = anyio.create_memory_object_stream[dict[str, Any]](1000)
+        self.welcome: p.Welcome | None = None
+        self.messages: deque[p.ServerMessage] = deque(maxlen=MESSAGES_KEPT)  # newest, in order
+        self.visualizations: deque[p.Visualization] = deque(maxlen=MESSAGES_KEPT)
+        self._inbox: deque[p.ServerMessage] = deque(maxlen=MESSAGES_KEPT)
+        self._arrived = anyio.Event()
         self.pc: RTCPeerConnection | None = None
         self.recorder = Recorder()
         self.stream_id: str | None = None
         self.closed = anyio.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
+
+    @property
+    def connection_id(self) -> str:
+        assert self.welcome is not None
+        return self.welcome.connection_id
 
     @classmethod
     @asynccontextmanager
@@ -248,8 +289,8 @@ class RelayClient:
             tg.start_soon(client._read_loop)
             try:
                 if token is not None and not token_in_url:
-                    await client.send({"type": "auth", "token": token})
-                client.welcome = await client.expect("welcome")
+                    await client.send(p.Auth(token=token))
+                client.welcome = await client.receive(p.Welcome)
                 yield client
             finally:
                 with anyio.move_on_after(5, shield=True):
@@ -260,37 +301,57 @@ class RelayClient:
     async def _read_loop(self) -> None:
         try:
             async for text in self.ws:
-                message = json.loads(text)
+                message = p.parse_server_message(text)
                 self.messages.append(message)
-                if message.get("type") == "visualization":
+                if isinstance(message, p.Visualization):
                     self.visualizations.append(message)
-                    continue
-                await self._inbox_send.send(message)
+                else:
+                    self._inbox.append(message)  # full: the oldest unread one is dropped
+                self._wake()
         except websockets.ConnectionClosed:
             pass
         finally:
             self.close_code = self.ws.close_code
             self.close_reason = self.ws.close_reason
             self.closed.set()
-            self._inbox_send.close()
+            self._wake()
 
-    async def send(self, message: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+    def _wake(self) -> None:
+        self._arrived.set()
+        self._arrived = anyio.Event()
 
-    async def next_message(self, timeout: float = 10) -> dict[str, Any]:
+    async def send(self, message: Outgoing) -> None:
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        elif not isinstance(message, str | bytes):
+            message = p.encode(message)
+        await self.ws.send(message)
+
+    async def next_message(self, timeout: float = 10) -> p.ServerMessage:
+        """The next message other than a visualization; EndOfStream once the socket closed."""
         with anyio.fail_after(timeout):
-            return await self._inbox.receive()
+            while not self._inbox:
+                if self.closed.is_set():
+                    raise anyio.EndOfStream
+                await self._arrived.wait()
+            return self._inbox.popleft()
 
-    async def expect(self, *types: str, timeout: float = 10) -> dict[str, Any]:
-        """The next non-visualization message; raise ServerError on an unexpected error."""
+    async def expect(self, *types: str, timeout: float = 10) -> p.ServerMessage:
+        """The next message, of one of `types`; ServerError on an unexpected error."""
         message = await self.next_message(timeout)
-        if message.get("type") in types:
+        if message.type in types:
             return message
-        if message.get("type") == "error":
-            raise ServerError(message.get("message", ""))
+        if isinstance(message, p.Error):
+            raise ServerError(message.message)
         raise AssertionError(f"expected {types}, got {message}")
 
-    async def request(self, message: dict[str, Any], *types: str) -> dict[str, Any]:
+    async def receive(self, kind: type[M], timeout: float = 10) -> M:
+        """`expect` with the model class: the result is typed."""
+        message = await self.expect(kind.model_fields["type"].default, timeout=timeout)
+        assert isinstance(message, kind)
+        return message
+
+    async def request(self, message: Outgoing, *types: str) -> p.ServerMessage:
         await self.send(message)
         return await self.expect(*types)
 
@@ -303,29 +364,28 @@ class RelayClient:
         self.pc = pc = self._new_pc()
         pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await self.request(
-            {"type": "start_sending", "sdp": pc.localDescription.sdp}, "answer"
-        )
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-        started = await self.expect("stream_started")
-        self.stream_id = started["stream_id"]
-        return str(started["stream_id"])
+        await self.send(p.StartSending(sdp=pc.localDescription.sdp))
+        answer = await self.receive(p.AnswerOut)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+        started = await self.receive(p.StreamStarted)
+        self.stream_id = started.stream_id
+        return started.stream_id
 
     async def start_receiving(
         self,
         stream_id: str | None = None,
         on_track: Callable[[RTCPeerConnection, MediaStreamTrack], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> str:
-        """Ask for a stream and answer the offer; audio lands in `self.recorder`.
+        """Ask for a stream and answer the offer; audio lands in `self.recorder` (a new
+        `Recorder()` unless one is given).
 
         `on_track` replaces the recorder (a load generator counts packets instead).
         """
-        request: dict[str, Any] = {"type": "start_receiving"}
-        if stream_id is not None:
-            request["stream_id"] = stream_id
-        offer = await self.request(request, "offer")
+        await self.send(p.StartReceiving(stream_id=stream_id))
+        offer = await self.receive(p.Offer)
         self.pc = pc = self._new_pc()
-        self.recorder = recorder = Recorder()
+        self.recorder = recorder = recorder or Recorder()
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
@@ -334,11 +394,11 @@ class RelayClient:
             else:
                 self._tg.start_soon(self._record, track, recorder)
 
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
-        self.stream_id = offer["stream_id"]
-        return str(offer["stream_id"])
+        await self.send(p.Answer(sdp=pc.localDescription.sdp))
+        self.stream_id = offer.stream_id
+        return offer.stream_id
 
     @staticmethod
     async def _record(track: MediaStreamTrack, recorder: Recorder) -> None:
@@ -359,44 +419,49 @@ class RelayClient:
             await pc.close()
 
 
+async def _receive_when_live(client: RelayClient, args: argparse.Namespace) -> str:
+    """Start receiving; with --wait (the default) retry every 2 s while there is no stream."""
+    recorder = Recorder(keep_seconds=10.0, wav=Path(args.out) if args.out else None)
+    while True:
+        try:
+            return await client.start_receiving(args.stream_id, recorder=recorder)
+        except ServerError as error:
+            if p.NO_STREAM_MESSAGE not in error.message or not args.wait:
+                raise
+            _print_event("waiting", reason=error.message)
+            await anyio.sleep(2)  # the guide's auto-retry
+
+
+def _print_event(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
 async def _run_cli(args: argparse.Namespace) -> int:
     if args.ice_address:
         use_host_addresses(args.ice_address)
     async with RelayClient.connect(args.url, token=args.token) as client:
         if args.command == "send":
             track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
-            stream_id = await client.start_sending(track)
-            print(json.dumps({"event": "sending", "stream_id": stream_id}), flush=True)
+            _print_event("sending", stream_id=await client.start_sending(track))
         else:
-            while True:
-                try:
-                    stream_id = await client.start_receiving(args.stream_id)
-                    break
-                except ServerError as error:
-                    if "No audio stream" not in error.message or not args.wait:
-                        raise
-                    await anyio.sleep(2)  # the guide's auto-retry
-            print(json.dumps({"event": "receiving", "stream_id": stream_id}), flush=True)
-        ping_interval = float(client.welcome["config"].get("ping_interval", 15))
+            _print_event("receiving", stream_id=await _receive_when_live(client, args))
+        assert client.welcome is not None
+        ping_interval = float(client.welcome.config.get("ping_interval", 15))
         deadline = anyio.current_time() + args.duration if args.duration else math.inf
         while anyio.current_time() < deadline and not client.closed.is_set():
             with anyio.move_on_after(min(ping_interval, deadline - anyio.current_time())):
                 await client.closed.wait()
             if not client.closed.is_set():
-                await client.send({"type": "ping"})
+                await client.send(p.Ping())
+        client.recorder.close()
         if args.command == "listen" and args.out:
-            client.recorder.write_wav(Path(args.out))
-            peak = dominant_frequency(client.recorder.audio(), client.recorder.sample_rate)
-            print(
-                json.dumps(
-                    {
-                        "event": "recorded",
-                        "out": args.out,
-                        "seconds": round(client.recorder.seconds, 2),
-                        "dominant_hz": round(peak, 1),
-                    }
-                ),
-                flush=True,
+            recorder = client.recorder
+            peak = dominant_frequency(recorder.audio(), recorder.sample_rate)
+            _print_event(
+                "recorded",
+                out=args.out,
+                seconds=round(recorder.seconds, 2),
+                dominant_hz=round(peak, 1),
             )
     return 0
 

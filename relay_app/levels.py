@@ -11,8 +11,17 @@ import numpy.typing as npt
 SILENCE_DBFS = -100.0
 
 
-def _dbfs(amplitude: float) -> float:
+def dbfs(amplitude: float) -> float:
+    """An amplitude (1.0 = full scale) in dBFS, floored at SILENCE_DBFS."""
     return max(SILENCE_DBFS, 20.0 * math.log10(amplitude)) if amplitude > 0 else SILENCE_DBFS
+
+
+def rms_dbfs(samples: npt.NDArray[Any]) -> float:
+    """The RMS level of float samples (1.0 = full scale) in dBFS."""
+    if samples.size == 0:
+        return SILENCE_DBFS
+    scaled = samples.astype(np.float64)
+    return dbfs(math.sqrt(float(np.mean(scaled * scaled))))
 
 
 def levels(samples: npt.NDArray[Any]) -> tuple[float, float]:
@@ -20,9 +29,8 @@ def levels(samples: npt.NDArray[Any]) -> tuple[float, float]:
     if samples.size == 0:
         return SILENCE_DBFS, SILENCE_DBFS
     scaled = samples.astype(np.float64) / 32768.0
-    rms = math.sqrt(float(np.mean(scaled * scaled)))
     peak = float(np.max(np.abs(scaled)))
-    return round(_dbfs(rms), 1), round(_dbfs(peak), 1)
+    return round(rms_dbfs(scaled), 1), round(dbfs(peak), 1)
 
 
 class EveryNth:

@@ -32,6 +32,7 @@ from av.packet import Packet
 
 from .client import SAMPLE_RATE, PacedTrack, RelayClient, single_error
 from .ice import use_host_addresses
+from .levels import rms_dbfs
 
 BEEP_HZ = 1000.0
 BEEP_SECONDS = 0.1
@@ -58,9 +59,7 @@ class BeepTrack(PacedTrack):
 def _loud(frame: Frame | Packet) -> bool:
     if not isinstance(frame, AudioFrame):
         return False
-    data = frame.to_ndarray().astype(np.float64) / 32768.0
-    rms = math.sqrt(float(np.mean(data * data))) if data.size else 0.0
-    return rms > 0 and 20 * math.log10(rms) > LOUD_DBFS
+    return rms_dbfs(frame.to_ndarray() / 32768.0) > LOUD_DBFS
 
 
 async def _detect(track: MediaStreamTrack, heard: list[float]) -> None:

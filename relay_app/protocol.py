@@ -2,7 +2,8 @@
 
 `parse_client_message` turns a text frame into exactly one model or raises ProtocolError with a
 message a person can act on; nothing deeper in the server sees a raw dict. Replies are models too,
-encoded by `encode`.
+encoded by `encode`. The Python client (client.py) uses the same models the other way round:
+it encodes client messages and reads replies with `parse_server_message`.
 """
 
 from __future__ import annotations
@@ -23,35 +24,35 @@ class _ClientMessage(BaseModel):
 
 
 class StartSending(_ClientMessage):
-    type: Literal["start_sending"]
+    type: Literal["start_sending"] = "start_sending"
     sdp: str = Field(min_length=1)
 
 
 class StartReceiving(_ClientMessage):
-    type: Literal["start_receiving"]
+    type: Literal["start_receiving"] = "start_receiving"
     stream_id: str | None = Field(None, min_length=1, max_length=200)
 
 
 class Answer(_ClientMessage):
-    type: Literal["answer"]
+    type: Literal["answer"] = "answer"
     sdp: str = Field(min_length=1)
 
 
 class Auth(_ClientMessage):
-    type: Literal["auth"]
+    type: Literal["auth"] = "auth"
     token: str = Field(min_length=1, max_length=4096)
 
 
 class GetAvailableStreams(_ClientMessage):
-    type: Literal["get_available_streams"]
+    type: Literal["get_available_streams"] = "get_available_streams"
 
 
 class Ping(_ClientMessage):
-    type: Literal["ping"]
+    type: Literal["ping"] = "ping"
 
 
 class Stop(_ClientMessage):
-    type: Literal["stop"]
+    type: Literal["stop"] = "stop"
 
 
 ClientMessage = Annotated[
@@ -179,5 +180,18 @@ ServerMessage = (
 )
 
 
-def encode(message: ServerMessage) -> str:
+_server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(
+    Annotated[ServerMessage, Field(discriminator="type")]
+)
+
+
+def parse_server_message(text: str | bytes) -> ServerMessage:
+    """A server's frame as its model (the client's side); ProtocolError if it is none."""
+    try:
+        return _server_adapter.validate_json(text)
+    except ValidationError as error:
+        raise ProtocolError(f"not a relay_app server message: {error}") from None
+
+
+def encode(message: ServerMessage | ClientMessage) -> str:
     return message.model_dump_json()

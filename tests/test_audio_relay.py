@@ -7,7 +7,9 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency, rms_dbfs
+from relay_app import protocol as p
+from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
+from relay_app.levels import rms_dbfs
 from relay_app.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +32,7 @@ async def assert_hears(
 async def test_sender_first_then_three_receivers_hear_tone(server: ServerProcess) -> None:
     async with RelayClient.connect(server.ws_url) as sender:
         stream_id = await sender.start_sending(ToneTrack(440))
-        assert stream_id == f"stream_{sender.welcome['connection_id']}"
+        assert stream_id == f"stream_{sender.connection_id}"
         assert server.get("/stream/status", status_port=True).json()["active_streams"] == [
             stream_id
         ]
@@ -46,7 +48,7 @@ async def test_sender_first_then_three_receivers_hear_tone(server: ServerProcess
 
     # The guide: one relay.subscribe per receiver ("Should see TWO subscribe calls").
     assert len(server.find("relay_subscribe", stream_id=stream_id)) == 3
-    sender_id = sender.welcome["connection_id"]
+    sender_id = sender.connection_id
     for event in ("sender_setup", "sender_track_received"):
         server.wait_event(event, connection_id=sender_id)
     for event in ("stream_stored", "visualization_started"):
@@ -59,8 +61,8 @@ async def test_receiver_first_gets_no_stream_then_retry_hears_tone(server: Serve
     async with RelayClient.connect(server.ws_url) as receiver:
         await receiver.send({"type": "start_receiving"})
         error = await receiver.expect("error")
-        assert error == {"type": "error", "message": "No audio stream available"}
-        server.wait_event("no_stream_for_receiver", connection_id=receiver.welcome["connection_id"])
+        assert error == p.Error(message="No audio stream available")
+        server.wait_event("no_stream_for_receiver", connection_id=receiver.connection_id)
 
         async with RelayClient.connect(server.ws_url) as sender:
             await sender.start_sending(ToneTrack(440))
@@ -78,7 +80,8 @@ async def test_two_senders_receivers_choose_stream(server: ServerProcess) -> Non
         high_id = await high.start_sending(ToneTrack(880))
         async with RelayClient.connect(server.ws_url) as lister:
             listed = await lister.request({"type": "get_available_streams"}, "available_streams")
-            assert {s["stream_id"] for s in listed["streams"]} == {low_id, high_id}
+            assert isinstance(listed, p.AvailableStreams)
+            assert {s.stream_id for s in listed.streams} == {low_id, high_id}
 
         async def listen(stream_id: str, frequency: float) -> None:
             async with RelayClient.connect(server.ws_url) as receiver:
@@ -105,7 +108,7 @@ async def test_sender_leaves_receivers_get_stream_ended(server: ServerProcess) -
         # The sender's WebSocket is gone: both receivers are told.
         for receiver in (receiver_a, receiver_b):
             ended = await receiver.expect("stream_ended")
-            assert ended["stream_id"] == stream_id
+            assert isinstance(ended, p.StreamEnded) and ended.stream_id == stream_id
             await receiver.close_media()
         with anyio.fail_after(2):
             while server.get("/stream/status", status_port=True).json()["active_streams"]:
@@ -117,7 +120,7 @@ async def test_sender_leaves_receivers_get_stream_ended(server: ServerProcess) -
                 await late.start_receiving()
             with pytest.raises(ServerError, match="No audio stream available"):
                 await late.start_receiving(stream_id)
-    server.wait_event("connection_cleanup", connection_id=sender.welcome["connection_id"])
+    server.wait_event("connection_cleanup", connection_id=sender.connection_id)
     server.wait_event("track_ended", stream_id=stream_id)
 
 
@@ -128,7 +131,7 @@ async def test_stop_ends_media_but_keeps_the_socket(server: ServerProcess) -> No
         await sender.expect("stopped")
         await sender.close_media()
         assert server.metrics()["active_streams"] == 0
-        assert (await sender.request({"type": "ping"}, "pong")) == {"type": "pong"}
+        assert (await sender.request(p.Ping(), "pong")) == p.Pong()
         # The same socket can start again.
         await sender.start_sending(ToneTrack(440))
         assert server.metrics()["active_streams"] == 1
@@ -144,11 +147,11 @@ async def test_receiver_gets_visualization_levels(server: ServerProcess) -> None
                 while len(receiver.visualizations) < 3:
                     await anyio.sleep(0.05)
         level = receiver.visualizations[-1]
-        assert level["stream_id"] == stream_id
+        assert level.stream_id == stream_id
         # A 0.5-amplitude sine: peak -6 dBFS, RMS -9 dBFS; upmixing mono to stereo on the way
         # (-3 dB per channel) and Opus move that a little.
-        assert -16 < level["rms"] < -6 and -12 < level["peak"] < -3
-        assert level["rms"] < level["peak"]
+        assert -16 < level.rms < -6 and -12 < level.peak < -3
+        assert level.rms < level.peak
         assert sender.visualizations
 
 
@@ -168,10 +171,10 @@ async def test_sender_media_stops_stream_is_swept_as_stale(stale_server: ServerP
             tone.pause()  # media stops; the WebSocket stays open
             with anyio.fail_after(1.5 + 0.5 + 3):
                 ended = await receiver.expect("stream_ended", timeout=10)
-            assert ended["stream_id"] == stream_id
-            assert "no audio" in ended["reason"]
+            assert isinstance(ended, p.StreamEnded) and ended.stream_id == stream_id
+            assert "no audio" in ended.reason
             told = await sender.expect("stream_ended")
-            assert told["stream_id"] == stream_id
+            assert isinstance(told, p.StreamEnded) and told.stream_id == stream_id
         event = server.wait_event("stale_stream_cleanup", stream_id=stream_id)
         assert event["message"] == f"Cleaning up stale stream {stream_id}"
         assert server.get("/stream/status", status_port=True).json()["active_streams"] == []

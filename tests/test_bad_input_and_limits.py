@@ -10,6 +10,7 @@ import pytest
 import websockets
 from aiortc import RTCPeerConnection
 
+from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.testing import ServerProcess
 
@@ -62,14 +63,14 @@ async def test_bad_input_gets_clear_errors_and_others_keep_hearing(server: Serve
                 for payload, expected in bad_inputs:
                     await bad.send(payload)
                     reply = await bad.next_message()
-                    assert reply["type"] == "error", (payload[:60], reply)
-                    assert expected in reply["message"], (payload[:60], reply)
+                    assert isinstance(reply, p.Error), (payload[:60], reply)
+                    assert expected in reply.message, (payload[:60], reply)
                     # The session stays usable after each mistake.
-                    assert await bad.request({"type": "ping"}, "pong") == {"type": "pong"}
+                    assert await bad.request(p.Ping(), "pong") == p.Pong()
             # A second start_sending on a sending socket.
             await sender.send({"type": "start_sending", "sdp": audio_offer})
             reply = await sender.expect("error")
-            assert "already sending" in reply["message"]
+            assert isinstance(reply, p.Error) and "already sending" in reply.message
             # The receiver kept hearing the tone throughout.
             heard = receiver.recorder.seconds
             await receiver.wait_audio(heard + 1.0)
@@ -97,7 +98,7 @@ async def test_over_max_connections_refused_with_1013(
     server.wait_event("connection_refused")
     # Once a slot is free, a new client gets in.
     async with RelayClient.connect(server.ws_url) as client:
-        assert client.welcome["type"] == "welcome"
+        assert client.welcome is not None
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ async def test_idle_session_closes_after_connection_timeout(
 async def test_ping_keeps_session_open(quick_timeout_server: ServerProcess) -> None:
     async with RelayClient.connect(quick_timeout_server.ws_url) as client:
         for _ in range(8):  # 2.4 s, well past the 1 s timeout
-            assert await client.request({"type": "ping"}, "pong") == {"type": "pong"}
+            assert await client.request(p.Ping(), "pong") == p.Pong()
             await anyio.sleep(0.3)
         assert not client.closed.is_set()
 
@@ -156,10 +157,8 @@ async def test_media_ports_stay_in_udp_port_range_and_a_full_range_says_so(
     server = make_server({"webrtc": {"udp_port_range": [low, low + 1]}})
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(440))
-        answer = next(m for m in sender.messages if m["type"] == "answer")
-        ports = {
-            int(line.split()[5]) for line in answer["sdp"].splitlines() if "a=candidate" in line
-        }
+        answer = next(m for m in sender.messages if isinstance(m, p.AnswerOut))
+        ports = {int(line.split()[5]) for line in answer.sdp.splitlines() if "a=candidate" in line}
         assert ports and ports <= {low, low + 1}, ports
         async with RelayClient.connect(server.ws_url) as receiver:
             await receiver.start_receiving()
@@ -167,7 +166,7 @@ async def test_media_ports_stay_in_udp_port_range_and_a_full_range_says_so(
             async with RelayClient.connect(server.ws_url) as third:
                 await third.send({"type": "start_receiving"})
                 error = await third.expect("error")
-                assert "webrtc.udp_port_range" in error["message"], error
+                assert isinstance(error, p.Error) and "webrtc.udp_port_range" in error.message
                 # The others keep hearing the tone.
                 heard = receiver.recorder.seconds
                 await receiver.wait_audio(heard + 0.5)

@@ -18,7 +18,8 @@ import anyio
 import numpy as np
 import pytest
 
-from relay_app.client import RelayClient, ToneTrack, dominant_frequency, rms_dbfs
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.levels import rms_dbfs
 from relay_app.testing import REPO, ServerProcess, deep_merge
 
 from .conftest import assert_no_leaks, finish_server

@@ -30,15 +30,19 @@ def test_cli_listen_waits_for_sender_then_records_its_wav(
         wav.writeframes((0.4 * 32767 * np.sin(2 * np.pi * 660 * t)).astype(np.int16).tobytes())
     heard = tmp_path / "heard.wav"
     listener = _client(server, "listen", "--out", str(heard), "--duration", "3")
+    # The listener asks before anyone sends: it is told there is no stream, and waits.
+    server.wait_event("no_stream_for_receiver", timeout=20)
     sender = _client(server, "send", "--wav", str(source), "--duration", "5")
-    out, err = listener.communicate(timeout=30)
+    out, err = listener.communicate(timeout=40)
     sender.communicate(timeout=30)
     assert listener.returncode == 0, err
     assert sender.returncode == 0
     events = [json.loads(line) for line in out.splitlines()]
-    assert events[0]["event"] == "receiving"
+    names = [e["event"] for e in events]
+    assert names[0] == "waiting" and "No audio stream available" in events[0]["reason"]
+    assert names[-2:] == ["receiving", "recorded"] and set(names[:-2]) == {"waiting"}
     recorded = events[-1]
-    assert recorded["event"] == "recorded" and recorded["seconds"] > 1.5
+    assert recorded["seconds"] > 1.5
     assert abs(recorded["dominant_hz"] - 660) <= 10
     with wave.open(str(heard), "rb") as wav:
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
+from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.testing import ServerProcess, start_client
 
@@ -90,7 +91,8 @@ async def test_sender_whose_network_vanishes_is_swept_as_stale(
             await receiver.wait_audio(0.5)
             sender.send_signal(signal.SIGSTOP)  # no more packets, no more WebSocket traffic
             ended = await receiver.expect("stream_ended", timeout=10)
-            assert ended["stream_id"] == stream_id and "no audio" in ended["reason"]
+            assert isinstance(ended, p.StreamEnded) and ended.stream_id == stream_id
+            assert "no audio" in ended.reason
             server.wait_event("stale_stream_cleanup", stream_id=stream_id)
             # Then the silent sender's session itself times out. (Not "one connection left":
             # this receiver does not ping, so without media it times out too, a moment later.)

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import pytest
 
+from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.logs import LEGACY_MESSAGES
 from relay_app.testing import REPO, ServerProcess, free_port
@@ -215,7 +216,7 @@ async def test_sigterm_to_hypercorn_exits_within_5s_cleaning_every_session(
                     await one.closed.wait()
         assert code == 0, server.stderr[-20:]
         assert elapsed < 5, elapsed
-        ids = {c.welcome["connection_id"] for c in (sender, one, two)}
+        ids = {c.connection_id for c in (sender, one, two)}
         cleaned = {e["connection_id"] for e in server.find("connection_cleanup")}
         assert ids <= cleaned
         assert server.find("server_stopped")
@@ -257,7 +258,7 @@ async def test_https_and_wss_with_a_self_signed_cert_for_lan_phones(
     assert response.status_code == 200 and response.json()["status"] == "healthy"
     url = f"wss://127.0.0.1:{server.port}/ws"
     async with RelayClient.connect(url, ssl=context) as client:
-        assert client.welcome["type"] == "welcome"
+        assert client.welcome is not None
 
 
 def _dockerfile() -> tuple[list[str], dict[str, str], list[str]]:
@@ -316,9 +317,9 @@ async def test_docker_cmd_and_healthcheck_run_as_plain_processes(tmp_path: Path)
         assert subprocess.run(check, timeout=30).returncode == 0
         async with RelayClient.connect(server.ws_url) as sender:
             await sender.start_sending(ToneTrack(440))
-            answer = next(m for m in sender.messages if m["type"] == "answer")
+            answer = next(m for m in sender.messages if isinstance(m, p.AnswerOut))
             low, high = json.loads(env["RELAY_WEBRTC__UDP_PORT_RANGE"])
-            for line in answer["sdp"].splitlines():
+            for line in answer.sdp.splitlines():
                 if line.startswith("a=candidate"):
                     assert low <= int(line.split()[5]) <= high, line
         server.wait_idle()
