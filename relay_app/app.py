@@ -207,6 +207,13 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
             return Response(body, content_type=content_type)
         return jsonify(metrics_json(ctx)), 200
 
+    _web_client_routes(app)
+    return app
+
+
+def _web_client_routes(app: Quart) -> None:
+    """The Speak and Listen pages, and the headers that keep them to this server."""
+
     @app.after_request
     async def _security_headers(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
@@ -224,8 +231,6 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     @app.get("/listen")
     async def _listen_page() -> Response:
         return await app.send_static_file("listen.html")
-
-    return app
 
 
 def stream_status(ctx: RelayContext) -> dict[str, Any]:

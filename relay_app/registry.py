@@ -21,8 +21,8 @@ from .limits import check_receiver_limit, check_stream_limit
 from .protocol import NO_STREAM_MESSAGE, StreamInfo
 from .relay import Fanout
 
-Notify = Callable[[str], None]
-"""Hands an encoded message to a session's outbox without blocking (may drop it)."""
+SendOrDrop = Callable[[str], None]
+"""A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
 
 SessionRole = Literal["idle", "sender", "receiver"]
 
@@ -54,8 +54,8 @@ class Stream:
     end_cause: EndCause | None = None
     # What clients and logs are told; for most causes the cause's own words.
     end_reason: str = ""
-    # connection_id -> that receiver session's notify function (visualization messages).
-    receivers: dict[str, Notify] = field(default_factory=dict)
+    # connection_id -> that receiver session's send_or_drop (visualization messages).
+    receivers: dict[str, SendOrDrop] = field(default_factory=dict)
 
     @property
     def receiver_source(self) -> Fanout:
@@ -146,10 +146,10 @@ class StreamRegistry:
 
     # Receivers ------------------------------------------------------------------------------
     def add_receiver(
-        self, stream: Stream, info: SessionInfo, notify: Notify, max_receivers: int
+        self, stream: Stream, info: SessionInfo, send_or_drop: SendOrDrop, max_receivers: int
     ) -> None:
         check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
-        stream.receivers[info.connection_id] = notify
+        stream.receivers[info.connection_id] = send_or_drop
         info.role = "receiver"
 
     def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:

@@ -33,6 +33,7 @@ from anyio.abc import TaskStatus
 
 from . import protocol as p
 from .auth import Grant, verify
+from .config import Settings
 from .context import RelayContext
 from .errors import (
     AuthError,
@@ -70,6 +71,44 @@ def new_connection_id() -> str:
     return secrets.token_hex(4) + "-" + secrets.token_hex(2)
 
 
+def welcome_config(settings: Settings) -> dict[str, Any]:
+    """What the client needs to set up media and keep the session alive (`welcome.config`)."""
+    webrtc = settings.webrtc
+    return {
+        "audio_constraints": webrtc.audio_constraints.model_dump(),
+        "ice_servers": webrtc.ice_servers,
+        "connection_timeout": webrtc.connection_timeout,
+        "ping_interval": max(1.0, min(30.0, webrtc.connection_timeout / 2)),
+        "visualization": settings.visualization.enabled,
+    }
+
+
+async def authenticate(
+    ws: WebSocket, settings: Settings, url_token: str | None, log: Any
+) -> Grant | None:
+    """With auth.secret set: the grant of the URL's token or of a first `auth` message."""
+    secret = settings.auth.secret
+    if secret is None:
+        return None
+    token = url_token
+    if token is None:
+        hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
+        with anyio.move_on_after(settings.webrtc.negotiation_timeout):
+            data = await ws.receive()
+            try:
+                message = p.parse_client_message(data) if isinstance(data, str) else None
+            except ProtocolError:
+                message = None
+            if not isinstance(message, p.Auth):
+                raise AuthError(f"authentication required: {hint}")
+            token = message.token
+        if token is None:
+            raise AuthError(f"authentication timed out: {hint}")
+    grant = verify(secret.get_secret_value(), token)
+    log.info("client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject)
+    return grant
+
+
 class PeerSession:
     def __init__(
         self, ws: WebSocket, ctx: RelayContext, remote: str = "", token: str | None = None
@@ -105,7 +144,7 @@ class PeerSession:
         await self.ws.accept()
         try:
             # A refused client never reaches the registry: authenticate first.
-            self.grant = await self._authenticate()
+            self.grant = await authenticate(self.ws, self.settings, self._url_token, self.log)
             self.ctx.registry.open_session(self.info)
         except RelayError as error:
             self.refuse(error, event="connection_refused")
@@ -122,7 +161,8 @@ class PeerSession:
                     tg.start_soon(self._write_loop)
                     tg.start_soon(self._idle_watchdog)
                     tg.start_soon(self._close_on_shutdown)
-                    self.send(p.Welcome(connection_id=self.connection_id, config=self._config()))
+                    config = welcome_config(self.settings)
+                    self.send(p.Welcome(connection_id=self.connection_id, config=config))
                     await self._receive_loop()
             finally:
                 live.session_task_groups -= 1
@@ -137,31 +177,6 @@ class PeerSession:
             reason = self._close_request[1] if self._close_request else "client disconnected"
             self.log.info("connection_cleanup", reason=reason)
             await self._close_socket(flush=False)
-
-    async def _authenticate(self) -> Grant | None:
-        """With auth.secret set: the grant of the URL's token or of a first `auth` message."""
-        secret = self.settings.auth.secret
-        if secret is None:
-            return None
-        token = self._url_token
-        if token is None:
-            hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
-            with anyio.move_on_after(self.settings.webrtc.negotiation_timeout):
-                data = await self.ws.receive()
-                try:
-                    message = p.parse_client_message(data) if isinstance(data, str) else None
-                except ProtocolError:
-                    message = None
-                if not isinstance(message, p.Auth):
-                    raise AuthError(f"authentication required: {hint}")
-                token = message.token
-            if token is None:
-                raise AuthError(f"authentication timed out: {hint}")
-        grant = verify(secret.get_secret_value(), token)
-        self.log.info(
-            "client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject
-        )
-        return grant
 
     def request_close(self, code: CloseCode, reason: str) -> None:
         """Ask the session to end; `run` closes the WebSocket with this code after teardown.
@@ -193,16 +208,6 @@ class PeerSession:
                 code, reason = self._close_request
                 await self.ws.close(int(code), reason)
         self._outbox_receive.close()
-
-    def _config(self) -> dict[str, Any]:
-        webrtc = self.settings.webrtc
-        return {
-            "audio_constraints": webrtc.audio_constraints.model_dump(),
-            "ice_servers": webrtc.ice_servers,
-            "connection_timeout": webrtc.connection_timeout,
-            "ping_interval": max(1.0, min(30.0, webrtc.connection_timeout / 2)),
-            "visualization": self.settings.visualization.enabled,
-        }
 
     # Outgoing ------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
