@@ -43,9 +43,10 @@ def hypercorn_config(settings: Settings, sockets: Sequence[socket.socket]) -> Hy
     # Hypercorn takes the descriptors over (and closes them on exit).
     config.bind = [f"fd://{sock.detach()}" for sock in sockets]
     config.graceful_timeout = settings.server.graceful_timeout
-    # Frames up to this size reach the app, which answers oversized ones with an error frame;
-    # beyond it Hypercorn closes the connection with 1009.
-    config.websocket_max_message_size = max(2 * 1024 * 1024, 4 * settings.server.max_message_bytes)
+    # Frames up to twice server.max_message_bytes reach the app, which answers the oversized
+    # ones with an error frame; beyond that Hypercorn closes the connection with 1009, so a
+    # client cannot make the server buffer megabytes per frame.
+    config.websocket_max_message_size = 2 * settings.server.max_message_bytes
     config.certfile = settings.server.certfile
     config.keyfile = settings.server.keyfile
     # Hypercorn's own loggers, routed through our JSON renderer (see logs.py).

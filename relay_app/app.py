@@ -8,18 +8,22 @@ Hypercorn gives its WebSocket, inside its own SESSION group (session.py).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import ipaddress
+import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from quart import Quart, Response, jsonify, request, websocket
+from quart import Quart, Response, has_request_context, jsonify, request, websocket
+from quart.asgi import ASGIWebsocketConnection
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
-from .auth import verify
+from .auth import Role, verify
 from .config import Settings
 from .context import RelayContext
 from .errors import AuthError
@@ -35,6 +39,7 @@ from .registry import EndCause
 from .session import PeerSession
 
 STATIC = Path(__file__).parent / "static"
+RECEIVE_QUEUE_FRAMES = 32  # incoming frames Quart holds per WebSocket (x 128 KiB at most)
 log = get_logger("relay_app.app")
 
 
@@ -67,18 +72,103 @@ def origin_allowed(origin: str | None, host: str, settings: Settings) -> bool:
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
-def _metrics_refusal(settings: Settings, authorization: str) -> str | None:
+def known_hosts(settings: Settings) -> set[str] | None:
+    """Host names a request may name (None: any). IP literals always pass (see host_allowed)."""
+    allowed = settings.server.allowed_hosts
+    if allowed is not None:
+        return None if "*" in allowed else {host.lower() for host in allowed}
+    hostname = socket.gethostname()
+    names = {"localhost", hostname, f"{hostname}.local", socket.getfqdn(), settings.server.host}
+    return {name.lower() for name in names if name}
+
+
+def host_allowed(host_header: str, known: set[str] | None) -> bool:
+    """DNS rebinding needs a name the attacker controls: an IP literal cannot be one, so any
+    IP passes, and a name must be one this server knows it has (or is configured with)."""
+    if known is None:
+        return True
+    host = urlsplit(f"//{host_header}").hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host.lower() in known
+
+
+def _bearer_refusal(
+    settings: Settings, authorization: str, what: str, roles: tuple[Role, ...]
+) -> str | None:
+    """Why a request for `what` is refused (None: allowed) when auth guards it."""
     secret = settings.auth.secret
     if secret is None or not settings.auth.protect_metrics:
         return None
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        return "/metrics needs Authorization: Bearer <token> (auth.protect_metrics)"
+        return f"{what} needs Authorization: Bearer <token> (auth.protect_metrics)"
     try:
         grant = verify(secret.get_secret_value(), token.strip())
     except AuthError as error:
         return error.message
-    return None if grant.allows_metrics() else "this token's role may not read /metrics"
+    return None if grant.role in roles else f"this token's role may not read {what}"
+
+
+class BoundedWebsocketConnection(ASGIWebsocketConnection):
+    """Quart queues incoming frames for the handler without limit: a client that floods a
+    session that is slow to read grows server memory (50 MiB sent -> +40 MB RSS).
+
+    Here the queue holds RECEIVE_QUEUE_FRAMES and a frame that finds it full is dropped and
+    counted. Dropping, not waiting: a put that waits stops Quart draining Hypercorn's own
+    bounded queue, whose reader then blocks, and Hypercorn can no longer finish the close of
+    a connection the session has already ended.
+    """
+
+    def __init__(self, app: Any, scope: Any) -> None:
+        super().__init__(app, scope)
+        self.queue = asyncio.Queue(maxsize=RECEIVE_QUEUE_FRAMES)
+        self._metrics = app.config["RELAY_CONTEXT"].metrics
+
+    async def handle_messages(self, receive: Any) -> None:
+        while True:
+            event = await receive()
+            if event["type"] == "websocket.receive":
+                try:
+                    self.queue.put_nowait(event.get("bytes") or event["text"])
+                except asyncio.QueueFull:
+                    self._metrics.count_drop("receive_queue_full")
+            elif event["type"] == "websocket.disconnect":
+                return
+
+
+async def _drain_until_disconnect(ws: Any, quiet: float) -> None:
+    """After the session has closed, read and drop what the client still sends, until it
+    answers the close (Quart then cancels this) or stays quiet for `quiet` seconds.
+
+    Why: once this handler returns nobody reads, and Hypercorn's reader blocks on its full
+    queue, for good, with the TCP connection open, if the client is still sending (a flood
+    that ignores the close). Returning only after a quiet spell means Hypercorn's queue is
+    empty when it queues the disconnect and closes the socket.
+    """
+    while True:
+        with anyio.move_on_after(quiet) as silence:
+            await ws.receive()
+        if silence.cancelled_caught:
+            return
+
+
+def _guard_hosts(app: Quart, settings: Settings, ctx: RelayContext) -> None:
+    known = known_hosts(settings)
+
+    async def check() -> Response | None:
+        host = (request if has_request_context() else websocket).headers.get("Host", "")
+        if host_allowed(host, known):
+            return None
+        log.warning("host_refused", host=host)
+        ctx.metrics.count_error("host")
+        message = f"host {host!r} is not served here (server.allowed_hosts)"
+        return _json_error(403, "Forbidden", message)
+
+    app.before_request(check)
+    app.before_websocket(check)
 
 
 def _json_error(code: int, name: str, message: str) -> Response:
@@ -156,7 +246,9 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     ctx = ctx or RelayContext.from_settings(settings)
     app = Quart(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["RELAY_CONTEXT"] = ctx
+    app.asgi_websocket_class = BoundedWebsocketConnection
     _json_errors(app)
+    _guard_hosts(app, settings, ctx)
 
     @app.while_serving
     async def _root() -> AsyncGenerator[None, None]:
@@ -176,6 +268,30 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
                 root.cancel_scope.cancel()
         log.info("server_stopped")
 
+    _session_route(app, settings, ctx)
+    _status_routes(app, ctx)
+    scrape_registry = prometheus_registry(ctx)
+
+    @app.get("/metrics")
+    async def _metrics() -> Response | tuple[Response, int]:
+        authorization = request.headers.get("Authorization", "")
+        refusal = _bearer_refusal(settings, authorization, "/metrics", ("metrics",))
+        if refusal is not None:
+            return _json_error(401, "Unauthorized", refusal), 401
+        # JSON for people and jq (the guide's commands); exposition format for scrapers.
+        accept = request.headers.get("Accept", "")
+        if wants_prometheus(accept):
+            body, content_type = metrics_prometheus(scrape_registry, accept)
+            return Response(body, content_type=content_type)
+        return jsonify(metrics_json(ctx)), 200
+
+    _web_client_routes(app)
+    return app
+
+
+def _session_route(app: Quart, settings: Settings, ctx: RelayContext) -> None:
+    """`/ws`: one PeerSession per WebSocket, in the task Hypercorn gives the connection."""
+
     @app.websocket("/ws")
     async def _ws() -> Response | None:
         remote = websocket.remote_addr or ""
@@ -190,25 +306,8 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
         token = websocket.args.get("token")
         await PeerSession(ws, ctx, remote, token=token).run()
+        await _drain_until_disconnect(ws, settings.relay.teardown_timeout)
         return None
-
-    _status_routes(app, ctx)
-    scrape_registry = prometheus_registry(ctx)
-
-    @app.get("/metrics")
-    async def _metrics() -> Response | tuple[Response, int]:
-        refusal = _metrics_refusal(settings, request.headers.get("Authorization", ""))
-        if refusal is not None:
-            return _json_error(401, "Unauthorized", refusal), 401
-        # JSON for people and jq (the guide's commands); exposition format for scrapers.
-        accept = request.headers.get("Accept", "")
-        if wants_prometheus(accept):
-            body, content_type = metrics_prometheus(scrape_registry, accept)
-            return Response(body, content_type=content_type)
-        return jsonify(metrics_json(ctx)), 200
-
-    _web_client_routes(app)
-    return app
 
 
 def _web_client_routes(app: Quart) -> None:
@@ -250,7 +349,12 @@ def _status_routes(app: Quart, ctx: RelayContext) -> None:
         return jsonify(body), code
 
     @app.get("/stream/status")
-    async def _status() -> Response:
+    async def _status() -> Response | tuple[Response, int]:
+        authorization = request.headers.get("Authorization", "")
+        roles: tuple[Role, ...] = ("metrics", "receive", "both")
+        refusal = _bearer_refusal(ctx.settings, authorization, "/stream/status", roles)
+        if refusal is not None:
+            return _json_error(401, "Unauthorized", refusal), 401
         return jsonify(stream_status(ctx))
 
 
@@ -258,6 +362,7 @@ def create_status_app(ctx: RelayContext) -> Quart:
     """The :8081 audio/status server: `/stream/status`, plus `/health` for probes."""
     app = Quart(__name__ + ".status")
     _json_errors(app)
+    _guard_hosts(app, ctx.settings, ctx)
     _status_routes(app, ctx)
     return app
 

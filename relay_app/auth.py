@@ -13,11 +13,15 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import anyio
 import jwt
 
-from .errors import AuthError
+from . import protocol as p
+from .config import Settings
+from .errors import AuthError, RelayError
+from .limits import check_frame
 
 Role = Literal["send", "receive", "both", "metrics"]
 ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics")
@@ -32,6 +36,12 @@ class Grant:
     role: Role
     stream: str | None = None  # receivers: only this stream
     subject: str | None = None
+    expires_at: float | None = None  # the token's `exp` (Unix time)
+
+    def check_unexpired(self) -> None:
+        """Tokens are checked when used, not only at connect: a session outlives its token."""
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            raise AuthError("access token expired; send auth with a new token")
 
     def allows_sending(self) -> bool:
         return self.role in ("send", "both")
@@ -45,11 +55,13 @@ class Grant:
         return self.role == "metrics"
 
     def check_sending(self) -> None:
+        self.check_unexpired()
         if not self.allows_sending():
             raise AuthError(f"this access token may not send (role {self.role!r})")
 
     def check_receiving(self, stream_id: str | None) -> str | None:
         """The stream to receive (a scoped token names it when the client does not)."""
+        self.check_unexpired()
         stream_id = stream_id or self.stream
         if not self.allows_receiving(stream_id):
             raise AuthError(
@@ -104,7 +116,7 @@ def verify(secret: str, token: str) -> Grant:
     stream = claims.get("stream")
     if stream is not None and not isinstance(stream, str):
         raise AuthError("access token's stream must be a string")
-    return Grant(role=role, stream=stream, subject=claims.get("sub"))
+    return Grant(role=role, stream=stream, subject=claims.get("sub"), expires_at=claims["exp"])
 
 
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -117,3 +129,46 @@ def parse_ttl(text: str) -> float:
         raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
     value, unit = float(match[1]), match[2] or "s"
     return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+class FirstMessage(Protocol):
+    """The part of a WebSocket that authentication reads."""
+
+    async def receive(self) -> str | bytes | None: ...
+
+
+async def authenticate(
+    ws: FirstMessage, settings: Settings, url_token: str | None, log: Any
+) -> Grant | None:
+    """With auth.secret set: the grant of the URL's token or of a first `auth` message."""
+    secret = settings.auth.secret
+    if secret is None:
+        return None
+    token = url_token
+    if token is None:
+        hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
+        with anyio.move_on_after(settings.auth.timeout):
+            data = await ws.receive()
+            try:
+                # Size first: nothing unchecked is parsed, even before authentication.
+                text = check_frame(data, settings.server.max_message_bytes)
+                message = p.parse_client_message(text)
+            except RelayError:
+                message = None
+            if not isinstance(message, p.Auth):
+                raise AuthError(f"authentication required: {hint}")
+            token = message.token
+        if token is None:
+            raise AuthError(f"authentication timed out: {hint}")
+    grant = session_grant(settings, token)
+    log.info("client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject)
+    return grant
+
+
+def session_grant(settings: Settings, token: str) -> Grant:
+    """A token's grant for a /ws session: a `metrics` token only reads /metrics."""
+    assert settings.auth.secret is not None
+    grant = verify(settings.auth.secret.get_secret_value(), token)
+    if grant.role == "metrics":
+        raise AuthError("a metrics token cannot open /ws; use a send, receive or both token")
+    return grant

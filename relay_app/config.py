@@ -61,6 +61,35 @@ class ServerSettings(_Section):
     max_messages_per_second: float = Field(
         20.0, gt=0, description="WebSocket messages a client may send per second (burst: 2x)."
     )
+    send_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds one write to a client may take; a client that does not read for "
+        "this long (or lets 64 messages queue up) is closed with 1008.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="`Host` header names accepted on every HTTP and WebSocket request (stops "
+        "DNS rebinding); null = localhost, this machine's names and interface addresses and "
+        '`server.host`; `["*"]` = any (e.g. behind a proxy that checks it).',
+    )
+    max_connections_per_address: int = Field(
+        10,
+        ge=1,
+        description="WebSocket connections (open or still authenticating) from one client "
+        "address; the next is refused with 1013. `trusted_addresses` are exempt.",
+    )
+    trusted_addresses: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Client addresses exempt from the per-address cap: this host (tests, a "
+        "reverse proxy such as nginx, whose clients all arrive from it).",
+    )
+    max_pending_connections: int = Field(
+        16,
+        ge=1,
+        description="With auth.secret: connections still waiting for their token, at once; "
+        "more are refused with 1013.",
+    )
     allowed_origins: list[str] | None = Field(
         None,
         description="Browser origins allowed to open /ws (e.g. `https://intercom.lan:8080`); "
@@ -112,6 +141,13 @@ class WebRTCSettings(_Section):
     )
     max_sdp_bytes: int = Field(
         16384, ge=1024, description="Largest SDP offer or answer accepted (bytes)."
+    )
+    max_remote_candidates: int = Field(
+        16,
+        ge=1,
+        description="ICE candidates kept from a client's offer or answer; candidates the "
+        "server could never use (not UDP, unspecified, multicast, another address family) "
+        "are dropped first.",
     )
     audio_constraints: AudioConstraints = Field(default_factory=AudioConstraints)
 
@@ -180,7 +216,12 @@ class AuthSettings(_Section):
         "on /ws. null = open (a trusted LAN).",
     )
     protect_metrics: bool = Field(
-        False, description="With a secret: /metrics needs `Authorization: Bearer <metrics token>`."
+        True,
+        description="With a secret: `/metrics` needs `Authorization: Bearer <metrics token>` and "
+        "`/stream/status` (both ports) a metrics or receive token; false leaves both open.",
+    )
+    timeout: float = Field(
+        5.0, gt=0, description="Seconds a new connection has to present its token."
     )
 
     @field_validator("secret")
@@ -260,13 +301,22 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(describe_validation_error(error)) from None
 
 
+def _is_secret(location: tuple[int | str, ...]) -> bool:
+    """Keys whose values must never be echoed (an error message ends up in logs)."""
+    return any(
+        isinstance(part, str) and any(w in part.lower() for w in ("secret", "token", "password"))
+        for part in location
+    )
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line per bad key, dotted the way config.json nests it."""
     lines = ["invalid configuration:"]
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(root)"
         message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        lines.append(f"  {key}: {message} (got {problem.get('input')!r})")
+        shown = "<hidden>" if _is_secret(problem["loc"]) else repr(problem.get("input"))
+        lines.append(f"  {key}: {message} (got {shown})")
     return "\n".join(lines)
 
 

@@ -6,34 +6,69 @@ Nothing here awaits or touches a socket, so the session decides what a refusal d
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
+
 import anyio
 
 from .errors import FloodError, LimitError, MessageTooBig, ProtocolError
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+FLOOD_WINDOW = 10.0  # seconds over which refusals are counted
+
 
 class TokenBucket:
-    """At most `rate` messages a second on average, bursts of 2x; a flood closes the session."""
+    """At most `rate` messages a second on average, bursts of 2x; a flood closes the session.
+
+    Every frame takes a token, whatever it holds. Refusals draw on a second budget of 2x rate
+    that refills over FLOOD_WINDOW: an occasional burst over the limit costs a few refused
+    messages, a sustained rate above it (even one accepted message in between, which used to
+    reset a count of consecutive refusals) empties the budget and closes the session.
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.capacity = 2 * rate
         self.tokens = self.capacity
+        self.refusals_left = self.capacity
         self.updated = anyio.current_time()
-        self.refused = 0
 
     def take(self) -> None:
         now = anyio.current_time()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        elapsed, self.updated = now - self.updated, now
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        refill = elapsed * self.capacity / FLOOD_WINDOW
+        self.refusals_left = min(self.capacity, self.refusals_left + refill)
         if self.tokens >= 1:
             self.tokens -= 1
-            self.refused = 0
             return
-        self.refused += 1
+        self.refusals_left -= 1
         message = f"too many messages: limit {self.rate:g}/s (server.max_messages_per_second)"
-        if self.refused > self.capacity:
+        if self.refusals_left < 0:
             raise FloodError(message + "; closing")
         raise LimitError(message + "; this message was ignored")
+
+
+class Throttle:
+    """Lets through about `rate` events a second (bursts of 2x) and counts the rest."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.updated = anyio.current_time()
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        """None: leave this one out. Otherwise how many were left out since the last one."""
+        now = anyio.current_time()
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            self.suppressed += 1
+            return None
+        self.tokens -= 1
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
 
 
 def check_frame(data: str | bytes | None, limit: int) -> str:
@@ -50,6 +85,50 @@ def check_frame(data: str | bytes | None, limit: int) -> str:
             f"(limit {limit}, server.max_message_bytes)"
         )
     return data
+
+
+def filter_candidates(sdp: str, limit: int, local: Sequence[str] | None) -> tuple[str, int]:
+    """The SDP with at most `limit` remote ICE candidates the server could use; and how many
+    were dropped.
+
+    A candidate is dropped when it is not UDP (aiortc has no ICE-TCP), when its address is
+    unspecified, multicast or broadcast, or, when `webrtc.ice_addresses` pins the server to
+    known addresses (`local`), of an address family or scope (loopback) none of them has.
+    mDNS names (`*.local`, what browsers send) are kept. The rest beyond `limit` are
+    dropped, so one offer cannot make the server probe hundreds of addresses.
+    """
+    local_ips = [ipaddress.ip_address(a) for a in local] if local else None
+    kept: list[str] = []
+    candidates = dropped = 0
+    for line in sdp.splitlines():
+        if not line.startswith("a=candidate:"):
+            kept.append(line)
+        elif candidates < limit and _usable_candidate(line, local_ips):
+            kept.append(line)
+            candidates += 1
+        else:
+            dropped += 1
+    if not dropped:
+        return sdp, 0
+    return "\r\n".join(kept) + "\r\n", dropped
+
+
+def _usable_candidate(line: str, local: list[IPAddress] | None) -> bool:
+    fields = line.split()
+    if len(fields) < 8 or fields[2].lower() != "udp":
+        return False
+    host = fields[4]
+    if host.lower().endswith(".local"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
+        return False
+    if local is None:
+        return True
+    return any(a.version == address.version and a.is_loopback == address.is_loopback for a in local)
 
 
 def check_sdp_size(sdp: str, limit: int) -> None:

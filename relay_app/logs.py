@@ -9,7 +9,9 @@ Standard-library loggers (Hypercorn, aiortc, aioice) are routed through the same
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -58,6 +60,14 @@ def _tidy_foreign(
     return event_dict
 
 
+_SECRET_PARAMS = re.compile(r"((?:^|&)(?:token|access_token)=)[^&]*", re.IGNORECASE)
+
+
+def redact_query(query: str) -> str:
+    """A query string with access tokens replaced: `/ws?token=...` must not land in logs."""
+    return _SECRET_PARAMS.sub(r"\1REDACTED", query)
+
+
 def _http_access(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -71,13 +81,41 @@ def _http_access(
         client=atoms.get("h"),
         method=atoms.get("m"),
         path=atoms.get("U"),
-        query=atoms.get("q") or None,
+        query=redact_query(atoms.get("q") or "") or None,
         status=int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
         protocol=atoms.get("H"),
         duration_ms=round(int(atoms.get("D", 0)) / 1000, 3),
         user_agent=atoms.get("{user-agent}i"),
     )
     return event_dict
+
+
+class RepeatFilter(logging.Filter):
+    """At most one line per message template per REPEAT_WINDOW from chatty libraries; the
+    next one after the window says how many were left out (`repeated`)."""
+
+    REPEAT_WINDOW = 10.0
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, skipped = self._seen.get(key, (-self.REPEAT_WINDOW, 0))
+        if now - last < self.REPEAT_WINDOW:
+            self._seen[key] = (last, skipped + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded: templates are few, but never trust that
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if skipped:
+            record.repeated = skipped
+        return True
 
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
@@ -126,6 +164,9 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     quiet = logging.WARNING if settings.level != "DEBUG" else logging.INFO
     for name in ("aiortc", "aioice", "av"):
         logging.getLogger(name).setLevel(quiet)
+    # A sender of garbage makes aiortc warn once per packet ("failed to decode").
+    for handler_ in root.handlers:
+        handler_.addFilter(RepeatFilter(("aiortc", "aioice", "av")))
     logging.getLogger("hypercorn.access").disabled = not settings.access_log
     for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
         logger = logging.getLogger(name)

@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import protocol as p
 from .context import RelayContext
+from .errors import SessionStateError
 from .peer import Peer
 from .registry import SessionInfo
 
@@ -80,6 +81,15 @@ class MediaTask:
         self._answers[0].close()
         self._answers[1].close()
         self.done.set()
+
+
+def require_no_media(media: MediaTask | None, what: str) -> None:
+    """One media task per session: `what` (start_sending/start_receiving) needs none running."""
+    if media is None:
+        return
+    if what == "start_sending" and media.role == "sender":
+        raise SessionStateError("already sending on this connection; send stop first")
+    raise SessionStateError(f"this connection is {media.role}; send stop before {what}")
 
 
 class Negotiated(TaskStatus[None]):

@@ -106,8 +106,8 @@ class Metrics:
     def count_error(self, kind: str) -> None:
         self.errors[kind] += 1
 
-    def count_drop(self, reason: str) -> None:
-        self.drops[reason] += 1
+    def count_drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
 
     def record_ingress(self, payload_bytes: int) -> None:
         """An encoded audio packet arrived from a sender."""

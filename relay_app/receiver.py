@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
 
 from . import protocol as p
@@ -23,6 +24,7 @@ from .media import MediaTask, SessionHost
 from .peer import Peer, open_peer
 from .registry import Stream
 from .relay import RelayTrack
+from .sender import remote_candidates
 
 
 async def run_receiver(
@@ -36,7 +38,7 @@ async def run_receiver(
             await _offer(host, peer, track, stream)
             log.info("receiver_offer_sent")
             task_status.started()
-            await _accept_answer(media, peer, ctx.settings.webrtc.negotiation_timeout)
+            await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
             await _wait_any(stream.ended.wait, peer.failed.wait)
     if not stream.ended.is_set():
         raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
@@ -71,7 +73,9 @@ def _listening(host: SessionHost, stream: Stream, log: Any) -> Iterator[RelayTra
 
 
 async def _offer(host: SessionHost, peer: Peer, track: Any, stream: Stream) -> None:
-    peer.pc.addTrack(track)
+    # sendonly: a receiver's client has nothing to send, and any track it did send would be
+    # decoded into a queue nobody reads.
+    peer.pc.addTransceiver(track, direction="sendonly")
     try:
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
     except NoFreeMediaPort as error:
@@ -79,11 +83,27 @@ async def _offer(host: SessionHost, peer: Peer, track: Any, stream: Stream) -> N
     host.send(p.Offer(sdp=peer.pc.localDescription.sdp, stream_id=stream.stream_id))
 
 
-async def _accept_answer(media: MediaTask, peer: Peer, timeout: float) -> None:
+def _check_answer(sdp: str) -> None:
+    try:
+        media = SessionDescription.parse(sdp).media
+    except Exception as error:  # aiortc's parser raises assorted errors on garbage
+        raise NegotiationError(f"cannot use this answer: {error}") from None
+    sending = [m.direction for m in media if m.direction in ("sendrecv", "sendonly")]
+    if len(media) != 1 or sending:
+        found = f"{len(media)} section(s)" + (f", {', '.join(sending)}" if sending else "")
+        raise NegotiationError(
+            "cannot use this answer: a receiver answers with one recvonly (or inactive) "
+            f"audio section; this one has {found}"
+        )
+
+
+async def _accept_answer(host: SessionHost, media: MediaTask, peer: Peer, timeout: float) -> None:
     with anyio.move_on_after(timeout):
         answer = await media.wait_answer()
+        sdp = remote_candidates(host, answer.sdp)
+        _check_answer(sdp)
         try:
-            await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+            await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as error:  # aiortc raises ValueError, KeyError, ... on a bad answer
             raise NegotiationError(f"cannot use this answer: {error}") from None
         return

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from aiortc.mediastreams import MediaStreamTrack
 
-from .errors import CapacityError, NoStreamError
+from .config import ServerSettings
+from .errors import CapacityError, NoStreamError, SessionStateError
 from .limits import check_receiver_limit, check_stream_limit
 from .protocol import NO_STREAM_MESSAGE, StreamInfo
 from .relay import Fanout
@@ -91,21 +92,52 @@ class SessionInfo:
 
 
 class StreamRegistry:
-    def __init__(self, max_connections: int) -> None:
-        self._max_connections = max_connections
+    def __init__(self, server: ServerSettings) -> None:
+        self._server = server
+        # Connections still authenticating: admitted, not yet sessions.
+        self.pending: dict[str, SessionInfo] = {}
         self.sessions: dict[str, SessionInfo] = {}
         self.streams: dict[str, Stream] = {}
 
-    # Sessions -------------------------------------------------------------------------------
-    def open_session(self, info: SessionInfo) -> None:
-        if len(self.sessions) >= self._max_connections:
+    # Connections and sessions ---------------------------------------------------------------
+    def admit(self, info: SessionInfo, authenticating: bool) -> None:
+        """Count a new connection, before it authenticates; CapacityError over a cap.
+
+        Per address, pending and open connections count together, so one machine cannot
+        hold every slot, authenticated or not; `server.trusted_addresses` are exempt.
+        """
+        server = self._server
+        if info.remote not in server.trusted_addresses:
+            held = sum(
+                1
+                for s in (*self.pending.values(), *self.sessions.values())
+                if s.remote == info.remote
+            )
+            if held >= server.max_connections_per_address:
+                raise CapacityError(
+                    f"too many connections from {info.remote}: {held} "
+                    "(server.max_connections_per_address); try again later"
+                )
+        if authenticating and len(self.pending) >= server.max_pending_connections:
             raise CapacityError(
-                f"server is full: {self._max_connections} connections "
+                f"too many connections still authenticating: {len(self.pending)} "
+                "(server.max_pending_connections); try again later"
+            )
+        self.pending[info.connection_id] = info
+
+    def open_session(self, info: SessionInfo) -> None:
+        """An admitted connection becomes a session (authenticated, or auth is off)."""
+        self.pending.pop(info.connection_id, None)
+        if len(self.sessions) >= self._server.max_connections:
+            raise CapacityError(
+                f"server is full: {self._server.max_connections} connections "
                 "(server.max_connections); try again later"
             )
         self.sessions[info.connection_id] = info
 
     def close_session(self, connection_id: str) -> None:
+        """Forget the connection, pending or open; idempotent."""
+        self.pending.pop(connection_id, None)
         self.sessions.pop(connection_id, None)
 
     def claim_sender(self, info: SessionInfo, max_streams: int) -> None:
@@ -135,6 +167,18 @@ class StreamRegistry:
         if stream is None:
             detail = "" if stream_id is None else f" (no stream {stream_id!r})"
             raise NoStreamError(NO_STREAM_MESSAGE + detail)
+        return stream
+
+    def find_live_stream(self, stream_id: str | None, log: Any) -> Stream:
+        """`find_stream` for a receiver: an ended stream is an error too; both are logged."""
+        try:
+            stream = self.find_stream(stream_id)
+        except NoStreamError:
+            log.warning("no_stream_for_receiver", requested=stream_id)
+            raise
+        if stream.ended.is_set():
+            log.warning("stream_track_ended", stream_id=stream.stream_id)
+            raise SessionStateError(NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
         return stream
 
     def live_streams(self) -> list[Stream]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from . import protocol as p
-from .auth import Grant, verify
+from .auth import Grant, authenticate, session_grant
 from .config import Settings
 from .context import RelayContext
 from .errors import (
@@ -40,18 +41,18 @@ from .errors import (
     CloseCode,
     IdleTimeout,
     NotReading,
-    ProtocolError,
     RelayError,
     SessionStateError,
 )
-from .limits import TokenBucket, check_frame, check_sdp_size
+from .limits import Throttle, TokenBucket, check_frame, check_sdp_size
 from .logs import get_logger
-from .media import MediaRole, MediaTask, Negotiated
+from .media import MediaRole, MediaTask, Negotiated, require_no_media
 from .receiver import run_receiver
-from .registry import SessionInfo, Stream
+from .registry import SessionInfo
 from .sender import run_sender
 
 OUTBOX_SIZE = 64
+LOG_LINES_PER_SECOND = 5.0  # client_error lines per session (all errors are still counted)
 MEDIA_SILENCE_FLOOR = 5.0  # seconds; receivers send RTCP reports every 0.5-1.5 s
 
 MediaRun = Callable[..., Awaitable[None]]
@@ -83,32 +84,6 @@ def welcome_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def authenticate(
-    ws: WebSocket, settings: Settings, url_token: str | None, log: Any
-) -> Grant | None:
-    """With auth.secret set: the grant of the URL's token or of a first `auth` message."""
-    secret = settings.auth.secret
-    if secret is None:
-        return None
-    token = url_token
-    if token is None:
-        hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
-        with anyio.move_on_after(settings.webrtc.negotiation_timeout):
-            data = await ws.receive()
-            try:
-                message = p.parse_client_message(data) if isinstance(data, str) else None
-            except ProtocolError:
-                message = None
-            if not isinstance(message, p.Auth):
-                raise AuthError(f"authentication required: {hint}")
-            token = message.token
-        if token is None:
-            raise AuthError(f"authentication timed out: {hint}")
-    grant = verify(secret.get_secret_value(), token)
-    log.info("client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject)
-    return grant
-
-
 class PeerSession:
     def __init__(
         self, ws: WebSocket, ctx: RelayContext, remote: str = "", token: str | None = None
@@ -131,6 +106,7 @@ class PeerSession:
         # The running media task (sender or receiver), if any: the session's only media state.
         self._media: MediaTask | None = None
         self._bucket = TokenBucket(ctx.settings.server.max_messages_per_second)
+        self._log_throttle = Throttle(rate=LOG_LINES_PER_SECOND)
 
     @property
     def log(self) -> Any:
@@ -142,13 +118,7 @@ class PeerSession:
         """Serve this WebSocket until it closes; cleanup is complete when this returns."""
         live = self.ctx.metrics.live
         await self.ws.accept()
-        try:
-            # A refused client never reaches the registry: authenticate first.
-            self.grant = await authenticate(self.ws, self.settings, self._url_token, self.log)
-            self.ctx.registry.open_session(self.info)
-        except RelayError as error:
-            self.refuse(error, event="connection_refused")
-            await self._close_socket(flush=True)
+        if not await self._admit():
             return
         live.sessions += 1
         self.ctx.metrics.sessions_total += 1
@@ -161,6 +131,7 @@ class PeerSession:
                     tg.start_soon(self._write_loop)
                     tg.start_soon(self._idle_watchdog)
                     tg.start_soon(self._close_on_shutdown)
+                    tg.start_soon(self._expire_grant)
                     config = welcome_config(self.settings)
                     self.send(p.Welcome(connection_id=self.connection_id, config=config))
                     await self._receive_loop()
@@ -177,6 +148,26 @@ class PeerSession:
             reason = self._close_request[1] if self._close_request else "client disconnected"
             self.log.info("connection_cleanup", reason=reason)
             await self._close_socket(flush=False)
+
+    async def _admit(self) -> bool:
+        """Count the connection (per-address and pending caps), authenticate it, register it.
+
+        A refused client is told why and closed; it never becomes a session.
+        """
+        registry = self.ctx.registry
+        try:
+            registry.admit(self.info, authenticating=self.settings.auth.secret is not None)
+            try:
+                self.grant = await authenticate(self.ws, self.settings, self._url_token, self.log)
+                registry.open_session(self.info)
+            except BaseException:
+                registry.close_session(self.connection_id)
+                raise
+        except RelayError as error:
+            self.refuse(error, event="connection_refused")
+            await self._close_socket(flush=True)
+            return False
+        return True
 
     def request_close(self, code: CloseCode, reason: str) -> None:
         """Ask the session to end; `run` closes the WebSocket with this code after teardown.
@@ -211,12 +202,23 @@ class PeerSession:
 
     # Outgoing ------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
+        timeout = self.settings.server.send_timeout
         async for text in self._outbox_receive:
-            await self.ws.send(text)
+            with anyio.move_on_after(timeout) as write:
+                await self.ws.send(text)
+            if write.cancelled_caught:
+                self._not_reading(f"a write took over {timeout:g} s (server.send_timeout)")
+                break
         # The outbox was closed by request_close() and is drained (so the client got, say,
-        # the idle-timeout error before the close frame): end the session.
+        # the idle-timeout error before the close frame), or the client stopped reading: end
+        # the session.
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+
+    def _not_reading(self, detail: str) -> None:
+        error = NotReading(f"client is not reading: {detail}")
+        self._count_and_log(error, "client_error")
+        self.request_close(CloseCode.POLICY_VIOLATION, error.message)
 
     def send(self, message: p.ServerMessage) -> None:
         """Queue a message for the client. Never blocks: a client that lets the outbox fill
@@ -224,9 +226,7 @@ class PeerSession:
         try:
             self._outbox_send.send_nowait(p.encode(message))
         except anyio.WouldBlock:
-            error = NotReading(f"client is not reading: {OUTBOX_SIZE} messages unsent")
-            self._count_and_log(error, "client_error")
-            self.request_close(CloseCode.POLICY_VIOLATION, error.message)
+            self._not_reading(f"{OUTBOX_SIZE} messages unsent")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # closing: late messages have no one to go to
 
@@ -247,8 +247,14 @@ class PeerSession:
             self.request_close(error.close_code, error.close_reason or error.message)
 
     def _count_and_log(self, error: RelayError, event: str) -> None:
+        """Every error is counted; its log line is throttled, since a flood of bad frames
+        would otherwise write a line each (the count of those left out goes with the next)."""
         self.ctx.metrics.count_error(error.kind)
-        self.log.info(event, kind=error.kind, error=error.message)
+        # An error that ends the session is always logged: it says why the client was closed.
+        suppressed = self._log_throttle.allow() if error.close_code is None else 0
+        if suppressed is not None:
+            extra = {"suppressed": suppressed} if suppressed else {}
+            self.log.info(event, kind=error.kind, error=error.message, **extra)
 
     # Watchdogs -----------------------------------------------------------------------------
     async def _idle_watchdog(self) -> None:
@@ -275,6 +281,15 @@ class PeerSession:
                 return
             await anyio.sleep(min(deadline - now, 1.0))
 
+    async def _expire_grant(self) -> None:
+        """Close the session when its token expires, unless an `auth` message renewed it."""
+        while (grant := self.grant) is not None and (expires_at := grant.expires_at) is not None:
+            await anyio.sleep(max(0.0, expires_at - time.time()))
+            if self.grant is grant:
+                hint = "send auth with a new token before the old one expires"
+                self.refuse(AuthError(f"access token expired; {hint}"))
+                return
+
     async def _close_on_shutdown(self) -> None:
         if self.ctx.shutting_down is None:
             return
@@ -288,8 +303,8 @@ class PeerSession:
             data = await self.ws.receive()
             self._last_activity = anyio.current_time()
             try:
+                self._bucket.take()  # every frame counts, whatever it holds
                 text = check_frame(data, limit)
-                self._bucket.take()
                 await self._dispatch(p.parse_client_message(text))
             except RelayError as error:
                 self.refuse(error)
@@ -301,19 +316,23 @@ class PeerSession:
             case p.Ping():
                 self.send(p.Pong())
             case p.GetAvailableStreams():
-                self.send(p.AvailableStreams(streams=self.ctx.registry.stream_infos()))
+                streams = self.ctx.registry.stream_infos()
+                if self.grant is not None:  # only what this token may receive
+                    streams = [s for s in streams if self.grant.allows_receiving(s.stream_id)]
+                self.send(p.AvailableStreams(streams=streams))
             case p.StartSending(sdp=sdp):
                 check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
                 if self.grant is not None:
                     self.grant.check_sending()
-                self._require_no_media("start_sending")
+                require_no_media(self._media, "start_sending")
                 self.ctx.registry.claim_sender(self.info, self.settings.streams.max_streams)
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id):
                 if self.grant is not None:
                     stream_id = self.grant.check_receiving(stream_id)
-                self._require_no_media("start_receiving")
-                await self._start_media("receiver", run_receiver, self._find_stream(stream_id))
+                require_no_media(self._media, "start_receiving")
+                stream = self.ctx.registry.find_live_stream(stream_id, self.log)
+                await self._start_media("receiver", run_receiver, stream)
             case p.Auth(token=token):
                 self._reauthenticate(token)
             case p.Answer(sdp=sdp):
@@ -330,27 +349,8 @@ class PeerSession:
         if secret is None:
             self.send(p.Authenticated(role="both"))  # open server: anything goes
             return
-        self.grant = verify(secret.get_secret_value(), token)
+        self.grant = session_grant(self.settings, token)
         self.send(p.Authenticated(role=self.grant.role, stream=self.grant.stream))
-
-    def _require_no_media(self, what: str) -> None:
-        if self._media is None:
-            return
-        role = self._media.role
-        if what == "start_sending" and role == "sender":
-            raise SessionStateError("already sending on this connection; send stop first")
-        raise SessionStateError(f"this connection is {role}; send stop before {what}")
-
-    def _find_stream(self, stream_id: str | None) -> Stream:
-        try:
-            stream = self.ctx.registry.find_stream(stream_id)
-        except RelayError:
-            self.log.warning("no_stream_for_receiver", requested=stream_id)
-            raise
-        if stream.ended.is_set():
-            self.log.warning("stream_track_ended", stream_id=stream.stream_id)
-            raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
-        return stream
 
     # Media ---------------------------------------------------------------------------------
     async def _start_media(self, role: MediaRole, run: MediaRun, arg: object) -> None:

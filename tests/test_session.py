@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 from aiortc import AudioStreamTrack
 
 from relay_app.auth import mint
@@ -198,13 +199,13 @@ async def test_a_token_in_the_url_or_first_message_is_accepted_and_its_role_enfo
 # Limits ------------------------------------------------------------------------------------
 async def test_a_sender_over_max_streams_is_refused_naming_the_key() -> None:
     ctx = make_context(streams={"max_streams": 1})
-    ctx.registry.open_session(SessionInfo("other", "elsewhere", role="sender"))
+    ctx.registry.sessions["other"] = SessionInfo("other", "elsewhere", role="sender")
     async with connected(ctx) as ws:
         await ws.read()
         error = await ws.request({"type": "start_sending", "sdp": OFFER})
         assert "streams.max_streams" in error["message"]
         assert ctx.metrics.errors == {"limit": 1}
-    ctx.registry.close_session("other")
+    del ctx.registry.sessions["other"]
 
 
 async def test_a_flood_is_refused_then_closed_with_1008() -> None:
@@ -288,3 +289,26 @@ async def test_stop_ends_a_waiting_receiver_and_frees_its_peer() -> None:
         assert (await ws.request({"type": "stop"}))["type"] == "stopped"
         assert ctx.registry.receiver_count == 0 and ctx.metrics.live.peer_connections == 0
         assert [info.role for info in ctx.registry.sessions.values()] == ["idle"]
+
+
+async def test_a_stream_that_ends_while_a_receiver_starts_is_an_error_not_a_crash() -> None:
+    ctx = make_context()
+    async with listenable_stream(ctx) as stream, connected(ctx) as ws:
+        await ws.read()
+        stream.close_relays()  # its sender is leaving: relays closed, `ended` not set yet
+        error = await ws.request({"type": "start_receiving"})
+        assert "stream_test has ended" in error["message"]
+        assert ctx.metrics.errors == {"session_state": 1}
+
+
+async def test_bad_frames_are_all_counted_but_logged_sparingly() -> None:
+    ctx = make_context(server={"max_messages_per_second": 10_000})
+    with structlog.testing.capture_logs() as logs:
+        async with connected(ctx) as ws:
+            await ws.read()
+            for _ in range(50):
+                ws.write(b"")
+            for _ in range(50):
+                assert "binary frames" in (await ws.read())["message"]
+    assert ctx.metrics.errors == {"protocol": 50}
+    assert 1 <= len([e for e in logs if e["event"] == "client_error"]) <= 10
