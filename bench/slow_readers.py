@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import socket
 import tempfile
 import time
@@ -27,9 +28,8 @@ from typing import Any
 import anyio
 import websockets
 
-from relay_app.client import RelayClient, ToneTrack
 from relay_app.ice import use_host_addresses
-from relay_app.testing import REPO, ServerProcess
+from relay_app.testing import REPO, ServerProcess, start_client
 
 RESULTS = REPO / "bench" / "results"
 
@@ -65,7 +65,11 @@ def session_lifetimes(server: ServerProcess, ids: set[str]) -> list[float]:
     ]
 
 
-async def slow_readers(server: ServerProcess, clients: int, seconds: float) -> dict[str, Any]:
+async def slow_readers(
+    server: ServerProcess, clients: int, seconds: float, drain_wait: float = 600
+) -> dict[str, Any]:
+    """The soak; `drain_wait`: how long to wait, afterwards, for closed connections whose
+    client left data behind to be read out before RSS is measured again."""
     use_host_addresses(["127.0.0.1"])
     settings = server.config
     limit = settings.get("webrtc", {}).get("connection_timeout", 30.0) + settings.get(
@@ -73,7 +77,7 @@ async def slow_readers(server: ServerProcess, clients: int, seconds: float) -> d
     ).get("teardown_timeout", 3.0)
     rss_before = server.metrics()["process"]["rss_mb"]
     ids: set[str] = set()
-    deadline = anyio.current_time() + seconds
+    deadline = math.inf
 
     async def client() -> None:
         while anyio.current_time() < deadline:
@@ -85,18 +89,37 @@ async def slow_readers(server: ServerProcess, clients: int, seconds: float) -> d
             if connection_id:
                 ids.add(connection_id)
 
-    async with RelayClient.connect(server.ws_url) as sender:
-        await sender.start_sending(ToneTrack(440))
-        async with RelayClient.connect(server.ws_url) as receiver:
-            await receiver.start_receiving()
-            await receiver.wait_audio(0.5)
-            heard, started = receiver.recorder.seconds, time.monotonic()
+    # The listening pair runs in processes of its own: the flooders load this one.
+    with tempfile.TemporaryDirectory() as tmp:
+        sender = start_client(server.ws_url, "send", "--tone", "440", "--duration", "600")
+        try:
+            listen = ["listen", "--out", f"{tmp}/heard.wav", "--duration", str(seconds)]
+            listener = start_client(server.ws_url, *listen)
+            await anyio.sleep(1.0)  # let it start receiving before the flood
+            deadline = anyio.current_time() + seconds
             async with anyio.create_task_group() as tg:
                 for _ in range(clients):
                     tg.start_soon(client)
-            elapsed = time.monotonic() - started
-            heard = receiver.recorder.seconds - heard
-    after = await anyio.to_thread.run_sync(server.wait_idle, 15.0)
+            out, _ = await anyio.to_thread.run_sync(listener.communicate, None, 60)
+        finally:
+            sender.kill()
+            sender.wait()
+    recorded = json.loads(out.splitlines()[-1])
+    heard_ratio = recorded["seconds"] / seconds
+    stopped = time.monotonic()
+    after = await anyio.to_thread.run_sync(server.wait_idle, 120.0)
+    settle = time.monotonic() - stopped
+    rss_flood_end = after["process"]["rss_mb"]
+    # Connections whose sessions are closed may still be read (and dropped) at a paced rate
+    # until the client's last data is gone: wait for their tasks, then read RSS after a trim.
+    baseline_tasks = (server.baseline or after)["live"]["asyncio_tasks"]
+    with anyio.move_on_after(drain_wait):
+        while after["live"]["asyncio_tasks"] > baseline_tasks + 10:
+            await anyio.sleep(2)
+            after = await anyio.to_thread.run_sync(server.metrics)
+    connections_gone = time.monotonic() - stopped
+    await anyio.sleep(2.5)  # a memory trim (relay.memory_trim_interval = 1 s here)
+    after = await anyio.to_thread.run_sync(server.metrics)
     lifetimes = session_lifetimes(server, ids)
     return {
         "clients": clients,
@@ -106,8 +129,13 @@ async def slow_readers(server: ServerProcess, clients: int, seconds: float) -> d
         "longest_session_s": round(max(lifetimes, default=0.0), 2),
         "limit_s": limit,
         "over_limit": sum(1 for t in lifetimes if t > limit),
+        "rss_growth_at_flood_end_mb": round(rss_flood_end - rss_before, 1),
+        "connections_drained_s": round(connections_gone, 1),
         "rss_growth_mb": round(after["process"]["rss_mb"] - rss_before, 1),
-        "audio_heard_ratio": round(heard / elapsed, 3),
+        # How long the server took, after the clients stopped, to be back to its baseline.
+        "settle_s": round(settle, 1),
+        "audio_heard_ratio": round(heard_ratio, 3),
+        "audio_dominant_hz": recorded["dominant_hz"],
         "errors": after["errors"],
         "live_after": after["live"],
     }
@@ -119,7 +147,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"server": {"max_connections": args.clients + 10}}
+        config = {
+            "server": {"max_connections": args.clients + 10},
+            "relay": {"memory_trim_interval": 1.0},
+        }
         server = ServerProcess(Path(tmp), config).start()
         try:
             server.take_baseline()

@@ -25,12 +25,17 @@ from .config import ConfigError, Settings, load_settings
 from .ice import configure_ice
 from .logs import configure_logging, get_logger
 
+RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
+
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Accepted sockets inherit this: signaling needs little, and it bounds what a flooding
+    # client can have queued for us (and what we must parse) once its session is closed.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     sock.bind((host, port))
     # Listening now (not when Hypercorn gets to it) means a client that read our
     # `server_listening` line is queued in the backlog instead of refused.

@@ -27,6 +27,7 @@ from .auth import Role, verify
 from .config import Settings
 from .context import RelayContext
 from .errors import AuthError
+from .limits import Pace
 from .logs import get_logger
 from .metrics_view import (
     health_view,
@@ -40,6 +41,7 @@ from .session import PeerSession
 
 STATIC = Path(__file__).parent / "static"
 RECEIVE_QUEUE_FRAMES = 32  # incoming frames Quart holds per WebSocket (x 128 KiB at most)
+DRAIN_FRAMES_PER_SECOND = 5000.0  # frames read from closed sessions' clients, server-wide
 log = get_logger("relay_app.app")
 
 
@@ -114,45 +116,33 @@ def _bearer_refusal(
 
 class BoundedWebsocketConnection(ASGIWebsocketConnection):
     """Quart queues incoming frames for the handler without limit: a client that floods a
-    session that is slow to read grows server memory (50 MiB sent -> +40 MB RSS).
-
-    Here the queue holds RECEIVE_QUEUE_FRAMES and a frame that finds it full is dropped and
-    counted. Dropping, not waiting: a put that waits stops Quart draining Hypercorn's own
-    bounded queue, whose reader then blocks, and Hypercorn can no longer finish the close of
-    a connection the session has already ended.
-    """
+    session that is slow to read grows server memory (50 MiB sent -> +40 MB RSS). Bounded,
+    a full queue makes Quart wait, Hypercorn's own bounded queue fills, its reader stops,
+    and TCP holds the client back. (After the session, `_drain_until_disconnect` keeps
+    Hypercorn moving so it can finish the close.)"""
 
     def __init__(self, app: Any, scope: Any) -> None:
         super().__init__(app, scope)
         self.queue = asyncio.Queue(maxsize=RECEIVE_QUEUE_FRAMES)
-        self._metrics = app.config["RELAY_CONTEXT"].metrics
-
-    async def handle_messages(self, receive: Any) -> None:
-        while True:
-            event = await receive()
-            if event["type"] == "websocket.receive":
-                try:
-                    self.queue.put_nowait(event.get("bytes") or event["text"])
-                except asyncio.QueueFull:
-                    self._metrics.count_drop("receive_queue_full")
-            elif event["type"] == "websocket.disconnect":
-                return
 
 
-async def _drain_until_disconnect(ws: Any, quiet: float) -> None:
+async def _drain_until_disconnect(ws: Any, quiet: float, pace: Pace) -> None:
     """After the session has closed, read and drop what the client still sends, until it
     answers the close (Quart then cancels this) or stays quiet for `quiet` seconds.
 
     Why: once this handler returns nobody reads, and Hypercorn's reader blocks on its full
     queue, for good, with the TCP connection open, if the client is still sending (a flood
     that ignores the close). Returning only after a quiet spell means Hypercorn's queue is
-    empty when it queues the disconnect and closes the socket.
+    empty when it queues the disconnect and closes the socket. All such drains share one
+    `pace` (frames a second, server-wide): a client that floods on after its close is held
+    back by TCP instead of costing the event loop what it sends.
     """
     while True:
         with anyio.move_on_after(quiet) as silence:
             await ws.receive()
         if silence.cancelled_caught:
             return
+        await pace.wait()
 
 
 def _guard_hosts(app: Quart, settings: Settings, ctx: RelayContext) -> None:
@@ -291,6 +281,7 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
 
 def _session_route(app: Quart, settings: Settings, ctx: RelayContext) -> None:
     """`/ws`: one PeerSession per WebSocket, in the task Hypercorn gives the connection."""
+    drain_pace = Pace(DRAIN_FRAMES_PER_SECOND)
 
     @app.websocket("/ws")
     async def _ws() -> Response | None:
@@ -306,7 +297,7 @@ def _session_route(app: Quart, settings: Settings, ctx: RelayContext) -> None:
         ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
         token = websocket.args.get("token")
         await PeerSession(ws, ctx, remote, token=token).run()
-        await _drain_until_disconnect(ws, settings.relay.teardown_timeout)
+        await _drain_until_disconnect(ws, settings.relay.teardown_timeout, drain_pace)
         return None
 
 

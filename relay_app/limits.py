@@ -49,6 +49,26 @@ class TokenBucket:
         raise LimitError(message + "; this message was ignored")
 
 
+class Pace:
+    """Lets callers through at `rate` a second on average (bursts of `rate`), making the
+    rest wait their turn: shared, it bounds the work many tasks can ask for together."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        # Made where no event loop runs yet (create_app): the clock is read on first use.
+        self.updated: float | None = None
+
+    async def wait(self) -> None:
+        now = anyio.current_time()
+        elapsed = 0.0 if self.updated is None else now - self.updated
+        self.tokens = min(self.rate, self.tokens + elapsed * self.rate)
+        self.updated = now
+        self.tokens -= 1  # taken now; a debt is paid off by sleeping
+        if self.tokens < 0:
+            await anyio.sleep(-self.tokens / self.rate)
+
+
 class Throttle:
     """Lets through about `rate` events a second (bursts of 2x) and counts the rest."""
 

@@ -8,6 +8,7 @@ Standard-library loggers (Hypercorn, aiortc, aioice) are routed through the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -118,6 +119,19 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def _cancelled_connection_filter(record: logging.LogRecord) -> bool:
+    """Drop asyncio's "Exception in callback StreamReaderProtocol..." for a connection task
+    that was cancelled: Python 3.11's start_server callback calls task.exception() on a
+    cancelled task (fixed in 3.12), so every connection Hypercorn cancels at shutdown would
+    log a CancelledError traceback that is no error."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (
+        record.name == "asyncio"
+        and isinstance(error, asyncio.CancelledError)
+        and "StreamReaderProtocol" in str(record.msg % record.args if record.args else record.msg)
+    )
+
+
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     """Route structlog and stdlib logging to one line-buffered renderer on stdout."""
     stream = stream or sys.stdout
@@ -167,6 +181,7 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     # A sender of garbage makes aiortc warn once per packet ("failed to decode").
     for handler_ in root.handlers:
         handler_.addFilter(RepeatFilter(("aiortc", "aioice", "av")))
+        handler_.addFilter(_cancelled_connection_filter)
     logging.getLogger("hypercorn.access").disabled = not settings.access_log
     for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
         logger = logging.getLogger(name)

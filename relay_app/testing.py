@@ -17,11 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from .client import RelayClient, ToneTrack, dominant_frequency
 
 REPO = Path(__file__).resolve().parent.parent
 # Tasks counted per owner in /metrics' `live` (asyncio_tasks is everyone's, so not compared).
@@ -243,3 +246,28 @@ def wait_idle(
         if time.monotonic() > deadline:
             raise AssertionError(f"resources left after the scenario: {problems}")
         time.sleep(0.05)
+
+
+@asynccontextmanager
+async def listening_pair(
+    ws_url: str, frequency: float = 440
+) -> AsyncIterator[tuple[RelayClient, RelayClient]]:
+    """A sender of a tone and a receiver that has heard 0.5 s of it: the bystanders whose
+    audio must keep flowing while a scenario misbehaves beside them."""
+    async with RelayClient.connect(ws_url) as sender:
+        await sender.start_sending(ToneTrack(frequency))
+        async with RelayClient.connect(ws_url) as receiver:
+            await receiver.start_receiving(sender.stream_id)
+            await receiver.wait_audio(0.5)
+            yield sender, receiver
+
+
+async def assert_kept_hearing(
+    receiver: RelayClient, heard: float, since: float, frequency: float = 440
+) -> None:
+    """`receiver`, which had heard `heard` s of audio at monotonic time `since`, has heard
+    (nearly) everything since then, and it is still the tone."""
+    elapsed = time.monotonic() - since
+    await receiver.wait_audio(heard + elapsed * 0.8)
+    recent = receiver.recorder.audio(1.0)
+    assert abs(dominant_frequency(recent, receiver.recorder.sample_rate) - frequency) <= 10

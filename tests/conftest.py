@@ -41,11 +41,22 @@ def relay_mode(request: pytest.FixtureRequest) -> str:
 def shared_server(
     tmp_path_factory: pytest.TempPathFactory, relay_mode: str
 ) -> Iterator[ServerProcess]:
-    config = {"relay": {"mode": relay_mode}}
-    server = ServerProcess(tmp_path_factory.mktemp("server"), config).start()
-    server.take_baseline()
-    yield server
-    finish_server(server)
+    yield from serving(tmp_path_factory.mktemp("server"), {"relay": {"mode": relay_mode}})
+
+
+def serving(
+    tmp_dir: Path, config: dict[str, Any], headers: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A module's server: started, its baseline taken (with `headers` for a protected
+    /metrics), and checked when the module is done."""
+    server = ServerProcess(tmp_dir, config).start()
+    try:
+        server.headers = headers or {}
+        server.take_baseline()
+        yield server
+        finish_server(server)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -72,8 +83,12 @@ def make_server(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., Serve
         server.take_baseline()
         return server
 
-    yield _make
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            server.wait_idle()
-            finish_server(server)
+    try:
+        yield _make
+        for server in started:
+            if server.proc is not None and server.proc.poll() is None:
+                server.wait_idle()
+                finish_server(server)
+    finally:
+        for server in started:  # a failed check must not leave a server running
+            server.stop()

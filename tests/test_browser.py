@@ -22,7 +22,7 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.levels import rms_dbfs
 from relay_app.testing import REPO, ServerProcess, deep_merge
 
-from .conftest import assert_no_leaks, finish_server
+from .conftest import assert_no_leaks, finish_server, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -91,10 +91,7 @@ def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int
 @pytest.fixture(scope="module")
 def browser_server(tmp_path_factory: pytest.TempPathFactory, relay_mode: str) -> Any:
     config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}})
-    server = ServerProcess(tmp_path_factory.mktemp("browser-server"), config).start()
-    server.take_baseline()
-    yield server
-    finish_server(server)
+    yield from serving(tmp_path_factory.mktemp("browser-server"), config)
 
 
 @pytest.fixture

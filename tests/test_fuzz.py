@@ -10,6 +10,7 @@ its tone throughout. The server must log no traceback (checked when it stops).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -20,11 +21,10 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.protocol import CLIENT_TYPES
-from relay_app.testing import ServerProcess
+from relay_app.testing import ServerProcess, assert_kept_hearing, listening_pair
 
-from .conftest import assert_no_leaks, finish_server
+from .conftest import assert_no_leaks, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -47,10 +47,7 @@ SERVER_TYPES = {
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("fuzz"), FUZZ_CONFIG).start()
-    server.take_baseline()
-    yield server
-    finish_server(server)
+    yield from serving(tmp_path_factory.mktemp("fuzz"), FUZZ_CONFIG)
 
 
 async def real_offer() -> str:
@@ -146,18 +143,11 @@ async def test_fuzzed_protocol_never_crashes_and_the_pair_keeps_hearing(
 
     examples: list[int] = []
 
-    async with RelayClient.connect(server.ws_url) as sender:
-        await sender.start_sending(ToneTrack(440))
-        async with RelayClient.connect(server.ws_url) as receiver:
-            await receiver.start_receiving(sender.stream_id)
-            await receiver.wait_audio(0.5)
-            heard_before, started = receiver.recorder.seconds, anyio.current_time()
-            await anyio.to_thread.run_sync(fuzz)
-            assert len(examples) >= 250, len(examples)
-            elapsed = anyio.current_time() - started
-            await receiver.wait_audio(heard_before + elapsed * 0.9)
-            recent = receiver.recorder.audio(1.0)
-            assert abs(dominant_frequency(recent, receiver.recorder.sample_rate) - 440) <= 10
-            assert not receiver.closed.is_set() and not sender.closed.is_set()
+    async with listening_pair(server.ws_url) as (sender, receiver):
+        heard, started = receiver.recorder.seconds, time.monotonic()
+        await anyio.to_thread.run_sync(fuzz)
+        assert len(examples) >= 250, len(examples)
+        await assert_kept_hearing(receiver, heard, started)
+        assert not receiver.closed.is_set() and not sender.closed.is_set()
     assert not server.find("session_crashed")
     assert_no_leaks(server)

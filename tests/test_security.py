@@ -19,7 +19,7 @@ from relay_app.auth import mint
 from relay_app.client import RelayClient, ServerError, ToneTrack, single_error
 from relay_app.testing import REPO, ServerProcess
 
-from .conftest import assert_no_leaks, finish_server
+from .conftest import assert_no_leaks, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -34,11 +34,8 @@ SECURE_CONFIG = {
 
 @pytest.fixture(scope="module")
 def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("secure"), SECURE_CONFIG).start()
-    server.headers = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
-    server.take_baseline()
-    yield server
-    finish_server(server)
+    metrics = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
+    yield from serving(tmp_path_factory.mktemp("secure"), SECURE_CONFIG, metrics)
 
 
 @pytest.fixture
