@@ -6,6 +6,7 @@ The task tree of a session (the SESSION group is opened in `PeerSession.run`):
     ├── _write_loop         outbox -> WebSocket (the only writer)
     ├── _idle_watchdog      closes a silent session after webrtc.connection_timeout
     ├── _close_on_shutdown  closes with 1001 when the server stops
+    ├── _expire_grant       closes with 1008 when the access token expires (auth on)
     ├── receive loop        (the host task) parses and dispatches client messages
     └── _run_media          at most one: run_sender (sender.py) or run_receiver (receiver.py)
 
