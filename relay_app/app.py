@@ -18,9 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+from hypercorn.protocol import ws_stream as hypercorn_ws_stream
 from quart import Quart, Response, has_request_context, jsonify, request, websocket
 from quart.asgi import ASGIWebsocketConnection
 from werkzeug.exceptions import HTTPException
+from wsproto.extensions import PerMessageDeflate
 
 from . import __version__
 from .auth import Role, verify
@@ -381,7 +383,26 @@ class PortDispatcher:
         await app(scope, receive, send)  # type: ignore[arg-type]
 
 
+class _DeclineDeflate(PerMessageDeflate):
+    """permessage-deflate, always declined.
+
+    Browsers ask for it and Hypercorn accepts whatever is asked: every WebSocket then holds a
+    zlib compressor and decompressor (~300 KB, tracemalloc in bench/slow_readers.py) and
+    compresses each small JSON message. Signaling on a LAN gains nothing from it.
+    """
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+def decline_websocket_compression() -> None:
+    """Hypercorn has no setting for it: replace the extension its WSStream offers (guarded by
+    tests/test_hardening.py, like rtp_tap.py's hook into aiortc)."""
+    setattr(hypercorn_ws_stream, "PerMessageDeflate", _DeclineDeflate)  # noqa: B010
+
+
 def create_asgi_app(settings: Settings) -> PortDispatcher:
+    decline_websocket_compression()
     ctx = RelayContext.from_settings(settings)
     main = create_app(settings, ctx)
     return PortDispatcher(main, create_status_app(ctx), {settings.server.audio_port})

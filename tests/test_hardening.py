@@ -400,3 +400,16 @@ async def test_slow_readers_are_all_closed_in_time_and_the_pair_keeps_hearing(
     assert result["closed_sessions"] == result["flooding_sessions"], result
     assert result["over_limit"] == 0 and result["rss_growth_mb"] < 20, result
     assert result["audio_heard_ratio"] > 0.8, result
+
+
+async def test_websocket_compression_is_declined(server: ServerProcess) -> None:
+    """Each deflate context costs ~300 KB per WebSocket; the relay declines the extension.
+    Fails loudly if Hypercorn stops offering it through `ws_stream.PerMessageDeflate`."""
+    from hypercorn.protocol import ws_stream
+
+    assert hasattr(ws_stream, "PerMessageDeflate")
+    async with websockets.connect(server.ws_url) as ws:  # it asks for permessage-deflate
+        assert ws.request is not None and ws.response is not None
+        assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        assert json.loads(await ws.recv())["type"] == "welcome"
