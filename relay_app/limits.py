@@ -17,7 +17,27 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 FLOOD_WINDOW = 10.0  # seconds over which refusals are counted
 
 
-class TokenBucket:
+class _Bucket:
+    """Tokens refilled at `rate` a second up to `capacity`: the arithmetic the three
+    limiters below share. The clock is read on first use, so one can be made where no event
+    loop runs yet (create_app)."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated: float | None = None
+
+    def _refill(self) -> float:
+        """Add what has dripped in since the last call; return the seconds elapsed."""
+        now = anyio.current_time()
+        elapsed = 0.0 if self.updated is None else now - self.updated
+        self.updated = now
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        return elapsed
+
+
+class TokenBucket(_Bucket):
     """At most `rate` messages a second on average, bursts of 2x; a flood closes the session.
 
     Every frame takes a token, whatever it holds. Refusals draw on a second budget of 2x rate
@@ -27,16 +47,11 @@ class TokenBucket:
     """
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = 2 * rate
-        self.tokens = self.capacity
+        super().__init__(rate, 2 * rate)
         self.refusals_left = self.capacity
-        self.updated = anyio.current_time()
 
     def take(self) -> None:
-        now = anyio.current_time()
-        elapsed, self.updated = now - self.updated, now
-        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        elapsed = self._refill()
         refill = elapsed * self.capacity / FLOOD_WINDOW
         self.refusals_left = min(self.capacity, self.refusals_left + refill)
         if self.tokens >= 1:
@@ -49,40 +64,30 @@ class TokenBucket:
         raise LimitError(message + "; this message was ignored")
 
 
-class Pace:
+class Pace(_Bucket):
     """Lets callers through at `rate` a second on average (bursts of `rate`), making the
     rest wait their turn: shared, it bounds the work many tasks can ask for together."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        # Made where no event loop runs yet (create_app): the clock is read on first use.
-        self.updated: float | None = None
+        super().__init__(rate, rate)
 
     async def wait(self) -> None:
-        now = anyio.current_time()
-        elapsed = 0.0 if self.updated is None else now - self.updated
-        self.tokens = min(self.rate, self.tokens + elapsed * self.rate)
-        self.updated = now
+        self._refill()
         self.tokens -= 1  # taken now; a debt is paid off by sleeping
         if self.tokens < 0:
             await anyio.sleep(-self.tokens / self.rate)
 
 
-class Throttle:
+class Throttle(_Bucket):
     """Lets through about `rate` events a second (bursts of 2x) and counts the rest."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = 2 * rate
-        self.updated = anyio.current_time()
+        super().__init__(rate, 2 * rate)
         self.suppressed = 0
 
     def allow(self) -> int | None:
         """None: leave this one out. Otherwise how many were left out since the last one."""
-        now = anyio.current_time()
-        self.tokens = min(2 * self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._refill()
         if self.tokens < 1:
             self.suppressed += 1
             return None

@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import protocol as p
 from .context import RelayContext
 from .errors import SessionStateError
+from .limits import filter_candidates
 from .peer import Peer
 from .registry import SessionInfo
 
@@ -90,6 +91,15 @@ def require_no_media(media: MediaTask | None, what: str) -> None:
     if what == "start_sending" and media.role == "sender":
         raise SessionStateError("already sending on this connection; send stop first")
     raise SessionStateError(f"this connection is {media.role}; send stop before {what}")
+
+
+def remote_candidates(host: SessionHost, sdp: str) -> str:
+    """The client's SDP with only the ICE candidates worth probing (limits.filter_candidates)."""
+    webrtc = host.ctx.settings.webrtc
+    sdp, dropped = filter_candidates(sdp, webrtc.max_remote_candidates, webrtc.ice_addresses)
+    if dropped:
+        host.ctx.metrics.count_drop("remote_candidate", dropped)
+    return sdp
 
 
 class Negotiated(TaskStatus[None]):

@@ -20,11 +20,10 @@ from anyio.abc import TaskStatus
 from . import protocol as p
 from .errors import MediaFailed, MediaUnavailable, NegotiationError, SessionStateError
 from .ice import NoFreeMediaPort
-from .media import MediaTask, SessionHost
+from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
 from .registry import Stream
 from .relay import RelayTrack
-from .sender import remote_candidates
 
 
 async def run_receiver(

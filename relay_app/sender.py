@@ -30,8 +30,7 @@ from . import protocol as p
 from .errors import MediaUnavailable, NegotiationError
 from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
-from .limits import filter_candidates
-from .media import MediaTask, SessionHost
+from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
 from .registry import EndCause, Stream
 from .relay import Fanout, Media, pump
@@ -123,15 +122,6 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     # Tap before the answer leaves, so that no packet arrives untapped.
     tap_receiver(audio_receiver(peer.pc, audio[0]), _packet_handler(host, stream, peer, opus))
     return stream
-
-
-def remote_candidates(host: SessionHost, sdp: str) -> str:
-    """The client's SDP with only the ICE candidates worth probing (limits.filter_candidates)."""
-    webrtc = host.ctx.settings.webrtc
-    sdp, dropped = filter_candidates(sdp, webrtc.max_remote_candidates, webrtc.ice_addresses)
-    if dropped:
-        host.ctx.metrics.count_drop("remote_candidate", dropped)
-    return sdp
 
 
 def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
