@@ -37,3 +37,6 @@ clean:
 
 docs/configuration.md: relay_app/config.py
 	$(PY) -m relay_app.config > $@
+
+docs/config.example.json: relay_app/config.py
+	$(PY) -m relay_app.config --example > $@

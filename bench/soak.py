@@ -128,10 +128,12 @@ async def churn(
     concurrency: int,
     seed: int = 1,
     sample_every: int = 50,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run `sessions` scenarios (a weighted mix) at `concurrency`; return counts and RSS curve."""
+    """Run `sessions` scenarios (a mix of `names`, default all) at `concurrency`; return counts
+    and RSS curve."""
     rng = random.Random(seed)
-    names = list(SCENARIOS)
+    names = names or list(SCENARIOS)
     plan = [rng.choice(names) for _ in range(sessions)]
     done: Counter[str] = Counter()
     failures: list[str] = []
@@ -167,27 +169,33 @@ async def settle(base_url: str, baseline: dict[str, Any] | None, timeout: float 
 
 
 async def soak(
-    url: str, base_url: str, sessions: int, concurrency: int, trim_interval: float = 1.0
+    url: str,
+    base_url: str,
+    sessions: int,
+    concurrency: int,
+    quiet: float = 5.0,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Warm up, take a baseline, churn, and compare; the server must run with
-    relay.memory_trim_interval = `trim_interval` (RSS is read after a trim)."""
+    """Warm up, take a baseline, churn, and compare; RSS is read `quiet` seconds after the
+    server has settled (at the defaults nothing else hands memory back in between)."""
     use_host_addresses(["127.0.0.1"])
     # Warm up first, so that lazily made pools and caches are in the baseline.
     await churn(url, base_url, min(50, sessions), concurrency, seed=0)
     await settle(base_url, None)
-    await anyio.sleep(trim_interval * 1.5)
+    await anyio.sleep(quiet)
     baseline = await anyio.to_thread.run_sync(metrics, base_url)
     started = time.monotonic()
-    result = await churn(url, base_url, sessions, concurrency)
+    result = await churn(url, base_url, sessions, concurrency, names=names)
     try:
         await settle(base_url, baseline)
     except AssertionError as error:  # reported with the numbers below, not raised
         result["failures"].append(str(error))
-    await anyio.sleep(trim_interval * 1.5)
+    await anyio.sleep(quiet)
     after = await anyio.to_thread.run_sync(metrics, base_url)
     result.update(
         sessions=sessions,
         concurrency=concurrency,
+        quiet_seconds=quiet,
         seconds=round(time.monotonic() - started, 1),
         baseline={"live": baseline["live"], "process": baseline["process"]},
         after={"live": after["live"], "process": after["process"]},
@@ -200,13 +208,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--quiet", type=float, default=5.0, help="seconds of quiet before RSS is read"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=list(SCENARIOS), help="these scenarios only"
+    )
+    parser.add_argument(
+        "--trim-interval",
+        type=float,
+        default=None,
+        help="relay.memory_trim_interval for the server (default: the configuration default)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"server": {"max_connections": 500}, "relay": {"memory_trim_interval": 1.0}}
+        config: dict[str, Any] = {}
+        if args.trim_interval is not None:
+            config["relay"] = {"memory_trim_interval": args.trim_interval}
         server = ServerProcess(Path(tmp), config).start()
         try:
             result = anyio.run(
-                soak, server.ws_url, server.base_url, args.sessions, args.concurrency
+                soak,
+                server.ws_url,
+                server.base_url,
+                args.sessions,
+                args.concurrency,
+                args.quiet,
+                args.only,
             )
         finally:
             server.stop()

@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .app import PortDispatcher, create_asgi_app
 from .config import ConfigError, Settings, load_settings
+from .dtls import use_shared_certificate
 from .ice import configure_ice
 from .logs import configure_logging, get_logger
 
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args, settings)
     configure_logging(settings.logging)
     configure_ice(settings.webrtc)
+    use_shared_certificate()
     try:
         asyncio.run(_serve(settings))
     except OSError as error:

@@ -212,25 +212,40 @@ async def stats_clock(ctx: RelayContext, interval: float = 60.0) -> None:
         )
 
 
-async def trim_memory(interval: float) -> None:
-    """Hand freed heap back to the OS now and then (glibc only).
+async def trim_memory(ctx: RelayContext, interval: float) -> None:
+    """Hand the heap that ended sessions freed back to the OS (glibc only).
 
-    Each peer connection allocates and frees native memory (DTLS, SRTP, codecs) from several
-    threads; glibc keeps the freed pages, so RSS stays at the churn's high-water mark although
-    nothing leaks (bench/soak.py: +66 MB after 1,000 sessions, back to +28 MB after a trim).
+    Why: a peer connection allocates and frees native memory (DTLS, SRTP, sockets) in the
+    middle of glibc's heap, and glibc returns only the heap's top by itself. Measured under
+    churn (bench/soak.py with glibc's malloc_stats): the heap's in-use bytes stay flat while its
+    size grows with every few sessions; `malloc_trim` releases those free pages (it moves
+    nothing, so it cannot fragment anything further). So trim when it pays: once sessions have
+    ended and then a second has passed without another ending, or every `interval` seconds
+    while they keep ending; never while nothing ends. (Per-process DTLS, dtls.py, makes less
+    to free in the first place.)
     """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        malloc_trim = libc.malloc_trim
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         log.info("memory_trim_unavailable")
         return
+    metrics = ctx.metrics
+
+    def ended() -> int:
+        return metrics.sessions_total - metrics.live.sessions
+
+    trimmed = seen = ended()
+    last_trim = anyio.current_time()
     while True:
-        await anyio.sleep(interval)
-        try:
-            await anyio.to_thread.run_sync(malloc_trim, 0)
-        except Exception:  # a ROOT child logs its own bugs; trimming is best effort
-            log.exception("memory_trim_failed")
+        await anyio.sleep(1.0)
+        now, count = anyio.current_time(), ended()
+        quiet, seen = count == seen, count
+        if count != trimmed and (quiet or now - last_trim >= interval):
+            try:
+                await anyio.to_thread.run_sync(malloc_trim, 0)
+            except Exception:  # a ROOT child logs its own bugs; trimming is best effort
+                log.exception("memory_trim_failed")
+            trimmed, last_trim = count, now
 
 
 def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
@@ -249,9 +264,11 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
             root.start_soon(sweep_stale_streams, ctx)
             root.start_soon(stats_clock, ctx)
             if settings.relay.memory_trim_interval > 0:
-                root.start_soon(trim_memory, settings.relay.memory_trim_interval)
+                root.start_soon(trim_memory, ctx, settings.relay.memory_trim_interval)
             ctx.serving = True
             log.info("server_started", version=__version__)
+            for old, new in settings.moved_keys:
+                log.warning("config_key_moved", key=old, new_key=new, hint=f"move it to {new}")
             try:
                 yield
             finally:

@@ -42,7 +42,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from . import protocol as p
-from .ice import use_host_addresses
+from .ice import hide_addresses, use_host_addresses
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
@@ -258,6 +258,8 @@ class RelayClient:
         self.pc: RTCPeerConnection | None = None
         self.recorder = Recorder()
         self.stream_id: str | None = None
+        # Send mDNS names instead of our addresses, as browsers do (ice.hide_addresses).
+        self.hide_addresses = False
         self.closed = anyio.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -355,6 +357,10 @@ class RelayClient:
         await self.send(message)
         return await self.expect(*types)
 
+    def _local_sdp(self, pc: RTCPeerConnection) -> str:
+        sdp: str = pc.localDescription.sdp
+        return hide_addresses(sdp) if self.hide_addresses else sdp
+
     def _new_pc(self) -> RTCPeerConnection:
         servers = [RTCIceServer(**server) for server in self._ice_servers]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -364,7 +370,7 @@ class RelayClient:
         self.pc = pc = self._new_pc()
         pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send(p.StartSending(sdp=pc.localDescription.sdp))
+        await self.send(p.StartSending(sdp=self._local_sdp(pc)))
         answer = await self.receive(p.AnswerOut)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         started = await self.receive(p.StreamStarted)
@@ -396,7 +402,7 @@ class RelayClient:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await self.send(p.Answer(sdp=pc.localDescription.sdp))
+        await self.send(p.Answer(sdp=self._local_sdp(pc)))
         self.stream_id = offer.stream_id
         return offer.stream_id
 
@@ -440,6 +446,7 @@ async def _run_cli(args: argparse.Namespace) -> int:
     if args.ice_address:
         use_host_addresses(args.ice_address)
     async with RelayClient.connect(args.url, token=args.token) as client:
+        client.hide_addresses = args.hide_addresses
         if args.command == "send":
             track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
             _print_event("sending", stream_id=await client.start_sending(track))
@@ -474,6 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ice-address",
         action="append",
         help="local IP to gather media candidates on (repeatable; 127.0.0.1 for loopback)",
+    )
+    parser.add_argument(
+        "--hide-addresses",
+        action="store_true",
+        help="send mDNS names instead of local addresses in candidates, as browsers do",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="stream a tone or a WAV file")

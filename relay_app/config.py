@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "RELAY_CONFIG"
+IDLE_GRACE_FACTOR = 1.5  # see WebRTCSettings.idle_close_after
 
 
 class ConfigError(Exception):
@@ -123,13 +125,23 @@ class WebRTCSettings(_Section):
     connection_timeout: float = Field(
         30.0,
         gt=0,
-        description="Seconds a session may stay silent before it is closed: no WebSocket "
-        "message (`ping` counts) and no media heard from its peer (for at least 5 s).",
+        description="The keepalive interval: a client that sends a message (e.g. `ping`) at "
+        "least this often is never closed as idle. A session is closed once it has been silent "
+        "for 1.5x this (one interval plus half an interval of grace; `idle_close_after` in "
+        "`welcome`): no WebSocket message and no media heard from its peer.",
     )
     ice_addresses: list[str] | None = Field(
         None,
         description="Local IPs to gather host candidates on; null = every non-loopback interface. "
         '`["127.0.0.1"]` keeps media on loopback.',
+    )
+    announced_address: str | None = Field(
+        None,
+        description="The IP put in the server's media candidates instead of the address its "
+        "sockets are bound to, for a server behind a 1:1 NAT such as Docker's bridge with "
+        "`-p` port mapping (mediasoup's announcedAddress, Janus' nat_1_1_mapping): the host's "
+        "LAN IP. Bound sockets stay where they are; use with udp_port_range and the same "
+        "ports published. null = announce the bound addresses.",
     )
     udp_port_range: tuple[int, int] | None = Field(
         None,
@@ -151,6 +163,13 @@ class WebRTCSettings(_Section):
     )
     audio_constraints: AudioConstraints = Field(default_factory=AudioConstraints)
 
+    @property
+    def idle_close_after(self) -> float:
+        """Silence after which a session is closed. The grace above connection_timeout is why a
+        client pinging exactly every connection_timeout seconds, as the old guide told users
+        to, is never dropped: its pings arrive a little late, never half an interval late."""
+        return self.connection_timeout * IDLE_GRACE_FACTOR
+
     @model_validator(mode="after")
     def _port_range(self) -> WebRTCSettings:
         if self.udp_port_range is not None:
@@ -168,6 +187,13 @@ class WebRTCSettings(_Section):
     def _ips(cls, value: list[str] | None) -> list[str] | None:
         for address in value or []:
             ipaddress.ip_address(address)
+        return value
+
+    @field_validator("announced_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None and ipaddress.ip_address(value).is_unspecified:
+            raise ValueError("must be the address clients reach the server on, not 0.0.0.0")
         return value
 
 
@@ -202,10 +228,11 @@ class RelaySettings(_Section):
         3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
     )
     memory_trim_interval: float = Field(
-        60.0,
+        10.0,
         ge=0,
-        description="Seconds between handing freed heap back to the OS (glibc malloc_trim); "
-        "peer-connection churn otherwise leaves RSS at its high-water mark. 0 = off.",
+        description="Hand the heap that ended sessions freed back to the OS (glibc "
+        "malloc_trim): a second after sessions stop ending, or at most this many seconds apart "
+        "while they keep ending; never while none end. 0 = off.",
     )
 
 
@@ -249,16 +276,55 @@ class LoggingSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+# Keys the old service's guide documents in another place: (old path, new path). They are
+# accepted where the guide puts them, moved, and reported (`Settings.moved_keys`, logged as
+# `config_key_moved` at startup); a key in neither place is still refused.
+LEGACY_KEYS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("audio_constraints",), ("webrtc", "audio_constraints")),
+)
+
+
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
     except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+        hint = ""
+        if "//" in text.splitlines()[error.lineno - 1]:
+            hint = " (JSON has no comments: remove the `// ...` notes copied from the guide)"
+        raise ConfigError(f"config file {path} is not valid JSON: {error}{hint}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data
+
+
+def move_legacy_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A copy of `data` with the guide's old key places moved to the new ones, and the moves.
+
+    Where both places are set, the new place wins (its keys override the old ones)."""
+    data = json.loads(json.dumps(data))
+    moved: list[tuple[str, str]] = []
+    for old, new in LEGACY_KEYS:
+        parent = data
+        for part in old[:-1]:
+            child = parent.get(part)
+            parent = child if isinstance(child, dict) else {}
+        if old[-1] not in parent:
+            continue
+        value = parent.pop(old[-1])
+        target = data
+        for part in new[:-1]:
+            target = target.setdefault(part, {})
+        current = target.get(new[-1])
+        if isinstance(value, dict) and isinstance(current, dict):
+            value = {**value, **current}
+        elif current is not None:
+            value = current
+        target[new[-1]] = value
+        moved.append((".".join(old), ".".join(new)))
+    return data, moved
 
 
 class Settings(BaseSettings):
@@ -276,6 +342,13 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    # (old key, new key) for each key of the config file found where the old guide put it.
+    _moved_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @property
+    def moved_keys(self) -> list[tuple[str, str]]:
+        return self._moved_keys
 
     @classmethod
     def settings_customise_sources(
@@ -295,10 +368,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     if path is None:
         path = os.environ.get(CONFIG_ENV) or None
     data = _read_config_file(Path(path)) if path is not None else {}
+    data, moved = move_legacy_keys(data)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        notes = "".join(f"\n  ({old} in the file is read as {new})" for old, new in moved)
+        raise ConfigError(describe_validation_error(error) + notes) from None
+    settings._moved_keys = moved
+    return settings
 
 
 def _is_secret(location: tuple[int | str, ...]) -> bool:
@@ -382,5 +459,14 @@ def configuration_markdown() -> str:
     return "\n".join(lines)
 
 
+def example_config() -> str:
+    """docs/config.example.json: every key at its default (a test fails when they drift)."""
+    data = Settings().model_dump(mode="json")
+    data["auth"]["secret"] = None
+    return json.dumps(data, indent=2) + "\n"
+
+
 if __name__ == "__main__":
-    print(configuration_markdown(), end="")
+    import sys
+
+    print(example_config() if "--example" in sys.argv else configuration_markdown(), end="")

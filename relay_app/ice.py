@@ -14,6 +14,7 @@ import asyncio
 import errno
 import ipaddress
 import random
+import uuid
 from collections.abc import Callable, Sequence
 
 import aioice
@@ -38,6 +39,56 @@ def use_host_addresses(addresses: Sequence[str] | None) -> None:
         ]
 
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+def announce(sdp: str, address: str | None) -> str:
+    """The SDP with `address` in place of the address of each host candidate of its family.
+
+    For a server behind a 1:1 NAT (Docker's bridge with `-p`): the sockets stay bound to the
+    private address, the client is told the public one, and the NAT maps each port to the
+    same port inside. Only the description sent to the client changes, so aioice's own
+    candidates, and its pairing, are untouched. The `c=` line follows, as it names the
+    default candidate.
+    """
+    if address is None:
+        return sdp
+    family = ipaddress.ip_address(address).version
+
+    def swap(host: str) -> str | None:
+        return address if _family(host) == family else None
+
+    return _rewrite_addresses(sdp, swap, f"c=IN IP{family} {address}")
+
+
+def hide_addresses(sdp: str) -> str:
+    """The SDP as Chromium sends it: each host candidate's address replaced by a random mDNS
+    name, `c=IN IP4 0.0.0.0`, and no `a=end-of-candidates`. The other side cannot reach this
+    peer first; it waits for this peer's checks and answers them (peer-reflexive pairs).
+    For `python -m relay_app.client --hide-addresses` and the Docker NAT test."""
+    hidden = _rewrite_addresses(sdp, lambda host: f"{uuid.uuid4()}.local", "c=IN IP4 0.0.0.0")
+    return hidden.replace("a=end-of-candidates\r\n", "")
+
+
+def _rewrite_addresses(sdp: str, replace: Callable[[str], str | None], c_line: str) -> str:
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:"):
+            # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ host
+            parts = line.split(" ")
+            if len(parts) >= 8 and parts[7] == "host" and (new := replace(parts[4])):
+                parts[4] = new
+            line = " ".join(parts)
+        elif line.startswith("c=IN ") and replace(line.split(" ")[-1]):
+            line = c_line
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
+def _family(address: str) -> int | None:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:  # an mDNS name or garbage: not ours to rewrite
+        return None
 
 
 def configure_ice(settings: WebRTCSettings) -> None:

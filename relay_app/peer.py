@@ -15,6 +15,7 @@ import anyio
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from .config import Settings
+from .ice import announce
 from .metrics import LiveCounts
 
 
@@ -26,8 +27,9 @@ def rtc_configuration(settings: Settings) -> RTCConfiguration:
 
 
 class Peer:
-    def __init__(self, pc: RTCPeerConnection, log: Any) -> None:
+    def __init__(self, pc: RTCPeerConnection, log: Any, announced: str | None = None) -> None:
         self.pc = pc
+        self.announced = announced
         self.connected = False
         # When we last heard from the remote peer's media (RTP from a sender, RTCP receiver
         # reports from a receiver): the session's idle watchdog counts it as activity.
@@ -45,6 +47,11 @@ class Peer:
             if state in ("failed", "closed") and not self.failed.is_set():
                 self.failure = f"connection {state}"
                 self.failed.set()
+
+    @property
+    def local_sdp(self) -> str:
+        """Our description as the client must see it (webrtc.announced_address applied)."""
+        return announce(self.pc.localDescription.sdp, self.announced)
 
     async def refresh_last_heard(self) -> float:
         """Update `last_heard` from the newest RTCP report the peer sent about our audio.
@@ -99,7 +106,7 @@ async def open_peer(settings: Settings, live: LiveCounts, log: Any) -> AsyncIter
     pc = RTCPeerConnection(rtc_configuration(settings))
     live.peer_connections += 1
     try:
-        yield Peer(pc, log)
+        yield Peer(pc, log, settings.webrtc.announced_address)
     finally:
         ice = _ice_connections(pc)
         # Shielded so a cancelled session still closes its transports; bounded because

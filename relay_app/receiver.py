@@ -79,7 +79,7 @@ async def _offer(host: SessionHost, peer: Peer, track: Any, stream: Stream) -> N
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
     except NoFreeMediaPort as error:
         raise MediaUnavailable(str(error.strerror or error)) from None
-    host.send(p.Offer(sdp=peer.pc.localDescription.sdp, stream_id=stream.stream_id))
+    host.send(p.Offer(sdp=peer.local_sdp, stream_id=stream.stream_id))
 
 
 def _check_answer(sdp: str) -> None:

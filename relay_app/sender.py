@@ -74,7 +74,7 @@ async def run_sender(
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
         stream = await _answer_offer(host, peer, sdp)
-        host.send(p.AnswerOut(sdp=peer.pc.localDescription.sdp))
+        host.send(p.AnswerOut(sdp=peer.local_sdp))
         task_status.started()
         log.info("sender_track_received")
         media.log = log = log.bind(stream_id=stream.stream_id)

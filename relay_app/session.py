@@ -4,7 +4,7 @@ The task tree of a session (the SESSION group is opened in `PeerSession.run`):
 
     SESSION
     ├── _write_loop         outbox -> WebSocket (the only writer)
-    ├── _idle_watchdog      closes a silent session after webrtc.connection_timeout
+    ├── _idle_watchdog      closes a session silent for 1.5 x webrtc.connection_timeout
     ├── _close_on_shutdown  closes with 1001 when the server stops
     ├── _expire_grant       closes with 1008 when the access token expires (auth on)
     ├── receive loop        (the host task) parses and dispatches client messages
@@ -80,6 +80,7 @@ def welcome_config(settings: Settings) -> dict[str, Any]:
         "audio_constraints": webrtc.audio_constraints.model_dump(),
         "ice_servers": webrtc.ice_servers,
         "connection_timeout": webrtc.connection_timeout,
+        "idle_close_after": webrtc.idle_close_after,
         "ping_interval": max(1.0, min(30.0, webrtc.connection_timeout / 2)),
         "visualization": settings.visualization.enabled,
     }
@@ -261,12 +262,10 @@ class PeerSession:
     async def _idle_watchdog(self) -> None:
         """Close the session once both its WebSocket and its media have gone quiet.
 
-        WebSocket: no message for webrtc.connection_timeout. Media: nothing heard from the
-        peer (RTP from a sender, RTCP reports from a receiver) for the same time, but at
-        least MEDIA_SILENCE_FLOOR, since receivers report only about once a second. So a
-        listener need not chat on its socket, and a frozen one is dropped all the same.
-        """
-        timeout = self.settings.webrtc.connection_timeout
+        WebSocket: no message for webrtc.idle_close_after (1.5 x connection_timeout: a client
+        pinging every connection_timeout is never dropped). Media: nothing heard from the peer
+        (RTP, or RTCP reports from a receiver) for as long, at least MEDIA_SILENCE_FLOOR."""
+        timeout = self.settings.webrtc.idle_close_after
         media_grace = max(timeout, MEDIA_SILENCE_FLOOR)
         while True:
             now = anyio.current_time()
@@ -277,7 +276,8 @@ class PeerSession:
                 if now >= deadline:  # before giving up, look at the newest RTCP report
                     deadline = max(deadline, await peer.refresh_last_heard() + media_grace)
             if now >= deadline:
-                message = f"idle timeout: no message for {timeout:g} s (send ping to keep alive)"
+                interval = self.settings.webrtc.connection_timeout
+                message = f"idle timeout: no message for {timeout:g} s (ping every {interval:g} s)"
                 self.refuse(IdleTimeout(message), event="session_idle_timeout")
                 return
             await anyio.sleep(min(deadline - now, 1.0))

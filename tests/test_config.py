@@ -70,3 +70,38 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_settings(bad)
+
+
+def test_the_guides_top_level_audio_constraints_are_moved_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """The guide's Issue 8 puts `audio_constraints` at the top level; it lives under webrtc."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"audio_constraints": {"sample_rate": 16000, "latency": 0}}))
+    settings = load_settings(path)
+    assert settings.webrtc.audio_constraints.sample_rate == 16000
+    assert settings.moved_keys == [("audio_constraints", "webrtc.audio_constraints")]
+    # Both places: the new place wins, key by key.
+    path.write_text(
+        json.dumps(
+            {
+                "audio_constraints": {"sample_rate": 8000, "channels": 2},
+                "webrtc": {"audio_constraints": {"sample_rate": 24000}},
+            }
+        )
+    )
+    constraints = load_settings(path).webrtc.audio_constraints
+    assert (constraints.sample_rate, constraints.channels) == (24000, 2)
+    # A bad value in the old place is named by its new key, with a note saying so.
+    path.write_text(json.dumps({"audio_constraints": {"sample_rate": 1}}))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert "webrtc.audio_constraints.sample_rate" in str(error.value)
+    assert "(audio_constraints in the file is read as webrtc.audio_constraints)" in str(error.value)
+
+
+def test_the_guides_commented_snippets_get_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "webrtc": {\n    "connection_timeout": 60 // Increase from 30\n  }\n}\n')
+    with pytest.raises(ConfigError, match="JSON has no comments"):
+        load_settings(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from relay_app.config import configuration_markdown
+import json
+
+from relay_app.config import Settings, configuration_markdown, example_config, load_settings
 from relay_app.logs import LEGACY_MESSAGES
 from relay_app.testing import REPO
 
@@ -13,6 +15,16 @@ def test_configuration_doc_matches_the_settings_model() -> None:
         "docs/configuration.md is stale: run `.venv/bin/python -m relay_app.config > "
         "docs/configuration.md`"
     )
+
+
+def test_the_example_config_has_every_key_at_its_default() -> None:
+    path = REPO / "docs" / "config.example.json"
+    assert path.read_text() == example_config(), (
+        "docs/config.example.json is stale: run `.venv/bin/python -m relay_app.config "
+        "--example > docs/config.example.json`"
+    )
+    assert load_settings(path).model_dump() == Settings().model_dump()
+    assert json.loads(path.read_text())["webrtc"]["connection_timeout"] == 30
 
 
 def test_troubleshooting_doc_maps_every_guide_pattern_to_its_event() -> None:
@@ -46,3 +58,11 @@ def test_every_guide_config_key_is_documented() -> None:
         "webrtc.audio_constraints.latency",
     ]:
         assert f"`{key}`" in doc, key
+
+
+def test_each_guide_issue_says_what_it_was_and_what_relay_app_does_now() -> None:
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    sections = doc.split("\n### Issue ")[1:]
+    numbered = {int(section.split(":")[0]): section for section in sections}
+    for number in range(1, 11):
+        assert "**Then → now:**" in numbered[number], f"Issue {number}"

@@ -325,3 +325,66 @@ async def test_docker_cmd_and_healthcheck_run_as_plain_processes(tmp_path: Path)
         server.wait_idle()
     finally:
         assert server.stop() == 0
+
+
+def test_the_image_has_curl_for_the_guides_docker_exec_commands() -> None:
+    """The guide runs `docker exec voice-streaming curl ...`; python:3.11-slim has no curl."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    runs = [line for line in text.splitlines() if line.startswith("RUN ")]
+    install = next(line for line in runs if "apt-get install" in line)
+    assert re.search(r"\bcurl=", install) and "--no-install-recommends" in install
+    assert "rm -rf /var/lib/apt/lists/*" in install, "keep the image small"
+    guide = (REPO / "docs" / "troubleshooting.md").read_text()
+    assert "docker exec voice-streaming curl" in guide
+
+
+def test_hypercorn_binds_that_do_not_match_the_config_ports_stop_the_server(
+    tmp_path: Path,
+) -> None:
+    """The app routes by port, so `bind = 0.0.0.0:9000` with server.port 8080 cannot work:
+    the worker exits 2 at startup with a message naming both, and so does Hypercorn."""
+    port, audio_port, other = free_port(), free_port(), free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"server": {"port": port, "audio_port": audio_port}}))
+    hypercorn = str(Path(sys.executable).parent / "hypercorn")
+    command = [hypercorn, "-c", "hypercorn.toml", "relay_app.asgi:app"]
+    binds = ["--bind", f"127.0.0.1:{other}", "--bind", f"127.0.0.1:{audio_port}"]
+    result = subprocess.run(
+        command + binds,
+        cwd=REPO,
+        env={**os.environ, "RELAY_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = next(line for line in result.stderr.splitlines() if "relay_app:" in line)
+    assert f"127.0.0.1:{other}" in message and f"server.port={port}" in message
+    assert f"server.audio_port={audio_port}" in message
+
+
+async def test_a_config_file_from_the_old_guide_starts_the_server(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """Every key the guide shows, where it shows it (audio_constraints both at the top level,
+    as in its Issue 8, and under webrtc): the server starts and says where the key moved."""
+    old_config = {
+        "server": {"host": "127.0.0.1", "max_connections": 20},
+        "webrtc": {
+            "ice_servers": [],
+            "connection_timeout": 60,
+            "audio_constraints": {"sample_rate": 8000, "channels": 1},
+        },
+        "audio_constraints": {"sample_rate": 16000, "latency": 0},
+    }
+    server = make_server(old_config)
+    moved = server.wait_event("config_key_moved")
+    assert (moved["key"], moved["new_key"]) == ("audio_constraints", "webrtc.audio_constraints")
+    assert moved["level"] == "warning"
+    async with RelayClient.connect(server.ws_url) as client:
+        assert client.welcome is not None
+        config = client.welcome.config
+        assert config["connection_timeout"] == 60
+        # webrtc.audio_constraints is the new place, so its sample_rate wins.
+        assert config["audio_constraints"]["sample_rate"] == 8000
+        assert config["audio_constraints"]["latency"] == 0

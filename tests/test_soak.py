@@ -15,9 +15,7 @@ pytestmark = pytest.mark.anyio
 async def test_churn_of_sessions_leaving_every_way_leaves_nothing_behind(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    server = make_server(
-        {"server": {"max_connections": 200}, "relay": {"memory_trim_interval": 1.0}}
-    )
+    server = make_server({"server": {"max_connections": 200}})  # memory settings at defaults
     result = await soak(server.ws_url, server.base_url, sessions=70, concurrency=8)
     assert not result["failures"], result["failures"]
     assert set(result["by_scenario"]) == set(SCENARIOS)
