@@ -7,8 +7,10 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # Media only on this port range, so `-p 40000-40100:40000-40100/udp` is enough.
-    RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]"
+    # Media only on this port range, so `-p 40000-40100:40000-40100/udp` is enough. One port
+    # per peer connection: 101 ports carry a sender and 100 receivers (widen both together).
+    RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]" \
+    RELAY_STREAMS__MAX_RECEIVERS=100
 
 WORKDIR /app
 

@@ -38,5 +38,8 @@ clean:
 docs/configuration.md: relay_app/config.py
 	$(PY) -m relay_app.config > $@
 
+docs/metrics.md: relay_app/prometheus.py
+	$(PY) -m relay_app.prometheus > $@
+
 docs/config.example.json: relay_app/config.py
 	$(PY) -m relay_app.config --example > $@

@@ -44,7 +44,7 @@ class Server(ServerProcess):
             "server": {"max_connections": 2000},
             "webrtc": {"connection_timeout": 600},  # packet counters send no RTCP reports
             "relay": {"mode": mode},
-            "streams": {"max_receivers": 5000},
+            "streams": {"max_receivers": 5000, "max_http_listeners": 5000},
         }
         super().__init__(tmp, config)
         self.start()

@@ -27,9 +27,14 @@ from .ice import configure_ice
 from .logs import configure_logging, get_logger
 
 RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
+# The audio port's send buffer (doubled by the kernel): without a fixed size Linux grows it to
+# megabytes for a client that stops reading, and an HTTP listener (listen_http.py) is only
+# dropped once its buffers are full: minutes of audio. Fixed, that is ~32 KB here plus
+# Hypercorn's 64 KB and 5 s of pages.
+AUDIO_SEND_BUFFER_BYTES = 16 * 1024
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, send_buffer: int | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,6 +42,8 @@ def _bind(host: str, port: int) -> socket.socket:
     # Accepted sockets inherit this: signaling needs little, and it bounds what a flooding
     # client can have queued for us (and what we must parse) once its session is closed.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind((host, port))
     # Listening now (not when Hypercorn gets to it) means a client that read our
     # `server_listening` line is queued in the backlog instead of refused.
@@ -64,10 +71,16 @@ def hypercorn_config(settings: Settings, sockets: Sequence[socket.socket]) -> Hy
 async def _serve(settings: Settings) -> None:
     log = get_logger("relay_app.main")
     server = settings.server
-    sockets = [_bind(server.host, server.port), _bind(server.host, server.audio_port)]
+    sockets = [
+        _bind(server.host, server.port),
+        _bind(server.host, server.audio_port, AUDIO_SEND_BUFFER_BYTES),
+    ]
     ports = [sock.getsockname()[1] for sock in sockets]
     app: PortDispatcher = create_asgi_app(settings)
     app.status_ports = {ports[1]}
+    # Port 0 (tests) means "any": from here on the settings say which one it is, so `welcome`
+    # tells clients the real audio port (the Listen page's HTTP stream link).
+    server.port, server.audio_port = ports
     ctx = app.main.config["RELAY_CONTEXT"]
 
     stop = asyncio.Event()

@@ -26,18 +26,14 @@ from wsproto.extensions import PerMessageDeflate
 
 from . import __version__
 from .auth import Role, verify
-from .config import Settings
+from .config import Settings, unreachable_limits
 from .context import RelayContext
-from .errors import AuthError
+from .errors import AuthError, http_error_body
 from .limits import Pace
+from .listen_http import http_listening_routes
 from .logs import get_logger
-from .metrics_view import (
-    health_view,
-    metrics_json,
-    metrics_prometheus,
-    prometheus_registry,
-    wants_prometheus,
-)
+from .metrics_view import health_view, metrics_json
+from .prometheus import metrics_prometheus, prometheus_registry, wants_prometheus
 from .registry import EndCause
 from .session import PeerSession
 
@@ -164,7 +160,7 @@ def _guard_hosts(app: Quart, settings: Settings, ctx: RelayContext) -> None:
 
 
 def _json_error(code: int, name: str, message: str) -> Response:
-    response = jsonify({"error": name, "status": code, "message": message})
+    response = jsonify(http_error_body(code, message, name))
     response.status_code = code
     return response
 
@@ -173,7 +169,7 @@ def _json_errors(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> tuple[Response, int]:
         code = error.code or 500
-        return jsonify({"error": error.name, "status": code, "message": error.description}), code
+        return jsonify(http_error_body(code, error.description or "", error.name)), code
 
 
 async def sweep_stale_streams(ctx: RelayContext) -> None:
@@ -269,6 +265,8 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
             log.info("server_started", version=__version__)
             for old, new in settings.moved_keys:
                 log.warning("config_key_moved", key=old, new_key=new, hint=f"move it to {new}")
+            for problem in unreachable_limits(settings):
+                log.warning("config_limit_unreachable", problem=problem)
             try:
                 yield
             finally:
@@ -374,6 +372,7 @@ def create_status_app(ctx: RelayContext) -> Quart:
     _json_errors(app)
     _guard_hosts(app, ctx.settings, ctx)
     _status_routes(app, ctx)
+    http_listening_routes(app, ctx)
     return app
 
 

@@ -48,7 +48,11 @@ class ServerSettings(_Section):
         8081, ge=0, le=65535, description="Audio/status server `/stream/status`."
     )
     max_connections: int = Field(
-        50, ge=1, description="WebSocket sessions at once; the next one is refused with close 1013."
+        250,
+        ge=1,
+        description="WebSocket sessions at once; the next one is refused with close 1013. "
+        "Room for one full stream (streams.max_receivers) and every sender (the old server's "
+        "default was 50, which stopped a stream at 49 receivers).",
     )
     max_message_bytes: int = Field(
         65536, ge=1024, description="Largest WebSocket text frame accepted from a client (bytes)."
@@ -211,6 +215,12 @@ class StreamSettings(_Section):
     )
     max_streams: int = Field(20, ge=1, description="Senders streaming at once.")
     max_receivers: int = Field(200, ge=1, description="Receivers of one stream at once.")
+    max_http_listeners: int = Field(
+        200,
+        ge=0,
+        description="Plain-HTTP listeners of one stream at once (`GET :8081/stream/<id>.ogg`); "
+        "the next gets HTTP 503. 0 = no HTTP listening.",
+    )
 
 
 class RelaySettings(_Section):
@@ -376,6 +386,31 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(describe_validation_error(error) + notes) from None
     settings._moved_keys = moved
     return settings
+
+
+def unreachable_limits(settings: Settings) -> list[str]:
+    """Limits another limit makes unreachable (logged as warnings at startup)."""
+    server, streams = settings.server, settings.streams
+    problems = []
+    if streams.max_receivers + 1 > server.max_connections:
+        problems.append(
+            f"streams.max_receivers={streams.max_receivers} cannot be reached: "
+            f"server.max_connections={server.max_connections} leaves room for at most "
+            f"{server.max_connections - 1} receivers beside their sender"
+        )
+    if streams.max_streams > server.max_connections:
+        problems.append(
+            f"streams.max_streams={streams.max_streams} cannot be reached: "
+            f"server.max_connections={server.max_connections}"
+        )
+    if (ports := settings.webrtc.udp_port_range) is not None:
+        count = ports[1] - ports[0] + 1
+        if count < streams.max_receivers + 1:
+            problems.append(
+                f"streams.max_receivers={streams.max_receivers} cannot be reached: "
+                f"webrtc.udp_port_range has {count} ports, one per peer connection"
+            )
+    return problems
 
 
 def _is_secret(location: tuple[int | str, ...]) -> bool:

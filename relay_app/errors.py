@@ -9,6 +9,13 @@ Any other exception is a bug: it is logged with its traceback and the session is
 from __future__ import annotations
 
 from enum import IntEnum
+from http import HTTPStatus
+from typing import Any
+
+
+def http_error_body(code: int, message: str, name: str | None = None) -> dict[str, Any]:
+    """The JSON body of every HTTP error response: `{"error", "status", "message"}`."""
+    return {"error": name or HTTPStatus(code).phrase, "status": code, "message": message}
 
 
 class CloseCode(IntEnum):

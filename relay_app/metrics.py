@@ -71,6 +71,7 @@ class LiveStatistics:
     session_task_groups: int
     peer_connections: int
     relay_subscriptions: int
+    http_listeners: int
 
 
 @dataclass
@@ -79,6 +80,7 @@ class LiveCounts:
     session_task_groups: int = 0
     peer_connections: int = 0
     relay_subscriptions: int = 0
+    http_listeners: int = 0
 
     def statistics(self) -> LiveStatistics:
         return LiveStatistics(**asdict(self))
@@ -98,6 +100,10 @@ class Metrics:
     sessions_total: int = 0
     streams_total: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    http_sent_bytes: int = 0
+    http_listeners_dropped: int = 0
+    # A page's last packet arriving -> the page handed to the listener's connection.
+    http_page_latency: Histogram = field(default_factory=Histogram)
 
     @property
     def uptime_seconds(self) -> float:

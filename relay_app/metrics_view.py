@@ -5,26 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from .context import RelayContext
 
@@ -89,6 +71,9 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "bytes_out": metrics.bytes_out,
             "drops": dict(metrics.drops),
             "latency": metrics.relay_latency.summary_ms(),
+            "http_sent_bytes": metrics.http_sent_bytes,
+            "http_listeners_dropped": metrics.http_listeners_dropped,
+            "http_page_latency": metrics.http_page_latency.summary_ms(),
         },
         "process": process_stats(),
         "live": {
@@ -96,6 +81,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "session_task_groups": live.session_task_groups,
             "peer_connections": live.peer_connections,
             "relay_subscriptions": live.relay_subscriptions,
+            "http_listeners": live.http_listeners,
             "asyncio_tasks": len(asyncio.all_tasks()),
             **{f"{owner}_tasks": count for owner, count in tasks_by_owner().items()},
         },
@@ -138,84 +124,3 @@ def tasks_by_owner() -> dict[str, int]:
                 counts[owner] += 1
                 break
     return counts
-
-
-def wants_prometheus(accept: str) -> bool:
-    accept = accept.lower()
-    return "openmetrics" in accept or ("text/plain" in accept and "json" not in accept)
-
-
-class RelayCollector(Collector):
-    """Prometheus view of the registry and Metrics, built at scrape time (no second state)."""
-
-    def __init__(self, ctx: RelayContext) -> None:
-        self.ctx = ctx
-
-    def collect(self) -> Iterable[Metric]:
-        ctx, metrics = self.ctx, self.ctx.metrics
-        registry = ctx.registry
-        streams = registry.live_streams()
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"relay_{name}", doc, value=value)
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"relay_{name}", doc, value=value)
-
-        yield gauge("uptime_seconds", "Seconds since the server started.", metrics.uptime_seconds)
-        yield gauge("active_connections", "Open WebSocket sessions.", len(registry.sessions))
-        yield gauge("active_streams", "Live sender streams.", len(streams))
-        yield gauge("webrtc_available", "1 when WebRTC media is available.", int(_WEBRTC))
-        per_stream = GaugeMetricFamily(
-            "relay_stream_receivers", "Receivers of each live stream.", labels=["stream_id"]
-        )
-        for stream in streams:
-            per_stream.add_metric([stream.stream_id], len(stream.receivers))
-        yield per_stream
-        yield counter("audio_bytes", "Opus bytes received from senders.", metrics.total_audio_bytes)
-        yield counter("packets_in", "Opus packets received from senders.", metrics.packets_in)
-        yield counter("packets_out", "Packets/frames taken by receivers.", metrics.packets_out)
-        yield counter("bytes_out", "Opus bytes forwarded to receivers.", metrics.bytes_out)
-        yield counter("sessions", "WebSocket sessions opened.", metrics.sessions_total)
-        yield counter("streams", "Streams started.", metrics.streams_total)
-        drops = CounterMetricFamily("relay_drops", "Audio dropped, by reason.", labels=["reason"])
-        for reason, count in sorted(metrics.drops.items()):
-            drops.add_metric([reason], count)
-        yield drops
-        errors = CounterMetricFamily(
-            "relay_errors", "Client-visible errors, by kind.", labels=["kind"]
-        )
-        for kind, count in sorted(metrics.errors.items()):
-            errors.add_metric([kind], count)
-        yield errors
-        histogram = metrics.relay_latency
-        cumulative, buckets = 0, []
-        for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
-        yield HistogramMetricFamily(
-            "relay_latency_seconds",
-            "Relay-added latency: a packet's arrival to a receiver's sender taking it.",
-            buckets=buckets,
-            sum_value=histogram.total,
-        )
-        live = GaugeMetricFamily(
-            "relay_live", "Resources held now; all 0 when no client is connected.", labels=["kind"]
-        )
-        for kind, value in asdict(metrics.live.statistics()).items():
-            live.add_metric([kind], value)
-        yield live
-
-
-def prometheus_registry(ctx: RelayContext) -> CollectorRegistry:
-    """Per app (never the global registry): each test builds its own app."""
-    registry = CollectorRegistry()
-    registry.register(RelayCollector(ctx))
-    ProcessCollector(registry=registry)
-    return registry
-
-
-def metrics_prometheus(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
-    if "application/openmetrics-text" in accept.lower():
-        return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST
-    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -126,6 +126,7 @@ class StreamInfo(_ServerMessage):
     stream_id: str
     started_at: float
     receivers: int
+    http_listeners: int = 0  # plain-HTTP listeners (GET :8081/stream/<stream_id>.ogg)
 
 
 class AvailableStreams(_ServerMessage):

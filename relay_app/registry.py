@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from .config import ServerSettings
 from .errors import CapacityError, NoStreamError, SessionStateError
+from .http_audio import HttpAudio
 from .limits import check_receiver_limit, check_stream_limit
 from .protocol import NO_STREAM_MESSAGE, StreamInfo
 from .relay import Fanout
@@ -57,12 +58,16 @@ class Stream:
     end_reason: str = ""
     # connection_id -> that receiver session's send_or_drop (visualization messages).
     receivers: dict[str, SendOrDrop] = field(default_factory=dict)
+    # Plain-HTTP listeners (Ogg/Opus on the audio port); None where nobody set it up.
+    http: HttpAudio | None = None
 
     @property
     def receiver_source(self) -> Fanout:
         return self.packets if self.packets is not None else self.frames
 
     def close_relays(self) -> None:
+        if self.http is not None:
+            self.http.close()
         self.frames.close()
         if self.packets is not None:
             self.packets.close()
@@ -80,7 +85,10 @@ class Stream:
 
     def info(self) -> StreamInfo:
         return StreamInfo(
-            stream_id=self.stream_id, started_at=self.started_at, receivers=len(self.receivers)
+            stream_id=self.stream_id,
+            started_at=self.started_at,
+            receivers=len(self.receivers),
+            http_listeners=len(self.http.listeners) if self.http is not None else 0,
         )
 
 

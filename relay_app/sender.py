@@ -28,6 +28,7 @@ from av import AudioFrame
 
 from . import protocol as p
 from .errors import MediaUnavailable, NegotiationError
+from .http_audio import HttpAudio
 from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .media import MediaTask, SessionHost, remote_candidates
@@ -118,6 +119,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         source=audio[0],
         frames=Fanout(settings.queue_frames, metrics),
         packets=Fanout(settings.queue_frames, metrics) if settings.mode == "forward" else None,
+        http=HttpAudio(metrics),
     )
     # Tap before the answer leaves, so that no packet arrives untapped.
     tap_receiver(audio_receiver(peer.pc, audio[0]), _packet_handler(host, stream, peer, opus))
@@ -127,7 +129,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
 def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
     """Per packet from the sender: liveness, counters, and (forward mode) the fan-out."""
     metrics = host.ctx.metrics
-    packets = stream.packets
+    packets, http = stream.packets, stream.http
     packetizer = OpusPacketizer()
 
     def on_packet(rtp: RtpPacket, arrival: float) -> None:
@@ -140,6 +142,8 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
         if packets is not None and packets.subscriber_count:
             # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
             packets.publish(packetizer.packet(rtp), arrival)
+        if http is not None:
+            http.feed(rtp.payload, arrival)
 
     return on_packet
 

@@ -83,6 +83,7 @@ def welcome_config(settings: Settings) -> dict[str, Any]:
         "idle_close_after": webrtc.idle_close_after,
         "ping_interval": max(1.0, min(30.0, webrtc.connection_timeout / 2)),
         "visualization": settings.visualization.enabled,
+        "audio_port": settings.server.audio_port,  # GET :audio_port/stream/<id>.ogg
     }
 
 

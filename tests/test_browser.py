@@ -52,16 +52,24 @@ BROWSER_CONFIG = {
     "streams": {"cleanup_interval": 1.0, "stale_after": 5.0},
 }
 
-# Measures the receiver page's remote stream: dominant frequency and RMS over `seconds`.
+# Measures audio in the page over `seconds`: dominant frequency and RMS. With a URL, of an
+# <audio> element playing it (same origin as the page); without, of the receiver page's remote
+# WebRTC stream.
 ANALYSE_JS = """
-async (seconds) => {
-  const stream = window.relayReceiver.remoteStream;
-  if (!stream) return null;
+async ([url, seconds]) => {
   const ctx = new AudioContext();
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 16384;
   analyser.smoothingTimeConstant = 0.5;
-  ctx.createMediaStreamSource(stream).connect(analyser);
+  const audio = url ? new Audio(url) : null;
+  if (audio) {
+    ctx.createMediaElementSource(audio).connect(analyser);
+    await audio.play();
+  } else {
+    const stream = window.relayReceiver.remoteStream;
+    if (!stream) return null;
+    ctx.createMediaStreamSource(stream).connect(analyser);
+  }
   await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
   const spectrum = new Float32Array(analyser.frequencyBinCount);
   analyser.getFloatFrequencyData(spectrum);
@@ -71,6 +79,10 @@ async (seconds) => {
   analyser.getFloatTimeDomainData(wave);
   const rms = Math.sqrt(wave.reduce((sum, x) => sum + x * x, 0) / wave.length);
   const result = {freq: best * ctx.sampleRate / analyser.fftSize, rms};
+  if (audio) {
+    result.playing = !audio.paused;
+    audio.pause();
+  }
   await ctx.close();
   return result;
 }
@@ -158,7 +170,7 @@ async def start_sender_page(browser: Any, server: ServerProcess) -> tuple[Any, s
 
 
 async def heard_by_page(page: Any, seconds: float = 1.5) -> dict[str, float]:
-    result = await page.evaluate(ANALYSE_JS, seconds)
+    result = await page.evaluate(ANALYSE_JS, [None, seconds])
     assert result is not None, "the receiver page has no remote stream"
     return dict(result)
 
@@ -279,3 +291,23 @@ async def test_receiver_page_reconnects_after_server_restart(
         assert_no_leaks(second)
     finally:
         finish_server(second)
+
+
+async def test_listen_page_offers_the_http_stream_and_an_audio_element_plays_it(
+    server: ServerProcess, browser: Any
+) -> None:
+    """Listening without WebRTC: the Listen page's link, played by a plain <audio> element."""
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(880))
+        page = await open_page(browser, server.base_url + "/listen")
+        await wait_state(page, "playing")
+        link = await page.get_attribute("#http-url", "href")
+        assert link == f"{server.status_url}/stream/{stream_id}.ogg"
+        await page.context.close()
+        # A page on the audio port, so WebAudio may read the element's samples.
+        player = await open_page(browser, server.status_url + "/health")
+        heard = await player.evaluate(ANALYSE_JS, [link, 3])
+        assert heard["playing"] and abs(heard["freq"] - 880) <= 10, heard
+        assert heard["rms"] > 0.01, heard
+        await player.context.close()
+    server.wait_event("http_listener_ended", stream_id=stream_id)

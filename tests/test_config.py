@@ -18,7 +18,8 @@ def test_defaults_match_the_guide(monkeypatch: pytest.MonkeyPatch) -> None:
         8080,
         8081,
     )
-    assert settings.server.max_connections == 50
+    # The guide's 50 would stop one stream at 49 receivers (issue 17): room for a full stream.
+    assert settings.server.max_connections == 250
     assert settings.webrtc.ice_servers == [] and settings.webrtc.connection_timeout == 30
     constraints = settings.webrtc.audio_constraints
     assert (constraints.sample_rate, constraints.channels, constraints.latency) == (16000, 1, 0)
@@ -105,3 +106,27 @@ def test_the_guides_commented_snippets_get_a_hint(tmp_path: Path) -> None:
     path.write_text('{\n  "webrtc": {\n    "connection_timeout": 60 // Increase from 30\n  }\n}\n')
     with pytest.raises(ConfigError, match="JSON has no comments"):
         load_settings(path)
+
+
+def test_default_limits_agree_with_each_other() -> None:
+    from relay_app.config import Settings, unreachable_limits
+
+    settings = Settings()
+    assert unreachable_limits(settings) == []
+    assert settings.server.max_connections >= (
+        settings.streams.max_receivers + settings.streams.max_streams
+    )
+
+
+def test_a_limit_another_limit_makes_unreachable_is_named(tmp_path: Path) -> None:
+    from relay_app.config import unreachable_limits
+
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps(
+            {"server": {"max_connections": 50}, "webrtc": {"udp_port_range": [40000, 40100]}}
+        )
+    )
+    problems = unreachable_limits(load_settings(path))
+    assert any("server.max_connections=50" in p for p in problems), problems
+    assert any("udp_port_range has 101 ports" in p for p in problems), problems

@@ -92,7 +92,7 @@ async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) 
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "# TYPE relay_active_streams gauge" in text
-    assert 'relay_live{kind="peer_connections"} 0.0' in text
+    assert "relay_peer_connections 0.0" in text
     assert "# TYPE relay_latency_seconds histogram" in text
     assert "process_resident_memory_bytes" in text
     response = server.get(

@@ -47,6 +47,21 @@ function retrySoon(text) {
   retryTimer = setTimeout(requestStream, RETRY_MS);
 }
 
+// The same stream as plain HTTP Ogg/Opus on the audio port, for players without WebRTC.
+function showHttpUrl(streamId) {
+  const link = $("http-url");
+  const port = signaling.welcome && signaling.welcome.config.audio_port;
+  if (!streamId || !port) {
+    link.hidden = true;
+    return;
+  }
+  const token = tokenFromUrl();
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  link.href = `${location.protocol}//${location.hostname}:${port}/stream/${streamId}.ogg${query}`;
+  link.textContent = link.href.replace(/\?token=.*$/, "?token=…");
+  link.hidden = false;
+}
+
 function closePeer() {
   if (pc) pc.close();
   pc = null;
@@ -61,6 +76,7 @@ async function answerOffer(message) {
   closePeer();
   currentStream = message.stream_id;
   $("stream-id").textContent = message.stream_id;
+  showHttpUrl(message.stream_id);
   setState("negotiating", `Connecting to ${message.stream_id}…`);
   pc = newPeerConnection(signaling.welcome);
   const thisPc = pc;

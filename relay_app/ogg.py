@@ -1,0 +1,138 @@
+"""Ogg/Opus pages from Opus packets as they arrive (RFC 3533 framing, RFC 7845 mapping).
+
+No I/O and no re-encode: `OggOpusMuxer` turns a sender's Opus packets into pages, which the
+HTTP listeners of a stream share (http_audio.py) and recordings write to disk.
+
+Page boundaries: a page holds `packets_per_page` packets (5 = 100 ms of 20 ms packets), so a
+listener gets audio every 100 ms at 28 bytes of page header per page; `flush()` closes a short
+page, `end()` the last one (end-of-stream flag). Granule positions count 48 kHz samples from
+the stream's first packet, summed from each packet's TOC, so they match the audio exactly.
+A listener joining late gets the two header pages numbered just before the next audio page
+(`headers()`), so its page sequence has no hole, and its first audio page's granule says where
+in the stream it starts (RFC 7845 section 4.5: a start offset, which players handle).
+"""
+
+from __future__ import annotations
+
+import struct
+
+OPUS_RATE = 48000
+VENDOR = b"relay_app"
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+_CRC = _crc_table()
+
+
+def ogg_crc(data: bytes) -> int:
+    """Ogg's CRC-32 (polynomial 0x04c11db7, not reflected, no final xor; not zlib's)."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC[(crc >> 24) ^ byte]
+    return crc
+
+
+# Frame length in 48 kHz samples by the TOC's configuration number (RFC 6716 section 3.1).
+_FRAME_SAMPLES = (
+    [480, 960, 1920, 2880] * 3  # SILK-only: 10, 20, 40, 60 ms
+    + [480, 960] * 2  # hybrid: 10, 20 ms
+    + [120, 240, 480, 960] * 4  # CELT-only: 2.5, 5, 10, 20 ms
+)
+
+
+def opus_samples(packet: bytes) -> int:
+    """Samples (at 48 kHz) an Opus packet decodes to; 0 for an empty or malformed one."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    elif len(packet) >= 2:
+        frames = packet[1] & 0x3F
+    else:
+        return 0
+    return frames * _FRAME_SAMPLES[toc >> 3]
+
+
+def page(
+    payload_packets: list[bytes],
+    granule: int,
+    serial: int,
+    sequence: int,
+    *,
+    first: bool = False,
+    last: bool = False,
+) -> bytes:
+    """One Ogg page holding whole packets (each under 255 * 255 bytes, as Opus packets are)."""
+    lacing = bytearray()
+    for packet in payload_packets:
+        lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
+    flags = (0x02 if first else 0) | (0x04 if last else 0)
+    header = struct.pack("<4sBBqIIIB", b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing))
+    data = bytearray(header + lacing + b"".join(payload_packets))
+    struct.pack_into("<I", data, 22, ogg_crc(bytes(data)))
+    return bytes(data)
+
+
+def opus_head(channels: int, pre_skip: int = 0) -> bytes:
+    return struct.pack("<8sBBHIhB", b"OpusHead", 1, channels, pre_skip, OPUS_RATE, 0, 0)
+
+
+def opus_tags() -> bytes:
+    return b"OpusTags" + struct.pack("<I", len(VENDOR)) + VENDOR + struct.pack("<I", 0)
+
+
+class OggOpusMuxer:
+    """Pages for one stream: the headers for whoever joins, and audio pages as packets come."""
+
+    def __init__(self, serial: int, channels: int = 2, packets_per_page: int = 5) -> None:
+        self.serial = serial
+        self.channels = channels
+        self.packets_per_page = packets_per_page
+        self.granule = 0  # samples in every packet handed to add() so far
+        self._pending: list[bytes] = []
+        self._sequence = 2  # 0 and 1 are the header pages of a listener there from the start
+
+    def headers(self) -> bytes:
+        """OpusHead and OpusTags pages, numbered to precede the next audio page."""
+        head = page([opus_head(self.channels)], 0, self.serial, self._sequence - 2, first=True)
+        return head + page([opus_tags()], 0, self.serial, self._sequence - 1)
+
+    def add(self, packet: bytes) -> bytes | None:
+        """Take one packet; return a page when one is full."""
+        self.granule += opus_samples(packet)
+        self._pending.append(packet)
+        if len(self._pending) >= self.packets_per_page:
+            return self.flush()
+        return None
+
+    def skip(self, packet: bytes) -> None:
+        """A packet nobody listens to: its samples count, no page is built."""
+        self.granule += opus_samples(packet)
+        self._pending = []
+
+    def flush(self, last: bool = False) -> bytes | None:
+        if not self._pending and not last:
+            return None
+        data = page(self._pending, self.granule, self.serial, self._sequence, last=last)
+        self._pending = []
+        self._sequence += 1
+        return data
+
+    def end(self) -> bytes:
+        """The last page (end-of-stream flag), holding whatever packets were pending."""
+        data = self.flush(last=True)
+        assert data is not None
+        return data

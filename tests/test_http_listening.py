@@ -1,0 +1,208 @@
+"""Listening without WebRTC: `GET :8081/stream/<stream_id>.ogg` as VLC or ffplay would."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import av
+import httpx
+import numpy as np
+import pytest
+
+from relay_app.auth import mint
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.testing import ServerProcess
+
+from .conftest import serving
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "s3cret-for-http-listening-0123456789abcdef"
+
+
+async def listen(url: str, seconds: float, headers: dict[str, str] | None = None) -> bytes:
+    """What a player receives in `seconds` (less if the server ends the response)."""
+    data = bytearray()
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", url, headers=headers) as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"] == "audio/ogg"
+        with anyio.move_on_after(seconds):
+            async for chunk in response.aiter_bytes():
+                data += chunk
+    return bytes(data)
+
+
+def decode(ogg: bytes) -> tuple[np.ndarray, int]:
+    """Mono float samples and rate, decoded by FFmpeg (PyAV) as a player would."""
+    with av.open(io.BytesIO(ogg), format="ogg") as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == "opus"
+        frames = [frame.to_ndarray()[0] for frame in container.decode(stream)]
+    return np.concatenate(frames).astype(np.float32), 48000
+
+
+def pages(ogg: bytes) -> list[tuple[int, int, int]]:
+    """(header type, granule, sequence) of each Ogg page."""
+    found, offset = [], 0
+    while offset < len(ogg):
+        assert ogg[offset : offset + 4] == b"OggS", offset
+        flags, granule, _, sequence, _, segments = struct.unpack_from("<BqIIIB", ogg, offset + 5)
+        lacing = ogg[offset + 27 : offset + 27 + segments]
+        found.append((flags, granule, sequence))
+        offset += 27 + segments + sum(lacing)
+    return found
+
+
+def assert_hears_tone(ogg: bytes, hz: float, at_least: float) -> None:
+    samples, rate = decode(ogg)
+    assert len(samples) / rate >= at_least, len(samples) / rate
+    assert abs(dominant_frequency(samples[rate // 2 :], rate) - hz) <= 10
+
+
+async def test_several_http_listeners_and_a_late_one_hear_the_senders_tone(
+    server: ServerProcess,
+) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        url = f"{server.status_url}/stream/{stream_id}.ogg"
+        results: dict[str, bytes] = {}
+
+        async def one(name: str, delay: float) -> None:
+            await anyio.sleep(delay)
+            results[name] = await listen(url, 3.0)
+
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b", "c"):
+                tg.start_soon(one, name, 0.0)
+            tg.start_soon(one, "late", 1.5)
+            await anyio.sleep(1.0)
+            status = server.get("/stream/status", status_port=True).json()
+            assert status["streams"][0]["http_listeners"] == 3
+        for name, ogg in results.items():
+            assert_hears_tone(ogg, 440, at_least=2.0)
+            found = pages(ogg)
+            assert found[0][0] == 0x02, "the first page begins the stream"
+            sequences = [sequence for _, _, sequence in found]
+            assert sequences == list(range(sequences[0], sequences[0] + len(found))), name
+            granules = [granule for _, granule, _ in found[2:]]
+            assert granules == sorted(granules) and all(g % 960 == 0 for g in granules)
+        late_start = pages(results["late"])[2][1]
+        assert late_start >= 48000, "the late listener's first page says where it starts"
+        metrics = server.metrics()
+        assert metrics["live"]["http_listeners"] == 0
+    server.wait_event("http_listener_ended", stream_id=stream_id, reason="client left")
+
+
+async def test_stream_end_closes_every_response_with_an_end_of_stream_page(
+    server: ServerProcess,
+) -> None:
+    live = anyio.Event()
+    stream_ids: list[str] = []
+    results: list[bytes] = []
+
+    async def sender_for(seconds: float) -> None:
+        async with RelayClient.connect(server.ws_url) as sender:
+            stream_ids.append(await sender.start_sending(ToneTrack(660)))
+            live.set()
+            await anyio.sleep(seconds)
+
+    async def one() -> None:
+        await live.wait()
+        results.append(await listen(f"{server.status_url}/stream/{stream_ids[0]}.ogg", 20.0))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sender_for, 2.5)
+        tg.start_soon(one)
+        tg.start_soon(one)
+    assert time.monotonic() - started < 10, "the responses ended with the stream"
+    for ogg in results:
+        assert pages(ogg)[-1][0] & 0x04, "the last page carries the end-of-stream flag"
+        assert_hears_tone(ogg, 660, at_least=1.0)
+    server.wait_event("http_listener_ended", stream_id=stream_ids[0], reason="stream ended")
+
+
+async def test_a_listener_that_stops_reading_is_dropped_while_others_keep_hearing(
+    server: ServerProcess,
+) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        path = f"/stream/{stream_id}.ogg"
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", server.audio_port))
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        try:  # it never reads; a good listener meanwhile hears everything
+            good = await listen(server.status_url + path, 20.0)
+            # Dropped once ~100 KB of connection buffers and 5 s of pages are full (~12 s).
+            event = server.wait_event("http_listener_ended", timeout=10, reason="too slow")
+            assert event["stream_id"] == stream_id
+        finally:
+            stalled.close()
+        assert_hears_tone(good, 440, at_least=19.0)
+        assert server.metrics()["relay"]["http_listeners_dropped"] >= 1
+
+
+async def test_unknown_stream_is_404_and_latest_follows_a_new_sender(
+    server: ServerProcess,
+) -> None:
+    response = httpx.get(f"{server.status_url}/stream/latest.ogg", timeout=5)
+    assert response.status_code == 404
+    assert "No audio stream available" in response.json()["message"]
+    response = httpx.get(f"{server.status_url}/stream/stream_nope.ogg", timeout=5)
+    assert response.status_code == 404 and response.json()["status"] == 404
+    for hz in (440, 880):
+        async with RelayClient.connect(server.ws_url) as sender:
+            stream_id = await sender.start_sending(ToneTrack(hz))
+            ogg = await listen(f"{server.status_url}/stream/latest.ogg", 2.5)
+            assert_hears_tone(ogg, hz, at_least=1.5)
+        server.wait_event("http_listener_started", stream_id=stream_id)
+
+
+async def test_http_listeners_are_limited_per_stream(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"streams": {"max_http_listeners": 1}})
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        url = f"{server.status_url}/stream/{stream_id}.ogg"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen, url, 2.0)
+            await anyio.sleep(1.0)
+            response = httpx.get(url, timeout=5)
+            assert response.status_code == 503
+            assert "streams.max_http_listeners" in response.json()["message"]
+
+
+async def test_with_auth_on_listening_needs_a_receive_token_for_that_stream(
+    tmp_path: Path,
+) -> None:
+    metrics = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
+    for server in serving(tmp_path, {"auth": {"secret": SECRET}}, metrics):
+        await _listen_with_tokens(server)
+
+
+async def _listen_with_tokens(server: ServerProcess) -> None:
+    sender_token = mint(SECRET, "send", 600)
+    async with RelayClient.connect(server.ws_url, token=sender_token) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        url = f"{server.status_url}/stream/{stream_id}.ogg"
+        assert httpx.get(url, timeout=5).status_code == 401
+        other = mint(SECRET, "receive", 600, stream="stream_other")
+        assert httpx.get(f"{url}?token={other}", timeout=5).status_code == 401
+        metrics_token = mint(SECRET, "metrics", 600)
+        assert httpx.get(f"{url}?token={metrics_token}", timeout=5).status_code == 401
+        scoped = mint(SECRET, "receive", 600, stream=stream_id)
+        ogg = await listen(url, 2.0, headers={"Authorization": f"Bearer {scoped}"})
+        assert_hears_tone(ogg, 440, at_least=1.0)
+        ogg = await listen(f"{url}?token={scoped}", 2.0)
+        assert_hears_tone(ogg, 440, at_least=1.0)
