@@ -345,6 +345,7 @@ def stream_status(ctx: RelayContext) -> dict[str, Any]:
     return {
         "active_streams": [s.stream_id for s in streams],
         "streams": [s.model_dump() for s in streams],
+        "channels": [c.model_dump() for c in ctx.registry.channel_infos()],
     }
 
 

@@ -365,12 +365,13 @@ class RelayClient:
         servers = [RTCIceServer(**server) for server in self._ice_servers]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
-    async def start_sending(self, track: MediaStreamTrack) -> str:
-        """Offer `track`; return the stream_id once the server has stored the stream."""
+    async def start_sending(self, track: MediaStreamTrack, channel: str | None = None) -> str:
+        """Offer `track` (on `channel`, if named); return the stream_id once the server has
+        stored the stream."""
         self.pc = pc = self._new_pc()
         pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send(p.StartSending(sdp=self._local_sdp(pc)))
+        await self.send(p.StartSending(sdp=self._local_sdp(pc), channel=channel))
         answer = await self.receive(p.AnswerOut)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         started = await self.receive(p.StreamStarted)
@@ -449,7 +450,8 @@ async def _run_cli(args: argparse.Namespace) -> int:
         client.hide_addresses = args.hide_addresses
         if args.command == "send":
             track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
-            _print_event("sending", stream_id=await client.start_sending(track))
+            stream_id = await client.start_sending(track, channel=args.channel)
+            _print_event("sending", stream_id=stream_id)
         else:
             _print_event("receiving", stream_id=await _receive_when_live(client, args))
         assert client.welcome is not None
@@ -493,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--tone", type=float, metavar="HZ")
     source.add_argument("--wav", metavar="FILE")
     send.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
+    send.add_argument("--channel", help="send on this named channel (its stream_id)")
     listen = sub.add_parser("listen", help="receive a stream, optionally into a WAV file")
     listen.add_argument("--stream-id")
     listen.add_argument("--out", metavar="FILE.wav")

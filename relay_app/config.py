@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "RELAY_CONFIG"
+CHANNEL_NAME = r"[A-Za-z0-9_-]{1,32}"  # as protocol.CHANNEL_PATTERN
 IDLE_GRACE_FACTOR = 1.5  # see WebRTCSettings.idle_close_after
 
 
@@ -215,12 +217,24 @@ class StreamSettings(_Section):
     )
     max_streams: int = Field(20, ge=1, description="Senders streaming at once.")
     max_receivers: int = Field(200, ge=1, description="Receivers of one stream at once.")
+    allow_unlisted_channels: bool = Field(
+        True,
+        description="Senders may open channels that `channels` does not list; false = only "
+        "configured channels (and unnamed `stream_<id>` streams).",
+    )
     max_http_listeners: int = Field(
         200,
         ge=0,
         description="Plain-HTTP listeners of one stream at once (`GET :8081/stream/<id>.ogg`); "
         "the next gets HTTP 503. 0 = no HTTP listening.",
     )
+
+
+class ChannelSettings(_Section):
+    """A named stream listeners pick by label (`channels` in config.json)."""
+
+    label: str = Field(min_length=1, max_length=100, description="Shown to listeners.")
+    description: str = Field("", max_length=500, description="Optional, shown under the label.")
 
 
 class RelaySettings(_Section):
@@ -352,6 +366,23 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    channels: dict[str, ChannelSettings] = Field(
+        default_factory=dict,
+        description="Known channels by name (letters, digits, `-`, `_`, up to 32): "
+        '`{"english": {"label": "English interpretation"}}`. Listed to listeners even when '
+        "no sender is live.",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: dict[str, ChannelSettings]) -> dict[str, ChannelSettings]:
+        for name in value:
+            if not re.fullmatch(CHANNEL_NAME, name) or name.startswith("stream_"):
+                raise ValueError(
+                    f"{name!r}: use letters, digits, - and _ (at most 32), not starting with "
+                    "stream_ (unnamed streams' ids)"
+                )
+        return value
 
     # (old key, new key) for each key of the config file found where the old guide put it.
     _moved_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)

@@ -24,4 +24,4 @@ class RelayContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayContext:
-        return cls(settings=settings, registry=StreamRegistry(settings.server))
+        return cls(settings=settings, registry=StreamRegistry(settings))

@@ -61,6 +61,12 @@ class NoStreamError(RelayError):
     kind = "no_stream"
 
 
+class ChannelError(RelayError):
+    """A channel that may not be sent to now: busy (another sender), or not configured."""
+
+    kind = "channel"
+
+
 class NegotiationError(RelayError):
     """The SDP could not be used to set up media."""
 

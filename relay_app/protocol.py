@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from .config import CHANNEL_NAME
 from .errors import ProtocolError
 
 NO_STREAM_MESSAGE = "No audio stream available"  # exact text: the guide's clients match on it
@@ -23,9 +24,14 @@ class _ClientMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+CHANNEL_PATTERN = f"^{CHANNEL_NAME}$"
+
+
 class StartSending(_ClientMessage):
     type: Literal["start_sending"] = "start_sending"
     sdp: str = Field(min_length=1)
+    # A named stream: its stream_id is the channel's name, the same across reconnects.
+    channel: str | None = Field(None, pattern=CHANNEL_PATTERN)
 
 
 class StartReceiving(_ClientMessage):
@@ -127,11 +133,21 @@ class StreamInfo(_ServerMessage):
     started_at: float
     receivers: int
     http_listeners: int = 0  # plain-HTTP listeners (GET :8081/stream/<stream_id>.ogg)
+    channel: str | None = None  # set when the stream is a named channel (stream_id == channel)
+
+
+class ChannelInfo(_ServerMessage):
+    channel: str
+    label: str
+    description: str = ""
+    live: bool = False
 
 
 class AvailableStreams(_ServerMessage):
     type: Literal["available_streams"] = "available_streams"
     streams: list[StreamInfo]
+    # Configured channels (live or not) and live unlisted ones, by name.
+    channels: list[ChannelInfo] = []
 
 
 class Pong(_ServerMessage):

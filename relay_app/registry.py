@@ -16,11 +16,11 @@ from typing import Any, Literal
 import anyio
 from aiortc.mediastreams import MediaStreamTrack
 
-from .config import ServerSettings
-from .errors import CapacityError, NoStreamError, SessionStateError
+from .config import Settings
+from .errors import CapacityError, ChannelError, NoStreamError, SessionStateError
 from .http_audio import HttpAudio
 from .limits import check_receiver_limit, check_stream_limit
-from .protocol import NO_STREAM_MESSAGE, StreamInfo
+from .protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
 from .relay import Fanout
 
 SendOrDrop = Callable[[str], None]
@@ -60,6 +60,8 @@ class Stream:
     receivers: dict[str, SendOrDrop] = field(default_factory=dict)
     # Plain-HTTP listeners (Ogg/Opus on the audio port); None where nobody set it up.
     http: HttpAudio | None = None
+    # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
+    channel: str | None = None
 
     @property
     def receiver_source(self) -> Fanout:
@@ -89,7 +91,11 @@ class Stream:
             started_at=self.started_at,
             receivers=len(self.receivers),
             http_listeners=len(self.http.listeners) if self.http is not None else 0,
+            channel=self.channel,
         )
+
+
+UNNAMED_PREFIX = "stream_"  # a stream without a channel: stream_<connection_id>
 
 
 @dataclass
@@ -97,11 +103,16 @@ class SessionInfo:
     connection_id: str
     remote: str
     role: SessionRole = "idle"
+    # A sender's stream id, held from start_sending on (while it negotiates, too): a channel
+    # name is one sender's at a time.
+    stream_id: str | None = None
 
 
 class StreamRegistry:
-    def __init__(self, server: ServerSettings) -> None:
-        self._server = server
+    def __init__(self, settings: Settings) -> None:
+        self._server = settings.server
+        self._streams_settings = settings.streams
+        self._channels = settings.channels
         # Connections still authenticating: admitted, not yet sessions.
         self.pending: dict[str, SessionInfo] = {}
         self.sessions: dict[str, SessionInfo] = {}
@@ -148,14 +159,28 @@ class StreamRegistry:
         self.pending.pop(connection_id, None)
         self.sessions.pop(connection_id, None)
 
-    def claim_sender(self, info: SessionInfo, max_streams: int) -> None:
-        """Count `info` as a sender from now on (while it negotiates, too), within the limit."""
-        senders = sum(1 for s in self.sessions.values() if s.role == "sender")
-        check_stream_limit(senders, max_streams)
-        info.role = "sender"
+    def claim_sender(self, info: SessionInfo, max_streams: int, channel: str | None) -> str:
+        """Count `info` as a sender from now on (while it negotiates, too), within the limit,
+        holding its stream id: the channel's name, or `stream_<connection_id>`."""
+        senders = [s for s in self.sessions.values() if s.role == "sender"]
+        check_stream_limit(len(senders), max_streams)
+        stream_id = channel or f"{UNNAMED_PREFIX}{info.connection_id}"
+        if channel is not None:
+            if channel.startswith(UNNAMED_PREFIX):
+                raise ChannelError(f"channel names starting with {UNNAMED_PREFIX} are reserved")
+            if channel not in self._channels and not self._streams_settings.allow_unlisted_channels:
+                known = ", ".join(sorted(self._channels)) or "none"
+                raise ChannelError(
+                    f"channel {channel!r} is not configured (channels: {known}; "
+                    "streams.allow_unlisted_channels is false)"
+                )
+            if any(s.stream_id == channel for s in senders):
+                raise ChannelError(f"channel {channel!r} is busy: another sender is live on it")
+        info.role, info.stream_id = "sender", stream_id
+        return stream_id
 
     def set_idle(self, info: SessionInfo) -> None:
-        info.role = "idle"
+        info.role, info.stream_id = "idle", None
 
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
@@ -195,6 +220,29 @@ class StreamRegistry:
     def stream_infos(self) -> list[StreamInfo]:
         """The live streams as clients see them (`available_streams`, `/stream/status`)."""
         return [s.info() for s in self.live_streams()]
+
+    def available(self, allowed: Callable[[str], bool] | None = None) -> AvailableStreams:
+        """`available_streams`: live streams and channels, those `allowed` (a token) only."""
+        streams, channels = self.stream_infos(), self.channel_infos()
+        if allowed is not None:
+            streams = [s for s in streams if allowed(s.stream_id)]
+            channels = [c for c in channels if allowed(c.channel)]
+        return AvailableStreams(streams=streams, channels=channels)
+
+    def channel_infos(self) -> list[ChannelInfo]:
+        """Configured channels, live or not, then live unlisted ones, by name."""
+        live = {s.stream_id for s in self.live_streams()}
+        infos = [
+            ChannelInfo(channel=name, label=c.label, description=c.description, live=name in live)
+            for name, c in self._channels.items()
+        ]
+        unlisted = live - set(self._channels)
+        infos += [
+            ChannelInfo(channel=name, label=name, live=True)
+            for name in sorted(unlisted)
+            if self.streams[name].channel is not None
+        ]
+        return sorted(infos, key=lambda info: info.channel)
 
     # Receivers ------------------------------------------------------------------------------
     def add_receiver(

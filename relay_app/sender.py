@@ -33,7 +33,7 @@ from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
-from .registry import EndCause, Stream
+from .registry import UNNAMED_PREFIX, EndCause, Stream
 from .relay import Fanout, Media, pump
 from .rtp_tap import (
     OpusPacketizer,
@@ -113,8 +113,10 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         raise NegotiationError("the offer has no audio track (no m=audio section)")
     opus = negotiated_opus_payload_type(peer.pc)
     settings, metrics = host.ctx.settings.relay, host.ctx.metrics
+    stream_id = host.info.stream_id or f"{UNNAMED_PREFIX}{host.connection_id}"
     stream = Stream(
-        stream_id=f"stream_{host.connection_id}",
+        stream_id=stream_id,
+        channel=None if stream_id.startswith(UNNAMED_PREFIX) else stream_id,
         sender_id=host.connection_id,
         source=audio[0],
         frames=Fanout(settings.queue_frames, metrics),

@@ -317,17 +317,16 @@ class PeerSession:
         match message:
             case p.Ping():
                 self.send(p.Pong())
-            case p.GetAvailableStreams():
-                streams = self.ctx.registry.stream_infos()
-                if self.grant is not None:  # only what this token may receive
-                    streams = [s for s in streams if self.grant.allows_receiving(s.stream_id)]
-                self.send(p.AvailableStreams(streams=streams))
-            case p.StartSending(sdp=sdp):
+            case p.GetAvailableStreams():  # only what this token may receive
+                allowed = self.grant.allows_receiving if self.grant is not None else None
+                self.send(self.ctx.registry.available(allowed))
+            case p.StartSending(sdp=sdp, channel=channel):
                 check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
                 if self.grant is not None:
                     self.grant.check_sending()
                 require_no_media(self._media, "start_sending")
-                self.ctx.registry.claim_sender(self.info, self.settings.streams.max_streams)
+                max_streams = self.settings.streams.max_streams
+                self.ctx.registry.claim_sender(self.info, max_streams, channel)
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id):
                 if self.grant is not None:

@@ -138,7 +138,7 @@ async def test_welcome_then_ping_pong_and_an_empty_stream_list() -> None:
         assert welcome["type"] == "welcome" and welcome["config"]["connection_timeout"] == 30
         assert (await ws.request({"type": "ping"}))["type"] == "pong"
         streams = await ws.request({"type": "get_available_streams"})
-        assert streams == {"type": "available_streams", "streams": []}
+        assert streams == {"type": "available_streams", "streams": [], "channels": []}
         assert list(ctx.registry.sessions) == [welcome["connection_id"]]
 
 
