@@ -336,7 +336,8 @@ def _web_client_routes(app: Quart) -> None:
         return await app.send_static_file("send.html")
 
     @app.get("/listen")
-    async def _listen_page() -> Response:
+    @app.get("/listen/<channel>")  # a link to one channel: the page reads it from its path
+    async def _listen_page(channel: str | None = None) -> Response:
         return await app.send_static_file("listen.html")
 
 

@@ -311,3 +311,55 @@ async def test_listen_page_offers_the_http_stream_and_an_audio_element_plays_it(
         assert heard["rms"] > 0.01, heard
         await player.context.close()
     server.wait_event("http_listener_ended", stream_id=stream_id)
+
+
+async def test_listen_page_lists_channels_by_label_and_plays_the_one_in_its_link(
+    tmp_path: Path, browser: Any
+) -> None:
+    config = deep_merge(
+        BROWSER_CONFIG,
+        {"channels": {"english": {"label": "English booth"}, "french": {"label": "Cabine FR"}}},
+    )
+    for server in serving(tmp_path, config):
+        async with (
+            RelayClient.connect(server.ws_url) as english,
+            RelayClient.connect(server.ws_url) as french,
+        ):
+            await english.start_sending(ToneTrack(440), channel="english")
+            await french.start_sending(ToneTrack(880), channel="french")
+            page = await open_page(browser, server.base_url + "/listen/french")
+            await wait_state(page, "playing")
+            assert await page.text_content("#stream-id") == "french"
+            heard = await heard_by_page(page)
+            assert abs(heard["freq"] - 880) <= 10, heard
+            labels = await page.eval_on_selector_all(
+                "#stream-select option", "options => options.map(o => o.textContent)"
+            )
+            assert "English booth" in labels and "Cabine FR" in labels, labels
+            # Picking another channel is remembered on this device for the next visit.
+            await page.select_option("#stream-select", "english")
+            await page.wait_for_function(
+                "() => document.getElementById('stream-id').textContent === 'english'"
+            )
+            assert page.url.endswith("/listen/english")
+            again = await page.context.new_page()
+            await again.goto(server.base_url + "/listen")
+            await again.wait_for_function(
+                "() => document.getElementById('stream-id').textContent === 'english'"
+            )
+            await page.context.close()
+
+
+async def test_speak_page_sends_on_the_channel_it_is_given(
+    server: ServerProcess, browser: Any
+) -> None:
+    page = await open_page(browser, server.base_url + "/send?channel=booth-1")
+    await wait_state(page, "idle")
+    assert await page.input_value("#channel") == "booth-1"
+    await page.click("#start")
+    await wait_state(page, "sending")
+    assert await page.text_content("#stream-id") == "booth-1"
+    async with RelayClient.connect(server.ws_url) as receiver:
+        assert await receiver.start_receiving("booth-1") == "booth-1"
+        await receiver.wait_audio(1.0)
+    await page.context.close()

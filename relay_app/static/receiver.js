@@ -27,8 +27,12 @@ function onState(state, text) {
   setState(state, text);
 }
 
+// The channel to play: `/listen/<channel>`, else the last one picked on this device.
+const REMEMBERED = "relay_app.listen.choice";
+let preferred = decodeURIComponent(location.pathname.split("/")[2] || "") || localStorage.getItem(REMEMBERED) || "";
+
 function chosenStream() {
-  return streamSelect.value || null; // "" = the newest stream
+  return streamSelect.value || preferred || null; // "" = the newest stream
 }
 
 function requestStream() {
@@ -77,6 +81,9 @@ async function answerOffer(message) {
   currentStream = message.stream_id;
   $("stream-id").textContent = message.stream_id;
   showHttpUrl(message.stream_id);
+  if (!message.stream_id.startsWith("stream_")) {
+    history.replaceState(null, "", `/listen/${encodeURIComponent(message.stream_id)}${location.search}`);
+  }
   setState("negotiating", `Connecting to ${message.stream_id}…`);
   pc = newPeerConnection(signaling.welcome);
   const thisPc = pc;
@@ -110,10 +117,15 @@ async function play() {
   }
 }
 
-function showStreams(streams) {
-  const chosen = streamSelect.value;
+// Channels by label (live or waiting for a sender), then unnamed live streams.
+function showStreams(streams, channels) {
+  const chosen = streamSelect.value || preferred;
   streamSelect.replaceChildren(new Option("Newest stream", ""));
-  for (const stream of streams) {
+  for (const channel of channels) {
+    const label = channel.live ? channel.label : `${channel.label} (no sender yet)`;
+    streamSelect.add(new Option(label, channel.channel));
+  }
+  for (const stream of streams.filter((s) => !s.channel)) {
     const since = new Date(stream.started_at * 1000).toLocaleTimeString();
     const label = `${stream.stream_id} (since ${since}, ${stream.receivers} listening)`;
     streamSelect.add(new Option(label, stream.stream_id));
@@ -132,7 +144,7 @@ async function onMessage(message) {
       requestStream();
       break;
     case "available_streams":
-      showStreams(message.streams);
+      showStreams(message.streams, message.channels || []);
       break;
     case "offer":
       await answerOffer(message);
@@ -158,6 +170,8 @@ async function onMessage(message) {
 }
 
 streamSelect.addEventListener("change", () => {
+  preferred = streamSelect.value;
+  localStorage.setItem(REMEMBERED, preferred);
   signaling.send({ type: "stop" });
   closePeer();
   requestStream();

@@ -70,7 +70,10 @@ async function negotiate() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
-  signaling.send({ type: "start_sending", sdp: pc.localDescription.sdp });
+  const request = { type: "start_sending", sdp: pc.localDescription.sdp };
+  const channel = $("channel").value.trim();
+  if (channel) request.channel = channel;
+  signaling.send(request);
   stopButton.disabled = false;
 }
 
@@ -95,8 +98,14 @@ function stop() {
 
 async function onMessage(message) {
   switch (message.type) {
+    case "available_streams":
+      $("channel-list").replaceChildren(
+        ...(message.channels || []).map((c) => new Option(c.label, c.channel)),
+      );
+      break;
     case "welcome":
       $("connection-id").textContent = message.connection_id;
+      signaling.send({ type: "get_available_streams" }); // the configured channels
       if (wantSending && micStream) {
         await negotiate(); // the socket came back: send again
       } else {
@@ -133,3 +142,6 @@ stopButton.addEventListener("click", stop);
 window.addEventListener("pagehide", () => signaling.close());
 window.relaySender = { signaling, get pc() { return pc; } };
 signaling.connect();
+
+// `/send?channel=english` preselects a channel.
+$("channel").value = new URLSearchParams(location.search).get("channel") || "";
