@@ -8,9 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     # Media only on this port range, so `-p 40000-40100:40000-40100/udp` is enough. One port
-    # per peer connection: 101 ports carry a sender and 100 receivers (widen both together).
-    RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]" \
-    RELAY_STREAMS__MAX_RECEIVERS=100
+    # per peer connection: 101 ports, more than the default limits use (widen it with them).
+    RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]"
 
 WORKDIR /app
 

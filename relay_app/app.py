@@ -214,18 +214,18 @@ async def trim_memory(ctx: RelayContext, interval: float) -> None:
     Why: a peer connection allocates and frees native memory (DTLS, SRTP, sockets) in the
     middle of glibc's heap, and glibc returns only the heap's top by itself. Measured under
     churn (bench/soak.py with glibc's malloc_stats): the heap's in-use bytes stay flat while its
-    size grows with every few sessions; `malloc_trim` releases those free pages (it moves
-    nothing, so it cannot fragment anything further). So trim when it pays: once sessions have
-    ended and then a second has passed without another ending, or every `interval` seconds
-    while they keep ending; never while nothing ends. (Per-process DTLS, dtls.py, makes less
-    to free in the first place.)
+    size grows with every few sessions; `malloc_trim` releases those free pages. But it holds
+    glibc's locks while it walks the heap, so every thread that allocates (the event loop,
+    decoders, transcode encoders) waits: a trim landing mid-stream was heard as a pitch error
+    in a browser test. So: when no stream is live, trim a second after sessions stop ending;
+    while audio flows, at most every `interval` seconds, and only if sessions ended since.
     """
     try:
         malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         log.info("memory_trim_unavailable")
         return
-    metrics = ctx.metrics
+    metrics, registry = ctx.metrics, ctx.registry
 
     def ended() -> int:
         return metrics.sessions_total - metrics.live.sessions
@@ -236,7 +236,8 @@ async def trim_memory(ctx: RelayContext, interval: float) -> None:
         await anyio.sleep(1.0)
         now, count = anyio.current_time(), ended()
         quiet, seen = count == seen, count
-        if count != trimmed and (quiet or now - last_trim >= interval):
+        due = (quiet and not registry.live_streams()) or now - last_trim >= interval
+        if count != trimmed and due:
             try:
                 await anyio.to_thread.run_sync(malloc_trim, 0)
             except Exception:  # a ROOT child logs its own bugs; trimming is best effort

@@ -50,11 +50,11 @@ class ServerSettings(_Section):
         8081, ge=0, le=65535, description="Audio/status server `/stream/status`."
     )
     max_connections: int = Field(
-        250,
+        50,
         ge=1,
-        description="WebSocket sessions at once; the next one is refused with close 1013. "
-        "Room for one full stream (streams.max_receivers) and every sender (the old server's "
-        "default was 50, which stopped a stream at 49 receivers).",
+        description="WebSocket sessions at once (the guide's default); the next one is refused "
+        "with close 1013. Keep it at least streams.max_receivers + streams.max_streams (the "
+        "server warns at startup otherwise); raise them together for bigger audiences.",
     )
     max_message_bytes: int = Field(
         65536, ge=1024, description="Largest WebSocket text frame accepted from a client (bytes)."
@@ -216,7 +216,13 @@ class StreamSettings(_Section):
         15.0, gt=0, description="A stream with no audio for this many seconds is stale."
     )
     max_streams: int = Field(20, ge=1, description="Senders streaming at once.")
-    max_receivers: int = Field(200, ge=1, description="Receivers of one stream at once.")
+    max_receivers: int = Field(
+        30,
+        ge=1,
+        description="Receivers of one stream at once; with max_streams this fills "
+        "server.max_connections (50). One process carries 200+ (docs/performance.md): raise "
+        "all three together.",
+    )
     allow_unlisted_channels: bool = Field(
         True,
         description="Senders may open channels that `channels` does not list; false = only "
@@ -252,11 +258,11 @@ class RelaySettings(_Section):
         3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
     )
     memory_trim_interval: float = Field(
-        10.0,
+        60.0,
         ge=0,
         description="Hand the heap that ended sessions freed back to the OS (glibc "
-        "malloc_trim): a second after sessions stop ending, or at most this many seconds apart "
-        "while they keep ending; never while none end. 0 = off.",
+        "malloc_trim): with no stream live, a second after sessions stop ending; while audio "
+        "flows, at most this many seconds apart (a trim briefly stalls every thread). 0 = off.",
     )
 
 
@@ -423,11 +429,11 @@ def unreachable_limits(settings: Settings) -> list[str]:
     """Limits another limit makes unreachable (logged as warnings at startup)."""
     server, streams = settings.server, settings.streams
     problems = []
-    if streams.max_receivers + 1 > server.max_connections:
+    if streams.max_receivers + streams.max_streams > server.max_connections:
         problems.append(
-            f"streams.max_receivers={streams.max_receivers} cannot be reached: "
-            f"server.max_connections={server.max_connections} leaves room for at most "
-            f"{server.max_connections - 1} receivers beside their sender"
+            f"streams.max_receivers={streams.max_receivers} cannot be reached with every "
+            f"sender live: server.max_connections={server.max_connections} < max_receivers + "
+            f"streams.max_streams={streams.max_streams}"
         )
     if streams.max_streams > server.max_connections:
         problems.append(
