@@ -23,21 +23,21 @@ def webrtc_available() -> bool:
     return True
 
 
-_WEBRTC = webrtc_available()
+WEBRTC_AVAILABLE = webrtc_available()
 
 
 def health_view(ctx: RelayContext) -> tuple[dict[str, Any], int]:
     registry = ctx.registry
     body: dict[str, Any] = {
         "status": "healthy",
-        "webrtc_available": _WEBRTC,
+        "webrtc_available": WEBRTC_AVAILABLE,
         "audio_server_running": ctx.serving,
         "active_streams": len(registry.live_streams()),
         "connected_clients": len(registry.sessions),
         "uptime_seconds": round(ctx.metrics.uptime_seconds),
     }
     reasons = []
-    if not _WEBRTC:
+    if not WEBRTC_AVAILABLE:
         reasons.append("WebRTC unavailable: PyAV lacks the Opus codec")
     if not ctx.serving:
         reasons.append("server is not serving (starting up or shutting down)")
@@ -57,7 +57,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
         "active_connections": len(registry.sessions),
         "active_streams": len(registry.live_streams()),
         "total_audio_bytes": metrics.total_audio_bytes,
-        "webrtc_available": _WEBRTC,
+        "webrtc_available": WEBRTC_AVAILABLE,
         "active_receivers": registry.receiver_count,
         "audio_frames": metrics.audio_frames,
         "sessions_total": metrics.sessions_total,

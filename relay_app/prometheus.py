@@ -37,7 +37,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .context import RelayContext
-from .metrics_view import process_stats, tasks_by_owner, webrtc_available
+from .metrics_view import WEBRTC_AVAILABLE, process_stats, tasks_by_owner
 
 Kind = Literal["gauge", "counter", "histogram"]
 
@@ -134,7 +134,6 @@ def _aiortc_version() -> str:
 
 
 _BUILD = (__version__, platform.python_version(), _aiortc_version())
-_WEBRTC = webrtc_available()
 
 
 class RelayCollector(Collector):
@@ -160,7 +159,7 @@ class RelayCollector(Collector):
         streams = registry.live_streams()
         live = asdict(metrics.live.statistics())
         yield "relay_build_info", [(_BUILD, 1)]
-        yield "relay_webrtc_available", [((), int(_WEBRTC))]
+        yield "relay_webrtc_available", [((), int(WEBRTC_AVAILABLE))]
         yield "relay_active_connections", [((), len(registry.sessions))]
         yield "relay_active_streams", [((), len(streams))]
         yield "relay_active_receivers", [((), registry.receiver_count)]
