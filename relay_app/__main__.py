@@ -21,6 +21,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from .app import PortDispatcher, create_asgi_app
+from .auth import ROLES, mint, parse_ttl
 from .config import ConfigError, Settings, load_settings
 from .dtls import use_shared_certificate
 from .ice import configure_ice
@@ -116,7 +117,6 @@ def _cert(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
-    from .auth import mint, parse_ttl
 
     secret = settings.auth.secret
     if secret is None:
@@ -141,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cert.add_argument("--out-dir", default=".", help="where to write cert.pem and key.pem")
     cert.add_argument("--days", type=int, default=825, help="validity (days)")
     token = sub.add_parser("token", help="mint an access token signed with auth.secret")
-    token.add_argument("--role", choices=["send", "receive", "both", "metrics"], required=True)
+    token.add_argument("--role", choices=ROLES, required=True)
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
-    token.add_argument("--stream", help="receivers: only this stream_id")
+    token.add_argument(
+        "--stream",
+        help="only this stream_id: what a receiver may play, the channel a sender may "
+        "send on and take over",
+    )
     token.add_argument("--sub", help="who it is for (logged)")
     args = parser.parse_args(argv)
     if args.command == "cert":

@@ -6,6 +6,8 @@ first message, `{"type": "auth", "token": "..."}`. Mint one with
 
     python -m relay_app token --role send --ttl 1h
     python -m relay_app token --role receive --stream stream_ab12cd34-ef56 --ttl 8h
+    python -m relay_app token --role send --stream english --ttl 8h   # may take over english
+    python -m relay_app token --role admin --ttl 1h                   # /admin/...
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from .config import Settings
 from .errors import AuthError, RelayError
 from .limits import check_frame
 
-Role = Literal["send", "receive", "both", "metrics"]
-ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics")
+Role = Literal["send", "receive", "both", "metrics", "admin"]
+ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics", "admin")
+HTTP_ONLY_ROLES = ("metrics", "admin")  # tokens for HTTP endpoints, not for /ws
 ALGORITHM = "HS256"
 AUDIENCE = "relay_app"
 
@@ -34,7 +37,9 @@ class Grant:
     """What a verified token allows."""
 
     role: Role
-    stream: str | None = None  # receivers: only this stream
+    # Only this stream: the one a receiver may play, the channel a sender may send on (and
+    # take over).
+    stream: str | None = None
     subject: str | None = None
     expires_at: float | None = None  # the token's `exp` (Unix time)
 
@@ -54,10 +59,18 @@ class Grant:
     def allows_metrics(self) -> bool:
         return self.role == "metrics"
 
-    def check_sending(self) -> None:
+    def check_sending(self, channel: str | None, takeover: bool = False) -> None:
+        """A scoped token sends on its channel only; taking a channel over needs one."""
         self.check_unexpired()
         if not self.allows_sending():
             raise AuthError(f"this access token may not send (role {self.role!r})")
+        if self.stream is not None and channel != self.stream:
+            raise AuthError(f"this access token may only send on channel {self.stream!r}")
+        if takeover and self.stream is None:
+            raise AuthError(
+                "takeover needs a send token scoped to the channel "
+                f"(python -m relay_app token --role send --stream {channel})"
+            )
 
     def check_receiving(self, stream_id: str | None) -> str | None:
         """The stream to receive (a scoped token names it when the client does not)."""
@@ -169,6 +182,6 @@ def session_grant(settings: Settings, token: str) -> Grant:
     """A token's grant for a /ws session: a `metrics` token only reads /metrics."""
     assert settings.auth.secret is not None
     grant = verify(settings.auth.secret.get_secret_value(), token)
-    if grant.role == "metrics":
-        raise AuthError("a metrics token cannot open /ws; use a send, receive or both token")
+    if grant.role in HTTP_ONLY_ROLES:
+        raise AuthError(f"a {grant.role} token cannot open /ws; use a send, receive or both token")
     return grant

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fractions
 import json
 import math
@@ -365,13 +366,15 @@ class RelayClient:
         servers = [RTCIceServer(**server) for server in self._ice_servers]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
-    async def start_sending(self, track: MediaStreamTrack, channel: str | None = None) -> str:
-        """Offer `track` (on `channel`, if named); return the stream_id once the server has
-        stored the stream."""
+    async def start_sending(
+        self, track: MediaStreamTrack, channel: str | None = None, takeover: bool = False
+    ) -> str:
+        """Offer `track` (on `channel`, if named; replacing its sender with `takeover`);
+        return the stream_id once the server has stored the stream."""
         self.pc = pc = self._new_pc()
         pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send(p.StartSending(sdp=self._local_sdp(pc), channel=channel))
+        await self.send(p.StartSending(sdp=self._local_sdp(pc), channel=channel, takeover=takeover))
         answer = await self.receive(p.AnswerOut)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         started = await self.receive(p.StreamStarted)
@@ -391,8 +394,20 @@ class RelayClient:
         """
         await self.send(p.StartReceiving(stream_id=stream_id))
         offer = await self.receive(p.Offer)
+        return await self.answer_offer(offer, on_track, recorder or Recorder())
+
+    async def answer_offer(
+        self,
+        offer: p.Offer,
+        on_track: Callable[[RTCPeerConnection, MediaStreamTrack], None] | None = None,
+        recorder: Recorder | None = None,
+    ) -> str:
+        """Answer the server's offer with a new peer connection (the old one is closed)."""
+        await self.close_media()
         self.pc = pc = self._new_pc()
-        self.recorder = recorder = recorder or Recorder()
+        if recorder is not None:
+            self.recorder = recorder
+        recorder = self.recorder
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
@@ -406,6 +421,13 @@ class RelayClient:
         await self.send(p.Answer(sdp=self._local_sdp(pc)))
         self.stream_id = offer.stream_id
         return offer.stream_id
+
+    async def follow_channel(self, timeout: float = 20, recorder: Recorder | None = None) -> str:
+        """After `stream_ended` with `waiting` (a channel's sender left): wait for the
+        channel's next sender and answer the server's offer; audio goes on into the same
+        recorder unless one is given. Returns the stream id (the channel's name)."""
+        await self.receive(p.StreamStarted, timeout=timeout)
+        return await self.answer_offer(await self.receive(p.Offer), recorder=recorder)
 
     @staticmethod
     async def _record(track: MediaStreamTrack, recorder: Recorder) -> None:
@@ -439,6 +461,29 @@ async def _receive_when_live(client: RelayClient, args: argparse.Namespace) -> s
             await anyio.sleep(2)  # the guide's auto-retry
 
 
+async def _keep_alive(client: RelayClient, duration: float) -> None:
+    """Ping as the server asks until `duration` (0: forever) or the session closes."""
+    assert client.welcome is not None
+    ping_interval = float(client.welcome.config.get("ping_interval", 15))
+    deadline = anyio.current_time() + duration if duration else math.inf
+    while anyio.current_time() < deadline and not client.closed.is_set():
+        with anyio.move_on_after(min(ping_interval, deadline - anyio.current_time())):
+            await client.closed.wait()
+        if not client.closed.is_set():
+            await client.send(p.Ping())
+
+
+async def _follow(client: RelayClient) -> None:
+    """A listener stays on its channel: each next sender's offer is answered as it comes."""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            message = await client.next_message(timeout=math.inf)
+            if isinstance(message, p.StreamEnded):
+                _print_event("stream_ended", **message.model_dump(exclude={"type"}))
+            elif isinstance(message, p.Offer):
+                _print_event("receiving", stream_id=await client.answer_offer(message))
+
+
 def _print_event(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -454,14 +499,11 @@ async def _run_cli(args: argparse.Namespace) -> int:
             _print_event("sending", stream_id=stream_id)
         else:
             _print_event("receiving", stream_id=await _receive_when_live(client, args))
-        assert client.welcome is not None
-        ping_interval = float(client.welcome.config.get("ping_interval", 15))
-        deadline = anyio.current_time() + args.duration if args.duration else math.inf
-        while anyio.current_time() < deadline and not client.closed.is_set():
-            with anyio.move_on_after(min(ping_interval, deadline - anyio.current_time())):
-                await client.closed.wait()
-            if not client.closed.is_set():
-                await client.send(p.Ping())
+        async with anyio.create_task_group() as tg:
+            if args.command == "listen":
+                tg.start_soon(_follow, client)
+            await _keep_alive(client, args.duration)
+            tg.cancel_scope.cancel()
         client.recorder.close()
         if args.command == "listen" and args.out:
             recorder = client.recorder

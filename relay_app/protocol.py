@@ -32,6 +32,8 @@ class StartSending(_ClientMessage):
     sdp: str = Field(min_length=1)
     # A named stream: its stream_id is the channel's name, the same across reconnects.
     channel: str | None = Field(None, pattern=CHANNEL_PATTERN)
+    # Replace the channel's live sender (auth on: needs a send token scoped to the channel).
+    takeover: bool = False
 
 
 class StartReceiving(_ClientMessage):
@@ -162,6 +164,9 @@ class StreamEnded(_ServerMessage):
     type: Literal["stream_ended"] = "stream_ended"
     stream_id: str
     reason: str
+    # To a channel's receivers: the server keeps them on the channel and sends
+    # `stream_started` and a fresh `offer` on this socket when its next sender is live.
+    waiting: bool = False
 
 
 class Visualization(_ServerMessage):

@@ -29,19 +29,49 @@ from .relay import RelayTrack
 async def run_receiver(
     host: SessionHost, media: MediaTask, stream: Stream, *, task_status: TaskStatus[None]
 ) -> None:
+    """Play `stream`; for a channel, then each next sender on it, until the session stops it.
+
+    A channel's receiver outlives its sender: told `stream_ended` with `waiting`, it waits
+    here (no peer connection, not counted as a receiver) for the channel's next stream, then
+    gets `stream_started` and a fresh offer on the same socket.
+    """
+    status: TaskStatus[None] | None = task_status
+    while True:
+        await _play(host, media, stream, status)
+        status = None
+        channel = stream.channel
+        host.send(
+            p.StreamEnded(
+                stream_id=stream.stream_id, reason=stream.end_reason, waiting=channel is not None
+            )
+        )
+        if channel is None:
+            return
+        media.log.info("receiver_waiting", channel=channel)
+        stream = await host.ctx.registry.next_stream(channel)
+        host.send(p.StreamStarted(stream_id=stream.stream_id))
+
+
+async def _play(
+    host: SessionHost, media: MediaTask, stream: Stream, task_status: TaskStatus[None] | None
+) -> None:
+    """One peer connection playing `stream` until it ends; MediaFailed if the media fails."""
     ctx = host.ctx
     media.log = log = media.log.bind(stream_id=stream.stream_id)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
-        with _listening(host, stream, log) as track:
-            await _offer(host, peer, track, stream)
-            log.info("receiver_offer_sent")
-            task_status.started()
-            await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
-            await _wait_any(stream.ended.wait, peer.failed.wait)
+        try:
+            with _listening(host, stream, log) as track:
+                await _offer(host, peer, track, stream)
+                log.info("receiver_offer_sent")
+                if task_status is not None:
+                    task_status.started()
+                await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
+                await _wait_any(stream.ended.wait, peer.failed.wait)
+        finally:
+            media.peer = None
     if not stream.ended.is_set():
         raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
-    host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
 
 
 @contextmanager

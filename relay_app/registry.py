@@ -37,6 +37,8 @@ class EndCause(Enum):
     TRACK_ENDED = "track ended"
     CONNECTION_FAILED = "connection failed"
     STALE = "stale"
+    TAKEN_OVER = "taken over"  # another sender took the channel (`takeover`)
+    STOPPED = "stopped by an operator"  # POST /admin/streams/<id>/stop
 
 
 @dataclass(eq=False)
@@ -98,14 +100,24 @@ class Stream:
 UNNAMED_PREFIX = "stream_"  # a stream without a channel: stream_<connection_id>
 
 
-@dataclass
+@dataclass(eq=False)
 class SessionInfo:
+    """A connection as the registry and the admin API see it."""
+
     connection_id: str
     remote: str
     role: SessionRole = "idle"
-    # A sender's stream id, held from start_sending on (while it negotiates, too): a channel
-    # name is one sender's at a time.
+    # A sender's stream id, held from start_sending until its stream is removed (while it
+    # negotiates, too): a channel name is one sender's at a time. A receiver's stream (or the
+    # channel it waits on) while its media task runs.
     stream_id: str | None = None
+    user_agent: str = ""
+    since: float = field(default_factory=time.time)
+    # WebSocket bytes, counted by the session (the admin list shows them).
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # The session's request_close (close code, reason): how an operator kicks it.
+    close: Callable[[int, str], None] | None = None
 
 
 class StreamRegistry:
@@ -117,6 +129,10 @@ class StreamRegistry:
         self.pending: dict[str, SessionInfo] = {}
         self.sessions: dict[str, SessionInfo] = {}
         self.streams: dict[str, Stream] = {}
+        # Channels an operator locked: no new senders (POST /admin/channels/<name>/lock).
+        self.locked: set[str] = set()
+        # Set (and replaced) when a channel's next stream is added: its waiting receivers.
+        self._next_stream: dict[str, anyio.Event] = {}
 
     # Connections and sessions ---------------------------------------------------------------
     def admit(self, info: SessionInfo, authenticating: bool) -> None:
@@ -159,25 +175,55 @@ class StreamRegistry:
         self.pending.pop(connection_id, None)
         self.sessions.pop(connection_id, None)
 
-    def claim_sender(self, info: SessionInfo, max_streams: int, channel: str | None) -> str:
+    def claim_sender(
+        self, info: SessionInfo, max_streams: int, channel: str | None, takeover: bool = False
+    ) -> str:
         """Count `info` as a sender from now on (while it negotiates, too), within the limit,
-        holding its stream id: the channel's name, or `stream_<connection_id>`."""
+        holding its stream id: the channel's name, or `stream_<connection_id>`.
+
+        With `takeover` (already authorized), a channel's live sender is ended ("taken over")
+        and lets go of the name at once; its session unwinds on its own.
+        """
         senders = [s for s in self.sessions.values() if s.role == "sender"]
         check_stream_limit(len(senders), max_streams)
-        stream_id = channel or f"{UNNAMED_PREFIX}{info.connection_id}"
-        if channel is not None:
-            if channel.startswith(UNNAMED_PREFIX):
-                raise ChannelError(f"channel names starting with {UNNAMED_PREFIX} are reserved")
-            if channel not in self._channels and not self._streams_settings.allow_unlisted_channels:
-                known = ", ".join(sorted(self._channels)) or "none"
-                raise ChannelError(
-                    f"channel {channel!r} is not configured (channels: {known}; "
-                    "streams.allow_unlisted_channels is false)"
-                )
-            if any(s.stream_id == channel for s in senders):
-                raise ChannelError(f"channel {channel!r} is busy: another sender is live on it")
+        if channel is None:
+            stream_id = f"{UNNAMED_PREFIX}{info.connection_id}"
+        else:
+            self._check_channel_open(channel)
+            holder = next((s for s in senders if s.stream_id == channel), None)
+            if holder is not None:
+                self._release(holder, channel, takeover)
+            stream_id = channel
         info.role, info.stream_id = "sender", stream_id
         return stream_id
+
+    def _check_channel_open(self, channel: str) -> None:
+        if channel.startswith(UNNAMED_PREFIX):
+            raise ChannelError(f"channel names starting with {UNNAMED_PREFIX} are reserved")
+        if channel not in self._channels and not self._streams_settings.allow_unlisted_channels:
+            known = ", ".join(sorted(self._channels)) or "none"
+            raise ChannelError(
+                f"channel {channel!r} is not configured (channels: {known}; "
+                "streams.allow_unlisted_channels is false)"
+            )
+        if channel in self.locked:
+            raise ChannelError(f"channel {channel!r} is locked by an operator: no new senders")
+
+    def _release(self, holder: SessionInfo, channel: str, takeover: bool) -> None:
+        """Free `channel` from the sender holding it, or say why it stays busy."""
+        stream = self.streams.get(channel)
+        if stream is None or stream.sender_id != holder.connection_id:
+            raise ChannelError(
+                f"channel {channel!r} is busy: another sender is connecting on it; try again"
+            )
+        if not stream.ended.is_set():  # (an ended one is on its way out: not busy)
+            if not takeover:
+                raise ChannelError(
+                    f"channel {channel!r} is busy: another sender is live on it "
+                    '(start_sending with "takeover": true replaces it)'
+                )
+            stream.end(EndCause.TAKEN_OVER)
+        holder.stream_id = None
 
     def set_idle(self, info: SessionInfo) -> None:
         info.role, info.stream_id = "idle", None
@@ -185,10 +231,23 @@ class StreamRegistry:
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
         self.streams[stream.stream_id] = stream
+        if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
+            waiting.set()
 
-    def remove_stream(self, stream: Stream) -> None:
+    def remove_stream(self, stream: Stream, sender: SessionInfo) -> None:
+        """Unregister the stream (if a newer one has not replaced it) and free its name."""
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if sender.stream_id == stream.stream_id:
+            sender.stream_id = None
+
+    async def next_stream(self, channel: str) -> Stream:
+        """The channel's live stream, as soon as there is one (a receiver waiting on it)."""
+        while True:
+            stream = self.streams.get(channel)
+            if stream is not None and not stream.ended.is_set():
+                return stream
+            await self._next_stream.setdefault(channel, anyio.Event()).wait()
 
     def find_stream(self, stream_id: str | None) -> Stream:
         """The named stream, or the newest live one; NoStreamError when there is none."""
@@ -250,7 +309,7 @@ class StreamRegistry:
     ) -> None:
         check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
         stream.receivers[info.connection_id] = send_or_drop
-        info.role = "receiver"
+        info.role, info.stream_id = "receiver", stream.stream_id
 
     def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
         stream.receivers.pop(info.connection_id, None)

@@ -88,7 +88,7 @@ async def run_sender(
         finally:
             # Sync bookkeeping first, so no receiver can find a dying stream.
             stream.end(EndCause.SENDER_LEFT)
-            ctx.registry.remove_stream(stream)
+            ctx.registry.remove_stream(stream, host.info)
             stream.close_relays()
             log.info("track_ended", reason=stream.end_reason)
     if stream.end_cause is not EndCause.SENDER_LEFT:

@@ -39,6 +39,7 @@ from .config import Settings
 from .context import RelayContext
 from .errors import (
     AuthError,
+    ChannelError,
     CloseCode,
     IdleTimeout,
     NotReading,
@@ -320,13 +321,15 @@ class PeerSession:
             case p.GetAvailableStreams():  # only what this token may receive
                 allowed = self.grant.allows_receiving if self.grant is not None else None
                 self.send(self.ctx.registry.available(allowed))
-            case p.StartSending(sdp=sdp, channel=channel):
+            case p.StartSending(sdp=sdp, channel=channel, takeover=takeover):
                 check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
+                if takeover and channel is None:
+                    raise ChannelError('"takeover" needs a "channel" to take over')
                 if self.grant is not None:
-                    self.grant.check_sending()
+                    self.grant.check_sending(channel, takeover)
                 require_no_media(self._media, "start_sending")
                 max_streams = self.settings.streams.max_streams
-                self.ctx.registry.claim_sender(self.info, max_streams, channel)
+                self.ctx.registry.claim_sender(self.info, max_streams, channel, takeover)
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id):
                 if self.grant is not None:

@@ -313,7 +313,7 @@ async def test_listen_page_offers_the_http_stream_and_an_audio_element_plays_it(
     server.wait_event("http_listener_ended", stream_id=stream_id)
 
 
-async def test_listen_page_lists_channels_by_label_and_plays_the_one_in_its_link(
+async def test_listen_page_lists_channels_by_label_and_follows_the_channel_across_senders(
     tmp_path: Path, browser: Any
 ) -> None:
     config = deep_merge(
@@ -321,33 +321,49 @@ async def test_listen_page_lists_channels_by_label_and_plays_the_one_in_its_link
         {"channels": {"english": {"label": "English booth"}, "french": {"label": "Cabine FR"}}},
     )
     for server in serving(tmp_path, config):
-        async with (
-            RelayClient.connect(server.ws_url) as english,
-            RelayClient.connect(server.ws_url) as french,
-        ):
-            await english.start_sending(ToneTrack(440), channel="english")
+        async with RelayClient.connect(server.ws_url) as french:
             await french.start_sending(ToneTrack(880), channel="french")
-            page = await open_page(browser, server.base_url + "/listen/french")
-            await wait_state(page, "playing")
-            assert await page.text_content("#stream-id") == "french"
-            heard = await heard_by_page(page)
-            assert abs(heard["freq"] - 880) <= 10, heard
-            labels = await page.eval_on_selector_all(
-                "#stream-select option", "options => options.map(o => o.textContent)"
-            )
-            assert "English booth" in labels and "Cabine FR" in labels, labels
-            # Picking another channel is remembered on this device for the next visit.
-            await page.select_option("#stream-select", "english")
-            await page.wait_for_function(
-                "() => document.getElementById('stream-id').textContent === 'english'"
-            )
-            assert page.url.endswith("/listen/english")
-            again = await page.context.new_page()
-            await again.goto(server.base_url + "/listen")
-            await again.wait_for_function(
-                "() => document.getElementById('stream-id').textContent === 'english'"
-            )
+            async with RelayClient.connect(server.ws_url) as english:
+                await english.start_sending(ToneTrack(440), channel="english")
+                page = await _listen_by_label(server, browser)
+            # The interpreter's laptop reconnects: the page plays again without a click, on
+            # the same socket (the server offers the channel's next sender by itself).
+            await wait_state(page, "waiting")
+            connection_id = await page.text_content("#connection-id")
+            async with RelayClient.connect(server.ws_url) as english:
+                await english.start_sending(ToneTrack(660), channel="english")
+                await wait_state(page, "playing", timeout=20)
+                heard = await heard_by_page(page)
+                assert abs(heard["freq"] - 660) <= 10, heard
+                assert await page.text_content("#connection-id") == connection_id
             await page.context.close()
+
+
+async def _listen_by_label(server: ServerProcess, browser: Any) -> Any:
+    """/listen/french plays French; picking English by its label is remembered."""
+    page = await open_page(browser, server.base_url + "/listen/french")
+    await wait_state(page, "playing")
+    assert await page.text_content("#stream-id") == "french"
+    heard = await heard_by_page(page)
+    assert abs(heard["freq"] - 880) <= 10, heard
+    labels = await page.eval_on_selector_all(
+        "#stream-select option", "options => options.map(o => o.textContent)"
+    )
+    assert "English booth" in labels and "Cabine FR" in labels, labels
+    # Picking another channel is remembered on this device for the next visit.
+    await page.select_option("#stream-select", "english")
+    await wait_state(page, "playing")
+    await page.wait_for_function(
+        "() => document.getElementById('stream-id').textContent === 'english'"
+    )
+    assert page.url.endswith("/listen/english")
+    again = await page.context.new_page()
+    await again.goto(server.base_url + "/listen")
+    await again.wait_for_function(
+        "() => document.getElementById('stream-id').textContent === 'english'"
+    )
+    await again.close()
+    return page
 
 
 async def test_speak_page_sends_on_the_channel_it_is_given(

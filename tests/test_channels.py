@@ -9,7 +9,13 @@ import pytest
 
 from relay_app import protocol as p
 from relay_app.auth import mint
-from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
+from relay_app.client import (
+    Recorder,
+    RelayClient,
+    ServerError,
+    ToneTrack,
+    dominant_frequency,
+)
 from relay_app.testing import ServerProcess
 
 from .conftest import serving
@@ -28,22 +34,60 @@ def hears(client: RelayClient, hz: float) -> bool:
     return abs(dominant_frequency(recent, client.recorder.sample_rate) - hz) <= 10
 
 
-async def test_receivers_pick_a_channel_by_name_and_hear_the_next_sender_on_it(
+async def test_receivers_keep_their_socket_and_hear_the_next_sender_on_the_channel(
     make_server: Callable[..., ServerProcess],
 ) -> None:
     server = make_server({"channels": CHANNELS})
-    async with RelayClient.connect(server.ws_url) as receiver:
-        for hz in (440, 660):  # the interpreter's laptop reconnects
+    async with (
+        RelayClient.connect(server.ws_url) as first,
+        RelayClient.connect(server.ws_url) as second,
+    ):
+        receivers = (first, second)
+        for hz in (440, 660):  # the interpreter's laptop drops off and reconnects
             async with RelayClient.connect(server.ws_url) as sender:
                 assert await sender.start_sending(ToneTrack(hz), channel="english") == "english"
-                assert await receiver.start_receiving("english") == "english"
-                await receiver.wait_audio(1.5)
-                assert hears(receiver, hz)
+                for receiver in receivers:
+                    if hz == 440:  # picked by name once; the server re-offers after that
+                        assert await receiver.start_receiving("english") == "english"
+                    else:
+                        assert await receiver.follow_channel(recorder=Recorder()) == "english"
+                for receiver in receivers:
+                    await receiver.wait_audio(1.5)
+                    assert hears(receiver, hz)
                 scrape = server.get("/metrics", headers={"Accept": "text/plain"}).text
-                assert 'relay_stream_receivers{stream_id="english"} 1.0' in scrape
-            ended = await receiver.receive(p.StreamEnded)
-            assert ended.stream_id == "english"  # same socket, same name: ask again
-        server.wait_event("stream_stored", stream_id="english")
+                assert 'relay_stream_receivers{stream_id="english"} 2.0' in scrape
+            for receiver in receivers:
+                ended = await receiver.receive(p.StreamEnded)
+                # ("track ended" or "sender left": whichever the server notices first)
+                assert (ended.stream_id, ended.waiting) == ("english", True)
+        server.wait_event("receiver_waiting", channel="english")
+    assert server.get("/metrics").json()["live"]["peer_connections"] == 0
+
+
+async def test_takeover_replaces_the_live_sender_and_its_receivers_follow(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"channels": CHANNELS})
+    async with (
+        RelayClient.connect(server.ws_url) as old,
+        RelayClient.connect(server.ws_url) as new,
+        RelayClient.connect(server.ws_url) as receiver,
+    ):
+        await old.start_sending(ToneTrack(440), channel="english")
+        await receiver.start_receiving("english")
+        with pytest.raises(ServerError, match=r"is busy.*takeover"):
+            await new.start_sending(ToneTrack(660), channel="english")
+        await new.send(p.Stop())
+        await new.expect("stopped")
+        assert await new.start_sending(ToneTrack(660), channel="english", takeover=True)
+        ended = await old.receive(p.StreamEnded)
+        assert (ended.stream_id, ended.reason) == ("english", "taken over")
+        assert (await receiver.receive(p.StreamEnded)).reason == "taken over"
+        await receiver.follow_channel()
+        await receiver.wait_audio(1.5)
+        assert hears(receiver, 660)
+        # The old sender's session stays usable: it may send again, elsewhere.
+        assert await old.start_sending(ToneTrack(440), channel="french") == "french"
 
 
 async def test_channels_are_listed_live_or_not_and_a_quiet_one_says_no_stream(
@@ -124,3 +168,21 @@ async def _scoped_receiver(server: ServerProcess) -> None:
             await receiver.expect("stopped")
             with pytest.raises(ServerError, match="may not receive french"):
                 await receiver.start_receiving("french")
+
+
+async def test_takeover_needs_a_send_token_scoped_to_the_channel(tmp_path: Path) -> None:
+    config = {"channels": CHANNELS, "auth": {"secret": SECRET}}
+    metrics = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
+    for server in serving(tmp_path, config, metrics):
+        unscoped, english = mint(SECRET, "send", 600), mint(SECRET, "send", 600, stream="english")
+        async with RelayClient.connect(server.ws_url, token=unscoped) as first:
+            await first.start_sending(ToneTrack(440), channel="english")
+            async with RelayClient.connect(server.ws_url, token=unscoped) as intruder:
+                with pytest.raises(ServerError, match="takeover needs a send token scoped"):
+                    await intruder.start_sending(ToneTrack(660), channel="english", takeover=True)
+            async with RelayClient.connect(server.ws_url, token=english) as elsewhere:
+                with pytest.raises(ServerError, match="may only send on channel 'english'"):
+                    await elsewhere.start_sending(ToneTrack(660), channel="french")
+            async with RelayClient.connect(server.ws_url, token=english) as booth:
+                await booth.start_sending(ToneTrack(660), channel="english", takeover=True)
+                assert (await first.receive(p.StreamEnded)).reason == "taken over"

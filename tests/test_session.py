@@ -126,7 +126,7 @@ async def listenable_stream(ctx: RelayContext) -> AsyncIterator[Stream]:
         yield stream
     finally:
         stream.end(EndCause.SENDER_LEFT)
-        ctx.registry.remove_stream(stream)
+        ctx.registry.remove_stream(stream, SessionInfo("nobody", ""))
         stream.close_relays()
 
 

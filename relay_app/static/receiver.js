@@ -150,7 +150,16 @@ async function onMessage(message) {
       await answerOffer(message);
       break;
     case "stream_ended":
-      retrySoon(`Stream ${message.stream_id} ended (${message.reason}); waiting for a sender…`);
+      if (message.waiting) {
+        // A channel: the server offers its next sender on this socket by itself.
+        closePeer();
+        setState("waiting", `${message.stream_id}: sender gone (${message.reason}); waiting for the next one…`);
+      } else {
+        retrySoon(`Stream ${message.stream_id} ended (${message.reason}); waiting for a sender…`);
+      }
+      break;
+    case "stream_started":
+      setState("negotiating", `${message.stream_id} is back; connecting…`);
       break;
     case "stopped":
       break;
