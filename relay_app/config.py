@@ -241,6 +241,34 @@ class ChannelSettings(_Section):
 
     label: str = Field(min_length=1, max_length=100, description="Shown to listeners.")
     description: str = Field("", max_length=500, description="Optional, shown under the label.")
+    record: bool | None = Field(
+        None,
+        description="With recording.enabled: true records this channel even when "
+        'recording.streams is "marked"; false never records it; null follows recording.streams.',
+    )
+
+
+class RecordingSettings(_Section):
+    """Streams written to disk as Ogg/Opus, from the packets the sender sends (no re-encode)."""
+
+    enabled: bool = Field(False, description="Record streams (nothing is recorded without it).")
+    directory: str = Field(
+        "recordings",
+        description="Where recordings go, one file per stream run: "
+        "`<channel or stream_id>-<UTC start>.ogg`. Created if missing.",
+    )
+    streams: Literal["all", "marked"] = Field(
+        "all",
+        description='"all": every stream except channels with `record: false`; "marked": only '
+        "channels with `record: true`.",
+    )
+
+    def records(self, channel: ChannelSettings | None) -> bool:
+        """Whether a stream on this channel (None: unnamed or unlisted) is recorded."""
+        if not self.enabled:
+            return False
+        marked = channel.record if channel is not None else None
+        return marked if marked is not None else self.streams == "all"
 
 
 class RelaySettings(_Section):
@@ -372,6 +400,7 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     channels: dict[str, ChannelSettings] = Field(
         default_factory=dict,
         description="Known channels by name (letters, digits, `-`, `_`, up to 32): "

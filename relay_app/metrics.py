@@ -72,6 +72,7 @@ class LiveStatistics:
     peer_connections: int
     relay_subscriptions: int
     http_listeners: int
+    recordings: int
 
 
 @dataclass
@@ -81,6 +82,7 @@ class LiveCounts:
     peer_connections: int = 0
     relay_subscriptions: int = 0
     http_listeners: int = 0
+    recordings: int = 0  # files being written (recording.py)
 
     def statistics(self) -> LiveStatistics:
         return LiveStatistics(**asdict(self))
@@ -104,6 +106,7 @@ class Metrics:
     http_listeners_dropped: int = 0
     # A page's last packet arriving -> the page handed to the listener's connection.
     http_page_latency: Histogram = field(default_factory=Histogram)
+    recording_failures: int = 0
 
     @property
     def uptime_seconds(self) -> float:

@@ -74,6 +74,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "http_sent_bytes": metrics.http_sent_bytes,
             "http_listeners_dropped": metrics.http_listeners_dropped,
             "http_page_latency": metrics.http_page_latency.summary_ms(),
+            "recording_failures": metrics.recording_failures,
         },
         "process": process_stats(),
         "live": {
@@ -82,6 +83,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "peer_connections": live.peer_connections,
             "relay_subscriptions": live.relay_subscriptions,
             "http_listeners": live.http_listeners,
+            "recordings": live.recordings,
             "asyncio_tasks": len(asyncio.all_tasks()),
             **{f"{owner}_tasks": count for owner, count in tasks_by_owner().items()},
         },

@@ -79,6 +79,7 @@ METRICS: tuple[MetricSpec, ...] = (
         ("stream_id",),
     ),
     MetricSpec("relay_http_listeners", "gauge", "Plain-HTTP listeners connected (all streams)."),
+    MetricSpec("relay_recordings", "gauge", "Recording files being written."),
     MetricSpec("relay_peer_connections", "gauge", "RTCPeerConnections open (senders + receivers)."),
     MetricSpec("relay_subscriptions", "gauge", "Relay subscriptions open (one per receiver)."),
     MetricSpec("relay_session_task_groups", "gauge", "Session task groups open (one per session)."),
@@ -104,6 +105,11 @@ METRICS: tuple[MetricSpec, ...] = (
         "relay_http_listeners_dropped_total",
         "counter",
         "HTTP listeners dropped for not reading (their page buffer filled).",
+    ),
+    MetricSpec(
+        "relay_recording_failures_total",
+        "counter",
+        "Recordings ended by the disk (unwritable directory, disk full, too slow).",
     ),
     MetricSpec(
         "relay_dropped_packets_total",
@@ -169,6 +175,7 @@ class RelayCollector(Collector):
             [((s.stream_id,), len(s.http.listeners) if s.http else 0) for s in streams],
         )
         yield "relay_http_listeners", [((), live["http_listeners"])]
+        yield "relay_recordings", [((), live["recordings"])]
         yield "relay_peer_connections", [((), live["peer_connections"])]
         yield "relay_subscriptions", [((), live["relay_subscriptions"])]
         yield "relay_session_task_groups", [((), live["session_task_groups"])]
@@ -182,6 +189,7 @@ class RelayCollector(Collector):
         yield "relay_sent_bytes_total", [((), metrics.bytes_out)]
         yield "relay_http_sent_bytes_total", [((), metrics.http_sent_bytes)]
         yield "relay_http_listeners_dropped_total", [((), metrics.http_listeners_dropped)]
+        yield "relay_recording_failures_total", [((), metrics.recording_failures)]
         yield "relay_dropped_packets_total", [((r,), n) for r, n in sorted(metrics.drops.items())]
         yield "relay_client_errors_total", [((k,), n) for k, n in sorted(metrics.errors.items())]
 

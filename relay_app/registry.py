@@ -21,6 +21,7 @@ from .errors import CapacityError, ChannelError, NoStreamError, SessionStateErro
 from .http_audio import HttpAudio
 from .limits import check_receiver_limit, check_stream_limit
 from .protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
+from .recording import Recording
 from .relay import Fanout
 
 SendOrDrop = Callable[[str], None]
@@ -64,6 +65,8 @@ class Stream:
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
+    # Written to disk while it runs (recording.enabled and the channel says so); else None.
+    recording: Recording | None = None
 
     @property
     def receiver_source(self) -> Fanout:
@@ -72,6 +75,8 @@ class Stream:
     def close_relays(self) -> None:
         if self.http is not None:
             self.http.close()
+        if self.recording is not None:
+            self.recording.close()
         self.frames.close()
         if self.packets is not None:
             self.packets.close()

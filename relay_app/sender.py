@@ -8,7 +8,8 @@ The task tree under the session's media task (see session.py for the rest):
         │                   mode); in forward mode receivers get the sender's Opus packets
         │                   straight from the RTP tap (rtp_tap.py), never through a task
         ├── ice_watch       ends the stream when the sender's connection fails
-        └── visualize       levels -> the sender and its receivers (droppable messages)
+        ├── visualize       levels -> the sender and its receivers (droppable messages)
+        └── Recording.run   Ogg pages -> disk (recording.py), when the stream is recorded
 
 The stream is registered only after the answer has left and unregistered in a `finally`
 before the peer connection closes, so no receiver ever finds a dying stream.
@@ -16,6 +17,7 @@ before the peer connection closes, so no receiver ever finds a dying stream.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,8 +33,10 @@ from .errors import MediaUnavailable, NegotiationError
 from .http_audio import HttpAudio
 from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
+from .logs import get_logger
 from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
+from .recording import Recording, recording_path
 from .registry import UNNAMED_PREFIX, EndCause, Stream
 from .relay import Fanout, Media, pump
 from .rtp_tap import (
@@ -123,15 +127,26 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         packets=Fanout(settings.queue_frames, metrics) if settings.mode == "forward" else None,
         http=HttpAudio(metrics),
     )
+    stream.recording = _recording(host, stream)
     # Tap before the answer leaves, so that no packet arrives untapped.
     tap_receiver(audio_receiver(peer.pc, audio[0]), _packet_handler(host, stream, peer, opus))
     return stream
 
 
+def _recording(host: SessionHost, stream: Stream) -> Recording | None:
+    settings = host.ctx.settings
+    channel = settings.channels.get(stream.channel) if stream.channel is not None else None
+    if not settings.recording.records(channel):
+        return None
+    path = recording_path(Path(settings.recording.directory), stream.stream_id, stream.started_at)
+    log = get_logger(connection_id=host.connection_id, role="sender", stream_id=stream.stream_id)
+    return Recording(path, host.ctx.metrics, log)
+
+
 def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
     """Per packet from the sender: liveness, counters, and (forward mode) the fan-out."""
     metrics = host.ctx.metrics
-    packets, http = stream.packets, stream.http
+    packets, http, recording = stream.packets, stream.http, stream.recording
     packetizer = OpusPacketizer()
 
     def on_packet(rtp: RtpPacket, arrival: float) -> None:
@@ -146,6 +161,8 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
             packets.publish(packetizer.packet(rtp), arrival)
         if http is not None:
             http.feed(rtp.payload, arrival)
+        if recording is not None:
+            recording.feed(rtp.payload)
 
     return on_packet
 
@@ -175,6 +192,8 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
         tg.start_soon(ice_watch)
         if host.ctx.settings.visualization.enabled:
             tg.start_soon(visualize, host, stream, log)
+        if stream.recording is not None:
+            tg.start_soon(stream.recording.run)
         await stream.ended.wait()
         tg.cancel_scope.cancel()
 

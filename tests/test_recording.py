@@ -1,0 +1,114 @@
+"""Recording (issue 15): a channel's audio on disk as Ogg/Opus, without re-encoding.
+
+Mode-independent (the packets come from the RTP tap in both relay modes): run once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import av
+import numpy as np
+import pytest
+from av.frame import Frame
+
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.recording import RECORDING_NAME
+from relay_app.testing import ServerProcess
+
+from .conftest import finish_server, serving
+
+pytestmark = pytest.mark.anyio
+
+
+class FiniteTone(ToneTrack):
+    """A tone that stops after `seconds` of audio (the sender stays connected)."""
+
+    def __init__(self, frequency: float, seconds: float) -> None:
+        super().__init__(frequency)
+        self.limit = int(seconds * 48000)
+
+    async def recv(self) -> Frame:
+        if self._sent >= self.limit:
+            self.pause()
+        return await super().recv()
+
+
+def decode(path: Path) -> tuple[float, float]:
+    """(seconds, dominant Hz) of an Ogg/Opus file, decoded by FFmpeg (PyAV)."""
+    with av.open(str(path)) as container:
+        chunks = [frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)]
+    audio = np.concatenate(chunks).astype(np.float32)
+    return len(audio) / 48000, dominant_frequency(audio[-48000:], 48000)
+
+
+def recording_config(directory: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "recording": {"enabled": True, "directory": str(directory), **extra},
+        "channels": {"english": {"label": "English"}, "french": {"label": "FR", "record": False}},
+    }
+
+
+async def test_a_five_second_tone_is_recorded_and_decodes_to_the_tone(tmp_path: Path) -> None:
+    directory = tmp_path / "recordings"
+    for server in serving(tmp_path, recording_config(directory)):
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(FiniteTone(440, 5.0), channel="english")
+            async with RelayClient.connect(server.ws_url) as receiver:  # it is relayed, too
+                await receiver.start_receiving("english")
+                await receiver.wait_audio(1.0)
+            started = server.wait_event("recording_started", stream_id="english")
+            await anyio.sleep(5.0)  # the tone stops after 5 s; the sender stays connected
+            assert not server.find("recording_ended")
+        ended = server.wait_event("recording_ended", stream_id="english")
+        path = Path(ended["path"])
+        assert path == Path(started["path"]) and path.parent == directory
+        assert RECORDING_NAME.match(path.name) and path.name.startswith("english-")
+        seconds, hz = decode(path)
+        assert abs(seconds - 5.0) <= 0.2, seconds
+        assert abs(hz - 440) <= 10, hz
+        assert ended["seconds"] == pytest.approx(5.0, abs=0.2)
+        # A channel marked `record: false` is not recorded.
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(ToneTrack(660), channel="french")
+        assert [p.name for p in directory.iterdir()] == [path.name]
+
+
+async def test_an_unwritable_directory_does_not_interrupt_the_stream(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the directory should be")
+    for server in serving(tmp_path, recording_config(blocker / "recordings")):
+        async with (
+            RelayClient.connect(server.ws_url) as sender,
+            RelayClient.connect(server.ws_url) as receiver,
+        ):
+            await sender.start_sending(ToneTrack(440), channel="english")
+            await receiver.start_receiving("english")
+            failed = server.wait_event("recording_failed", stream_id="english")
+            assert "cannot create" in failed["error"] and failed["level"] == "error"
+            await receiver.wait_audio(2.0)
+            recent = receiver.recorder.audio(1.0)
+            assert abs(dominant_frequency(recent, receiver.recorder.sample_rate) - 440) <= 10
+            metrics = server.metrics()
+            assert metrics["relay"]["recording_failures"] == 1
+            assert metrics["live"]["recordings"] == 0
+
+
+async def test_sigterm_mid_recording_leaves_a_file_that_decodes(tmp_path: Path) -> None:
+    directory = tmp_path / "recordings"
+    server = ServerProcess(tmp_path, recording_config(directory)).start()
+    try:
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(ToneTrack(440), channel="english")
+            server.wait_event("recording_started")
+            async with RelayClient.connect(server.ws_url) as receiver:
+                await receiver.start_receiving("english")
+                await receiver.wait_audio(2.5)
+            finish_server(server)  # SIGTERM while the sender is still sending
+        ended = server.wait_event("recording_ended")
+        seconds, hz = decode(Path(ended["path"]))
+        assert seconds >= 2.0 and abs(hz - 440) <= 10, (seconds, hz)
+    finally:
+        server.stop()
