@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from wsproto.extensions import PerMessageDeflate
 
 from . import __version__
+from .admin import admin_routes
 from .auth import Role, verify
 from .config import Settings, unreachable_limits
 from .context import RelayContext
@@ -293,6 +294,7 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
             return Response(body, content_type=content_type)
         return jsonify(metrics_json(ctx)), 200
 
+    admin_routes(app, ctx)
     _web_client_routes(app)
     return app
 
@@ -314,7 +316,8 @@ def _session_route(app: Quart, settings: Settings, ctx: RelayContext) -> None:
             )
         ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
         token = websocket.args.get("token")
-        await PeerSession(ws, ctx, remote, token=token).run()
+        user_agent = websocket.headers.get("User-Agent", "")
+        await PeerSession(ws, ctx, remote, token=token, user_agent=user_agent).run()
         await _drain_until_disconnect(ws, settings.relay.teardown_timeout, drain_pace)
         return None
 

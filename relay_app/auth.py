@@ -183,5 +183,16 @@ def session_grant(settings: Settings, token: str) -> Grant:
     assert settings.auth.secret is not None
     grant = verify(settings.auth.secret.get_secret_value(), token)
     if grant.role in HTTP_ONLY_ROLES:
-        raise AuthError(f"a {grant.role} token cannot open /ws; use a send, receive or both token")
+        article = "an" if grant.role[0] in "aeiou" else "a"
+        raise AuthError(
+            f"{article} {grant.role} token cannot open /ws; use a send, receive or both token"
+        )
     return grant
+
+
+def reauthenticate(settings: Settings, token: str) -> tuple[Grant | None, p.ServerMessage]:
+    """`auth` mid-session: the refreshed grant (a new token before the old one expires)."""
+    if settings.auth.secret is None:
+        return None, p.Authenticated(role="both")  # open server: anything goes
+    grant = session_grant(settings, token)
+    return grant, p.Authenticated(role=grant.role, stream=grant.stream)

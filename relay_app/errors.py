@@ -121,3 +121,10 @@ class FloodError(RelayError):
 class CapacityError(RelayError):
     kind = "capacity"
     close_code = CloseCode.TRY_AGAIN_LATER
+
+
+class Kicked(RelayError):
+    """An operator closed the session (POST /admin/sessions/<id>/kick)."""
+
+    kind = "kicked"
+    close_code = CloseCode.POLICY_VIOLATION

@@ -16,9 +16,11 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import protocol as p
+from .auth import Grant
+from .config import Settings
 from .context import RelayContext
-from .errors import SessionStateError
-from .limits import filter_candidates
+from .errors import ChannelError, SessionStateError
+from .limits import check_sdp_size, filter_candidates
 from .peer import Peer
 from .registry import SessionInfo
 
@@ -91,6 +93,15 @@ def require_no_media(media: MediaTask | None, what: str) -> None:
     if what == "start_sending" and media.role == "sender":
         raise SessionStateError("already sending on this connection; send stop first")
     raise SessionStateError(f"this connection is {media.role}; send stop before {what}")
+
+
+def check_sending(message: p.StartSending, grant: Grant | None, settings: Settings) -> None:
+    """What `start_sending` must pass before anything is claimed (RelayError if not)."""
+    check_sdp_size(message.sdp, settings.webrtc.max_sdp_bytes)
+    if message.takeover and message.channel is None:
+        raise ChannelError('"takeover" needs a "channel" to take over')
+    if grant is not None:
+        grant.check_sending(message.channel, message.takeover)
 
 
 def remote_candidates(host: SessionHost, sdp: str) -> str:

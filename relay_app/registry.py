@@ -65,6 +65,8 @@ class Stream:
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
+    # Opus payload bytes received from the sender (the admin API's session list).
+    audio_bytes: int = 0
     # Written to disk while it runs (recording.enabled and the channel says so); else None.
     recording: Recording | None = None
 
@@ -121,8 +123,8 @@ class SessionInfo:
     # WebSocket bytes, counted by the session (the admin list shows them).
     bytes_in: int = 0
     bytes_out: int = 0
-    # The session's request_close (close code, reason): how an operator kicks it.
-    close: Callable[[int, str], None] | None = None
+    # Closes the session with 1008 and this reason (the admin API's kick); set by the session.
+    kick: Callable[[str], None] | None = None
 
 
 class StreamRegistry:

@@ -156,6 +156,7 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
         # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
         stream.last_audio_at = peer.last_heard = arrival
         metrics.record_ingress(len(rtp.payload))
+        stream.audio_bytes += len(rtp.payload)
         if packets is not None and packets.subscriber_count:
             # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
             packets.publish(packetizer.packet(rtp), arrival)

@@ -34,21 +34,21 @@ import anyio
 from anyio.abc import TaskStatus
 
 from . import protocol as p
-from .auth import Grant, authenticate, session_grant
+from .auth import Grant, authenticate, reauthenticate
 from .config import Settings
 from .context import RelayContext
 from .errors import (
     AuthError,
-    ChannelError,
     CloseCode,
     IdleTimeout,
+    Kicked,
     NotReading,
     RelayError,
     SessionStateError,
 )
 from .limits import Throttle, TokenBucket, check_frame, check_sdp_size
 from .logs import get_logger
-from .media import MediaRole, MediaTask, Negotiated, require_no_media
+from .media import MediaRole, MediaTask, Negotiated, check_sending, require_no_media
 from .receiver import run_receiver
 from .registry import SessionInfo
 from .sender import run_sender
@@ -90,13 +90,19 @@ def welcome_config(settings: Settings) -> dict[str, Any]:
 
 class PeerSession:
     def __init__(
-        self, ws: WebSocket, ctx: RelayContext, remote: str = "", token: str | None = None
+        self,
+        ws: WebSocket,
+        ctx: RelayContext,
+        remote: str = "",
+        token: str | None = None,
+        user_agent: str = "",
     ) -> None:
         self.ws = ws
         self.ctx = ctx
         self.settings = ctx.settings
         self.connection_id = new_connection_id()
-        self.info = SessionInfo(self.connection_id, remote)
+        self.info = SessionInfo(self.connection_id, remote, user_agent=user_agent[:200])
+        self.info.kick = self._kick
         self._url_token = token
         # None while auth is off; otherwise what the client's token allows.
         self.grant: Grant | None = None
@@ -208,6 +214,7 @@ class PeerSession:
     async def _write_loop(self) -> None:
         timeout = self.settings.server.send_timeout
         async for text in self._outbox_receive:
+            self.info.bytes_out += len(text)
             with anyio.move_on_after(timeout) as write:
                 await self.ws.send(text)
             if write.cancelled_caught:
@@ -218,6 +225,9 @@ class PeerSession:
         # the session.
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+
+    def _kick(self, reason: str) -> None:
+        self.refuse(Kicked(f"closed by an operator{': ' + reason if reason else ''}"))
 
     def _not_reading(self, detail: str) -> None:
         error = NotReading(f"client is not reading: {detail}")
@@ -305,6 +315,7 @@ class PeerSession:
         while True:
             data = await self.ws.receive()
             self._last_activity = anyio.current_time()
+            self.info.bytes_in += len(data) if data else 0
             try:
                 self._bucket.take()  # every frame counts, whatever it holds
                 text = check_frame(data, limit)
@@ -322,11 +333,7 @@ class PeerSession:
                 allowed = self.grant.allows_receiving if self.grant is not None else None
                 self.send(self.ctx.registry.available(allowed))
             case p.StartSending(sdp=sdp, channel=channel, takeover=takeover):
-                check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
-                if takeover and channel is None:
-                    raise ChannelError('"takeover" needs a "channel" to take over')
-                if self.grant is not None:
-                    self.grant.check_sending(channel, takeover)
+                check_sending(message, self.grant, self.settings)
                 require_no_media(self._media, "start_sending")
                 max_streams = self.settings.streams.max_streams
                 self.ctx.registry.claim_sender(self.info, max_streams, channel, takeover)
@@ -338,7 +345,8 @@ class PeerSession:
                 stream = self.ctx.registry.find_live_stream(stream_id, self.log)
                 await self._start_media("receiver", run_receiver, stream)
             case p.Auth(token=token):
-                self._reauthenticate(token)
+                self.grant, reply = reauthenticate(self.settings, token)
+                self.send(reply)
             case p.Answer(sdp=sdp):
                 check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
                 if self._media is None or not self._media.deliver_answer(message):
@@ -346,15 +354,6 @@ class PeerSession:
             case p.Stop():
                 await self._stop_media()
                 self.send(p.Stopped())
-
-    def _reauthenticate(self, token: str) -> None:
-        """`auth` mid-session: refresh the grant (a new token before the old one expires)."""
-        secret = self.settings.auth.secret
-        if secret is None:
-            self.send(p.Authenticated(role="both"))  # open server: anything goes
-            return
-        self.grant = session_grant(self.settings, token)
-        self.send(p.Authenticated(role=self.grant.role, stream=self.grant.stream))
 
     # Media ---------------------------------------------------------------------------------
     async def _start_media(self, role: MediaRole, run: MediaRun, arg: object) -> None:

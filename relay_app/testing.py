@@ -178,9 +178,19 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def get(self, path: str, status_port: bool = False, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, status_port, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def request(
+        self, method: str, path: str, status_port: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         base = self.status_url if status_port else self.base_url
         headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.get(base + path, timeout=5, verify=self.verify, headers=headers, **kwargs)
+        return httpx.request(
+            method, base + path, timeout=5, verify=self.verify, headers=headers, **kwargs
+        )
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.get("/metrics").json())

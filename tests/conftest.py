@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -92,3 +95,27 @@ def make_server(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., Serve
     finally:
         for server in started:  # a failed check must not leave a server running
             server.stop()
+
+
+def require_namespaces(tools: tuple[str, ...] = ("ip",)) -> None:
+    """Skip unless this machine can build network namespaces; under CI=true, fail instead."""
+    reason = _namespaces_unavailable(tools)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and this test needs network namespaces: {reason}")
+        pytest.skip(reason)
+
+
+def _namespaces_unavailable(tools: tuple[str, ...]) -> str | None:
+    """Why this machine cannot build network namespaces, or None."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install -y iproute2 nftables)"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root (CAP_NET_ADMIN)"
+    probe = f"relayprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"the kernel refuses network namespaces: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], check=True)
+    return None

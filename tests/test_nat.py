@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from typing import Any
 import pytest
 
 from relay_app.testing import ServerProcess
+
+from .conftest import require_namespaces
 
 CLIENT_IP, HOST_LAN_IP = "198.51.100.2", "198.51.100.1"
 HOST_BRIDGE_IP, SERVER_IP = "192.0.2.1", "192.0.2.2"
@@ -47,28 +48,9 @@ class Namespaces:
         subprocess.run(["ip", "netns", "exec", namespace, *command], check=True, timeout=30)
 
 
-def _unavailable() -> str | None:
-    """Why this machine cannot build the namespaces, or None."""
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install -y iproute2 nftables)"
-    if os.geteuid() != 0:
-        return "building network namespaces needs root (CAP_NET_ADMIN)"
-    probe = f"relayprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"the kernel refuses network namespaces: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], check=True)
-    return None
-
-
 @pytest.fixture(scope="module")
 def namespaces() -> Iterator[Namespaces]:
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the NAT test cannot run: {reason}")
-        pytest.skip(reason)
+    require_namespaces(("ip", "nft"))
     tag = str(os.getpid())[-6:]
     ns = Namespaces(client=f"rlc{tag}", host=f"rlh{tag}", server=f"rls{tag}")
     lan_client, lan_host = f"rlc{tag}a", f"rlh{tag}a"
