@@ -405,7 +405,8 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Known channels by name (letters, digits, `-`, `_`, up to 32): "
         '`{"english": {"label": "English interpretation"}}`. Listed to listeners even when '
-        "no sender is live.",
+        "no sender is live. Each has `label` (required), `description` and `record` "
+        "(true/false/null: see recording.streams).",
     )
 
     @field_validator("channels")

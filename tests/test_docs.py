@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from relay_app.config import Settings, configuration_markdown, example_config, load_settings
 from relay_app.logs import LEGACY_MESSAGES
@@ -66,3 +67,18 @@ def test_each_guide_issue_says_what_it_was_and_what_relay_app_does_now() -> None
     numbered = {int(section.split(":")[0]): section for section in sections}
     for number in range(1, 11):
         assert "**Then → now:**" in numbered[number], f"Issue {number}"
+
+
+def test_every_admin_and_recording_event_is_documented() -> None:
+    """An operator greps for what admin.md names: every such event the code logs is there."""
+    doc = (REPO / "docs" / "admin.md").read_text()
+    source = "".join(path.read_text() for path in (REPO / "relay_app").glob("*.py"))
+    logged = (
+        r'(?:\.info|\.warning|\.error|_log)\(\s*(?:caller,\s*)?f?"((?:admin|recording)_[a-z_]+)'
+    )
+    events = set(re.findall(logged, source))
+    events |= {f"admin_channel_{action}ed" for action in ("lock", "unlock")}
+    events -= {"admin_channel_"}
+    assert events >= {"admin_session_kicked", "recording_failed"}, events
+    missing = [event for event in sorted(events) if f"`{event}`" not in doc]
+    assert not missing, missing
