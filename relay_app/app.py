@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ipaddress
-import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 from hypercorn.protocol import ws_stream as hypercorn_ws_stream
@@ -30,13 +27,16 @@ from .auth import Role, verify
 from .config import Settings, unreachable_limits
 from .context import RelayContext
 from .errors import AuthError, http_error_body
+from .http_peers import HttpPeers
 from .limits import Pace
 from .listen_http import http_listening_routes
 from .logs import get_logger
 from .metrics_view import health_view, metrics_json
+from .origins import host_allowed, known_hosts, origin_allowed
 from .prometheus import metrics_prometheus, prometheus_registry, wants_prometheus
 from .registry import EndCause
 from .session import PeerSession
+from .whip import whip_routes
 
 STATIC = Path(__file__).parent / "static"
 RECEIVE_QUEUE_FRAMES = 32  # incoming frames Quart holds per WebSocket (x 128 KiB at most)
@@ -57,43 +57,6 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-
-
-def origin_allowed(origin: str | None, host: str, settings: Settings) -> bool:
-    """Cross-site WebSocket protection: a browser page from elsewhere may not open /ws.
-
-    Clients that send no Origin (Python, curl) pass: Origin is what browsers add, and what a
-    malicious page cannot forge. Default: only the server's own origin (same host:port).
-    """
-    if origin is None:
-        return True
-    allowed = settings.server.allowed_origins
-    if allowed is not None:
-        return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
-    return urlsplit(origin).netloc.lower() == host.lower()
-
-
-def known_hosts(settings: Settings) -> set[str] | None:
-    """Host names a request may name (None: any). IP literals always pass (see host_allowed)."""
-    allowed = settings.server.allowed_hosts
-    if allowed is not None:
-        return None if "*" in allowed else {host.lower() for host in allowed}
-    hostname = socket.gethostname()
-    names = {"localhost", hostname, f"{hostname}.local", socket.getfqdn(), settings.server.host}
-    return {name.lower() for name in names if name}
-
-
-def host_allowed(host_header: str, known: set[str] | None) -> bool:
-    """DNS rebinding needs a name the attacker controls: an IP literal cannot be one, so any
-    IP passes, and a name must be one this server knows it has (or is configured with)."""
-    if known is None:
-        return True
-    host = urlsplit(f"//{host_header}").hostname or ""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return host.lower() in known
 
 
 def _bearer_refusal(
@@ -255,10 +218,13 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     _json_errors(app)
     _guard_hosts(app, settings, ctx)
 
+    http_peers = HttpPeers(ctx)  # WHIP publishers and WHEP players, run in ROOT
+
     @app.while_serving
     async def _root() -> AsyncGenerator[None, None]:
         ctx.shutting_down = anyio.Event()
         async with anyio.create_task_group() as root:
+            http_peers.serve_in(root)
             root.start_soon(sweep_stale_streams, ctx)
             root.start_soon(stats_clock, ctx)
             if settings.relay.memory_trim_interval > 0:
@@ -273,6 +239,7 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
                 yield
             finally:
                 ctx.serving = False
+                http_peers.serve_in(None)
                 ctx.shutting_down.set()
                 root.cancel_scope.cancel()
         log.info("server_stopped")
@@ -295,6 +262,7 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         return jsonify(metrics_json(ctx)), 200
 
     admin_routes(app, ctx)
+    whip_routes(app, ctx, http_peers)
     _web_client_routes(app)
     return app
 

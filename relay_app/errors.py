@@ -35,10 +35,14 @@ class RelayError(Exception):
     close_code: CloseCode | None = None
     # The close frame's reason when close_code is set; None: the message (cut to fit).
     close_reason: str | None = None
+    # The HTTP status where the same failure answers an HTTP request (WHIP/WHEP).
+    http_status = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if http_status is not None:
+            self.http_status = http_status
 
 
 class ProtocolError(RelayError):
@@ -59,12 +63,14 @@ class SessionStateError(RelayError):
 
 class NoStreamError(RelayError):
     kind = "no_stream"
+    http_status = 404
 
 
 class ChannelError(RelayError):
     """A channel that may not be sent to now: busy (another sender), or not configured."""
 
     kind = "channel"
+    http_status = 409
 
 
 class NegotiationError(RelayError):
@@ -77,6 +83,7 @@ class MediaUnavailable(RelayError):
     """No media can be set up right now (e.g. every port of webrtc.udp_port_range is taken)."""
 
     kind = "media_unavailable"
+    http_status = 503
 
 
 class MediaFailed(RelayError):
@@ -104,6 +111,7 @@ class AuthError(RelayError):
     """No, or a bad, access token, or a token that does not allow this."""
 
     kind = "auth"
+    http_status = 403
     close_code = CloseCode.POLICY_VIOLATION
 
 
@@ -111,6 +119,7 @@ class LimitError(RelayError):
     """A configured limit was reached; the message names the config key."""
 
     kind = "limit"
+    http_status = 503
 
 
 class FloodError(RelayError):
@@ -120,6 +129,7 @@ class FloodError(RelayError):
 
 class CapacityError(RelayError):
     kind = "capacity"
+    http_status = 503
     close_code = CloseCode.TRY_AGAIN_LATER
 
 

@@ -158,7 +158,10 @@ def _usable_candidate(line: str, local: list[IPAddress] | None) -> bool:
 
 def check_sdp_size(sdp: str, limit: int) -> None:
     if len(sdp) > limit:
-        raise LimitError(f"SDP too large: {len(sdp)} bytes (limit {limit}, webrtc.max_sdp_bytes)")
+        raise LimitError(
+            f"SDP too large: {len(sdp)} bytes (limit {limit}, webrtc.max_sdp_bytes)",
+            http_status=413,
+        )
 
 
 def check_stream_limit(senders: int, limit: int) -> None:

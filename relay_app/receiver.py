@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
-from aiortc import RTCSessionDescription
+from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
@@ -24,6 +24,7 @@ from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
 from .registry import Stream
 from .relay import RelayTrack
+from .rtp_tap import negotiated_opus_payload_type
 
 
 async def run_receiver(
@@ -72,6 +73,68 @@ async def _play(
             media.peer = None
     if not stream.ended.is_set():
         raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
+
+
+async def run_answering_receiver(
+    host: SessionHost,
+    media: MediaTask,
+    request: tuple[Stream, str],
+    *,
+    task_status: TaskStatus[None],
+) -> None:
+    """A receiver whose client makes the offer (a WHEP player): answer it with the stream's
+    audio and play until the stream or the connection ends. No re-offer on a channel: a
+    WHEP session has no way to carry one, so the player's session ends with the stream."""
+    stream, offer = request
+    ctx = host.ctx
+    media.log = log = media.log.bind(stream_id=stream.stream_id)
+    _check_player_offer(offer)
+    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
+        media.peer = peer
+        with _listening(host, stream, log) as track:
+            await _answer(host, peer, track, offer)
+            log.info("receiver_answer_sent")
+            task_status.started()
+            await _wait_any(stream.ended.wait, peer.failed.wait)
+    if not stream.ended.is_set():
+        raise MediaFailed(f"media {peer.failure}")
+    host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+
+
+def _check_player_offer(sdp: str) -> None:
+    try:
+        media = SessionDescription.parse(sdp).media
+    except Exception as error:  # aiortc's parser raises assorted errors on garbage
+        raise NegotiationError(f"invalid SDP offer: {error}") from None
+    audio = [m for m in media if m.kind == "audio"]
+    if len(audio) != 1:
+        raise NegotiationError(f"offer one audio section to play; this offer has {len(audio)}")
+    if audio[0].direction != "recvonly":
+        # A player that also sends would have its audio decoded into a queue nobody reads.
+        raise NegotiationError(
+            f"a player's audio section must be recvonly, not {audio[0].direction or 'sendrecv'}"
+        )
+
+
+async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None:
+    """Answer a player's offer with `track`, Opus only (forward mode sends Opus packets)."""
+    pc = peer.pc
+    try:
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=remote_candidates(host, offer), type="offer")
+        )
+        pc.addTrack(track)
+        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio":
+                transceiver.setCodecPreferences(opus)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except NoFreeMediaPort as error:
+        raise MediaUnavailable(str(error.strerror or error)) from None
+    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
+        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
+    negotiated_opus_payload_type(pc)  # NegotiationError when the offer had no Opus
+    host.send(p.AnswerOut(sdp=peer.local_sdp))
 
 
 @contextmanager

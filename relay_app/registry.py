@@ -206,12 +206,15 @@ class StreamRegistry:
 
     def _check_channel_open(self, channel: str) -> None:
         if channel.startswith(UNNAMED_PREFIX):
-            raise ChannelError(f"channel names starting with {UNNAMED_PREFIX} are reserved")
+            raise ChannelError(
+                f"channel names starting with {UNNAMED_PREFIX} are reserved", http_status=400
+            )
         if channel not in self._channels and not self._streams_settings.allow_unlisted_channels:
             known = ", ".join(sorted(self._channels)) or "none"
             raise ChannelError(
                 f"channel {channel!r} is not configured (channels: {known}; "
-                "streams.allow_unlisted_channels is false)"
+                "streams.allow_unlisted_channels is false)",
+                http_status=404,
             )
         if channel in self.locked:
             raise ChannelError(f"channel {channel!r} is locked by an operator: no new senders")
@@ -277,7 +280,9 @@ class StreamRegistry:
             raise
         if stream.ended.is_set():
             log.warning("stream_track_ended", stream_id=stream.stream_id)
-            raise SessionStateError(NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
+            raise SessionStateError(
+                NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)", http_status=404
+            )
         return stream
 
     def live_streams(self) -> list[Stream]:
