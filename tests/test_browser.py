@@ -379,3 +379,51 @@ async def test_speak_page_sends_on_the_channel_it_is_given(
         assert await receiver.start_receiving("booth-1") == "booth-1"
         await receiver.wait_audio(1.0)
     await page.context.close()
+
+
+WHEP_JS = """
+async (channel) => {
+  // A WHEP player in a few lines of plain browser code: no relay_app JavaScript.
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const remote = new Promise((resolve) => {
+    pc.ontrack = (event) => resolve(event.streams[0] || new MediaStream([event.track]));
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
+  });
+  const response = await fetch(`/whep/${channel}`, {
+    method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp,
+  });
+  if (response.status !== 201) return {status: response.status, body: await response.text()};
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  const stream = await remote;
+  const audio = new Audio();  // Chromium feeds WebAudio from a remote stream that plays
+  audio.srcObject = stream;
+  audio.muted = true;
+  await audio.play();
+  window.relayReceiver = {remoteStream: stream};
+  window.whep = {pc, location: response.headers.get("Location")};
+  return {status: response.status, location: window.whep.location};
+}
+"""
+
+
+async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(
+    server: ServerProcess, browser: Any
+) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(660), channel="whep-test")
+        page = await open_page(browser, server.base_url + "/health")
+        started = await page.evaluate(WHEP_JS, "whep-test")
+        assert started["status"] == 201, started
+        assert started["location"].startswith("/whep/whep-test/")
+        heard = await heard_by_page(page)
+        assert abs(heard["freq"] - 660) <= 10, heard
+        deleted = await page.evaluate(
+            "async () => (await fetch(window.whep.location, {method: 'DELETE'})).status"
+        )
+        assert deleted == 200
+        await page.context.close()
