@@ -25,7 +25,9 @@ from .auth import ROLES, mint, parse_ttl
 from .config import ConfigError, Settings, load_settings
 from .dtls import use_shared_certificate
 from .ice import configure_ice
+from .lan import listen_urls
 from .logs import configure_logging, get_logger
+from .qr import terminal_qr
 
 RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 # The audio port's send buffer (doubled by the kernel): without a fixed size Linux grows it to
@@ -103,6 +105,8 @@ async def _serve(settings: Settings) -> None:
         audio_port=ports[1],
         url=f"{scheme}://{server.host}:{ports[0]}/",
     )
+    # Not 0.0.0.0: the addresses a phone on the LAN can open (also `python -m relay_app qr`).
+    log.info("listen_urls", urls=listen_urls(settings))
     config = hypercorn_config(settings, sockets)
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
@@ -131,6 +135,15 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _qr(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a QR code of the Listen page's LAN URL, for phones in the room to scan."""
+    urls = [args.url] if args.url else listen_urls(settings, args.channel)
+    print(terminal_qr(urls[0], colour=sys.stdout.isatty()), end="")
+    for url in urls:
+        print(url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
@@ -149,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send on and take over",
     )
     token.add_argument("--sub", help="who it is for (logged)")
+    qr = sub.add_parser("qr", help="print a QR code of the Listen page's LAN URL")
+    qr.add_argument("--channel", help="link straight to this channel (/listen/<channel>)")
+    qr.add_argument("--url", help="encode this URL instead (e.g. behind a reverse proxy)")
     args = parser.parse_args(argv)
     if args.command == "cert":
         return _cert(args)
@@ -159,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token(args, settings)
+    if args.command == "qr":
+        return _qr(args, settings)
     configure_logging(settings.logging)
     configure_ice(settings.webrtc)
     use_shared_certificate()

@@ -13,6 +13,7 @@ import ctypes
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import anyio
 from hypercorn.protocol import ws_stream as hypercorn_ws_stream
@@ -28,12 +29,14 @@ from .config import Settings, unreachable_limits
 from .context import RelayContext
 from .errors import AuthError, http_error_body
 from .http_peers import HttpPeers
+from .lan import listen_urls
 from .limits import Pace
 from .listen_http import http_listening_routes
 from .logs import get_logger
 from .metrics_view import health_view, metrics_json
 from .origins import host_allowed, known_hosts, origin_allowed
 from .prometheus import metrics_prometheus, prometheus_registry, wants_prometheus
+from .qr import qr_svg
 from .registry import EndCause
 from .session import PeerSession
 from .whip import whip_routes
@@ -263,7 +266,8 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
 
     admin_routes(app, ctx)
     whip_routes(app, ctx, http_peers)
-    _web_client_routes(app)
+    _web_client_routes(app, settings)
+    http_listening_routes(app, ctx)  # also here: the Listen page's screen-off fallback
     return app
 
 
@@ -290,7 +294,7 @@ def _session_route(app: Quart, settings: Settings, ctx: RelayContext) -> None:
         return None
 
 
-def _web_client_routes(app: Quart) -> None:
+def _web_client_routes(app: Quart, settings: Settings) -> None:
     """The Speak and Listen pages, and the headers that keep them to this server."""
 
     @app.after_request
@@ -303,6 +307,20 @@ def _web_client_routes(app: Quart) -> None:
     async def _index() -> Response:
         return await app.send_static_file("index.html")
 
+    @app.get("/manifest.webmanifest")  # at the root: its scope may then be the whole site
+    async def _manifest() -> Response:
+        response = await app.send_static_file("manifest.webmanifest")
+        response.content_type = "application/manifest+json"
+        return response
+
+    @app.get("/qr.svg")
+    async def _qr() -> Response:
+        """The Listen page's URL as a QR code (the home page shows it): the address this
+        browser used, unless that is this machine's own (localhost), then the LAN one."""
+        channel = request.args.get("channel") or None
+        url = _phone_url(request.host, channel, settings)
+        return Response(qr_svg(url), content_type="image/svg+xml", headers={"X-Url": url})
+
     @app.get("/send")
     async def _send_page() -> Response:
         return await app.send_static_file("send.html")
@@ -311,6 +329,15 @@ def _web_client_routes(app: Quart) -> None:
     @app.get("/listen/<channel>")  # a link to one channel: the page reads it from its path
     async def _listen_page(channel: str | None = None) -> Response:
         return await app.send_static_file("listen.html")
+
+
+def _phone_url(host_header: str, channel: str | None, settings: Settings) -> str:
+    host = urlsplit(f"//{host_header}").hostname or ""
+    if host in ("localhost", "") or host.startswith("127.") or host == "::1":
+        return listen_urls(settings, channel)[0]
+    scheme = "https" if settings.server.certfile else "http"
+    path = "/listen" + (f"/{quote(channel)}" if channel else "")
+    return f"{scheme}://{host_header}{path}"
 
 
 def stream_status(ctx: RelayContext) -> dict[str, Any]:

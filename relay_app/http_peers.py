@@ -54,6 +54,10 @@ class HttpPeer:
     def connection_id(self) -> str:
         return self.info.connection_id
 
+    @property
+    def video_ignored(self) -> bool:
+        return self.kind == "whip"  # OBS always offers video; it is answered inactive
+
     def send(self, message: p.ServerMessage) -> None:
         """What a WebSocket client would be told: the answer goes into the POST's response;
         the rest has no one to go to and is logged where it matters."""

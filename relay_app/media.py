@@ -34,6 +34,9 @@ class SessionHost(Protocol):
     def ctx(self) -> RelayContext: ...
     @property
     def info(self) -> SessionInfo: ...
+    @property
+    def video_ignored(self) -> bool:
+        """A sender's offer may carry video, answered `inactive` (WHIP: OBS offers video)."""
 
     def send(self, message: p.ServerMessage) -> None:
         """Queue a message for the client; never blocks (a client that does not read is

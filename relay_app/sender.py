@@ -48,11 +48,12 @@ from .rtp_tap import (
 )
 
 
-def check_offer(sdp: str) -> None:
+def check_offer(sdp: str, video_ignored: bool = False) -> None:
     """Refuse, before any peer connection exists, an offer that is not one audio track.
 
     One: the server taps and drains one track per sender; aiortc would decode any other into
-    a queue nobody reads (10 audio sections grew RSS by ~10 MB/s).
+    a queue nobody reads (10 audio sections grew RSS by ~10 MB/s). With `video_ignored`
+    (WHIP: OBS always offers video), video sections pass and are answered `inactive`.
     """
     try:
         media = SessionDescription.parse(sdp).media
@@ -63,7 +64,7 @@ def check_offer(sdp: str) -> None:
         raise NegotiationError("the offer has no audio track (no m=audio section)")
     if (count := sum(1 for m in media if m.kind == "audio")) > 1:
         raise NegotiationError(f"send one audio track: the offer has {count} m=audio sections")
-    if others := sorted(kinds - {"audio"}):
+    if others := sorted(kinds - {"audio", "video"} if video_ignored else kinds - {"audio"}):
         raise NegotiationError(
             f"only audio is relayed; remove these from the offer: {', '.join(others)}"
         )
@@ -75,7 +76,7 @@ async def run_sender(
     ctx = host.ctx
     log = media.log
     log.info("sender_setup")
-    check_offer(sdp)
+    check_offer(sdp, video_ignored=host.video_ignored)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
         stream = await _answer_offer(host, peer, sdp)
@@ -107,6 +108,9 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     sdp = remote_candidates(host, sdp)
     try:
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in peer.pc.getTransceivers():
+            if transceiver.kind != "audio":  # (WHIP only) no video is received or decoded
+                transceiver.direction = "inactive"
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
     except NoFreeMediaPort as error:
         raise MediaUnavailable(str(error.strerror or error)) from None

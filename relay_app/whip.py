@@ -159,7 +159,7 @@ class WhipEndpoints:
             if grant is not None:
                 _check_role(grant, "send")
                 grant.check_sending(channel)
-            check_offer(offer)
+            check_offer(offer, video_ignored=True)
             max_streams = self.settings.streams.max_streams
 
             def claim() -> None:

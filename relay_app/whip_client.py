@@ -81,11 +81,12 @@ async def _session(
 
 @asynccontextmanager
 async def whip_publish(
-    url: str, track: MediaStreamTrack, token: str | None = None
+    url: str, track: MediaStreamTrack, token: str | None = None, *more: MediaStreamTrack
 ) -> AsyncIterator[WhipSession]:
-    """Publish `track` to a WHIP endpoint until the block ends."""
+    """Publish `track` (and `more`, e.g. a video track as OBS sends) until the block ends."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver(track, direction="sendonly")
+    for each in (track, *more):
+        pc.addTransceiver(each, direction="sendonly")
     async with _session(url, pc, token) as (_, location):
         yield WhipSession(location, pc)
 

@@ -188,6 +188,8 @@ def test_without_auth_only_this_machine_may_use_it(tmp_path: Path, lan_namespace
     server.command = ["ip", "netns", "exec", lan_namespace, *server.command]
     server.start()
     try:
+        # (and the startup log names the LAN address, not 0.0.0.0: what phones can open)
+        assert server.wait_event("listen_urls")["urls"] == [f"http://{LAN_IP}:8080/listen"]
         assert _status_from(lan_namespace, "http://127.0.0.1:8080/admin/sessions") == 200
         assert _status_from(lan_namespace, f"http://{LAN_IP}:8080/admin/sessions") == 403
         assert _status_from(lan_namespace, f"http://{LAN_IP}:8080/health") == 200

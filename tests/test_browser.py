@@ -7,6 +7,7 @@ receiver page's audio is measured in the page with a WebAudio AnalyserNode. Medi
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import wave
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import av
 import numpy as np
 import pytest
+import zxingcpp
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.levels import rms_dbfs
@@ -427,3 +430,45 @@ async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(
         )
         assert deleted == 200
         await page.context.close()
+
+
+async def test_listen_page_keeps_a_phone_playing_and_the_home_page_shows_its_qr_code(
+    tmp_path: Path, browser: Any
+) -> None:
+    config = deep_merge(BROWSER_CONFIG, {"channels": {"hall": {"label": "Main hall"}}})
+    for server in serving(tmp_path, config):
+        async with RelayClient.connect(server.ws_url) as sender:
+            await sender.start_sending(ToneTrack(550), channel="hall")
+            page = await open_page(browser, server.base_url + "/listen/hall")
+            await wait_state(page, "playing")
+            await page.wait_for_function(
+                "() => navigator.mediaSession.metadata && "
+                "navigator.mediaSession.metadata.title === 'Main hall'"
+            )
+            assert await page.evaluate("navigator.mediaSession.playbackState") == "playing"
+            # Requested while playing; headless Chromium may grant or refuse it.
+            wake = await page.evaluate("window.relayReceiver.phone.wakeLockState")
+            assert wake == "active" or wake.startswith("denied"), wake
+            # Screen off: the same <audio> element plays the plain-HTTP stream instead.
+            await page.evaluate("window.relayReceiver.useHttp(true)")
+            await page.wait_for_function(
+                "() => { const a = document.getElementById('audio');"
+                " return a.currentSrc.endsWith('/stream/hall.ogg') && a.currentTime > 1; }",
+                timeout=15000,
+            )
+            assert await page.evaluate("window.relayReceiver.httpMode.auto") is True
+            await page.context.close()
+        await _home_page_qr_code_decodes(server, browser)
+
+
+async def _home_page_qr_code_decodes(server: ServerProcess, browser: Any) -> None:
+    page = await open_page(browser, server.base_url + "/")
+    await page.wait_for_function("() => document.getElementById('qr-url').href.includes('://')")
+    shown = await page.get_attribute("#qr-url", "href")
+    assert shown == f"{server.base_url}/listen"
+    png = await page.locator("#qr").screenshot()
+    with av.open(io.BytesIO(png)) as image:
+        gray = next(image.decode(video=0)).to_ndarray(format="gray")
+    found = zxingcpp.read_barcodes(gray)
+    assert [code.text for code in found] == [shown]
+    await page.context.close()

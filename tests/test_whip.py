@@ -14,6 +14,7 @@ import anyio
 import av
 import httpx
 import pytest
+from aiortc import VideoStreamTrack
 
 from relay_app import protocol as p
 from relay_app.auth import mint
@@ -84,6 +85,12 @@ async def test_whip_and_whep_answer_with_the_statuses_the_rfc_names(tmp_path: Pa
             async with whep_play(f"{server.base_url}/whep/booth", token=receive):
                 pass
         assert refused.value.status == 404
+        # OBS offers video too: answered inactive, the audio is relayed.
+        video = VideoStreamTrack()
+        async with whip_publish(f"{server.base_url}/whip/obs", ToneTrack(440), send, video) as obs:
+            answer = obs.pc.remoteDescription.sdp
+            assert "m=video" in answer and "a=inactive" in answer.split("m=video")[1]
+            assert server.get("/stream/status").json()["active_streams"] == ["obs"]
         async with whip_publish(url, ToneTrack(440), token=send) as first:
             with pytest.raises(WhipError) as refused:  # busy channel
                 async with whip_publish(url, ToneTrack(660), token=send):

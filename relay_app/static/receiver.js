@@ -1,5 +1,6 @@
 // Receiver page: relay -> WebRTC -> speakers. Waits, retries and rejoins on its own.
 import { LevelMeter, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+import { PhoneListening, watchBackgroundStall } from "./phone.js";
 
 const RETRY_MS = 2000; // the guide's auto-retry on "No audio stream available"
 const LIST_REFRESH_MS = 5000;
@@ -16,6 +17,12 @@ let retryTimer = null;
 let listTimer = null;
 let currentStream = null;
 let remoteStream = null;
+const labels = new Map(); // channel -> label, from available_streams
+// Plain HTTP instead of WebRTC: chosen (the button), or `auto` when the browser suspended
+// WebRTC in the background; then it comes back to WebRTC when the page is visible again.
+let httpMode = null; // null | { streamId, auto }
+const backgroundButton = $("background");
+const phone = new PhoneListening(audio, { onPlay: play, onPause: () => audio.pause() });
 
 const signaling = new Signaling({ onMessage, onState, token: tokenFromUrl() });
 
@@ -67,6 +74,7 @@ function showHttpUrl(streamId) {
 }
 
 function closePeer() {
+  if (!httpMode) phone.stopped();
   if (pc) pc.close();
   pc = null;
   currentStream = null;
@@ -110,6 +118,8 @@ async function play() {
     await audio.play();
     playButton.hidden = true;
     if (pc && pc.connectionState === "connected") setState("playing", `Playing ${currentStream}`);
+    const playingId = httpMode ? httpMode.streamId : currentStream;
+    if (playingId) await phone.started(labels.get(playingId) || playingId);
   } catch (error) {
     // Autoplay policy: the browser wants a tap first.
     playButton.hidden = false;
@@ -122,6 +132,7 @@ function showStreams(streams, channels) {
   const chosen = streamSelect.value || preferred;
   streamSelect.replaceChildren(new Option("Newest stream", ""));
   for (const channel of channels) {
+    labels.set(channel.channel, channel.label);
     const label = channel.live ? channel.label : `${channel.label} (no sender yet)`;
     streamSelect.add(new Option(label, channel.channel));
   }
@@ -178,7 +189,45 @@ async function onMessage(message) {
   }
 }
 
+// The same stream as Ogg/Opus over plain HTTP from this server, in the same <audio> element:
+// no WebRTC, so it keeps playing where the browser suspends WebRTC with the screen off.
+function useHttp(auto) {
+  const streamId = currentStream || (httpMode && httpMode.streamId);
+  if (!streamId) return;
+  if (pc) signaling.send({ type: "stop" });
+  closePeer();
+  clearTimeout(retryTimer);
+  httpMode = { streamId, auto };
+  const token = tokenFromUrl();
+  audio.srcObject = null;
+  audio.src = `/stream/${encodeURIComponent(streamId)}.ogg${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+  backgroundButton.textContent = "Back to low latency (WebRTC)";
+  setState("playing", `Playing ${labels.get(streamId) || streamId} over plain HTTP (keeps playing with the screen off; about 1 s later than WebRTC)`);
+  play();
+}
+
+function useWebRtc() {
+  httpMode = null;
+  audio.pause();
+  audio.removeAttribute("src");
+  audio.load();
+  backgroundButton.textContent = "Keep playing with the screen off";
+  requestStream();
+}
+
+backgroundButton.addEventListener("click", () => (httpMode ? useWebRtc() : useHttp(false)));
+audio.addEventListener("ended", () => httpMode && setTimeout(() => httpMode && useHttp(httpMode.auto), RETRY_MS));
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && httpMode && httpMode.auto) useWebRtc();
+});
+watchBackgroundStall(() => pc, () => useHttp(true));
+
 streamSelect.addEventListener("change", () => {
+  if (httpMode) {
+    httpMode = null;
+    audio.removeAttribute("src");
+    backgroundButton.textContent = "Keep playing with the screen off";
+  }
   preferred = streamSelect.value;
   localStorage.setItem(REMEMBERED, preferred);
   signaling.send({ type: "stop" });
@@ -192,5 +241,8 @@ window.relayReceiver = {
   get pc() { return pc; },
   get remoteStream() { return remoteStream; },
   get streamId() { return currentStream; },
+  get httpMode() { return httpMode; },
+  phone,
+  useHttp,
 };
 signaling.connect();
