@@ -90,6 +90,7 @@ def welcome_config(settings: Settings) -> dict[str, Any]:
 
 class PeerSession:
     video_ignored = False  # our own clients offer audio only: video is a mistake to report
+
     def __init__(
         self,
         ws: WebSocket,
