@@ -138,3 +138,6 @@ class Kicked(RelayError):
 
     kind = "kicked"
     close_code = CloseCode.POLICY_VIOLATION
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__("closed by an operator" + (f": {reason}" if reason else ""))

@@ -104,7 +104,7 @@ class PeerSession:
         self.settings = ctx.settings
         self.connection_id = new_connection_id()
         self.info = SessionInfo(self.connection_id, remote, user_agent=user_agent[:200])
-        self.info.kick = self._kick
+        self.info.kick = lambda reason: self.refuse(Kicked(reason))  # the admin API's kick
         self._url_token = token
         # None while auth is off; otherwise what the client's token allows.
         self.grant: Grant | None = None
@@ -227,9 +227,6 @@ class PeerSession:
         # the session.
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
-
-    def _kick(self, reason: str) -> None:
-        self.refuse(Kicked(f"closed by an operator{': ' + reason if reason else ''}"))
 
     def _not_reading(self, detail: str) -> None:
         error = NotReading(f"client is not reading: {detail}")

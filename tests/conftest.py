@@ -77,6 +77,17 @@ def assert_no_leaks(server: ServerProcess) -> None:
 @pytest.fixture
 def make_server(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start a server with extra config for this test only; checked and stopped after it."""
+    yield from _servers(tmp_path, relay_mode)
+
+
+@pytest.fixture
+def make_forward_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """`make_server` in forward mode only: for scenarios about the WebSocket, limits and
+    sessions that the relay mode does not touch (each run costs suite time)."""
+    yield from _servers(tmp_path, "forward")
+
+
+def _servers(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def _make(config: dict[str, Any] | None = None, **kwargs: Any) -> ServerProcess:

@@ -102,8 +102,8 @@ async def test_over_max_connections_refused_with_1013(
 
 
 @pytest.fixture
-def quick_timeout_server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return make_server({"webrtc": {"connection_timeout": 1.0}})
+def quick_timeout_server(make_forward_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return make_forward_server({"webrtc": {"connection_timeout": 1.0}})
 
 
 async def test_idle_session_closes_after_connection_timeout(

@@ -76,12 +76,12 @@ async def sender_offer(audio_sections: int = 1) -> str:
 
 # 1. A client that never reads is closed; what it sends cannot pile up in the server -------
 async def test_1_a_client_that_floods_then_never_reads_is_closed_and_memory_stays_flat(
-    make_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess],
 ) -> None:
     """The issue's case: the error replies to a flood back up behind a client that reads
     nothing. Before, the session then sat in a blocked send, 45 s past connection_timeout."""
     timeout, teardown = 3.0, 3.0
-    server = make_server(
+    server = make_forward_server(
         {
             "server": {"max_messages_per_second": 1_000_000, "send_timeout": 1.0},
             "webrtc": {"connection_timeout": timeout},
@@ -117,9 +117,9 @@ async def test_1_a_client_that_floods_then_never_reads_is_closed_and_memory_stay
 
 # 2. One limiter counts every frame and closes a sustained flood -----------------------------
 async def test_2_binary_oversized_and_steady_floods_are_all_closed(
-    make_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess],
 ) -> None:
-    server = make_server({"server": {"max_messages_per_second": 5}})
+    server = make_forward_server({"server": {"max_messages_per_second": 5}})
 
     async def replies_until_closed(frames: list[str | bytes], pace: float = 0) -> int:
         """Send frames (paced `pace` s apart) while counting replies, until the server closes
@@ -392,9 +392,11 @@ def test_13_a_library_warning_repeated_per_packet_is_logged_once_per_window() ->
 
 # The acceptance soak, short (bench/slow_readers.py runs 50 clients for 60 s) ---------------
 async def test_slow_readers_are_all_closed_in_time_and_the_pair_keeps_hearing(
-    make_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess],
 ) -> None:
-    server = make_server({"server": {"max_connections": 30}, "webrtc": {"connection_timeout": 5.0}})
+    server = make_forward_server(
+        {"server": {"max_connections": 30}, "webrtc": {"connection_timeout": 5.0}}
+    )
     result = await slow_readers(server, clients=8, seconds=6, drain_wait=0)
     assert result["flooding_sessions"] >= 8, result
     assert result["closed_sessions"] == result["flooding_sessions"], result
