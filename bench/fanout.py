@@ -1,7 +1,14 @@
 """Fan-out benchmark: one sender, N lightweight receivers, both relay modes, all on 127.0.0.1.
 
-    .venv/bin/python bench/fanout.py                    # both modes, N = 1, 10, 25, ... 400
+    .venv/bin/python bench/fanout.py                    # both modes, N = 0, 1, 10, 25, ... 400
     .venv/bin/python bench/fanout.py --counts 1 10 50 --window 5
+    .venv/bin/python -m bench.fanout --janus --counts 0 1 100 200 400   # + Janus, same run
+
+With --janus, Debian's Janus 1.1.2 (streaming plugin, fed the same kind of Opus by ffmpeg,
+loopback only) is measured in the same run by the shared harness (../shared/anchors/janus:
+run its setup.sh once), with the same kind of receivers (aiortc, counting RTP), and its rows
+join the table. N = 0 is the stream with no receivers (idle stream CPU); per-receiver CPU and
+RSS are differences from it.
 
 For each mode and N: a fresh server (`python -m relay_app`), a sender streaming a tone
 (`relay_app.client send`), and N receivers spread over worker processes. Receivers count
@@ -157,6 +164,81 @@ class Point:
 
 
 def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
+    if receivers == 0:
+        return measure_idle(mode, window, tmp)
+    return measure_receivers(mode, receivers, window, tmp)
+
+
+def measure_idle(mode: str, window: float, tmp: Path) -> Point:
+    """N = 0: the server with one live stream and nobody listening."""
+    server = Server(mode, tmp)
+    sender = start_client(
+        server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while server.metrics()["active_streams"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sender did not start")
+            time.sleep(0.2)
+        time.sleep(2.0)
+        cpu0 = server.cpu_seconds()
+        time.sleep(window)
+        cpu = 100 * (server.cpu_seconds() - cpu0) / window
+        rss = server.metrics()["process"]["rss_mb"]
+        return Point(mode, 0, round(cpu, 1), 0.0, round(rss, 1), 0, 0, 0.0, 0, None, None, None, 0)
+    finally:
+        sender.terminate()
+        sender.wait(10)
+        server.stop()
+
+
+def janus_points(counts: list[int], window: float, harness: Path) -> list[Point]:
+    """The same sweep against Janus, by the shared harness (its own receivers and ffmpeg)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = RESULTS / f"janus-{stamp}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = [
+        "python3",
+        str(harness / "bench.py"),
+        "--target",
+        "janus",
+        "--ns",
+        ",".join(str(n) for n in counts),
+        "--window",
+        str(window),
+        "--settle",
+        "5",
+        "--stop-loss",
+        "5",
+        "--tag",
+        f"fanout-{stamp}",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=True, cwd="/tmp/janus-bench", timeout=3600)
+    rows = json.loads(out.read_text())["results"]
+    return [
+        Point(
+            mode="janus",
+            receivers=row["N"],
+            cpu_percent=row["server_cpu_pct"],
+            cpu_per_receiver=round(row["server_cpu_pct"] / row["N"], 3) if row["N"] else 0.0,
+            rss_mb=row["server_rss_mb"],
+            delivered=0,
+            expected=0,
+            loss_percent=row.get("loss_vs_nominal_pct") or 0.0,
+            min_receiver_packets=row.get("min_receiver_pkts_in_window", 0),
+            latency_p50_ms=None,  # Janus has no relay-added latency histogram
+            latency_p95_ms=None,
+            latency_p99_ms=None,
+            setup_seconds=0,
+        )
+        for row in rows
+    ]
+
+
+def measure_receivers(mode: str, receivers: int, window: float, tmp: Path) -> Point:
     server = Server(mode, tmp)
     sender = start_client(
         server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -245,27 +327,34 @@ def _get(queue: Any, workers: list[Any], timeout: float = 300) -> Any:
 
 
 def table(points: list[Point]) -> str:
+    """One row per point; the per-receiver columns are differences from that mode's N = 0."""
     header = (
-        f"{'mode':<10} {'N':>4} {'cpu%':>7} {'cpu%/rx':>8} {'rss MB':>7} {'loss%':>6} "
-        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+        f"{'system':<10} {'N':>4} {'cpu%':>7} {'+cpu%/rx':>9} {'rss MB':>7} {'+MB/rx':>7} "
+        f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
     )
     lines = [header, "-" * len(header)]
+    idle = {p.mode: p for p in points if p.receivers == 0}
+
+    def f(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for p in points:
-
-        def f(value: float | None) -> str:
-            return "-" if value is None else f"{value:.2f}"
-
+        base = idle.get(p.mode)
+        per_cpu = per_mb = None
+        if base is not None and p.receivers:
+            per_cpu = (p.cpu_percent - base.cpu_percent) / p.receivers
+            per_mb = (p.rss_mb - base.rss_mb) / p.receivers
         lines.append(
-            f"{p.mode:<10} {p.receivers:>4} {p.cpu_percent:>7.1f} {p.cpu_per_receiver:>8.3f} "
-            f"{p.rss_mb:>7.1f} {p.loss_percent:>6.2f} {f(p.latency_p50_ms):>7} "
-            f"{f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7}"
+            f"{p.mode:<10} {p.receivers:>4} {p.cpu_percent:>7.1f} {f(per_cpu, 3):>9} "
+            f"{p.rss_mb:>7.1f} {f(per_mb, 3):>7} {p.loss_percent:>6.2f} "
+            f"{f(p.latency_p50_ms):>7} {f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7}"
         )
     return "\n".join(lines)
 
 
 def summary(points: list[Point]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mode in ("forward", "transcode"):
+    for mode in ("forward", "transcode", "janus"):
         ok = [
             p.receivers
             for p in points
@@ -277,11 +366,12 @@ def summary(points: list[Point]) -> dict[str, Any]:
         out[f"{mode}_max_receivers_ok"] = max(ok) if ok else 0
     # CPU per added receiver: the slope from N=1 to the largest N that both modes ran without
     # saturating, so the per-stream base (receive, one decode) does not count.
+    modes = sorted({p.mode for p in points})
     by_mode = {
         mode: {p.receivers: p for p in points if p.mode == mode and p.loss_percent < 5}
-        for mode in ("forward", "transcode")
+        for mode in modes
     }
-    common = set(by_mode["forward"]) & set(by_mode["transcode"])
+    common = set.intersection(*(set(rows) for rows in by_mode.values())) if by_mode else set()
     top = max((n for n in common if n > 1), default=None)
     per_rx: dict[str, float] = {}
     if top is not None and 1 in common:
@@ -292,6 +382,8 @@ def summary(points: list[Point]) -> dict[str, Any]:
         out["transcode_over_forward_cpu_per_receiver"] = round(
             per_rx["transcode"] / per_rx["forward"], 1
         )
+    if per_rx.get("janus", 0) > 0 and "forward" in per_rx:
+        out["forward_over_janus_cpu_per_receiver"] = round(per_rx["forward"] / per_rx["janus"], 2)
     out["cpu_per_receiver"] = per_rx
     return out
 
@@ -299,10 +391,16 @@ def summary(points: list[Point]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", nargs="+", default=["transcode", "forward"])
-    parser.add_argument("--counts", nargs="+", type=int, default=[1, 10, 25, 50, 100, 200, 400])
+    parser.add_argument("--counts", nargs="+", type=int, default=[0, 1, 10, 25, 50, 100, 200, 400])
     parser.add_argument("--window", type=float, default=5.0, help="measurement seconds")
+    parser.add_argument("--janus", action="store_true", help="also measure Janus, same run")
+    parser.add_argument("--janus-harness", type=Path, default=REPO.parent / "shared/anchors/janus")
     args = parser.parse_args()
     points: list[Point] = []
+    if args.janus:
+        points += janus_points(args.counts, args.window, args.janus_harness)
+        for point in points:
+            print(table([point]).splitlines()[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             for count in args.counts:

@@ -386,13 +386,14 @@ class RelayClient:
         stream_id: str | None = None,
         on_track: Callable[[RTCPeerConnection, MediaStreamTrack], None] | None = None,
         recorder: Recorder | None = None,
+        visualization: bool = False,
     ) -> str:
         """Ask for a stream and answer the offer; audio lands in `self.recorder` (a new
-        `Recorder()` unless one is given).
+        `Recorder()` unless one is given); `visualization` asks for level messages.
 
         `on_track` replaces the recorder (a load generator counts packets instead).
         """
-        await self.send(p.StartReceiving(stream_id=stream_id))
+        await self.send(p.StartReceiving(stream_id=stream_id, visualization=visualization))
         offer = await self.receive(p.Offer)
         return await self.answer_offer(offer, on_track, recorder or Recorder())
 

@@ -39,6 +39,8 @@ class StartSending(_ClientMessage):
 class StartReceiving(_ClientMessage):
     type: Literal["start_receiving"] = "start_receiving"
     stream_id: str | None = Field(None, min_length=1, max_length=200)
+    # Level messages for this receiver (off by default: a page can meter what it plays).
+    visualization: bool = False
 
 
 class Answer(_ClientMessage):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,8 +28,16 @@ from .relay import RelayTrack
 from .rtp_tap import negotiated_opus_payload_type
 
 
+@dataclass(frozen=True)
+class Listen:
+    """What `start_receiving` asked for: a stream, and whether to send it level messages."""
+
+    stream: Stream
+    levels: bool = False
+
+
 async def run_receiver(
-    host: SessionHost, media: MediaTask, stream: Stream, *, task_status: TaskStatus[None]
+    host: SessionHost, media: MediaTask, request: Listen, *, task_status: TaskStatus[None]
 ) -> None:
     """Play `stream`; for a channel, then each next sender on it, until the session stops it.
 
@@ -36,9 +45,10 @@ async def run_receiver(
     here (no peer connection, not counted as a receiver) for the channel's next stream, then
     gets `stream_started` and a fresh offer on the same socket.
     """
+    stream = request.stream
     status: TaskStatus[None] | None = task_status
     while True:
-        await _play(host, media, stream, status)
+        await _play(host, media, stream, request.levels, status)
         status = None
         channel = stream.channel
         host.send(
@@ -54,7 +64,11 @@ async def run_receiver(
 
 
 async def _play(
-    host: SessionHost, media: MediaTask, stream: Stream, task_status: TaskStatus[None] | None
+    host: SessionHost,
+    media: MediaTask,
+    stream: Stream,
+    levels: bool,
+    task_status: TaskStatus[None] | None,
 ) -> None:
     """One peer connection playing `stream` until it ends; MediaFailed if the media fails."""
     ctx = host.ctx
@@ -62,7 +76,7 @@ async def _play(
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
         try:
-            with _listening(host, stream, log) as track:
+            with _listening(host, stream, log, levels) as track:
                 await _offer(host, peer, track, stream)
                 log.info("receiver_offer_sent")
                 if task_status is not None:
@@ -91,7 +105,7 @@ async def run_answering_receiver(
     _check_player_offer(offer)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
-        with _listening(host, stream, log) as track:
+        with _listening(host, stream, log, levels=False) as track:
             await _answer(host, peer, track, offer)
             log.info("receiver_answer_sent")
             task_status.started()
@@ -138,7 +152,7 @@ async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None
 
 
 @contextmanager
-def _listening(host: SessionHost, stream: Stream, log: Any) -> Iterator[RelayTrack]:
+def _listening(host: SessionHost, stream: Stream, log: Any, levels: bool) -> Iterator[RelayTrack]:
     """Subscribed to the stream and counted as its receiver, for exactly this block.
 
     Sync on both sides: entered before the offer, left before the peer connection closes.
@@ -149,9 +163,8 @@ def _listening(host: SessionHost, stream: Stream, log: Any) -> Iterator[RelayTra
     except MediaStreamError:  # it ended between start_receiving and this task's start
         raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)") from None
     try:
-        registry.add_receiver(
-            stream, host.info, host.send_or_drop, host.ctx.settings.streams.max_receivers
-        )
+        levels_to = host.send_or_drop if levels else None
+        registry.add_receiver(stream, host.info, levels_to, host.ctx.settings.streams.max_receivers)
     except BaseException:
         source.unsubscribe(track)
         raise

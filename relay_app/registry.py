@@ -59,8 +59,9 @@ class Stream:
     end_cause: EndCause | None = None
     # What clients and logs are told; for most causes the cause's own words.
     end_reason: str = ""
-    # connection_id -> that receiver session's send_or_drop (visualization messages).
-    receivers: dict[str, SendOrDrop] = field(default_factory=dict)
+    # connection_id -> that receiver session's send_or_drop for level messages, or None
+    # when it did not ask for them (start_receiving's `visualization`).
+    receivers: dict[str, SendOrDrop | None] = field(default_factory=dict)
     # Plain-HTTP listeners (Ogg/Opus on the audio port); None where nobody set it up.
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
@@ -317,7 +318,11 @@ class StreamRegistry:
 
     # Receivers ------------------------------------------------------------------------------
     def add_receiver(
-        self, stream: Stream, info: SessionInfo, send_or_drop: SendOrDrop, max_receivers: int
+        self,
+        stream: Stream,
+        info: SessionInfo,
+        send_or_drop: SendOrDrop | None,
+        max_receivers: int,
     ) -> None:
         check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
         stream.receivers[info.connection_id] = send_or_drop

@@ -217,7 +217,8 @@ async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:
             text = p.encode(p.Visualization(stream_id=stream.stream_id, rms=rms, peak=peak))
             host.send_or_drop(text)
             for send_or_drop in list(stream.receivers.values()):
-                send_or_drop(text)
+                if send_or_drop is not None:  # (only receivers that asked for levels)
+                    send_or_drop(text)
     except MediaStreamError:
         pass  # the relay closed: the stream is over
     finally:

@@ -49,7 +49,7 @@ from .errors import (
 from .limits import Throttle, TokenBucket, check_frame, check_sdp_size
 from .logs import get_logger
 from .media import MediaRole, MediaTask, Negotiated, check_sending, require_no_media
-from .receiver import run_receiver
+from .receiver import Listen, run_receiver
 from .registry import SessionInfo
 from .sender import run_sender
 
@@ -337,12 +337,12 @@ class PeerSession:
                 max_streams = self.settings.streams.max_streams
                 self.ctx.registry.claim_sender(self.info, max_streams, channel, takeover)
                 await self._start_media("sender", run_sender, sdp)
-            case p.StartReceiving(stream_id=stream_id):
+            case p.StartReceiving(stream_id=stream_id, visualization=levels):
                 if self.grant is not None:
                     stream_id = self.grant.check_receiving(stream_id)
                 require_no_media(self._media, "start_receiving")
                 stream = self.ctx.registry.find_live_stream(stream_id, self.log)
-                await self._start_media("receiver", run_receiver, stream)
+                await self._start_media("receiver", run_receiver, Listen(stream, levels))
             case p.Auth(token=token):
                 self.grant, reply = reauthenticate(self.settings, token)
                 self.send(reply)

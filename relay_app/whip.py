@@ -27,7 +27,7 @@ from quart import Quart, Response, request
 from .auth import Grant, verify
 from .config import CHANNEL_NAME
 from .context import RelayContext
-from .errors import AuthError, LimitError, NegotiationError, RelayError, http_error_body
+from .errors import AuthError, NegotiationError, RelayError, http_error_body
 from .http_peers import HttpPeers, Kind, relay_error
 from .limits import check_sdp_size
 from .logs import get_logger
@@ -176,12 +176,9 @@ class WhipEndpoints:
 
 
 async def _read_offer(limit: int) -> str:
-    """The request's SDP, refused (413) before it is read when it says it is too large."""
-    if (length := request.content_length or 0) > limit:
-        raise LimitError(
-            f"SDP too large: {length} bytes (limit {limit}, webrtc.max_sdp_bytes)",
-            http_status=413,
-        )
+    """The request's SDP; 413 over the limit. Read first even then: answering before the
+    client has sent its body makes it see a reset instead of the 413. (Quart bounds any body
+    at MAX_CONTENT_LENGTH, 16 MiB.)"""
     body = await request.get_data()
     offer = body if isinstance(body, str) else body.decode("utf-8", errors="replace")
     check_sdp_size(offer, limit)

@@ -130,3 +130,18 @@ def _namespaces_unavailable(tools: tuple[str, ...]) -> str | None:
         return f"the kernel refuses network namespaces: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], check=True)
     return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scenarios marked `mode_independent` (page logic, the HTTP path, which both relay modes
+    share) run in forward mode only: the transcode copy would test the same code again and
+    cost suite time. Deselected, not skipped: nothing here depends on the machine."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        mode = callspec.params.get("relay_mode") if callspec is not None else None
+        once = item.get_closest_marker("mode_independent") is not None
+        (drop if once and mode == "transcode" else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

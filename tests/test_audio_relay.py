@@ -137,12 +137,20 @@ async def test_stop_ends_media_but_keeps_the_socket(server: ServerProcess) -> No
         assert server.metrics()["active_streams"] == 1
 
 
-async def test_receiver_gets_visualization_levels(server: ServerProcess) -> None:
+async def test_a_receiver_that_asks_for_levels_gets_them_and_others_do_not(
+    server: ServerProcess,
+) -> None:
     async with RelayClient.connect(server.ws_url) as sender:
         stream_id = await sender.start_sending(ToneTrack(440, amplitude=0.5))
-        async with RelayClient.connect(server.ws_url) as receiver:
-            await receiver.start_receiving()
+        async with (
+            RelayClient.connect(server.ws_url) as receiver,
+            RelayClient.connect(server.ws_url) as quiet,
+        ):
+            await receiver.start_receiving(visualization=True)
+            await quiet.start_receiving()
             await receiver.wait_audio(1.0)
+            await quiet.wait_audio(1.0)
+            assert not quiet.visualizations  # levels are opt-in for receivers (issue 11)
             with anyio.fail_after(5):
                 while len(receiver.visualizations) < 3:
                     await anyio.sleep(0.05)

@@ -17,6 +17,13 @@ from relay_app.testing import ServerProcess
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    """These scenarios are about the WebSocket, tokens and limits, which the relay mode does
+    not touch: forward mode only (each run costs suite time; conftest runs both otherwise)."""
+    return "forward"
+
+
 async def _offer_sdp(kind: str) -> str:
     pc = RTCPeerConnection()
     try:

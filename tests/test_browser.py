@@ -207,6 +207,8 @@ async def test_python_sender_chromium_receiver_hears_880(
         page = await open_page(browser, server.base_url + "/listen")
         await wait_state(page, "playing")
         assert await page.text_content("#stream-id") == stream_id
+        # The Listen page meters what it plays (WebAudio): no level messages for listeners.
+        await page.wait_for_function("() => Number(document.getElementById('level').value) > 0")
         heard = await heard_by_page(page)
         assert abs(heard["freq"] - 880) <= 10, heard
         assert heard["rms"] > 0.01, heard
@@ -233,6 +235,7 @@ async def test_chromium_sender_two_chromium_receivers_both_hear(
         await page.context.close()
 
 
+@pytest.mark.mode_independent  # page logic: the relay mode does not change it
 async def test_receiver_page_waits_retries_then_plays_without_reload(
     server: ServerProcess, browser: Any
 ) -> None:
@@ -251,6 +254,7 @@ async def test_receiver_page_waits_retries_then_plays_without_reload(
         await page.context.close()
 
 
+@pytest.mark.mode_independent  # page logic: the relay mode does not change it
 async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
     server: ServerProcess, browser: Any
 ) -> None:
@@ -270,6 +274,7 @@ async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
         await page.context.close()
 
 
+@pytest.mark.mode_independent  # page logic: the relay mode does not change it
 async def test_receiver_page_reconnects_after_server_restart(
     browser: Any, tmp_path: Path, relay_mode: str
 ) -> None:
@@ -296,6 +301,7 @@ async def test_receiver_page_reconnects_after_server_restart(
         finish_server(second)
 
 
+@pytest.mark.mode_independent  # page logic: the relay mode does not change it
 async def test_listen_page_offers_the_http_stream_and_an_audio_element_plays_it(
     server: ServerProcess, browser: Any
 ) -> None:
@@ -369,6 +375,7 @@ async def _listen_by_label(server: ServerProcess, browser: Any) -> Any:
     return page
 
 
+@pytest.mark.mode_independent  # page logic: the relay mode does not change it
 async def test_speak_page_sends_on_the_channel_it_is_given(
     server: ServerProcess, browser: Any
 ) -> None:

@@ -8,9 +8,17 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from relay_app.client import dominant_frequency
 from relay_app.testing import ServerProcess, start_client
+
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    """These scenarios are about the WebSocket, tokens and limits, which the relay mode does
+    not touch: forward mode only (each run costs suite time; conftest runs both otherwise)."""
+    return "forward"
 
 
 def _client(server: ServerProcess, *args: str) -> subprocess.Popen[str]:

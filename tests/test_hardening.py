@@ -40,6 +40,14 @@ from .conftest import assert_no_leaks, serving
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    """These scenarios are about the WebSocket, tokens and limits, which the relay mode does
+    not touch: forward mode only (each run costs suite time; conftest runs both otherwise)."""
+    return "forward"
+
+
 SECRET = "hardening-test-secret-0123456789abcdef0123"
 
 

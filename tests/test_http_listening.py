@@ -21,7 +21,8 @@ from relay_app.testing import ServerProcess
 
 from .conftest import serving
 
-pytestmark = pytest.mark.anyio
+# The HTTP path is fed from the RTP tap in both relay modes: the same code either way.
+pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 
 SECRET = "s3cret-for-http-listening-0123456789abcdef"
 

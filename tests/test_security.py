@@ -23,6 +23,14 @@ from .conftest import assert_no_leaks, serving
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    """These scenarios are about the WebSocket, tokens and limits, which the relay mode does
+    not touch: forward mode only (each run costs suite time; conftest runs both otherwise)."""
+    return "forward"
+
+
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 SECURE_CONFIG = {
     "auth": {"secret": SECRET, "protect_metrics": True},

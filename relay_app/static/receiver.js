@@ -73,7 +73,41 @@ function showHttpUrl(streamId) {
   link.hidden = false;
 }
 
+// The level meter is drawn from the audio this page plays (WebAudio), not from server
+// messages: levels for every listener would cost the server a message per listener 10 times a
+// second (issue 11), and this shows what the listener actually hears.
+let meterAudio = null; // { ctx, timer }
+
+function meterFrom(stream) {
+  stopMeter();
+  const ctx = new AudioContext();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 2048;
+  ctx.createMediaStreamSource(stream).connect(analyser);
+  const wave = new Float32Array(analyser.fftSize);
+  const dbfs = (value) => (value > 0 ? Math.max(-100, 20 * Math.log10(value)) : -100);
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(wave);
+    let sum = 0;
+    let peak = 0;
+    for (const x of wave) {
+      sum += x * x;
+      peak = Math.max(peak, Math.abs(x));
+    }
+    meter.show(dbfs(Math.sqrt(sum / wave.length)), dbfs(peak));
+  }, 100);
+  meterAudio = { ctx, timer };
+}
+
+function stopMeter() {
+  if (!meterAudio) return;
+  clearInterval(meterAudio.timer);
+  meterAudio.ctx.close();
+  meterAudio = null;
+}
+
 function closePeer() {
+  stopMeter();
   if (!httpMode) phone.stopped();
   if (pc) pc.close();
   pc = null;
@@ -98,6 +132,7 @@ async function answerOffer(message) {
   pc.ontrack = (event) => {
     remoteStream = event.streams[0] || new MediaStream([event.track]);
     audio.srcObject = remoteStream;
+    meterFrom(remoteStream);
     play();
   };
   pc.onconnectionstatechange = () => {
@@ -116,6 +151,7 @@ async function answerOffer(message) {
 async function play() {
   try {
     await audio.play();
+    if (meterAudio && meterAudio.ctx.state === "suspended") await meterAudio.ctx.resume();
     playButton.hidden = true;
     if (pc && pc.connectionState === "connected") setState("playing", `Playing ${currentStream}`);
     const playingId = httpMode ? httpMode.streamId : currentStream;
