@@ -89,7 +89,9 @@ def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
 
 
 # -- receivers in worker processes -------------------------------------------------------------
-def worker_main(url: str, count: int, ready: Any, commands: Any, results: Any) -> None:
+def worker_main(
+    url: str, count: int, ready: Any, commands: Any, results: Any, levels: bool = False
+) -> None:
     import anyio
 
     from relay_app.client import RelayClient
@@ -111,7 +113,7 @@ def worker_main(url: str, count: int, ready: Any, commands: Any, results: Any) -
             tap_receiver(audio_receiver(pc, track), on_packet, then_aiortc=False)
 
         async with RelayClient.connect(url) as client:
-            await client.start_receiving(on_track=on_track)
+            await client.start_receiving(on_track=on_track, visualization=levels)
             connected.release()
             await anyio.sleep_forever()
 
@@ -163,10 +165,10 @@ class Point:
     setup_seconds: float
 
 
-def measure(mode: str, receivers: int, window: float, tmp: Path) -> Point:
+def measure(mode: str, receivers: int, window: float, tmp: Path, levels: bool = False) -> Point:
     if receivers == 0:
         return measure_idle(mode, window, tmp)
-    return measure_receivers(mode, receivers, window, tmp)
+    return measure_receivers(mode, receivers, window, tmp, levels)
 
 
 def measure_idle(mode: str, window: float, tmp: Path) -> Point:
@@ -238,7 +240,9 @@ def janus_points(counts: list[int], window: float, harness: Path) -> list[Point]
     ]
 
 
-def measure_receivers(mode: str, receivers: int, window: float, tmp: Path) -> Point:
+def measure_receivers(
+    mode: str, receivers: int, window: float, tmp: Path, levels: bool = False
+) -> Point:
     server = Server(mode, tmp)
     sender = start_client(
         server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -259,7 +263,8 @@ def measure_receivers(mode: str, receivers: int, window: float, tmp: Path) -> Po
             remaining -= count
             parent, child = ctx.Pipe()
             process = ctx.Process(
-                target=worker_main, args=(server.ws_url, count, ready, child, results)
+                target=worker_main,
+                args=(server.ws_url, count, ready, child, results, levels),
             )
             process.start()
             workers.append(process)
@@ -329,7 +334,7 @@ def _get(queue: Any, workers: list[Any], timeout: float = 300) -> Any:
 def table(points: list[Point]) -> str:
     """One row per point; the per-receiver columns are differences from that mode's N = 0."""
     header = (
-        f"{'system':<10} {'N':>4} {'cpu%':>7} {'+cpu%/rx':>9} {'rss MB':>7} {'+MB/rx':>7} "
+        f"{'system':<15} {'N':>4} {'cpu%':>7} {'+cpu%/rx':>9} {'rss MB':>7} {'+MB/rx':>7} "
         f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
     )
     lines = [header, "-" * len(header)]
@@ -345,7 +350,7 @@ def table(points: list[Point]) -> str:
             per_cpu = (p.cpu_percent - base.cpu_percent) / p.receivers
             per_mb = (p.rss_mb - base.rss_mb) / p.receivers
         lines.append(
-            f"{p.mode:<10} {p.receivers:>4} {p.cpu_percent:>7.1f} {f(per_cpu, 3):>9} "
+            f"{p.mode:<15} {p.receivers:>4} {p.cpu_percent:>7.1f} {f(per_cpu, 3):>9} "
             f"{p.rss_mb:>7.1f} {f(per_mb, 3):>7} {p.loss_percent:>6.2f} "
             f"{f(p.latency_p50_ms):>7} {f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7}"
         )
@@ -394,6 +399,11 @@ def main() -> None:
     parser.add_argument("--counts", nargs="+", type=int, default=[0, 1, 10, 25, 50, 100, 200, 400])
     parser.add_argument("--window", type=float, default=5.0, help="measurement seconds")
     parser.add_argument("--janus", action="store_true", help="also measure Janus, same run")
+    parser.add_argument(
+        "--levels",
+        action="store_true",
+        help="receivers ask for level messages (every receiver got them before issue 11)",
+    )
     parser.add_argument("--janus-harness", type=Path, default=REPO.parent / "shared/anchors/janus")
     args = parser.parse_args()
     points: list[Point] = []
@@ -404,7 +414,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             for count in args.counts:
-                point = measure(mode, count, args.window, Path(tmp))
+                point = measure(mode, count, args.window, Path(tmp), args.levels)
+                if args.levels:
+                    point.mode += "+levels"
                 points.append(point)
                 print(table([point]).splitlines()[-1], flush=True)
                 if point.loss_percent >= 5:
