@@ -358,38 +358,34 @@ def table(points: list[Point]) -> str:
 
 
 def summary(points: list[Point]) -> dict[str, Any]:
+    """Per system: idle-stream CPU (N = 0), and per added receiver, at each N that kept up
+    (loss < 5 %), the CPU and RSS over N = 0; then forward / Janus at the N both ran."""
     out: dict[str, Any] = {}
-    for mode in ("forward", "transcode", "janus"):
-        ok = [
-            p.receivers
-            for p in points
-            if p.mode == mode
-            and p.loss_percent < 1
-            and p.latency_p95_ms is not None
-            and p.latency_p95_ms < 20
-        ]
-        out[f"{mode}_max_receivers_ok"] = max(ok) if ok else 0
-    # CPU per added receiver: the slope from N=1 to the largest N that both modes ran without
-    # saturating, so the per-stream base (receive, one decode) does not count.
-    modes = sorted({p.mode for p in points})
-    by_mode = {
-        mode: {p.receivers: p for p in points if p.mode == mode and p.loss_percent < 5}
-        for mode in modes
-    }
-    common = set.intersection(*(set(rows) for rows in by_mode.values())) if by_mode else set()
-    top = max((n for n in common if n > 1), default=None)
-    per_rx: dict[str, float] = {}
-    if top is not None and 1 in common:
-        for mode, rows in by_mode.items():
-            per_rx[mode] = round((rows[top].cpu_percent - rows[1].cpu_percent) / (top - 1), 3)
-        out["slope_between_receivers"] = [1, top]
-    if per_rx.get("forward", 0) > 0 and "transcode" in per_rx:
-        out["transcode_over_forward_cpu_per_receiver"] = round(
-            per_rx["transcode"] / per_rx["forward"], 1
-        )
-    if per_rx.get("janus", 0) > 0 and "forward" in per_rx:
-        out["forward_over_janus_cpu_per_receiver"] = round(per_rx["forward"] / per_rx["janus"], 2)
-    out["cpu_per_receiver"] = per_rx
+    per_rx: dict[str, dict[int, float]] = {}
+    for system in sorted({p.mode for p in points}):
+        rows = {p.receivers: p for p in points if p.mode == system}
+        ok = [n for n, p in rows.items() if n and p.loss_percent < 1]
+        ok = [n for n in ok if (rows[n].latency_p95_ms or 0) < 20]
+        out[f"{system}_max_receivers_ok"] = max(ok, default=0)
+        idle = rows.get(0)
+        if idle is None:
+            continue
+        out[f"{system}_idle_stream_cpu_percent"] = idle.cpu_percent
+        kept = {n: p for n, p in rows.items() if n and p.loss_percent < 5}
+        per_rx[system] = {
+            n: round((p.cpu_percent - idle.cpu_percent) / n, 3) for n, p in kept.items()
+        }
+        out[f"{system}_rss_mb_per_receiver"] = {
+            n: round((p.rss_mb - idle.rss_mb) / n, 3) for n, p in kept.items()
+        }
+    out["cpu_percent_per_receiver"] = per_rx
+    if "forward" in per_rx and "janus" in per_rx:
+        common = sorted(set(per_rx["forward"]) & set(per_rx["janus"]))
+        out["forward_over_janus_cpu_per_receiver"] = {
+            n: round(per_rx["forward"][n] / per_rx["janus"][n], 2)
+            for n in common
+            if per_rx["janus"][n] > 0
+        }
     return out
 
 
