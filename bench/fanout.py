@@ -56,6 +56,24 @@ class Server(ServerProcess):
         super().__init__(tmp, config)
         self.start()
 
+    def start_sender(self) -> subprocess.Popen[str]:
+        """A tone sender (`relay_app.client send`), returned once its stream is live."""
+        sender = start_client(
+            self.ws_url,
+            "send",
+            "--tone",
+            "440",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while self.metrics()["active_streams"] < 1:
+            if time.monotonic() > deadline or sender.poll() is not None:
+                sender.kill()
+                raise RuntimeError("the sender did not start")
+            time.sleep(0.2)
+        return sender
+
     def cpu_seconds(self) -> float:
         assert self.proc is not None
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -174,15 +192,12 @@ def measure(mode: str, receivers: int, window: float, tmp: Path, levels: bool = 
 def measure_idle(mode: str, window: float, tmp: Path) -> Point:
     """N = 0: the server with one live stream and nobody listening."""
     server = Server(mode, tmp)
-    sender = start_client(
-        server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     try:
-        deadline = time.monotonic() + 20
-        while server.metrics()["active_streams"] < 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sender did not start")
-            time.sleep(0.2)
+        sender = server.start_sender()
+    except BaseException:
+        server.stop()
+        raise
+    try:
         time.sleep(2.0)
         cpu0 = server.cpu_seconds()
         time.sleep(window)
@@ -244,18 +259,15 @@ def measure_receivers(
     mode: str, receivers: int, window: float, tmp: Path, levels: bool = False
 ) -> Point:
     server = Server(mode, tmp)
-    sender = start_client(
-        server.ws_url, "send", "--tone", "440", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    try:
+        sender = server.start_sender()
+    except BaseException:
+        server.stop()
+        raise
     ctx = mp.get_context("spawn")
     workers, pipes = [], []
     ready, results = ctx.Queue(), ctx.Queue()
     try:
-        deadline = time.monotonic() + 20
-        while server.metrics()["active_streams"] < 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sender did not start")
-            time.sleep(0.2)
         started = time.monotonic()
         remaining = receivers
         while remaining:

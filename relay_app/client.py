@@ -237,6 +237,15 @@ Outgoing = p.ClientMessage | dict[str, Any] | str | bytes
 """A protocol model; or, for tests of bad input, a raw dict, text or binary frame."""
 
 
+async def record_track(track: MediaStreamTrack, recorder: Recorder) -> None:
+    """Feed a received track into `recorder` until the track ends."""
+    try:
+        while True:
+            recorder.add(await track.recv())
+    except MediaStreamError:
+        pass
+
+
 class RelayClient:
     """One WebSocket session with the relay, and at most one peer connection.
 
@@ -415,7 +424,7 @@ class RelayClient:
             if on_track is not None:
                 on_track(pc, track)
             else:
-                self._tg.start_soon(self._record, track, recorder)
+                self._tg.start_soon(record_track, track, recorder)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -429,14 +438,6 @@ class RelayClient:
         recorder unless one is given. Returns the stream id (the channel's name)."""
         await self.receive(p.StreamStarted, timeout=timeout)
         return await self.answer_offer(await self.receive(p.Offer), recorder=recorder)
-
-    @staticmethod
-    async def _record(track: MediaStreamTrack, recorder: Recorder) -> None:
-        try:
-            while True:
-                recorder.add(await track.recv())
-        except MediaStreamError:
-            pass
 
     async def wait_audio(self, seconds: float, timeout: float = 20) -> None:
         """Wait until `seconds` of audio have been received."""

@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from .client import Recorder, single_error
+from .client import Recorder, record_track, single_error
 
 SDP = "application/sdp"
 
@@ -102,7 +101,7 @@ async def whep_play(url: str, token: str | None = None) -> AsyncIterator[WhipSes
 
             @pc.on("track")
             def _on_track(track: MediaStreamTrack) -> None:
-                tg.start_soon(_record, track, recorder)
+                tg.start_soon(record_track, track, recorder)
 
             try:
                 async with _session(url, pc, token) as (_, location):
@@ -111,11 +110,3 @@ async def whep_play(url: str, token: str | None = None) -> AsyncIterator[WhipSes
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise single_error(group) from None  # a refusal is a WhipError, as for whip_publish
-
-
-async def _record(track: Any, recorder: Recorder) -> None:
-    try:
-        while True:
-            recorder.add(await track.recv())
-    except MediaStreamError:
-        pass
