@@ -47,12 +47,15 @@ class Server(ServerProcess):
     """The tests' server process, with what the benchmark measures on top."""
 
     def __init__(self, mode: str, tmp: Path) -> None:
-        config = {
+        mode, _, variant = mode.partition("+")
+        config: dict[str, Any] = {
             "server": {"max_connections": 2000},
             "webrtc": {"connection_timeout": 600},  # packet counters send no RTCP reports
             "relay": {"mode": mode},
             "streams": {"max_receivers": 5000, "max_http_listeners": 5000},
         }
+        if variant in ("fast", "aiortc"):  # relay.fast_path on/off: `--modes forward+aiortc`
+            config["relay"]["fast_path"] = variant == "fast"
         super().__init__(tmp, config)
         self.start()
 

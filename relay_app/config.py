@@ -285,6 +285,12 @@ class RelaySettings(_Section):
     teardown_timeout: float = Field(
         3.0, gt=0, description="Seconds a session's shielded cleanup may take before giving up."
     )
+    fast_path: bool = Field(
+        True,
+        description="Forward mode: send each packet to every receiver in one pass from the "
+        "sender's packet handler (RTP header, SRTP, sendto) instead of one aiortc sender task "
+        "and queue per receiver (about half the CPU per receiver). false = the aiortc path.",
+    )
     memory_trim_interval: float = Field(
         60.0,
         ge=0,

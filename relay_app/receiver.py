@@ -14,17 +14,17 @@ from typing import Any
 
 import anyio
 from aiortc import RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
 
 from . import protocol as p
 from .errors import MediaFailed, MediaUnavailable, NegotiationError, SessionStateError
+from .fast_path import DirectSender, Placeholder
 from .ice import NoFreeMediaPort
 from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
 from .registry import Stream
-from .relay import RelayTrack
 from .rtp_tap import negotiated_opus_payload_type
 
 
@@ -76,7 +76,7 @@ async def _play(
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
         try:
-            with _listening(host, stream, log, levels) as track:
+            with _listening(host, stream, log, levels, peer) as track:
                 await _offer(host, peer, track, stream)
                 log.info("receiver_offer_sent")
                 if task_status is not None:
@@ -105,7 +105,7 @@ async def run_answering_receiver(
     _check_player_offer(offer)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
-        with _listening(host, stream, log, levels=False) as track:
+        with _listening(host, stream, log, False, peer) as track:
             await _answer(host, peer, track, offer)
             log.info("receiver_answer_sent")
             task_status.started()
@@ -152,28 +152,65 @@ async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None
 
 
 @contextmanager
-def _listening(host: SessionHost, stream: Stream, log: Any, levels: bool) -> Iterator[RelayTrack]:
+def _listening(
+    host: SessionHost, stream: Stream, log: Any, levels: bool, peer: Peer
+) -> Iterator[MediaStreamTrack]:
     """Subscribed to the stream and counted as its receiver, for exactly this block.
 
     Sync on both sides: entered before the offer, left before the peer connection closes.
     """
-    source, registry = stream.receiver_source, host.ctx.registry
+    if host.ctx.settings.relay.fast_path and stream.packets is not None:
+        with (
+            _direct(host, stream, peer) as placeholder,
+            _counted(host, stream, log, levels, lambda: None),
+        ):
+            yield placeholder
+        return
+    source = stream.receiver_source
     try:
         track = source.subscribe()
     except MediaStreamError:  # it ended between start_receiving and this task's start
         raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)") from None
+    with _counted(host, stream, log, levels, lambda: source.unsubscribe(track)):
+        yield track
+
+
+@contextmanager
+def _direct(host: SessionHost, stream: Stream, peer: Peer) -> Iterator[Placeholder]:
+    """A fast-path receiver (relay.fast_path): the sender's packet handler sends to it."""
+    if stream.ended.is_set() or (stream.packets is not None and stream.packets.closed):
+        # (it ended between start_receiving and this task's start)
+        raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
+    live = host.ctx.metrics.live
+    placeholder = Placeholder()
+    stream.direct[host.connection_id] = DirectSender(peer.pc, host.ctx.metrics)
+    live.relay_subscriptions += 1
+    try:
+        yield placeholder
+    finally:
+        stream.direct.pop(host.connection_id, None)
+        live.relay_subscriptions -= 1
+        placeholder.stop()
+
+
+@contextmanager
+def _counted(
+    host: SessionHost, stream: Stream, log: Any, levels: bool, release: Callable[[], None]
+) -> Iterator[None]:
+    """Counted as the stream's receiver for this block; `release` undoes the subscription."""
+    registry = host.ctx.registry
     try:
         levels_to = host.send_or_drop if levels else None
         registry.add_receiver(stream, host.info, levels_to, host.ctx.settings.streams.max_receivers)
     except BaseException:
-        source.unsubscribe(track)
+        release()
         raise
     log.info("relay_subscribe", receivers=len(stream.receivers))
     try:
-        yield track
+        yield
     finally:
         registry.remove_receiver(stream, host.info)
-        source.unsubscribe(track)
+        release()
         log.info("relay_unsubscribe")
 
 

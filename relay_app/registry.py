@@ -66,6 +66,8 @@ class Stream:
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
+    # relay.fast_path: connection_id -> that receiver's DirectSender (payload, pts, arrival).
+    direct: dict[str, Callable[[bytes, int, float], None]] = field(default_factory=dict)
     # Opus payload bytes received from the sender (the admin API's session list).
     audio_bytes: int = 0
     # Written to disk while it runs (recording.enabled and the channel says so); else None.

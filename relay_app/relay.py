@@ -77,6 +77,10 @@ class Fanout:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def subscribe(self) -> RelayTrack:
         """A new track fed with everything published from now on. Never blocks."""
         if self._closed:

@@ -57,7 +57,8 @@ class OpusPacketizer:
         self._last = 0
         self._extended = 0
 
-    def packet(self, rtp: RtpPacket) -> Packet:
+    def advance(self, rtp: RtpPacket) -> int:
+        """The packet's pts: its timestamp unwrapped, from the first packet seen."""
         if self._first is None:
             self._first = self._last = rtp.timestamp
         delta = (rtp.timestamp - self._last) & 0xFFFFFFFF
@@ -65,8 +66,11 @@ class OpusPacketizer:
             delta -= 0x100000000  # reordered: a little behind, not 2**32 ahead
         self._last = rtp.timestamp
         self._extended += delta
+        return self._extended
+
+    def packet(self, rtp: RtpPacket, pts: int | None = None) -> Packet:
         packet = Packet(rtp.payload)
-        packet.pts = self._extended
+        packet.pts = self.advance(rtp) if pts is None else pts
         packet.time_base = _OPUS_TIME_BASE
         return packet
 

@@ -151,6 +151,7 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
     """Per packet from the sender: liveness, counters, and (forward mode) the fan-out."""
     metrics = host.ctx.metrics
     packets, http, recording = stream.packets, stream.http, stream.recording
+    direct = stream.direct  # relay.fast_path receivers (fast_path.py), filled as they join
     packetizer = OpusPacketizer()
 
     def on_packet(rtp: RtpPacket, arrival: float) -> None:
@@ -161,9 +162,13 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
         stream.last_audio_at = peer.last_heard = arrival
         metrics.record_ingress(len(rtp.payload))
         stream.audio_bytes += len(rtp.payload)
-        if packets is not None and packets.subscriber_count:
+        if packets is not None and (packets.subscriber_count or direct):
             # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
-            packets.publish(packetizer.packet(rtp), arrival)
+            pts = packetizer.advance(rtp)
+            if packets.subscriber_count:
+                packets.publish(packetizer.packet(rtp, pts), arrival)
+            for send in list(direct.values()):  # one pass over fast-path receivers
+                send(rtp.payload, pts, arrival)
         if http is not None:
             http.feed(rtp.payload, arrival)
         if recording is not None:
