@@ -31,6 +31,8 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,22 +196,27 @@ def measure(mode: str, receivers: int, window: float, tmp: Path, levels: bool = 
 
 def measure_idle(mode: str, window: float, tmp: Path) -> Point:
     """N = 0: the server with one live stream and nobody listening."""
-    server = Server(mode, tmp)
-    try:
-        sender = server.start_sender()
-    except BaseException:
-        server.stop()
-        raise
-    try:
+    with streaming(mode, tmp) as server:
         time.sleep(2.0)
         cpu0 = server.cpu_seconds()
         time.sleep(window)
         cpu = 100 * (server.cpu_seconds() - cpu0) / window
         rss = server.metrics()["process"]["rss_mb"]
         return Point(mode, 0, round(cpu, 1), 0.0, round(rss, 1), 0, 0, 0.0, 0, None, None, None, 0)
+
+
+@contextmanager
+def streaming(mode: str, tmp: Path) -> Iterator[Server]:
+    """A fresh server with one tone sender live on it; both stopped on the way out."""
+    server = Server(mode, tmp)
+    try:
+        sender = server.start_sender()
+        try:
+            yield server
+        finally:
+            sender.terminate()
+            sender.wait(10)
     finally:
-        sender.terminate()
-        sender.wait(10)
         server.stop()
 
 
@@ -261,76 +268,68 @@ def janus_points(counts: list[int], window: float, harness: Path) -> list[Point]
 def measure_receivers(
     mode: str, receivers: int, window: float, tmp: Path, levels: bool = False
 ) -> Point:
-    server = Server(mode, tmp)
-    try:
-        sender = server.start_sender()
-    except BaseException:
-        server.stop()
-        raise
-    ctx = mp.get_context("spawn")
-    workers, pipes = [], []
-    ready, results = ctx.Queue(), ctx.Queue()
-    try:
-        started = time.monotonic()
-        remaining = receivers
-        while remaining:
-            count = min(PER_WORKER, remaining)
-            remaining -= count
-            parent, child = ctx.Pipe()
-            process = ctx.Process(
-                target=worker_main,
-                args=(server.ws_url, count, ready, child, results, levels),
+    with streaming(mode, tmp) as server:
+        ctx = mp.get_context("spawn")
+        workers, pipes = [], []
+        ready, results = ctx.Queue(), ctx.Queue()
+        try:
+            started = time.monotonic()
+            remaining = receivers
+            while remaining:
+                count = min(PER_WORKER, remaining)
+                remaining -= count
+                parent, child = ctx.Pipe()
+                process = ctx.Process(
+                    target=worker_main,
+                    args=(server.ws_url, count, ready, child, results, levels),
+                )
+                process.start()
+                workers.append(process)
+                pipes.append(parent)
+            connected = sum(_get(ready, workers) for _ in workers)
+            setup = time.monotonic() - started
+            assert connected == receivers
+            start_at = time.time() + 2.0  # let the last joiners settle
+            end_at = start_at + window
+            for pipe in pipes:
+                pipe.send((start_at, end_at))
+            time.sleep(max(0.0, start_at - time.time()))
+            cpu0, buckets0 = server.cpu_seconds(), server.latency_buckets()
+            sent0 = server.metrics()["relay"]["packets_in"]
+            time.sleep(max(0.0, end_at - time.time()))
+            cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
+            sent1 = server.metrics()["relay"]["packets_in"]
+            rss = server.metrics()["process"]["rss_mb"]
+            counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
+            delivered = sum(counts)
+            # What the sender sent in the window, once per receiver.
+            expected = max((sent1 - sent0) * receivers, 1)
+            delta = [(b1[0], b1[1] - b0[1]) for b0, b1 in zip(buckets0, buckets1, strict=True)]
+            cpu = 100 * (cpu1 - cpu0) / window
+
+            def ms(value: float | None) -> float | None:
+                return None if value is None else round(value * 1000, 2)
+
+            return Point(
+                mode=mode,
+                receivers=receivers,
+                cpu_percent=round(cpu, 1),
+                cpu_per_receiver=round(cpu / receivers, 3),
+                rss_mb=round(rss, 1),
+                delivered=delivered,
+                expected=expected,
+                loss_percent=round(100 * max(0, expected - delivered) / expected, 2),
+                min_receiver_packets=min(counts),
+                latency_p50_ms=ms(quantile(delta, 0.5)),
+                latency_p95_ms=ms(quantile(delta, 0.95)),
+                latency_p99_ms=ms(quantile(delta, 0.99)),
+                setup_seconds=round(setup, 1),
             )
-            process.start()
-            workers.append(process)
-            pipes.append(parent)
-        connected = sum(_get(ready, workers) for _ in workers)
-        setup = time.monotonic() - started
-        assert connected == receivers
-        start_at = time.time() + 2.0  # let the last joiners settle
-        end_at = start_at + window
-        for pipe in pipes:
-            pipe.send((start_at, end_at))
-        time.sleep(max(0.0, start_at - time.time()))
-        cpu0, buckets0 = server.cpu_seconds(), server.latency_buckets()
-        sent0 = server.metrics()["relay"]["packets_in"]
-        time.sleep(max(0.0, end_at - time.time()))
-        cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
-        sent1 = server.metrics()["relay"]["packets_in"]
-        rss = server.metrics()["process"]["rss_mb"]
-        counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
-        delivered = sum(counts)
-        # What the sender sent in the window, once per receiver.
-        expected = max((sent1 - sent0) * receivers, 1)
-        delta = [(b1[0], b1[1] - b0[1]) for b0, b1 in zip(buckets0, buckets1, strict=True)]
-        cpu = 100 * (cpu1 - cpu0) / window
-
-        def ms(value: float | None) -> float | None:
-            return None if value is None else round(value * 1000, 2)
-
-        return Point(
-            mode=mode,
-            receivers=receivers,
-            cpu_percent=round(cpu, 1),
-            cpu_per_receiver=round(cpu / receivers, 3),
-            rss_mb=round(rss, 1),
-            delivered=delivered,
-            expected=expected,
-            loss_percent=round(100 * max(0, expected - delivered) / expected, 2),
-            min_receiver_packets=min(counts),
-            latency_p50_ms=ms(quantile(delta, 0.5)),
-            latency_p95_ms=ms(quantile(delta, 0.95)),
-            latency_p99_ms=ms(quantile(delta, 0.99)),
-            setup_seconds=round(setup, 1),
-        )
-    finally:
-        for process in workers:
-            process.terminate()
-        for process in workers:
-            process.join(10)
-        sender.terminate()
-        sender.wait(10)
-        server.stop()
+        finally:
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                process.join(10)
 
 
 def _get(queue: Any, workers: list[Any], timeout: float = 300) -> Any:
