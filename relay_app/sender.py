@@ -167,7 +167,7 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
             pts = packetizer.advance(rtp)
             if packets.subscriber_count:
                 packets.publish(packetizer.packet(rtp, pts), arrival)
-            for send in list(direct.values()):  # one pass over fast-path receivers
+            for send in direct.values():  # one pass; sync, so no receiver joins or leaves meanwhile
                 send(rtp.payload, pts, arrival)
         if http is not None:
             http.feed(rtp.payload, arrival)
