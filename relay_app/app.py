@@ -229,6 +229,9 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
         async with anyio.create_task_group() as root:
             http_peers.serve_in(root)
             root.start_soon(sweep_stale_streams, ctx)
+            if ctx.cluster is not None and ctx.upstreams is not None:
+                ctx.upstreams.serve_in(root)
+                root.start_soon(ctx.cluster.run)
             root.start_soon(stats_clock, ctx)
             if settings.relay.memory_trim_interval > 0:
                 root.start_soon(trim_memory, ctx, settings.relay.memory_trim_interval)

@@ -25,8 +25,10 @@ from .config import Settings
 from .errors import AuthError, RelayError
 from .limits import check_frame
 
-Role = Literal["send", "receive", "both", "metrics", "admin"]
-ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics", "admin")
+# `node`: another relay node of the cluster opening an upstream (cluster.py); minted by the
+# nodes themselves from the shared auth.secret.
+Role = Literal["send", "receive", "both", "metrics", "admin", "node"]
+ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics", "admin", "node")
 HTTP_ONLY_ROLES = ("metrics", "admin")  # tokens for HTTP endpoints, not for /ws
 ALGORITHM = "HS256"
 AUDIENCE = "relay_app"
@@ -52,7 +54,7 @@ class Grant:
         return self.role in ("send", "both")
 
     def allows_receiving(self, stream_id: str | None) -> bool:
-        if self.role not in ("receive", "both"):
+        if self.role not in ("receive", "both", "node"):
             return False
         return self.stream is None or stream_id == self.stream
 
@@ -82,6 +84,14 @@ class Grant:
                 f"(role {self.role!r}, stream {self.stream!r})"
             )
         return stream_id
+
+    def check_upstream(self) -> None:
+        """Only a node token opens an upstream (a node relaying this node's stream)."""
+        if self.role != "node":
+            raise AuthError(
+                f"only a node token opens an upstream (role {self.role!r}); receive with "
+                "start_receiving without upstream"
+            )
 
 
 def mint(

@@ -323,6 +323,65 @@ class AuthSettings(_Section):
         return value
 
 
+class ClusterSettings(_Section):
+    """Several relay nodes acting as one, coordinated through Redis (docs/cluster.md)."""
+
+    redis_url: str | None = Field(
+        None,
+        description="`redis://host:port/db` of the cluster's Redis. null = a single node "
+        "(the default; no Redis needed).",
+    )
+    node_id: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's name in the cluster. null = `<hostname>-<random>`, made at "
+        "startup (stable for the process).",
+    )
+    advertise_url: str | None = Field(
+        None,
+        description="The `ws://` or `wss://` URL of this node's `/ws` that other nodes open "
+        "upstreams to (required with `redis_url`), e.g. `ws://10.0.0.5:8080/ws`.",
+    )
+    heartbeat_interval: float = Field(
+        1.0, gt=0, le=3, description="Seconds between this node's refreshes of its Redis records."
+    )
+    node_ttl: float = Field(
+        5.0,
+        gt=0,
+        le=10,
+        description="Seconds a node's and its streams' records outlive its last heartbeat: how "
+        "fast a node that died without a word disappears from every listing.",
+    )
+    upstream_linger: float = Field(
+        3.0,
+        ge=0,
+        description="Seconds an upstream (this node relaying another node's stream) stays open "
+        "after its last local receiver left, so a quick rejoin reuses it.",
+    )
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _websocket_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL of this node's /ws")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSettings:
+        if self.redis_url is not None:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+            if self.advertise_url is None:
+                raise ValueError(
+                    "advertise_url is required with redis_url: the ws:// URL other nodes "
+                    "reach this node's /ws at"
+                )
+        if self.node_ttl <= self.heartbeat_interval:
+            raise ValueError("node_ttl must be longer than heartbeat_interval")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR (any case)."
@@ -407,6 +466,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     channels: dict[str, ChannelSettings] = Field(
         default_factory=dict,
         description="Known channels by name (letters, digits, `-`, `_`, up to 32): "

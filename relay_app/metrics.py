@@ -73,6 +73,7 @@ class LiveStatistics:
     relay_subscriptions: int
     http_listeners: int
     recordings: int
+    upstreams: int
 
 
 @dataclass
@@ -83,6 +84,7 @@ class LiveCounts:
     relay_subscriptions: int = 0
     http_listeners: int = 0
     recordings: int = 0  # files being written (recording.py)
+    upstreams: int = 0  # other nodes' streams relayed here (cluster mode, upstream.py)
 
     def statistics(self) -> LiveStatistics:
         return LiveStatistics(**asdict(self))

@@ -36,6 +36,14 @@ def health_view(ctx: RelayContext) -> tuple[dict[str, Any], int]:
         "connected_clients": len(registry.sessions),
         "uptime_seconds": round(ctx.metrics.uptime_seconds),
     }
+    if ctx.cluster is not None:  # Redis away is not unhealthy: local service goes on
+        view = ctx.cluster.view()
+        body["cluster"] = {
+            "node_id": view["node_id"],
+            "redis": view["redis"],
+            "nodes": view["nodes"],
+            "streams": len(view["streams"]),
+        }
     reasons = []
     if not WEBRTC_AVAILABLE:
         reasons.append("WebRTC unavailable: PyAV lacks the Opus codec")
@@ -77,6 +85,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "recording_failures": metrics.recording_failures,
         },
         "process": process_stats(),
+        "cluster": ctx.cluster.view() if ctx.cluster is not None else None,
         "live": {
             "sessions": live.sessions,
             "session_task_groups": live.session_task_groups,
@@ -84,6 +93,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "relay_subscriptions": live.relay_subscriptions,
             "http_listeners": live.http_listeners,
             "recordings": live.recordings,
+            "upstreams": live.upstreams,
             "asyncio_tasks": len(asyncio.all_tasks()),
             **{f"{owner}_tasks": count for owner, count in tasks_by_owner().items()},
         },

@@ -80,6 +80,19 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("relay_http_listeners", "gauge", "Plain-HTTP listeners connected (all streams)."),
     MetricSpec("relay_recordings", "gauge", "Recording files being written."),
+    MetricSpec(
+        "relay_upstreams", "gauge", "Other nodes' streams relayed here, one link each (cluster)."
+    ),
+    MetricSpec("relay_cluster_redis_up", "gauge", "Cluster mode: 1 while this node reaches Redis."),
+    MetricSpec(
+        "relay_cluster_nodes", "gauge", "Cluster mode: nodes in the directory (this one too)."
+    ),
+    MetricSpec(
+        "relay_cluster_stream_receivers",
+        "gauge",
+        "Cluster mode: receivers of each stream in the cluster, all nodes, by its origin node.",
+        ("stream_id", "node"),
+    ),
     MetricSpec("relay_peer_connections", "gauge", "RTCPeerConnections open (senders + receivers)."),
     MetricSpec("relay_subscriptions", "gauge", "Relay subscriptions open (one per receiver)."),
     MetricSpec("relay_session_task_groups", "gauge", "Session task groups open (one per session)."),
@@ -176,6 +189,15 @@ class RelayCollector(Collector):
         )
         yield "relay_http_listeners", [((), live["http_listeners"])]
         yield "relay_recordings", [((), live["recordings"])]
+        yield "relay_upstreams", [((), live["upstreams"])]
+        if ctx.cluster is not None:
+            view = ctx.cluster.view()
+            yield "relay_cluster_redis_up", [((), int(ctx.cluster.redis_up))]
+            yield "relay_cluster_nodes", [((), len(view["nodes"]))]
+            yield (
+                "relay_cluster_stream_receivers",
+                [((s["stream_id"], s["node"]), s["receivers"]) for s in view["streams"]],
+            )
         yield "relay_peer_connections", [((), live["peer_connections"])]
         yield "relay_subscriptions", [((), live["relay_subscriptions"])]
         yield "relay_session_task_groups", [((), live["session_task_groups"])]

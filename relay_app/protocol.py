@@ -41,6 +41,9 @@ class StartReceiving(_ClientMessage):
     stream_id: str | None = Field(None, min_length=1, max_length=200)
     # Level messages for this receiver (off by default: a page can meter what it plays).
     visualization: bool = False
+    # Another relay node of the cluster relaying this stream to its own receivers (cluster.py);
+    # needs a node token when auth is on, and is served from this node's own streams only.
+    upstream: bool = False
 
 
 class Answer(_ClientMessage):
@@ -138,6 +141,7 @@ class StreamInfo(_ServerMessage):
     receivers: int
     http_listeners: int = 0  # plain-HTTP listeners (GET :8081/stream/<stream_id>.ogg)
     channel: str | None = None  # set when the stream is a named channel (stream_id == channel)
+    node: str | None = None  # cluster mode: the node its sender is on (cluster.node_id)
 
 
 class ChannelInfo(_ServerMessage):

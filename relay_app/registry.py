@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from aiortc.mediastreams import MediaStreamTrack
@@ -40,6 +40,7 @@ class EndCause(Enum):
     STALE = "stale"
     TAKEN_OVER = "taken over"  # another sender took the channel (`takeover`)
     STOPPED = "stopped by an operator"  # POST /admin/streams/<id>/stop
+    NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
 
 
 @dataclass(eq=False)
@@ -72,6 +73,11 @@ class Stream:
     audio_bytes: int = 0
     # Written to disk while it runs (recording.enabled and the channel says so); else None.
     recording: Recording | None = None
+    # Cluster mode: the node whose sender this is, when this node only relays it (an
+    # upstream, upstream.py); None: this node's own sender.
+    origin: str | None = None
+    # Receivers that are other nodes' upstreams (not counted as listeners cluster-wide).
+    links: set[str] = field(default_factory=set)
 
     @property
     def receiver_source(self) -> Fanout:
@@ -97,13 +103,19 @@ class Stream:
         self.end_reason = reason or cause.value
         self.ended.set()
 
-    def info(self) -> StreamInfo:
+    @property
+    def listeners(self) -> int:
+        """Its receivers here, without other nodes' upstreams (those count on their node)."""
+        return len(self.receivers) - len(self.links)
+
+    def info(self, node: str | None = None) -> StreamInfo:
         return StreamInfo(
             stream_id=self.stream_id,
             started_at=self.started_at,
             receivers=len(self.receivers),
             http_listeners=len(self.http.listeners) if self.http is not None else 0,
             channel=self.channel,
+            node=self.origin or node,
         )
 
 
@@ -128,6 +140,24 @@ class SessionInfo:
     bytes_out: int = 0
     # Closes the session with 1008 and this reason (the admin API's kick); set by the session.
     kick: Callable[[str], None] | None = None
+    # Another cluster node's upstream (start_receiving with `upstream`), not a listener.
+    node_link: bool = False
+
+
+class ClusterView(Protocol):
+    """What the registry asks of cluster mode (cluster.py); None on a single node."""
+
+    def stream_infos(self, local: list[Stream]) -> list[StreamInfo]:
+        """This node's live streams merged with the other nodes' (receivers cluster-wide)."""
+        ...
+
+    def holder(self, stream_id: str) -> str | None:
+        """The other node whose sender has this stream id, if any."""
+        ...
+
+    def streams_changed(self) -> None:
+        """A stream was added or removed here: tell the cluster now, not at the next beat."""
+        ...
 
 
 class StreamRegistry:
@@ -143,6 +173,7 @@ class StreamRegistry:
         self.locked: set[str] = set()
         # Set (and replaced) when a channel's next stream is added: its waiting receivers.
         self._next_stream: dict[str, anyio.Event] = {}
+        self.cluster: ClusterView | None = None
 
     # Connections and sessions ---------------------------------------------------------------
     def admit(self, info: SessionInfo, authenticating: bool) -> None:
@@ -221,6 +252,11 @@ class StreamRegistry:
             )
         if channel in self.locked:
             raise ChannelError(f"channel {channel!r} is locked by an operator: no new senders")
+        holder = self.cluster.holder(channel) if self.cluster is not None else None
+        if holder is not None:
+            raise ChannelError(
+                f"channel {channel!r} is busy: a sender is live on it on node {holder}"
+            )
 
     def _release(self, holder: SessionInfo, channel: str, takeover: bool) -> None:
         """Free `channel` from the sender holding it, or say why it stays busy."""
@@ -246,6 +282,8 @@ class StreamRegistry:
         self.streams[stream.stream_id] = stream
         if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
             waiting.set()
+        if self.cluster is not None:
+            self.cluster.streams_changed()
 
     def remove_stream(self, stream: Stream, sender: SessionInfo) -> None:
         """Unregister the stream (if a newer one has not replaced it) and free its name."""
@@ -253,6 +291,8 @@ class StreamRegistry:
             del self.streams[stream.stream_id]
         if sender.stream_id == stream.stream_id:
             sender.stream_id = None
+        if self.cluster is not None:
+            self.cluster.streams_changed()
 
     async def next_stream(self, channel: str) -> Stream:
         """The channel's live stream, as soon as there is one (a receiver waiting on it)."""
@@ -292,7 +332,10 @@ class StreamRegistry:
         return [s for s in self.streams.values() if not s.ended.is_set()]
 
     def stream_infos(self) -> list[StreamInfo]:
-        """The live streams as clients see them (`available_streams`, `/stream/status`)."""
+        """The live streams as clients see them (`available_streams`, `/stream/status`);
+        in cluster mode every node's."""
+        if self.cluster is not None:
+            return self.cluster.stream_infos(self.live_streams())
         return [s.info() for s in self.live_streams()]
 
     def available(self, allowed: Callable[[str], bool] | None = None) -> AvailableStreams:
@@ -305,16 +348,15 @@ class StreamRegistry:
 
     def channel_infos(self) -> list[ChannelInfo]:
         """Configured channels, live or not, then live unlisted ones, by name."""
-        live = {s.stream_id for s in self.live_streams()}
+        live = {s.stream_id: s for s in self.stream_infos()}
         infos = [
             ChannelInfo(channel=name, label=c.label, description=c.description, live=name in live)
             for name, c in self._channels.items()
         ]
-        unlisted = live - set(self._channels)
         infos += [
             ChannelInfo(channel=name, label=name, live=True)
-            for name in sorted(unlisted)
-            if self.streams[name].channel is not None
+            for name in sorted(live.keys() - self._channels.keys())
+            if live[name].channel is not None
         ]
         return sorted(infos, key=lambda info: info.channel)
 
@@ -328,10 +370,13 @@ class StreamRegistry:
     ) -> None:
         check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
         stream.receivers[info.connection_id] = send_or_drop
+        if info.node_link:
+            stream.links.add(info.connection_id)
         info.role, info.stream_id = "receiver", stream.stream_id
 
     def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
         stream.receivers.pop(info.connection_id, None)
+        stream.links.discard(info.connection_id)
 
     @property
     def receiver_count(self) -> int:

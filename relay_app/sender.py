@@ -35,6 +35,7 @@ from .ice import NoFreeMediaPort
 from .levels import EveryNth, levels
 from .logs import get_logger
 from .media import MediaTask, SessionHost, remote_candidates
+from .metrics import Metrics
 from .peer import Peer, open_peer
 from .recording import Recording, recording_path
 from .registry import UNNAMED_PREFIX, EndCause, Stream
@@ -133,7 +134,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     )
     stream.recording = _recording(host, stream)
     # Tap before the answer leaves, so that no packet arrives untapped.
-    tap_receiver(audio_receiver(peer.pc, audio[0]), _packet_handler(host, stream, peer, opus))
+    tap_receiver(audio_receiver(peer.pc, audio[0]), packet_handler(metrics, stream, opus, peer))
     return stream
 
 
@@ -147,9 +148,9 @@ def _recording(host: SessionHost, stream: Stream) -> Recording | None:
     return Recording(path, host.ctx.metrics, log)
 
 
-def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) -> RtpCallback:
-    """Per packet from the sender: liveness, counters, and (forward mode) the fan-out."""
-    metrics = host.ctx.metrics
+def packet_handler(metrics: Metrics, stream: Stream, opus: int, peer: Peer | None) -> RtpCallback:
+    """Per packet from the sender (or an upstream, upstream.py): liveness, counters, and
+    (forward mode) the fan-out. `peer`, when given, hears it too (the session's watchdog)."""
     packets, http, recording = stream.packets, stream.http, stream.recording
     direct = stream.direct  # relay.fast_path receivers (fast_path.py), filled as they join
     packetizer = OpusPacketizer()
@@ -159,7 +160,9 @@ def _packet_handler(host: SessionHost, stream: Stream, peer: Peer, opus: int) ->
             metrics.count_drop("not_opus")
             return
         # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
-        stream.last_audio_at = peer.last_heard = arrival
+        stream.last_audio_at = arrival
+        if peer is not None:
+            peer.last_heard = arrival
         metrics.record_ingress(len(rtp.payload))
         stream.audio_bytes += len(rtp.payload)
         if packets is not None and (packets.subscriber_count or direct):

@@ -52,6 +52,7 @@ from .media import MediaRole, MediaTask, Negotiated, check_sending, require_no_m
 from .receiver import Listen, run_receiver
 from .registry import SessionInfo
 from .sender import run_sender
+from .upstream import stream_to_play
 
 OUTBOX_SIZE = 64
 LOG_LINES_PER_SECOND = 5.0  # client_error lines per session (all errors are still counted)
@@ -337,11 +338,14 @@ class PeerSession:
                 max_streams = self.settings.streams.max_streams
                 self.ctx.registry.claim_sender(self.info, max_streams, channel, takeover)
                 await self._start_media("sender", run_sender, sdp)
-            case p.StartReceiving(stream_id=stream_id, visualization=levels):
+            case p.StartReceiving(stream_id=stream_id, visualization=levels, upstream=link):
                 if self.grant is not None:
                     stream_id = self.grant.check_receiving(stream_id)
+                    if link:
+                        self.grant.check_upstream()
                 require_no_media(self._media, "start_receiving")
-                stream = self.ctx.registry.find_live_stream(stream_id, self.log)
+                stream = await stream_to_play(self.ctx, stream_id, self.log, link)
+                self.info.node_link = link
                 await self._start_media("receiver", run_receiver, Listen(stream, levels))
             case p.Auth(token=token):
                 self.grant, reply = reauthenticate(self.settings, token)

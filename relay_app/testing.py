@@ -281,3 +281,60 @@ async def assert_kept_hearing(
     await receiver.wait_audio(heard + elapsed * 0.8)
     recent = receiver.recorder.audio(1.0)
     assert abs(dominant_frequency(recent, receiver.recorder.sample_rate) - frequency) <= 10
+
+
+class RedisProcess:
+    """Debian's `redis-server` on a free loopback port, no persistence, stopped by its PID
+    (the cluster tests' real Redis; `.ci/run` installs it)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> RedisProcess:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cluster_config(redis_url: str, node_id: str, **cluster: Any) -> dict[str, Any]:
+    """A node of a test cluster: its port chosen up front, since other nodes dial it."""
+    port = free_port()
+    settings = {
+        "redis_url": redis_url,
+        "node_id": node_id,
+        "advertise_url": f"ws://127.0.0.1:{port}/ws",
+        "heartbeat_interval": 0.5,
+        "node_ttl": 2.0,
+        "upstream_linger": 1.0,
+        **cluster,
+    }
+    return {"server": {"port": port}, "cluster": settings}
