@@ -1,0 +1,252 @@
+"""Cluster mode (issue 14): three real node processes and a real Redis, all on loopback.
+
+A sender on node A, receivers on B and C: B and C relay A's stream over one upstream each.
+Faults are real too: A killed with SIGKILL, Redis killed and started again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay_app import protocol as p
+from relay_app.auth import mint
+from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
+from relay_app.testing import RedisProcess, ServerProcess, cluster_config
+
+from .conftest import finish_server
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "cluster-test-secret-0123456789abcdef"
+NODE_TTL = 2.0
+NODES = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    return "forward"  # every scenario here is about links, not codecs; one runs in both
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisProcess]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does)")
+    server = RedisProcess().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+Cluster = dict[str, ServerProcess]
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path: Path, redis: RedisProcess, relay_mode: str
+) -> Iterator[Callable[..., Cluster]]:
+    """Three nodes on one Redis; after the test, every node still running is idle."""
+    started: list[ServerProcess] = []
+
+    def _make(config: dict[str, Any] | None = None) -> Cluster:
+        nodes = {}
+        for name in NODES:
+            node_config = cluster_config(redis.url, name, node_ttl=NODE_TTL)
+            node_config["relay"] = {"mode": relay_mode}
+            for key, value in (config or {}).items():
+                node_config[key] = {**node_config.get(key, {}), **value}
+            node = ServerProcess(tmp_path, node_config)
+            started.append(node)
+            nodes[name] = node.start()
+        for node in nodes.values():
+            node.wait_event("cluster_joined")
+            node.take_baseline()
+        wait_for(
+            lambda: all(
+                len(n.get("/health").json()["cluster"]["nodes"]) == 3 for n in nodes.values()
+            )
+        )
+        return nodes
+
+    yield _make
+    try:
+        for node in started:
+            if node.proc is not None and node.proc.poll() is None:
+                node.wait_idle(timeout=10)
+    finally:
+        for node in started:
+            if node.proc is not None and node.proc.returncode != -signal.SIGKILL:
+                finish_server(node)  # (a node the test killed has nothing left to check)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> float:
+    """Seconds until `condition` held (polling); AssertionError after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def listed(node: ServerProcess, stream_id: str) -> bool:
+    streams = node.get("/stream/status", status_port=True).json()["streams"]
+    return any(s["stream_id"] == stream_id for s in streams)
+
+
+async def hears(client: RelayClient, frequency: float, seconds: float = 1.0) -> None:
+    start = client.recorder.seconds
+    await client.wait_audio(start + seconds + 0.5)
+    heard = dominant_frequency(client.recorder.audio(seconds), client.recorder.sample_rate)
+    assert abs(heard - frequency) <= 10, f"heard {heard:.1f} Hz, expected {frequency}"
+
+
+@pytest.mark.parametrize("relay_mode", ["forward", "transcode"], indirect=False)
+async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_node(
+    make_cluster: Callable[..., Cluster], relay_mode: str
+) -> None:
+    nodes = make_cluster()
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    async with RelayClient.connect(a.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        wait_for(lambda: listed(b, stream_id) and listed(c, stream_id), timeout=5)
+        # B lists A's stream, with its node, before anyone listens on B.
+        async with RelayClient.connect(b.ws_url) as probe:
+            available = await probe.request(p.GetAvailableStreams(), "available_streams")
+            assert isinstance(available, p.AvailableStreams)
+            assert [(s.stream_id, s.node) for s in available.streams] == [(stream_id, "a")]
+        async with (
+            RelayClient.connect(b.ws_url) as b1,
+            RelayClient.connect(b.ws_url) as b2,
+            RelayClient.connect(c.ws_url) as c1,
+        ):
+            for receiver in (b1, b2, c1):
+                assert await receiver.start_receiving(stream_id) == stream_id
+            for receiver in (b1, b2, c1):
+                await hears(receiver, 440)
+            # One upstream per node, however many receivers: B's metrics say so, and A
+            # serves exactly two links (B's and C's) besides its sender.
+            assert b.metrics()["live"]["upstreams"] == 1
+            scrape = b.get("/metrics", headers={"Accept": "text/plain"}).text
+            assert "relay_upstreams 1.0" in scrape
+            assert f'relay_cluster_stream_receivers{{node="a",stream_id="{stream_id}"}}' in scrape
+            assert c.metrics()["live"]["upstreams"] == 1
+            assert a.metrics()["active_receivers"] == 2
+            # Every node counts the stream's listeners cluster-wide (A's links are not).
+            wait_for(
+                lambda: all(
+                    n.get("/stream/status", status_port=True).json()["streams"][0]["receivers"] == 3
+                    for n in (a, b, c)
+                ),
+                timeout=5,
+            )
+            await b1.send(p.Stop())
+            await b1.expect("stopped")
+            await hears(b2, 440)  # B's other receiver goes on over the same upstream
+            assert b.metrics()["live"]["upstreams"] == 1
+        # The last receiver on B left: its upstream closes after the linger (1 s here).
+        event = b.wait_event("upstream_closed", stream_id=stream_id, timeout=5)
+        assert event["reason"] == "no receivers left on this node"
+        wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+        wait_for(lambda: a.metrics()["active_receivers"] == 0, timeout=5)
+
+
+async def test_node_killed_its_stream_vanishes_and_its_listeners_elsewhere_are_told(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    nodes = make_cluster()
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    async with RelayClient.connect(a.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        wait_for(lambda: listed(b, stream_id) and listed(c, stream_id), timeout=5)
+        async with RelayClient.connect(b.ws_url) as on_b, RelayClient.connect(c.ws_url) as on_c:
+            await on_b.start_receiving(stream_id)
+            await on_c.start_receiving(stream_id)
+            await hears(on_b, 440)
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait()
+            killed = time.monotonic()
+            for receiver in (on_b, on_c):
+                ended = await receiver.receive(p.StreamEnded, timeout=NODE_TTL + 3)
+                assert ended.stream_id == stream_id
+            # Gone from every other node's listing within node_ttl (+ one beat of slack).
+            wait_for(lambda: not listed(b, stream_id) and not listed(c, stream_id), timeout=5)
+            assert time.monotonic() - killed <= NODE_TTL + 1.5
+            for node in (b, c):
+                wait_for(
+                    lambda node=node: node.get("/health").json()["cluster"]["nodes"] == ["b", "c"]
+                )
+            # They can retry: nothing is live now, and the session still works.
+            with pytest.raises(ServerError, match="No audio stream available"):
+                await on_b.start_receiving(stream_id)
+
+
+async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
+    make_cluster: Callable[..., Cluster], redis: RedisProcess
+) -> None:
+    nodes = make_cluster()
+    a, b = nodes["a"], nodes["b"]
+    async with (
+        RelayClient.connect(a.ws_url) as remote_sender,
+        RelayClient.connect(b.ws_url) as local_sender,
+    ):
+        remote_id = await remote_sender.start_sending(ToneTrack(660))
+        local_id = await local_sender.start_sending(ToneTrack(440))
+        wait_for(lambda: listed(b, remote_id), timeout=5)
+        async with RelayClient.connect(b.ws_url) as local, RelayClient.connect(b.ws_url) as relayed:
+            await local.start_receiving(local_id)
+            await relayed.start_receiving(remote_id)
+            await hears(local, 440)
+            await hears(relayed, 660)
+            redis.stop(signal.SIGKILL)
+            wait_for(lambda: b.get("/health").json()["cluster"]["redis"] == "unreachable")
+            health = b.get("/health")
+            assert health.status_code == 200 and health.json()["status"] == "healthy"
+            # The listing degrades to B's own streams; the audio on B never stops, and the
+            # open upstream (a direct link to A) goes on too.
+            assert listed(b, local_id)
+            await hears(local, 440, seconds=2.0)
+            await hears(relayed, 660)
+            b.wait_event("cluster_redis_unreachable")
+            redis.start()  # the same port, empty: every node writes its streams again
+            wait_for(lambda: b.get("/health").json()["cluster"]["redis"] == "connected", timeout=15)
+            wait_for(lambda: listed(a, local_id) and listed(nodes["c"], remote_id), timeout=10)
+            await hears(local, 440)
+    for node in nodes.values():
+        assert node.get("/health").status_code == 200
+
+
+async def test_with_auth_links_use_node_tokens_and_a_receive_token_opens_no_upstream(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    nodes = make_cluster({"auth": {"secret": SECRET, "protect_metrics": False}})
+    a, b = nodes["a"], nodes["b"]
+    send = mint(SECRET, "send", 600)
+    receive = mint(SECRET, "receive", 600)
+    async with RelayClient.connect(a.ws_url, token=send) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        wait_for(lambda: listed(b, stream_id), timeout=5)
+        async with RelayClient.connect(b.ws_url, token=receive) as listener:
+            await listener.start_receiving(stream_id)
+            await hears(listener, 440)
+            link = a.wait_event("client_authenticated", role="node")
+            assert link["subject"] == "b"
+            # A node token cannot chain a stream B only relays (links never loop).
+            node = mint(SECRET, "node", 600, subject="x")
+            async with RelayClient.connect(b.ws_url, token=node) as chained:
+                await chained.send(p.StartReceiving(stream_id=stream_id, upstream=True))
+                with pytest.raises(ServerError, match="relayed here from node a"):
+                    await chained.expect("offer")
+        # A client with a receive token cannot pose as a node.
+        async with RelayClient.connect(a.ws_url, token=receive) as impostor:
+            await impostor.send(p.StartReceiving(stream_id=stream_id, upstream=True))
+            with pytest.raises(ServerError, match="only a node token opens an upstream"):
+                await impostor.expect("offer")
