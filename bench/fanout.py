@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from relay_app.testing import REPO, ServerProcess, start_client
+from relay_app.testing import REPO, ServerProcess, deep_merge, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
@@ -48,7 +48,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Server(ServerProcess):
     """The tests' server process, with what the benchmark measures on top."""
 
-    def __init__(self, mode: str, tmp: Path) -> None:
+    def __init__(self, mode: str, tmp: Path, extra: dict[str, Any] | None = None) -> None:
         mode, _, variant = mode.partition("+")
         config: dict[str, Any] = {
             "server": {"max_connections": 2000},
@@ -58,7 +58,7 @@ class Server(ServerProcess):
         }
         if variant in ("fast", "aiortc"):  # relay.fast_path on/off: `--modes forward+aiortc`
             config["relay"]["fast_path"] = variant == "fast"
-        super().__init__(tmp, config)
+        super().__init__(tmp, deep_merge(config, extra or {}))
         self.start()
 
     def start_sender(self) -> subprocess.Popen[str]:

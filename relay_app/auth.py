@@ -74,9 +74,15 @@ class Grant:
                 f"(python -m relay_app token --role send --stream {channel})"
             )
 
-    def check_receiving(self, stream_id: str | None) -> str | None:
-        """The stream to receive (a scoped token names it when the client does not)."""
+    def check_receiving(self, stream_id: str | None, upstream: bool = False) -> str | None:
+        """The stream to receive (a scoped token names it when the client does not); only a
+        node token opens an `upstream` (another node relaying this node's stream)."""
         self.check_unexpired()
+        if upstream and self.role != "node":
+            raise AuthError(
+                f"only a node token opens an upstream (role {self.role!r}); receive with "
+                "start_receiving without upstream"
+            )
         stream_id = stream_id or self.stream
         if not self.allows_receiving(stream_id):
             raise AuthError(
@@ -84,14 +90,6 @@ class Grant:
                 f"(role {self.role!r}, stream {self.stream!r})"
             )
         return stream_id
-
-    def check_upstream(self) -> None:
-        """Only a node token opens an upstream (a node relaying this node's stream)."""
-        if self.role != "node":
-            raise AuthError(
-                f"only a node token opens an upstream (role {self.role!r}); receive with "
-                "start_receiving without upstream"
-            )
 
 
 def mint(

@@ -340,9 +340,7 @@ class PeerSession:
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id, visualization=levels, upstream=link):
                 if self.grant is not None:
-                    stream_id = self.grant.check_receiving(stream_id)
-                    if link:
-                        self.grant.check_upstream()
+                    stream_id = self.grant.check_receiving(stream_id, link)
                 require_no_media(self._media, "start_receiving")
                 stream = await stream_to_play(self.ctx, stream_id, self.log, link)
                 self.info.node_link = link

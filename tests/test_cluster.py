@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,10 @@ def make_cluster(
             node_config["relay"] = {"mode": relay_mode}
             for key, value in (config or {}).items():
                 node_config[key] = {**node_config.get(key, {}), **value}
-            node = ServerProcess(tmp_path, node_config)
-            started.append(node)
-            nodes[name] = node.start()
+            nodes[name] = ServerProcess(tmp_path, node_config)
+        started.extend(nodes.values())
+        with ThreadPoolExecutor(len(nodes)) as pool:  # three processes starting at once
+            list(pool.map(ServerProcess.start, nodes.values()))
         for node in nodes.values():
             node.wait_event("cluster_joined")
             node.take_baseline()

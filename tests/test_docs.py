@@ -82,3 +82,13 @@ def test_every_admin_and_recording_event_is_documented() -> None:
     assert events >= {"admin_session_kicked", "recording_failed"}, events
     missing = [event for event in sorted(events) if f"`{event}`" not in doc]
     assert not missing, missing
+
+
+def test_every_cluster_and_upstream_event_is_documented() -> None:
+    doc = (REPO / "docs" / "cluster.md").read_text()
+    source = "".join(path.read_text() for path in (REPO / "relay_app").glob("*.py"))
+    logged = r'(?:\.info|\.warning|\.error)\(\s*"((?:cluster|upstream)_[a-z_]+)'
+    events = set(re.findall(logged, source))
+    assert events >= {"cluster_joined", "upstream_opened", "upstream_closed"}, events
+    missing = [event for event in sorted(events) if f"`{event}`" not in doc]
+    assert not missing, missing
