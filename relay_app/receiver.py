@@ -26,6 +26,7 @@ from .media import MediaTask, SessionHost, remote_candidates
 from .peer import Peer, open_peer
 from .registry import Stream
 from .rtp_tap import negotiated_opus_payload_type
+from .upstream import next_on_channel
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ async def run_receiver(
         if channel is None:
             return
         media.log.info("receiver_waiting", channel=channel)
-        stream = await host.ctx.registry.next_stream(channel)
+        stream = await next_on_channel(host.ctx, channel)
         host.send(p.StreamStarted(stream_id=stream.stream_id))
 
 

@@ -253,3 +253,20 @@ async def stream_to_play(
         log.info("upstream_requested", stream_id=stream_id, origin=remote.node_id)
         return await upstreams.open(remote)
     return registry.find_live_stream(stream_id, log)
+
+
+async def next_on_channel(ctx: RelayContext, channel: str) -> Stream:
+    """The channel's next stream for a waiting receiver: a sender here, or (cluster mode) on
+    any node, looked for once per heartbeat while none is here."""
+    registry, cluster, upstreams = ctx.registry, ctx.cluster, ctx.upstreams
+    if cluster is None or upstreams is None:
+        return await registry.next_stream(channel)
+    while True:
+        with anyio.move_on_after(cluster.settings.heartbeat_interval):
+            return await registry.next_stream(channel)
+        remote = cluster.remote.get(channel)
+        if remote is not None:
+            try:
+                return await upstreams.open(remote)
+            except RelayError:
+                pass  # (logged as upstream_failed) the next beat may find it again

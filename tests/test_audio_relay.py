@@ -132,22 +132,22 @@ async def test_audio_goes_on_across_sequence_and_timestamp_wraps_and_a_new_ssrc(
     the receiver hears the tone before, across and after each."""
     import aiortc.rtcrtpsender as rtcrtpsender
 
-    # Only this test process's (client) senders: the sequence wraps ~2.4 s after the first
-    # packet, the timestamp 2.5 s after (48 kHz); the server picks its own numbers.
-    monkeypatch.setattr(rtcrtpsender, "random_sequence_number", lambda: 0xFFFF - 120)
-    monkeypatch.setattr(rtcrtpsender, "random32", lambda: 0x1_0000_0000 - 48000 * 5 // 2)
+    # Only this test process's (client) senders: the sequence wraps ~1.4 s after the first
+    # packet, the timestamp 1.5 s after (48 kHz); the server picks its own numbers.
+    monkeypatch.setattr(rtcrtpsender, "random_sequence_number", lambda: 0xFFFF - 70)
+    monkeypatch.setattr(rtcrtpsender, "random32", lambda: 0x1_0000_0000 - 48000 * 3 // 2)
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(440))
-        await anyio.sleep(1.0)
+        await anyio.sleep(0.5)
         async with RelayClient.connect(server.ws_url) as receiver:
             await receiver.start_receiving()  # a late joiner, before either wrap
-            await assert_hears(receiver, 440, seconds=3.0)  # spans both wraps
+            await assert_hears(receiver, 440, seconds=2.0)  # spans both wraps
             assert sender.pc is not None
             rtp_sender = sender.pc.getSenders()[0]
             rtp_sender._ssrc = 0x12345678  # a new SSRC mid-stream
             before = receiver.recorder.seconds
-            await receiver.wait_audio(before + 2.0)
-            await assert_hears(receiver, 440, seconds=1.5)
+            await receiver.wait_audio(before + 1.5)
+            await assert_hears(receiver, 440, seconds=1.0)
 
 
 async def test_stop_ends_media_but_keeps_the_socket(server: ServerProcess) -> None:

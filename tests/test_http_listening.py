@@ -135,7 +135,7 @@ async def test_stream_end_closes_every_response_with_an_end_of_stream_page(
 async def test_a_listener_that_stops_reading_is_dropped_while_others_keep_hearing(
     tmp_path: Path,
 ) -> None:
-    """One relay mode only: the HTTP path does not depend on it, and this takes 20 s."""
+    """One relay mode only: the HTTP path does not depend on it, and this takes 15 s."""
     for server in serving(tmp_path, {}):
         await _one_stalls_one_listens(server)
 
@@ -149,13 +149,13 @@ async def _one_stalls_one_listens(server: ServerProcess) -> None:
         stalled.connect(("127.0.0.1", server.audio_port))
         stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         try:  # it never reads; a good listener meanwhile hears everything
-            good = await listen(server.status_url + path, 20.0)
+            good = await listen(server.status_url + path, 15.0)
             # Dropped once ~100 KB of connection buffers and 5 s of pages are full (~12 s).
-            event = server.wait_event("http_listener_ended", timeout=10, reason="too slow")
+            event = server.wait_event("http_listener_ended", timeout=15, reason="too slow")
             assert event["stream_id"] == stream_id
         finally:
             stalled.close()
-        assert_hears_tone(good, 440, at_least=19.0)
+        assert_hears_tone(good, 440, at_least=14.0)
         assert server.metrics()["relay"]["http_listeners_dropped"] >= 1
 
 
