@@ -178,6 +178,18 @@ async def heard_by_page(page: Any, seconds: float = 1.5) -> dict[str, float]:
     return dict(result)
 
 
+async def settled_tone(page: Any, hz: float, tries: int = 3) -> dict[str, float]:
+    """`heard_by_page`, again (up to `tries` windows) while the peak is off `hz`: right after
+    playing starts, and on a loaded machine, Chromium's jitter buffer may stretch or squeeze
+    the audio for a moment, which moves the peak by a few bins."""
+    heard = await heard_by_page(page)
+    for _ in range(tries - 1):
+        if abs(heard["freq"] - hz) <= 10:
+            break
+        heard = await heard_by_page(page)
+    return heard
+
+
 async def screenshot(page: Any, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -227,7 +239,7 @@ async def test_chromium_sender_two_chromium_receivers_both_hear(
     receivers = [await open_page(browser, server.base_url + "/listen") for _ in range(2)]
     for page in receivers:
         await wait_state(page, "playing")
-        heard = await heard_by_page(page)
+        heard = await settled_tone(page, 440)
         assert abs(heard["freq"] - 440) <= 10, heard
         assert await page.text_content("#stream-id") == stream_id
     assert len(server.find("relay_subscribe", stream_id=stream_id)) >= 2

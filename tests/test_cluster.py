@@ -80,6 +80,8 @@ def make_cluster(
                 node.wait_idle(timeout=10)
     finally:
         for node in started:
+            node.stop()  # every node, whatever a check above found
+        for node in started:
             if node.proc is not None and node.proc.returncode != -signal.SIGKILL:
                 finish_server(node)  # (a node the test killed has nothing left to check)
 
