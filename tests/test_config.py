@@ -56,6 +56,11 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             {"webrtc": {"udp_port_range": [40000, 40100], "ice_servers": [{"urls": "stun:x"}]}},
             "cannot be combined with ice_servers",
         ),
+        ({"cluster": {"redis_url": "redis://127.0.0.1:6379/0"}}, "advertise_url is required"),
+        ({"cluster": {"redis_url": "http://x", "advertise_url": "ws://h/ws"}}, "redis_url must"),
+        ({"cluster": {"advertise_url": "http://h:8080/ws"}}, "cluster.advertise_url"),
+        ({"cluster": {"node_ttl": 1, "heartbeat_interval": 2}}, "node_ttl must be longer"),
+        ({"cluster": {"node_id": "no spaces"}}, "cluster.node_id"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, config: dict[str, object], key: str) -> None:
