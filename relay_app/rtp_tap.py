@@ -5,8 +5,8 @@ aiortc has no public hook for received RTP: a receiver depacketizes into its jit
 wants the Opus payload the moment it arrives, without decoding it per receiver. So this
 module wraps one receiver *instance*'s `_handle_rtp_packet`, which `RTCDtlsTransport` awaits
 for every decrypted RTP packet routed to that receiver, and hands each packet to a callback
-first. aiortc's own handling still runs after it (RTCP reports, NACKs, and the single decode
-per stream that drains the track and feeds visualization).
+first. aiortc's own handling (jitter buffer, decode) runs after it only where PCM is needed
+(`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap.
 
 Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/test_rtp_tap.py` fails loudly if
 an upgrade moves or renames what this relies on.
