@@ -160,11 +160,11 @@ class Cluster:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._listen, client)
                     await self._beat_forever(client)
-            except Exception as error:
+            except Exception as error:  # a ROOT child: it logs its own failures and goes on
                 failure = _redis_failure(error)
                 if failure is None:
-                    raise
-                if self.redis_up or first:  # once per outage, not per retry
+                    self.log.error("cluster_error", exc_info=error)
+                elif self.redis_up or first:  # once per outage, not per retry
                     backoff = 0.5
                     self.log.warning("cluster_redis_unreachable", error=failure)
                 self._degrade()
@@ -245,17 +245,22 @@ class Cluster:
         for key, value in zip(keys, values, strict=True):
             if value is None:  # expired between SCAN and MGET
                 continue
-            name, record = key.decode(), json.loads(value)
-            if name.startswith(NODE_KEY):
-                nodes[record["node_id"]] = record
-            elif name.startswith(STREAM_KEY) and record["node_id"] != self.node_id:
-                remote[record["stream_id"]] = RemoteStream(
-                    stream_id=record["stream_id"],
-                    node_id=record["node_id"],
-                    advertise_url=record["advertise_url"],
-                    started_at=record["started_at"],
-                    channel=record.get("channel"),
-                )
+            try:
+                name, record = key.decode(), json.loads(value)
+                if name.startswith(NODE_KEY):
+                    receivers = record.get("receivers")
+                    record["receivers"] = receivers if isinstance(receivers, dict) else {}
+                    nodes[str(record["node_id"])] = record
+                elif name.startswith(STREAM_KEY) and record["node_id"] != self.node_id:
+                    remote[str(record["stream_id"])] = RemoteStream(
+                        stream_id=str(record["stream_id"]),
+                        node_id=str(record["node_id"]),
+                        advertise_url=str(record["advertise_url"]),
+                        started_at=float(record["started_at"]),
+                        channel=record.get("channel"),
+                    )
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not one of our records (another program's key under the prefix)
         gone = [
             (stream_id, was)
             for stream_id, was in self.remote.items()
@@ -281,9 +286,12 @@ class Cluster:
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
-                    event = json.loads(message["data"])
-                    if event.get("node_id") != self.node_id:
-                        self.streams_changed()
+                    try:
+                        origin = json.loads(message["data"]).get("node_id")
+                    except (ValueError, AttributeError):
+                        origin = None  # not one of ours: looking again costs one read
+                    if origin != self.node_id:
+                        self.streams_changed()  # another node's start or end: look now
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await pubsub.aclose()

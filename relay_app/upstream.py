@@ -162,7 +162,7 @@ async def _relay(ctx: RelayContext, link: Upstream, log: Any) -> None:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_origin, client, stream)
-                tg.start_soon(_keep_alive, client, settings.webrtc.connection_timeout / 2)
+                tg.start_soon(_keep_alive, ctx, client, settings.webrtc.connection_timeout / 2)
                 tg.start_soon(_linger, stream, settings.cluster.upstream_linger)
                 if not forward:
                     tg.start_soon(pump, stream.source, stream.frames.publish)
@@ -190,11 +190,17 @@ async def _watch_origin(client: RelayClient, stream: Stream) -> None:
         stream.end(EndCause.CONNECTION_FAILED, f"the link to node {stream.origin} closed")
 
 
-async def _keep_alive(client: RelayClient, interval: float) -> None:
-    """The link plays without decoding, so no RTCP reports tell the origin it is alive."""
+async def _keep_alive(ctx: RelayContext, client: RelayClient, interval: float) -> None:
+    """The link plays without decoding, so no RTCP reports tell the origin it is alive; and
+    a link outlives its node token, so it sends a fresh one well before the old expires."""
+    renewed = anyio.current_time()
     while True:
         await anyio.sleep(interval)
         await client.send(p.Ping())
+        if anyio.current_time() - renewed > NODE_TOKEN_TTL / 2:
+            if (token := node_token(ctx)) is not None:
+                await client.send(p.Auth(token=token))
+            renewed = anyio.current_time()
 
 
 async def _linger(stream: Stream, linger: float) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from relay_app import protocol as p
 from relay_app.auth import mint
@@ -113,10 +114,15 @@ async def hears(client: RelayClient, frequency: float, seconds: float = 1.0) -> 
 
 
 async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_node(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], redis: RedisProcess
 ) -> None:
     nodes = make_cluster()
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    # Keys under the prefix that are not ours (another program, an old version) are skipped.
+    with Redis.from_url(redis.url) as junk:
+        junk.set("relay_app:stream:junk", "not json")
+        junk.set("relay_app:node:junk", '{"receivers": "three"}')
+        junk.publish("relay_app:events", "not json either")
     async with RelayClient.connect(a.ws_url) as sender:
         stream_id = await sender.start_sending(ToneTrack(440))
         wait_for(lambda: listed(b, stream_id) and listed(c, stream_id), timeout=5)
