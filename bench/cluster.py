@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.fanout import PER_WORKER, RESULTS, Server, _get, worker_main
+from bench.fanout import RESULTS, ReceiverPool, Server, _get
 from relay_app.testing import RedisProcess, cluster_config
 
 NODES = ("a", "b", "c")
@@ -85,22 +85,11 @@ def measure(total: int, spread: tuple[str, ...], window: float, tmp: Path) -> Ro
         share = {
             name: total // len(spread) + (i < total % len(spread)) for i, name in enumerate(spread)
         }
-        ctx = mp.get_context("spawn")
-        workers, pipes = [], []
-        ready, results = ctx.Queue(), ctx.Queue()
+        pool = ReceiverPool()
+        workers, pipes, ready, results = pool.workers, pool.pipes, pool.ready, pool.results
         try:
             for name, count in share.items():
-                remaining = count
-                while remaining:
-                    n = min(PER_WORKER, remaining)
-                    remaining -= n
-                    parent, child = ctx.Pipe()
-                    process = ctx.Process(
-                        target=worker_main, args=(nodes[name].ws_url, n, ready, child, results)
-                    )
-                    process.start()
-                    workers.append(process)
-                    pipes.append(parent)
+                pool.add(nodes[name].ws_url, count)
             connected = sum(_get(ready, workers) for _ in workers)
             assert connected == total
             start_at = time.time() + 2.0
@@ -116,10 +105,7 @@ def measure(total: int, spread: tuple[str, ...], window: float, tmp: Path) -> Ro
             live = {name: node.metrics()["live"] for name, node in nodes.items()}
             counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
         finally:
-            for process in workers:
-                process.terminate()
-            for process in workers:
-                process.join(10)
+            pool.stop()
     cpu = {name: round(100 * (cpu1[name] - cpu0[name]) / window, 1) for name in NODES}
     receivers = {name: share.get(name, 0) for name in NODES}
     expected = max((sent1 - sent0) * total, 1)

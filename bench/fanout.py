@@ -170,6 +170,35 @@ def worker_main(
     anyio.run(main)
 
 
+class ReceiverPool:
+    """Receivers in worker processes, PER_WORKER each (bench/cluster.py uses it too)."""
+
+    def __init__(self) -> None:
+        self._ctx = mp.get_context("spawn")
+        self.workers: list[Any] = []
+        self.pipes: list[Any] = []
+        self.ready, self.results = self._ctx.Queue(), self._ctx.Queue()
+
+    def add(self, url: str, receivers: int, levels: bool = False) -> None:
+        remaining = receivers
+        while remaining:
+            count = min(PER_WORKER, remaining)
+            remaining -= count
+            parent, child = self._ctx.Pipe()
+            process = self._ctx.Process(
+                target=worker_main, args=(url, count, self.ready, child, self.results, levels)
+            )
+            process.start()
+            self.workers.append(process)
+            self.pipes.append(parent)
+
+    def stop(self) -> None:
+        for process in self.workers:
+            process.terminate()
+        for process in self.workers:
+            process.join(10)
+
+
 # -- one measurement ---------------------------------------------------------------------------
 @dataclass
 class Point:
@@ -269,23 +298,11 @@ def measure_receivers(
     mode: str, receivers: int, window: float, tmp: Path, levels: bool = False
 ) -> Point:
     with streaming(mode, tmp) as server:
-        ctx = mp.get_context("spawn")
-        workers, pipes = [], []
-        ready, results = ctx.Queue(), ctx.Queue()
+        pool = ReceiverPool()
+        workers, pipes, ready, results = pool.workers, pool.pipes, pool.ready, pool.results
         try:
             started = time.monotonic()
-            remaining = receivers
-            while remaining:
-                count = min(PER_WORKER, remaining)
-                remaining -= count
-                parent, child = ctx.Pipe()
-                process = ctx.Process(
-                    target=worker_main,
-                    args=(server.ws_url, count, ready, child, results, levels),
-                )
-                process.start()
-                workers.append(process)
-                pipes.append(parent)
+            pool.add(server.ws_url, receivers, levels)
             connected = sum(_get(ready, workers) for _ in workers)
             setup = time.monotonic() - started
             assert connected == receivers
@@ -326,10 +343,7 @@ def measure_receivers(
                 setup_seconds=round(setup, 1),
             )
         finally:
-            for process in workers:
-                process.terminate()
-            for process in workers:
-                process.join(10)
+            pool.stop()
 
 
 def _get(queue: Any, workers: list[Any], timeout: float = 300) -> Any:
