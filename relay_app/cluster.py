@@ -196,15 +196,14 @@ class Cluster:
         """Write this node's records (publishing starts and ends), then read everyone's."""
         ttl = int(self.settings.node_ttl * 1000)
         advertise = self.settings.advertise_url
-        own = {s.stream_id: s for s in self.registry.live_streams() if s.origin is None}
+        live = self.registry.live_streams()
+        own = {s.stream_id: s for s in live if s.origin is None}
         pipe = client.pipeline(transaction=False)
         node = {
             "node_id": self.node_id,
             "advertise_url": advertise,
             "started_at": self._started_at,
-            "receivers": {
-                s.stream_id: s.listeners for s in self.registry.live_streams() if s.listeners
-            },
+            "receivers": {s.stream_id: s.listeners for s in live if s.listeners},
         }
         pipe.set(NODE_KEY + self.node_id, json.dumps(node), px=ttl)
         events = []

@@ -141,3 +141,10 @@ class Kicked(RelayError):
 
     def __init__(self, reason: str = "") -> None:
         super().__init__("closed by an operator" + (f": {reason}" if reason else ""))
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """`error` with task-group exception groups of one exception unwrapped."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

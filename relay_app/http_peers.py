@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from . import protocol as p
 from .context import RelayContext
-from .errors import RelayError
+from .errors import RelayError, sole_error
 from .logs import get_logger
 from .media import MediaTask, Negotiated
 from .registry import SessionInfo
@@ -146,6 +146,5 @@ class HttpPeers:
 
 def relay_error(group: BaseException) -> RelayError | None:
     """The RelayError a failed start raised, unwrapped from task-group exception groups."""
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group if isinstance(group, RelayError) else None
+    error = sole_error(group)
+    return error if isinstance(error, RelayError) else None

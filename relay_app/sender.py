@@ -32,6 +32,7 @@ from av import Packet as AvPacket
 from av.error import FFmpegError
 
 from . import protocol as p
+from .config import RelaySettings
 from .errors import MediaUnavailable, NegotiationError
 from .http_audio import HttpAudio
 from .ice import NoFreeMediaPort
@@ -127,14 +128,13 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     opus = negotiated_opus_payload_type(peer.pc)
     settings, metrics = host.ctx.settings.relay, host.ctx.metrics
     stream_id = host.info.stream_id or f"{UNNAMED_PREFIX}{host.connection_id}"
-    stream = Stream(
+    stream = new_stream(
+        settings,
+        metrics,
         stream_id=stream_id,
         channel=None if stream_id.startswith(UNNAMED_PREFIX) else stream_id,
         sender_id=host.connection_id,
         source=audio[0],
-        frames=Fanout(settings.queue_frames, metrics),
-        packets=Fanout(settings.queue_frames, metrics) if settings.mode == "forward" else None,
-        http=HttpAudio(metrics),
     )
     stream.recording = _recording(host, stream)
     # Tap before the answer leaves, so that no packet arrives untapped. Forward mode needs
@@ -146,6 +146,17 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     handler = packet_handler(metrics, stream, opus, peer, sparse if forward else None)
     tap_receiver(audio_receiver(peer.pc, audio[0]), handler, then_aiortc=not forward)
     return stream
+
+
+def new_stream(settings: RelaySettings, metrics: Metrics, **identity: Any) -> Stream:
+    """A stream with the fan-outs its relay mode needs (a sender's, or an upstream's)."""
+    forward = settings.mode == "forward"
+    return Stream(
+        frames=Fanout(settings.queue_frames, metrics),
+        packets=Fanout(settings.queue_frames, metrics) if forward else None,
+        http=HttpAudio(metrics),
+        **identity,
+    )
 
 
 class SparseDecoder:

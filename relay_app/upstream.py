@@ -31,19 +31,18 @@ from anyio.abc import TaskGroup
 from . import protocol as p
 from .auth import mint
 from .client import RelayClient, ServerError
-from .errors import MediaUnavailable, NoStreamError, RelayError, SessionStateError
-from .http_audio import HttpAudio
+from .errors import MediaUnavailable, NoStreamError, RelayError, SessionStateError, sole_error
 from .logs import get_logger
 from .registry import EndCause, SessionInfo, Stream
-from .relay import Fanout, pump
+from .relay import pump
 from .rtp_tap import negotiated_opus_payload_type, tap_receiver
-from .sender import packet_handler
+from .sender import new_stream, packet_handler
 
 if TYPE_CHECKING:
     from .cluster import RemoteStream
     from .context import RelayContext
 
-NODE_TOKEN_TTL = 3600.0  # a link re-authenticates only when it is opened again
+NODE_TOKEN_TTL = 3600.0  # a link sends a fresh node token every half of it (_keep_alive)
 LINGER_POLL = 0.25  # seconds between looks at a relayed stream's receivers
 
 
@@ -139,13 +138,12 @@ async def _relay(ctx: RelayContext, link: Upstream, log: Any) -> None:
         assert client.pc is not None and tracks
         forward = settings.relay.mode == "forward"
         metrics = ctx.metrics
-        stream = Stream(
+        stream = new_stream(
+            settings.relay,
+            metrics,
             stream_id=remote.stream_id,
             sender_id=f"node:{remote.node_id}",
             source=tracks[0],
-            frames=Fanout(settings.relay.queue_frames, metrics),
-            packets=Fanout(settings.relay.queue_frames, metrics) if forward else None,
-            http=HttpAudio(metrics),
             channel=remote.channel,
             started_at=remote.started_at,
             origin=remote.node_id,
@@ -218,9 +216,8 @@ async def _linger(stream: Stream, linger: float) -> None:
             return
 
 
-def _as_relay_error(error: Exception, remote: RemoteStream) -> RelayError:
-    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
+def _as_relay_error(caught: Exception, remote: RemoteStream) -> RelayError:
+    error = sole_error(caught)
     if isinstance(error, RelayError):
         return error
     if isinstance(error, ServerError):
