@@ -35,11 +35,11 @@ fmt: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output
 
-docs/configuration.md: relay_app/config.py
+docs/configuration.md: relay_app/core/config.py
 	$(PY) -m relay_app.config > $@
 
-docs/metrics.md: relay_app/prometheus.py
+docs/metrics.md: relay_app/endpoints/prometheus.py
 	$(PY) -m relay_app.prometheus > $@
 
-docs/config.example.json: relay_app/config.py
+docs/config.example.json: relay_app/core/config.py
 	$(PY) -m relay_app.config --example > $@

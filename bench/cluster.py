@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.fanout import RESULTS, ReceiverPool, Server, _get
-from relay_app.testing import RedisProcess, cluster_config
+from relay_app.tools.testing import RedisProcess, cluster_config
 
 NODES = ("a", "b", "c")
 

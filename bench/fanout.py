@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from relay_app.testing import REPO, ServerProcess, deep_merge, start_client
+from relay_app.tools.testing import REPO, ServerProcess, deep_merge, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
@@ -118,8 +118,8 @@ def worker_main(
     import anyio
 
     from relay_app.client import RelayClient
-    from relay_app.ice import use_host_addresses
-    from relay_app.rtp_tap import audio_receiver, tap_receiver
+    from relay_app.webrtc.ice import use_host_addresses
+    from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
 
     use_host_addresses(["127.0.0.1"])
     # Per receiver: arrival times (monotonic -> converted to wall clock) and sequence numbers.
@@ -426,7 +426,7 @@ def main() -> None:
     parser.add_argument(
         "--levels",
         action="store_true",
-        help="receivers ask for level messages (every receiver got them before issue 11)",
+        help="receivers ask for level messages (every receiver got them before levels were opt-in)",
     )
     parser.add_argument("--janus-harness", type=Path, default=REPO.parent / "shared/anchors/janus")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fanout import Server, measure
-from relay_app.testing import REPO, start_client
+from relay_app.tools.testing import REPO, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 100

@@ -20,14 +20,14 @@ from pathlib import Path
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-from .app import PortDispatcher, create_asgi_app
-from .auth import ROLES, mint, parse_ttl
-from .config import ConfigError, Settings, load_settings
-from .dtls import use_shared_certificate
-from .ice import configure_ice
-from .lan import listen_urls
-from .logs import configure_logging, get_logger
-from .qr import terminal_qr
+from .core.auth import ROLES, mint, parse_ttl
+from .core.config import ConfigError, Settings, load_settings
+from .core.logs import configure_logging, get_logger
+from .server.app import PortDispatcher, create_asgi_app
+from .server.lan import listen_urls
+from .server.qr import terminal_qr
+from .webrtc.dtls import use_shared_certificate
+from .webrtc.ice import configure_ice
 
 RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 # The audio port's send buffer (doubled by the kernel): without a fixed size Linux grows it to
@@ -112,7 +112,7 @@ async def _serve(settings: Settings) -> None:
 
 
 def _cert(args: argparse.Namespace) -> int:
-    from .tls import make_self_signed
+    from .server.tls import make_self_signed
 
     cert, key = make_self_signed(args.host, Path(args.out_dir), args.days)
     print(f"wrote {cert} and {key} for {', '.join(args.host)}")

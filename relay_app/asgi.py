@@ -16,11 +16,11 @@ from pathlib import Path
 
 from hypercorn.config import Config
 
-from .app import create_asgi_app
-from .config import ConfigError, Settings, load_settings
-from .dtls import use_shared_certificate
-from .ice import configure_ice
-from .logs import configure_logging
+from .core.config import ConfigError, Settings, load_settings
+from .core.logs import configure_logging
+from .server.app import create_asgi_app
+from .webrtc.dtls import use_shared_certificate
+from .webrtc.ice import configure_ice
 
 
 def hypercorn_binds(argv: list[str]) -> list[str] | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from relay_app.ice import use_host_addresses
-from relay_app.testing import ServerProcess, deep_merge
+from relay_app.tools.testing import ServerProcess, deep_merge
+from relay_app.webrtc.ice import use_host_addresses
 
 # The test clients gather media candidates on loopback only, like the server under test.
 use_host_addresses(["127.0.0.1"])

@@ -1,4 +1,4 @@
-"""The admin API (issue 15): an operator sees who is connected, kicks one, stops a stream,
+"""The admin API: an operator sees who is connected, kicks one, stops a stream,
 locks a channel, and fetches recordings; nobody else may.
 
 Mode-independent (it reads and changes the registry): run once, against real servers.
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from relay_app import protocol as p
-from relay_app.auth import mint
 from relay_app.client import (
     RelayClient,
     ServerError,
     ToneTrack,
     dominant_frequency,
-    single_error,
 )
-from relay_app.testing import ServerProcess
+from relay_app.core import protocol as p
+from relay_app.core.auth import mint
+from relay_app.core.errors import sole_error
+from relay_app.tools.testing import ServerProcess
 
 from .conftest import require_namespaces, serving
 
@@ -134,7 +134,7 @@ async def test_with_auth_only_an_admin_token_may_use_it(tmp_path: Path) -> None:
         with pytest.raises(BaseExceptionGroup) as refused:
             async with RelayClient.connect(server.ws_url, token=mint(SECRET, "admin", 600)):
                 pass
-        assert "an admin token cannot open /ws" in str(single_error(refused.value))
+        assert "an admin token cannot open /ws" in str(sole_error(refused.value))
         # A recording, listed and fetched by the admin only.
         async with RelayClient.connect(server.ws_url, token=mint(SECRET, "send", 600)) as sender:
             await sender.start_sending(ToneTrack(440), channel="english")

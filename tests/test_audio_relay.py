@@ -7,10 +7,10 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from relay_app import protocol as p
+from relay_app.audio.levels import rms_dbfs
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
-from relay_app.levels import rms_dbfs
-from relay_app.testing import ServerProcess
+from relay_app.core import protocol as p
+from relay_app.tools.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -176,7 +176,7 @@ async def test_a_receiver_that_asks_for_levels_gets_them_and_others_do_not(
             await quiet.start_receiving()
             await receiver.wait_audio(1.0)
             await quiet.wait_audio(1.0)
-            assert not quiet.visualizations  # levels are opt-in for receivers (issue 11)
+            assert not quiet.visualizations  # levels are opt-in for receivers
             with anyio.fail_after(5):
                 while len(receiver.visualizations) < 3:
                     await anyio.sleep(0.05)

@@ -10,9 +10,9 @@ import pytest
 import websockets
 from aiortc import RTCPeerConnection
 
-from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
-from relay_app.testing import ServerProcess
+from relay_app.core import protocol as p
+from relay_app.tools.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -167,7 +167,7 @@ async def test_flowing_media_keeps_silent_sessions_open(
 async def test_media_ports_stay_in_udp_port_range_and_a_full_range_says_so(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    from relay_app.testing import free_port
+    from relay_app.tools.testing import free_port
 
     low = free_port()
     while low > 65000:  # leave room for the range

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import zxingcpp
 
+from relay_app.audio.levels import rms_dbfs
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
-from relay_app.levels import rms_dbfs
-from relay_app.testing import REPO, ServerProcess, deep_merge
+from relay_app.tools.testing import REPO, ServerProcess, deep_merge
 
 from .conftest import assert_no_leaks, finish_server, serving
 
@@ -291,7 +291,7 @@ async def test_receiver_page_reconnects_after_server_restart(
     browser: Any, tmp_path: Path, relay_mode: str
 ) -> None:
     """WebSocket loss: the page backs off, reconnects to the restarted server, plays again."""
-    from relay_app.testing import free_port
+    from relay_app.tools.testing import free_port
 
     ports = {"port": free_port(), "audio_port": free_port()}
     config = deep_merge(BROWSER_CONFIG, {"relay": {"mode": relay_mode}, "server": ports})

@@ -1,4 +1,4 @@
-"""Channels: named streams that keep their name when the sender reconnects (issue 15, part 1)."""
+"""Channels: named streams that keep their name when the sender reconnects."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from relay_app import protocol as p
-from relay_app.auth import mint
 from relay_app.client import (
     Recorder,
     RelayClient,
@@ -16,7 +14,9 @@ from relay_app.client import (
     ToneTrack,
     dominant_frequency,
 )
-from relay_app.testing import ServerProcess
+from relay_app.core import protocol as p
+from relay_app.core.auth import mint
+from relay_app.tools.testing import ServerProcess
 
 from .conftest import serving
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from relay_app.client import dominant_frequency
-from relay_app.testing import ServerProcess, start_client
+from relay_app.tools.testing import ServerProcess, start_client
 
 
 @pytest.fixture(scope="module")

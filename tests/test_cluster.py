@@ -1,4 +1,4 @@
-"""Cluster mode (issue 14): three real node processes and a real Redis, all on loopback.
+"""Cluster mode: three real node processes and a real Redis, all on loopback.
 
 A sender on node A, receivers on B and C: B and C relay A's stream over one upstream each.
 Faults are real too: A killed with SIGKILL, Redis killed and started again.
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from relay_app import protocol as p
-from relay_app.auth import mint
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
-from relay_app.testing import RedisProcess, ServerProcess, cluster_config
+from relay_app.core import protocol as p
+from relay_app.core.auth import mint
+from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config
 
 from .conftest import finish_server
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay_app.config import ConfigError, load_settings
+from relay_app.core.config import ConfigError, load_settings
 
 
 def test_defaults_match_the_guide(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +116,7 @@ def test_the_guides_commented_snippets_get_a_hint(tmp_path: Path) -> None:
 
 
 def test_default_limits_agree_with_each_other() -> None:
-    from relay_app.config import Settings, unreachable_limits
+    from relay_app.core.config import Settings, unreachable_limits
 
     settings = Settings()
     assert unreachable_limits(settings) == []
@@ -126,7 +126,7 @@ def test_default_limits_agree_with_each_other() -> None:
 
 
 def test_a_limit_another_limit_makes_unreachable_is_named(tmp_path: Path) -> None:
-    from relay_app.config import unreachable_limits
+    from relay_app.core.config import unreachable_limits
 
     path = tmp_path / "config.json"
     path.write_text(

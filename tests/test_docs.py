@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-from relay_app.config import Settings, configuration_markdown, example_config, load_settings
-from relay_app.logs import LEGACY_MESSAGES
-from relay_app.testing import REPO
+from relay_app.core.config import Settings, load_settings
+from relay_app.core.logs import LEGACY_MESSAGES
+from relay_app.tools.docs import configuration_markdown, example_config
+from relay_app.tools.testing import REPO
 
 
 def test_configuration_doc_matches_the_settings_model() -> None:
@@ -72,7 +73,7 @@ def test_each_guide_issue_says_what_it_was_and_what_relay_app_does_now() -> None
 def test_every_admin_and_recording_event_is_documented() -> None:
     """An operator greps for what admin.md names: every such event the code logs is there."""
     doc = (REPO / "docs" / "admin.md").read_text()
-    source = "".join(path.read_text() for path in (REPO / "relay_app").glob("*.py"))
+    source = "".join(path.read_text() for path in (REPO / "relay_app").rglob("*.py"))
     logged = (
         r'(?:\.info|\.warning|\.error|_log)\(\s*(?:caller,\s*)?f?"((?:admin|recording)_[a-z_]+)'
     )
@@ -86,7 +87,7 @@ def test_every_admin_and_recording_event_is_documented() -> None:
 
 def test_every_cluster_and_upstream_event_is_documented() -> None:
     doc = (REPO / "docs" / "cluster.md").read_text()
-    source = "".join(path.read_text() for path in (REPO / "relay_app").glob("*.py"))
+    source = "".join(path.read_text() for path in (REPO / "relay_app").rglob("*.py"))
     logged = r'(?:\.info|\.warning|\.error)\(\s*"((?:cluster|upstream)_[a-z_]+)'
     events = set(re.findall(logged, source))
     assert events >= {"cluster_joined", "upstream_opened", "upstream_closed"}, events

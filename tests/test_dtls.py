@@ -9,7 +9,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
 
-from relay_app.dtls import SharedCertificate, use_shared_certificate
+from relay_app.webrtc.dtls import SharedCertificate, use_shared_certificate
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""relay.fast_path (issue 11): every receiver's copy of a packet sent in one pass from the
+"""relay.fast_path: every receiver's copy of a packet sent in one pass from the
 sender's packet handler. Real peers hear the tone; the aiortc internals it uses are checked so
 that an upgrade fails here, loudly, instead of in a hall."""
 
@@ -15,8 +15,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from relay_app.client import Recorder, RelayClient, ToneTrack, dominant_frequency
-from relay_app.fast_path import _SENDER, Placeholder
-from relay_app.testing import ServerProcess
+from relay_app.tools.testing import ServerProcess
+from relay_app.webrtc.fast_path import _SENDER, Placeholder
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
-from relay_app.testing import ServerProcess, start_client
+from relay_app.core import protocol as p
+from relay_app.tools.testing import ServerProcess, start_client
 
 pytestmark = pytest.mark.anyio
 

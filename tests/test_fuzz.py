@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relay_app.protocol import CLIENT_TYPES
-from relay_app.testing import ServerProcess, assert_kept_hearing, listening_pair
+from relay_app.core.protocol import CLIENT_TYPES
+from relay_app.tools.testing import ServerProcess, assert_kept_hearing, listening_pair
 
 from .conftest import assert_no_leaks, serving
 

@@ -1,4 +1,4 @@
-"""Hardening, round 2 (issue 10): each numbered attack from the issue, tried against a real
+"""Hardening, round 2: each numbered attack from the issue, tried against a real
 server process by a real WebSocket or aiortc client, fails to do harm.
 
 Media and every address stay on loopback; the ICE-candidate test names addresses from the
@@ -24,17 +24,17 @@ import websockets
 from aiortc import RTCPeerConnection
 from cryptography import x509
 
-from bench.slow_readers import slow_readers
-from relay_app import protocol as p
-from relay_app.auth import mint
 from relay_app.client import (
     RelayClient,
     ServerError,
     ToneTrack,
-    single_error,
 )
-from relay_app.logs import RepeatFilter
-from relay_app.testing import REPO, ServerProcess, assert_kept_hearing, listening_pair
+from relay_app.core import protocol as p
+from relay_app.core.auth import mint
+from relay_app.core.errors import sole_error
+from relay_app.core.logs import RepeatFilter
+from relay_app.tools.slow_readers import slow_readers
+from relay_app.tools.testing import REPO, ServerProcess, assert_kept_hearing, listening_pair
 
 from .conftest import assert_no_leaks, serving
 
@@ -344,7 +344,7 @@ async def test_10_simultaneous_offers_and_one_address_cannot_exceed_their_caps(
             with pytest.raises(BaseExceptionGroup) as refused:
                 async with RelayClient.connect(server.ws_url):
                     pass
-            error = single_error(refused.value)
+            error = sole_error(refused.value)
             assert isinstance(error, ServerError)
             assert "server.max_connections_per_address" in error.message
 

@@ -9,7 +9,7 @@ import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 
-from relay_app.ice import use_host_addresses
+from relay_app.webrtc.ice import use_host_addresses
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +54,7 @@ OFFER = "\r\n".join(
 
 
 def test_announced_address_replaces_host_candidates_of_its_family_only() -> None:
-    from relay_app.ice import announce
+    from relay_app.webrtc.ice import announce
 
     sdp = announce(OFFER, "192.168.1.50")
     assert "c=IN IP4 192.168.1.50" in sdp
@@ -64,7 +64,7 @@ def test_announced_address_replaces_host_candidates_of_its_family_only() -> None
 
 
 def test_hidden_addresses_look_like_chromiums_sdp() -> None:
-    from relay_app.ice import hide_addresses
+    from relay_app.webrtc.ice import hide_addresses
 
     sdp = hide_addresses(OFFER)
     assert "172.17.0.2 40000" not in sdp and ".local 40000 typ host" in sdp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from relay_app.levels import SILENCE_DBFS, EveryNth, levels
+from relay_app.audio.levels import SILENCE_DBFS, EveryNth, levels
 
 
 def test_full_scale_square_is_zero_dbfs() -> None:

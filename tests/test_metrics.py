@@ -14,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.config import Settings
-from relay_app.context import RelayContext
-from relay_app.prometheus import metrics_markdown, sample_names
-from relay_app.testing import REPO, ServerProcess
+from relay_app.core.config import Settings
+from relay_app.endpoints.prometheus import metrics_markdown, sample_names
+from relay_app.streams.context import RelayContext
+from relay_app.tools.testing import REPO, ServerProcess
 
 pytestmark = pytest.mark.anyio
 

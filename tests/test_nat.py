@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from relay_app.testing import ServerProcess
+from relay_app.tools.testing import ServerProcess
 
 from .conftest import require_namespaces
 

@@ -8,8 +8,8 @@ import io
 import av
 import numpy as np
 
+from relay_app.audio.ogg import OggOpusMuxer, ogg_crc, opus_samples
 from relay_app.client import dominant_frequency
-from relay_app.ogg import OggOpusMuxer, ogg_crc, opus_samples
 
 
 def opus_tone(hz: float, packets: int) -> list[bytes]:

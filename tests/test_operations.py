@@ -16,10 +16,10 @@ import anyio
 import httpx
 import pytest
 
-from relay_app import protocol as p
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.logs import LEGACY_MESSAGES
-from relay_app.testing import REPO, ServerProcess, free_port
+from relay_app.core import protocol as p
+from relay_app.core.logs import LEGACY_MESSAGES
+from relay_app.tools.testing import REPO, ServerProcess, free_port
 
 pytestmark = pytest.mark.anyio
 

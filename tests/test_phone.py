@@ -1,4 +1,4 @@
-"""Phones in the hall (issue 16): a QR code to scan, an installable Listen page, LAN URLs.
+"""Phones in the hall: a QR code to scan, an installable Listen page, LAN URLs.
 
 (The Listen page's Wake Lock, Media Session and screen-off fallback are browser tests, in
 test_browser.py.)
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import zxingcpp
 
-from relay_app.testing import REPO, ServerProcess
+from relay_app.tools.testing import REPO, ServerProcess
 
 from .conftest import serving
 

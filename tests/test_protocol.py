@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay_app import protocol as p
-from relay_app.errors import ProtocolError
+from relay_app.core import protocol as p
+from relay_app.core.errors import ProtocolError
 
 
 def test_each_client_message_parses_to_its_model() -> None:

@@ -1,4 +1,4 @@
-"""Recording (issue 15): a channel's audio on disk as Ogg/Opus, without re-encoding.
+"""Recording: a channel's audio on disk as Ogg/Opus, without re-encoding.
 
 Mode-independent (the packets come from the RTP tap in both relay modes): run once.
 """
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from av.frame import Frame
 
+from relay_app.audio.recording import RECORDING_NAME
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
-from relay_app.recording import RECORDING_NAME
-from relay_app.testing import ServerProcess
+from relay_app.tools.testing import ServerProcess
 
 from .conftest import finish_server, serving
 

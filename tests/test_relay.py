@@ -9,8 +9,8 @@ import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from relay_app.metrics import Metrics
-from relay_app.relay import Fanout, pump
+from relay_app.core.metrics import Metrics
+from relay_app.webrtc.fanout import Fanout, pump
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtpPacket
 
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.rtp_tap import WRITTEN_FOR_AIORTC, OpusPacketizer
-from relay_app.testing import ServerProcess
+from relay_app.tools.testing import ServerProcess
+from relay_app.webrtc.rtp_tap import WRITTEN_FOR_AIORTC, OpusPacketizer
 
 pytestmark = pytest.mark.anyio
 

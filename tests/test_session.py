@@ -18,12 +18,12 @@ import pytest
 import structlog.testing
 from aiortc import AudioStreamTrack
 
-from relay_app.auth import mint
-from relay_app.config import Settings
-from relay_app.context import RelayContext
-from relay_app.registry import EndCause, SessionInfo, Stream
-from relay_app.relay import Fanout
-from relay_app.session import OUTBOX_SIZE, PeerSession
+from relay_app.core.auth import mint, verify
+from relay_app.core.config import Settings
+from relay_app.signaling.session import OUTBOX_SIZE, PeerSession
+from relay_app.streams.context import RelayContext
+from relay_app.streams.stream import EndCause, SessionInfo, Stream, new_connection_id
+from relay_app.webrtc.fanout import Fanout
 
 pytestmark = pytest.mark.anyio
 
@@ -80,6 +80,18 @@ def make_context(**config: Any) -> RelayContext:
     return RelayContext.from_settings(Settings(**config))
 
 
+def _session(ws: FakeWebSocket, ctx: RelayContext, token: str | None) -> PeerSession:
+    """A session as the guard hands it over: its slot, and its URL token's grant (or, with
+    auth on and no token, the token still to come in the first message)."""
+    info = SessionInfo(new_connection_id(), "test")
+    secret = ctx.settings.auth.secret
+    if secret is None:
+        return PeerSession(ws, ctx, info)
+    if token is None:
+        return PeerSession(ws, ctx, info, pending=True)
+    return PeerSession(ws, ctx, info, verify(secret.get_secret_value(), token))
+
+
 @asynccontextmanager
 async def connected(
     ctx: RelayContext, ws: FakeWebSocket | None = None, token: str | None = None
@@ -89,7 +101,7 @@ async def connected(
     ws = ws or FakeWebSocket()
     others = set(ctx.registry.sessions)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(PeerSession(ws, ctx, "test", token=token).run)
+        tg.start_soon(_session(ws, ctx, token).run)
         yield ws
         tg.cancel_scope.cancel()
     assert set(ctx.registry.sessions) == others

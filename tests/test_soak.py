@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.soak import SCENARIOS, soak
-from relay_app.testing import ServerProcess
+from relay_app.tools.soak import SCENARIOS, soak
+from relay_app.tools.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

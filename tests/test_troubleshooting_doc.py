@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from relay_app.testing import REPO, ServerProcess
+from relay_app.tools.testing import REPO, ServerProcess
 
 DOC = REPO / "docs" / "troubleshooting.md"
 

@@ -1,4 +1,4 @@
-"""WHIP ingest and WHEP playback (issue 16): tools that speak only HTTP + SDP.
+"""WHIP ingest and WHEP playback: tools that speak only HTTP + SDP.
 
 An aiortc WHIP client (no WebSocket) publishes a tone; WebSocket receivers, WHEP players and
 HTTP listeners hear it. Every status the RFC asks for answers as documented.
@@ -16,12 +16,12 @@ import httpx
 import pytest
 from aiortc import VideoStreamTrack
 
-from relay_app import protocol as p
-from relay_app.auth import mint
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
-from relay_app.testing import REPO, ServerProcess
-from relay_app.tls import make_self_signed
-from relay_app.whip_client import WhipError, whep_play, whip_publish
+from relay_app.client.whip import WhipError, whep_play, whip_publish
+from relay_app.core import protocol as p
+from relay_app.core.auth import mint
+from relay_app.server.tls import make_self_signed
+from relay_app.tools.testing import REPO, ServerProcess
 
 from .conftest import serving
 from .test_http_listening import decode, listen

@@ -75,7 +75,7 @@ function showHttpUrl(streamId) {
 
 // The level meter is drawn from the audio this page plays (WebAudio), not from server
 // messages: levels for every listener would cost the server a message per listener 10 times a
-// second (issue 11), and this shows what the listener actually hears.
+// second, and this shows what the listener actually hears.
 let meterAudio = null; // { ctx, timer }
 
 function meterFrom(stream) {

@@ -1,0 +1,98 @@
+"""A stream's plain-HTTP listeners: one Ogg muxer, its pages shared by every listener.
+
+The sender's packet handler (sender.py) feeds `HttpAudio.feed` with each Opus packet as it
+arrives, in both relay modes, and only while someone listens: no page is built for nobody.
+Each listener has a small page buffer; `feed` never waits for one, and a listener whose buffer
+is full is dropped (`too slow`, counted) rather than delaying the others or growing memory.
+A listener's lifetime is the `listen()` context of its HTTP response; the stream's end closes
+every listener after the last page (end-of-stream flag), so players see the end.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..core.metrics import Metrics
+from .ogg import OggOpusMuxer
+
+LISTENER_PAGES = 50  # 5 s of 100 ms pages: a player that stops reading longer is dropped
+
+
+Page = tuple[bytes, float]  # (page, when its last packet arrived: time.monotonic())
+
+
+@dataclass(eq=False)
+class Listener:
+    pages: MemoryObjectReceiveStream[Page]
+    inbox: MemoryObjectSendStream[Page]
+    headers: bytes
+    log: Any
+    sent_bytes: int = 0
+
+
+@dataclass(eq=False)
+class HttpAudio:
+    metrics: Metrics
+    muxer: OggOpusMuxer = field(default_factory=lambda: OggOpusMuxer(random.getrandbits(32)))
+    listeners: set[Listener] = field(default_factory=set)
+    closed: bool = False
+
+    def feed(self, packet: bytes, arrival: float) -> None:
+        """One packet from the sender: granules always count, pages only for listeners."""
+        if not self.listeners:
+            self.muxer.skip(packet)
+            return
+        page = self.muxer.add(packet)
+        if page is not None:
+            self._publish((page, arrival))
+
+    def _publish(self, page: Page) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener.inbox.send_nowait(page)
+            except anyio.WouldBlock:
+                self._drop(listener, "too slow")
+                self.metrics.http_listeners_dropped += 1
+
+    def _drop(self, listener: Listener, reason: str) -> None:
+        """Out of the fan-out, once: logged now, even if its response is still stuck writing
+        to a client that does not read (it ends when that client goes)."""
+        if listener in self.listeners:
+            self.listeners.discard(listener)
+            listener.inbox.close()
+            listener.log.info("http_listener_ended", reason=reason, bytes=listener.sent_bytes)
+
+    def close(self) -> None:
+        """The stream ended: the last page to everyone, then end every response."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.listeners:
+            self._publish((self.muxer.end(), time.monotonic()))
+        for listener in list(self.listeners):
+            self._drop(listener, "stream ended")
+
+    @asynccontextmanager
+    async def listen(self, log: Any) -> AsyncIterator[Listener]:
+        """A new listener from the next page on; it ends when its context exits."""
+        inbox, pages = anyio.create_memory_object_stream[Page](LISTENER_PAGES)
+        listener = Listener(pages=pages, inbox=inbox, headers=self.muxer.headers(), log=log)
+        self.listeners.add(listener)
+        self.metrics.live.http_listeners += 1
+        log.info("http_listener_started")
+        if self.closed:
+            self._drop(listener, "stream ended")
+        try:
+            yield listener
+        finally:
+            self._drop(listener, "client left")
+            pages.close()
+            self.metrics.live.http_listeners -= 1

@@ -1,0 +1,170 @@
+"""Recording: one stream run written to disk as Ogg/Opus, from the sender's own packets.
+
+The sender's packet handler (sender.py) calls `Recording.feed` for every Opus packet, in both
+relay modes, next to the HTTP listeners' muxer: no decode, no re-encode. `feed` is sync and
+never touches the disk: it builds one-second pages and queues them. `Recording.run`, a task in
+the stream's own task group (sender.serve_stream), opens the file and writes the pages from a
+worker thread, so a slow or full disk never stalls the event loop that relays the audio.
+
+The file is closed cleanly whatever ends the run: the stream's end or the server stopping
+(the task is cancelled; its `finally` is shielded and bounded) writes the pending packets and
+the end-of-stream page first, so every file decodes. A disk that fails (unwritable directory,
+disk full, a writer that falls a whole page buffer behind) ends the recording, not the stream:
+one `recording_failed` event, counted in `/metrics`, and the audio keeps flowing.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..core.metrics import Metrics
+from .ogg import OPUS_RATE, OggOpusMuxer
+
+PACKETS_PER_PAGE = 50  # one page a second of 20 ms packets
+PAGE_BUFFER = 30  # pages (seconds) the writer may fall behind before the recording is dropped
+CLOSE_TIMEOUT = 5.0  # seconds to write the last pages when the stream or the server ends
+
+RECORDING_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}-\d{8}T\d{6}Z(-\d+)?\.ogg$")
+"""What `<channel or stream_id>-<UTC start>.ogg` looks like (a suffix when one already exists):
+the only names /admin/recordings serves."""
+
+
+def recording_path(directory: Path, stream_id: str, started_at: float) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at))
+    return directory / f"{stream_id}-{stamp}.ogg"
+
+
+def _open_new(path: Path) -> tuple[Path, IO[bytes]]:
+    """Create the directory and a file that did not exist (`-1`, `-2`, ... if it did)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = path, 0
+    while True:
+        try:
+            return candidate, candidate.open("xb")
+        except FileExistsError:
+            number += 1
+            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
+class Recording:
+    def __init__(self, path: Path, metrics: Metrics, log: Any) -> None:
+        self.path = path
+        self._metrics = metrics
+        self._log = log
+        self._muxer = OggOpusMuxer(random.getrandbits(32), packets_per_page=PACKETS_PER_PAGE)
+        self._pages: tuple[MemoryObjectSendStream[bytes], MemoryObjectReceiveStream[bytes]] = (
+            anyio.create_memory_object_stream[bytes](PAGE_BUFFER)
+        )
+        self.failed = False
+        self.bytes_written = 0
+        self._running = False
+
+    def feed(self, packet: bytes) -> None:
+        """One Opus packet from the sender (sync, no I/O)."""
+        if self.failed:
+            return
+        page = self._muxer.add(packet)
+        if page is not None:
+            try:
+                self._pages[0].send_nowait(page)
+            except anyio.WouldBlock:
+                self._fail(f"the disk fell {PAGE_BUFFER} s behind")
+            except anyio.ClosedResourceError:
+                pass  # closed: the run is over
+
+    @property
+    def seconds(self) -> float:
+        return self._muxer.granule / OPUS_RATE
+
+    async def run(self) -> None:
+        """Write the pages until cancelled (the stream ended), then close the file cleanly."""
+        self._running = True
+        try:
+            self.path, file = await anyio.to_thread.run_sync(_open_new, self.path)
+        except OSError as error:
+            self._fail(f"cannot create {self.path}: {error.strerror or error}")
+            self._running = False
+            self.close()
+            return
+        self._metrics.live.recordings += 1
+        self._log.info("recording_started", path=str(self.path))
+        try:
+            await self._write(file, self._muxer.headers())
+            async for page in self._pages[1]:
+                await self._write(file, page)
+        except OSError as error:
+            self._fail(f"cannot write {self.path}: {error.strerror or error}")
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self._finish(file)
+            self._metrics.live.recordings -= 1
+
+    async def _write(self, file: IO[bytes], data: bytes) -> None:
+        await anyio.to_thread.run_sync(file.write, data)
+        self.bytes_written += len(data)
+
+    async def _finish(self, file: IO[bytes]) -> None:
+        """Queued pages, the pending packets and the end-of-stream page, then close."""
+        self.close()
+        try:
+            if not self.failed:
+                tail = b"".join(self._queued()) + self._muxer.end()
+                await self._write(file, tail)
+            await anyio.to_thread.run_sync(file.close)
+        except OSError as error:
+            self._fail(f"cannot finish {self.path}: {error.strerror or error}")
+        self._pages[1].close()
+        if not self.failed:
+            self._log.info(
+                "recording_ended",
+                path=str(self.path),
+                seconds=round(self.seconds, 2),
+                bytes=self.bytes_written,
+            )
+
+    def _queued(self) -> list[bytes]:
+        pages = []
+        while True:
+            try:
+                pages.append(self._pages[1].receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return pages
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self._metrics.recording_failures += 1
+            self._log.error("recording_failed", path=str(self.path), error=reason)
+
+    def close(self) -> None:
+        """No more pages (idempotent); a running `run` writes what is queued and ends."""
+        self._pages[0].close()
+        if not self._running:
+            self._pages[1].close()
+
+
+def list_recordings(directory: Path, live: set[Path]) -> list[dict[str, Any]]:
+    """The recordings on disk, newest first; `recording: true` for those still being written."""
+    try:
+        files = [p for p in directory.iterdir() if RECORDING_NAME.match(p.name) and p.is_file()]
+    except FileNotFoundError:
+        return []
+    rows = []
+    for path in files:
+        stat = path.stat()
+        rows.append(
+            {
+                "name": path.name,
+                "bytes": stat.st_size,
+                "modified": stat.st_mtime,
+                "recording": path in live,
+            }
+        )
+    return sorted(rows, key=lambda row: row["modified"], reverse=True)

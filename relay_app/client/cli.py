@@ -1,0 +1,143 @@
+"""Python client: `python -m relay_app.client send|listen`. The tests drive the server with it.
+
+    python -m relay_app.client send --tone 440            # stream a 440 Hz tone
+    python -m relay_app.client send --wav speech.wav      # stream a WAV file (looped)
+    python -m relay_app.client listen --out heard.wav     # record the newest stream
+    python -m relay_app.client listen --stream-id stream_ab12cd34-ef56 --out heard.wav
+
+It speaks the same protocol as the web client (protocol.py documents every message) and, like
+the server, keeps media on the addresses given by `--ice-address` (loopback in tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import websockets
+
+from ..core import protocol as p
+from ..core.errors import sole_error
+from ..webrtc.ice import use_host_addresses
+from .relay_client import RelayClient, ServerError
+from .tracks import PacedTrack, Recorder, ToneTrack, WavTrack, dominant_frequency
+
+
+async def _receive_when_live(client: RelayClient, args: argparse.Namespace) -> str:
+    """Start receiving; with --wait (the default) retry every 2 s while there is no stream."""
+    recorder = Recorder(keep_seconds=10.0, wav=Path(args.out) if args.out else None)
+    while True:
+        try:
+            return await client.start_receiving(args.stream_id, recorder=recorder)
+        except ServerError as error:
+            if p.NO_STREAM_MESSAGE not in error.message or not args.wait:
+                raise
+            _print_event("waiting", reason=error.message)
+            await anyio.sleep(2)  # the guide's auto-retry
+
+
+async def _keep_alive(client: RelayClient, duration: float) -> None:
+    """Ping as the server asks until `duration` (0: forever) or the session closes."""
+    assert client.welcome is not None
+    ping_interval = float(client.welcome.config.get("ping_interval", 15))
+    deadline = anyio.current_time() + duration if duration else math.inf
+    while anyio.current_time() < deadline and not client.closed.is_set():
+        with anyio.move_on_after(min(ping_interval, deadline - anyio.current_time())):
+            await client.closed.wait()
+        if not client.closed.is_set():
+            await client.send(p.Ping())
+
+
+async def _follow(client: RelayClient) -> None:
+    """A listener stays on its channel: each next sender's offer is answered as it comes."""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            message = await client.next_message(timeout=math.inf)
+            if isinstance(message, p.StreamEnded):
+                _print_event("stream_ended", **message.model_dump(exclude={"type"}))
+            elif isinstance(message, p.Offer):
+                _print_event("receiving", stream_id=await client.answer_offer(message))
+
+
+def _print_event(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def _run_cli(args: argparse.Namespace) -> int:
+    if args.ice_address:
+        use_host_addresses(args.ice_address)
+    async with RelayClient.connect(args.url, token=args.token) as client:
+        client.hide_addresses = args.hide_addresses
+        if args.command == "send":
+            track: PacedTrack = WavTrack(Path(args.wav)) if args.wav else ToneTrack(args.tone)
+            stream_id = await client.start_sending(track, channel=args.channel)
+            _print_event("sending", stream_id=stream_id)
+        else:
+            _print_event("receiving", stream_id=await _receive_when_live(client, args))
+        async with anyio.create_task_group() as tg:
+            if args.command == "listen":
+                tg.start_soon(_follow, client)
+            await _keep_alive(client, args.duration)
+            tg.cancel_scope.cancel()
+        client.recorder.close()
+        if args.command == "listen" and args.out:
+            recorder = client.recorder
+            peak = dominant_frequency(recorder.audio(), recorder.sample_rate)
+            _print_event(
+                "recorded",
+                out=args.out,
+                seconds=round(recorder.seconds, 2),
+                dominant_hz=round(peak, 1),
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay_app.client")
+    parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument("--token", help="access token (when the server has auth.secret)")
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        help="local IP to gather media candidates on (repeatable; 127.0.0.1 for loopback)",
+    )
+    parser.add_argument(
+        "--hide-addresses",
+        action="store_true",
+        help="send mDNS names instead of local addresses in candidates, as browsers do",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send", help="stream a tone or a WAV file")
+    source = send.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tone", type=float, metavar="HZ")
+    source.add_argument("--wav", metavar="FILE")
+    send.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
+    send.add_argument("--channel", help="send on this named channel (its stream_id)")
+    listen = sub.add_parser("listen", help="receive a stream, optionally into a WAV file")
+    listen.add_argument("--stream-id")
+    listen.add_argument("--out", metavar="FILE.wav")
+    listen.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
+    listen.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="fail at once if no stream"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return anyio.run(_run_cli, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as group:
+        error = sole_error(group)
+        if isinstance(error, ServerError):
+            print(f"server error: {error.message}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError | websockets.InvalidHandshake):
+            print(f"cannot reach {args.url}: {error}", file=sys.stderr)
+            return 1
+        raise

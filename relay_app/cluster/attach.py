@@ -1,0 +1,20 @@
+"""Make a server a cluster node: the only place the server's wiring reaches into `cluster/`.
+
+Imported only when `cluster.redis_url` is set, so a single node never imports Redis.
+"""
+
+from __future__ import annotations
+
+from ..streams.context import RelayContext
+from .directory import Cluster
+from .upstream import Upstreams
+
+
+def attach_cluster(ctx: RelayContext) -> None:
+    """The Redis directory behind the registry's ClusterView, upstreams behind the context's
+    UpstreamOpener; the directory ends a relayed stream here when its origin's goes."""
+    cluster = Cluster(ctx.settings.cluster, ctx.registry)
+    upstreams = Upstreams(ctx, cluster)
+    cluster.on_gone = upstreams.origin_gone
+    ctx.cluster = ctx.registry.cluster = cluster
+    ctx.upstreams = upstreams

@@ -1,0 +1,312 @@
+"""Cluster mode: several relay nodes, one set of streams, coordinated through Redis.
+
+Each node serves its own senders and receivers exactly as a single node does; Redis only holds
+a directory, so that every node can list every stream and open an upstream (upstream.py) to
+the node a stream comes from. What is in Redis (docs/cluster.md) expires on its own, so a node
+that dies without a word disappears within `cluster.node_ttl`:
+
+    relay_app:node:<node_id>      {node_id, advertise_url, started_at, receivers: {stream: n}}
+    relay_app:stream:<stream_id>  {stream_id, node_id, advertise_url, started_at, channel}
+                                  written, refreshed and deleted by the stream's own node
+    relay_app:events              pub/sub: {"event": "stream_started"|"stream_ended", ...}
+                                  so the other nodes look again at once, not at their next beat
+
+    ROOT
+    └── Cluster.run          reconnects with backoff while Redis is away
+        └── REDIS            one task group per Redis connection
+            ├── _beat        every heartbeat_interval, or at once when a local stream starts
+            │                or ends: write this node's records, read everyone's
+            └── _listen      the events channel -> wake _beat
+
+Local service never waits for Redis: without it the cluster view is this node's own streams
+and `/health` says `"redis": "unreachable"` (still 200). On its return the next beat writes
+this node's streams again.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..core.config import ClusterSettings
+from ..core.logs import get_logger
+from ..core.protocol import StreamInfo
+from ..streams.registry import StreamRegistry
+from ..streams.stream import Stream
+
+PREFIX = "relay_app:"
+EVENTS = PREFIX + "events"
+NODE_KEY = PREFIX + "node:"
+STREAM_KEY = PREFIX + "stream:"
+MAX_BACKOFF = 5.0
+
+# Deletes a stream's record only while it is still the one this node wrote (a sender that
+# took the channel over on another node has written its own since).
+_DELETE_IF_OURS = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+@dataclass(frozen=True)
+class RemoteStream:
+    """Another node's live stream, as its record in Redis says."""
+
+    stream_id: str
+    node_id: str
+    advertise_url: str
+    started_at: float
+    channel: str | None
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@dataclass(eq=False)
+class Cluster:
+    """This node's part of the cluster, and its view of the others (the registry's ClusterView)."""
+
+    settings: ClusterSettings
+    registry: StreamRegistry
+    node_id: str = field(default_factory=default_node_id)
+    # The other nodes' streams and nodes as last read; empty while Redis is away.
+    remote: dict[str, RemoteStream] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    redis_up: bool = False
+    # Called with (stream_id, reason) when another node's stream is gone from the directory
+    # (ended, or its node died): its upstream here ends (upstream.py).
+    on_gone: Callable[[str, str], None] = lambda stream_id, reason: None
+    _wake: anyio.Event | None = None  # made in run(): an anyio.Event needs the loop
+    _written: dict[str, str] = field(default_factory=dict)  # stream_id -> the record we wrote
+    _started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.node_id = self.settings.node_id or self.node_id
+        self.log = get_logger(node_id=self.node_id)
+
+    # The registry's ClusterView -----------------------------------------------------------
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.settings.heartbeat_interval
+
+    def streams_changed(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def holder(self, stream_id: str) -> str | None:
+        remote = self.remote.get(stream_id)
+        return remote.node_id if remote is not None else None
+
+    def stream_infos(self, local: list[Stream]) -> list[StreamInfo]:
+        """Every node's streams; a stream's receivers are counted on every node it is heard."""
+        counts = self._receivers_elsewhere()
+        infos: dict[str, StreamInfo] = {
+            r.stream_id: StreamInfo(
+                stream_id=r.stream_id,
+                started_at=r.started_at,
+                receivers=0,
+                channel=r.channel,
+                node=r.node_id,
+            )
+            for r in self.remote.values()
+        }
+        for stream in local:
+            counts[stream.stream_id] = counts.get(stream.stream_id, 0) + stream.listeners
+            if stream.stream_id not in infos:  # this node's own, or relayed while Redis is away
+                infos[stream.stream_id] = stream.info(self.node_id)
+        return sorted(
+            (
+                i.model_copy(update={"receivers": counts.get(i.stream_id, 0)})
+                for i in infos.values()
+            ),
+            key=lambda info: info.started_at,
+        )
+
+    def _receivers_elsewhere(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node_id, record in self.nodes.items():
+            if node_id != self.node_id:
+                for stream_id, n in record.get("receivers", {}).items():
+                    counts[stream_id] = counts.get(stream_id, 0) + int(n)
+        return counts
+
+    def view(self) -> dict[str, Any]:
+        """`/health`'s and `/metrics`' `cluster`."""
+        return {
+            "node_id": self.node_id,
+            "redis": "connected" if self.redis_up else "unreachable",
+            "nodes": sorted(self.nodes),
+            "streams": [
+                {"stream_id": i.stream_id, "node": i.node, "receivers": i.receivers}
+                for i in self.stream_infos(self.registry.live_streams())
+            ],
+        }
+
+    # Redis ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Keep this node in the cluster for as long as the server runs (a ROOT task)."""
+        backoff, first = 0.5, True
+        while True:
+            client = aioredis.from_url(
+                self.settings.redis_url,  # type: ignore[arg-type]  # set: the cluster runs
+                socket_timeout=max(1.0, self.settings.heartbeat_interval),
+                socket_connect_timeout=1.0,
+            )
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._listen, client)
+                    await self._beat_forever(client)
+            except Exception as error:  # a ROOT child: it logs its own failures and goes on
+                failure = _redis_failure(error)
+                if failure is None:
+                    self.log.error("cluster_error", exc_info=error)
+                elif self.redis_up or first:  # once per outage, not per retry
+                    backoff = 0.5
+                    self.log.warning("cluster_redis_unreachable", error=failure)
+                self._degrade()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await client.aclose()
+            first = False
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _degrade(self) -> None:
+        """Redis is away: the view is this node's own streams; upstreams run on (their links
+        go straight to the origin nodes), and everything is written again on return."""
+        self.redis_up = False
+        self.remote, self.nodes = {}, {}
+        self._written.clear()
+
+    async def _beat_forever(self, client: aioredis.Redis) -> None:
+        while True:
+            self._wake = wake = anyio.Event()
+            await self._beat(client)
+            if not self.redis_up:
+                self.redis_up = True
+                self.log.info("cluster_joined", nodes=sorted(self.nodes), redis="connected")
+            with anyio.move_on_after(self.settings.heartbeat_interval):
+                await wake.wait()
+
+    async def _beat(self, client: aioredis.Redis) -> None:
+        """Write this node's records (publishing starts and ends), then read everyone's."""
+        ttl = int(self.settings.node_ttl * 1000)
+        advertise = self.settings.advertise_url
+        live = self.registry.live_streams()
+        own = {s.stream_id: s for s in live if s.origin is None}
+        pipe = client.pipeline(transaction=False)
+        node = {
+            "node_id": self.node_id,
+            "advertise_url": advertise,
+            "started_at": self._started_at,
+            "receivers": {s.stream_id: s.listeners for s in live if s.listeners},
+        }
+        pipe.set(NODE_KEY + self.node_id, json.dumps(node), px=ttl)
+        events = []
+        records = {
+            stream_id: self._written.get(stream_id) or self._record(stream)
+            for stream_id, stream in own.items()
+        }
+        for stream_id, record in records.items():
+            pipe.set(STREAM_KEY + stream_id, record, px=ttl)
+            if stream_id not in self._written:
+                events.append({"event": "stream_started", "stream_id": stream_id})
+        ended = [stream_id for stream_id in self._written if stream_id not in own]
+        for stream_id in ended:
+            pipe.eval(_DELETE_IF_OURS, 1, STREAM_KEY + stream_id, self._written[stream_id])
+            events.append({"event": "stream_ended", "stream_id": stream_id})
+        for event in events:
+            pipe.publish(EVENTS, json.dumps({**event, "node_id": self.node_id}))
+        await pipe.execute()
+        self._written = records
+        await self._read(client)
+
+    def _record(self, stream: Stream) -> str:
+        return json.dumps(
+            {
+                "stream_id": stream.stream_id,
+                "node_id": self.node_id,
+                "advertise_url": self.settings.advertise_url,
+                "started_at": stream.started_at,
+                "channel": stream.channel,
+            }
+        )
+
+    async def _read(self, client: aioredis.Redis) -> None:
+        keys = [key async for key in client.scan_iter(match=PREFIX + "*:*", count=1000)]
+        values = await client.mget(keys) if keys else []
+        nodes: dict[str, dict[str, Any]] = {}
+        remote: dict[str, RemoteStream] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # expired between SCAN and MGET
+                continue
+            try:
+                name, record = key.decode(), json.loads(value)
+                if name.startswith(NODE_KEY):
+                    receivers = record.get("receivers")
+                    record["receivers"] = receivers if isinstance(receivers, dict) else {}
+                    nodes[str(record["node_id"])] = record
+                elif name.startswith(STREAM_KEY) and record["node_id"] != self.node_id:
+                    remote[str(record["stream_id"])] = RemoteStream(
+                        stream_id=str(record["stream_id"]),
+                        node_id=str(record["node_id"]),
+                        advertise_url=str(record["advertise_url"]),
+                        started_at=float(record["started_at"]),
+                        channel=record.get("channel"),
+                    )
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not one of our records (another program's key under the prefix)
+        gone = [
+            (stream_id, was)
+            for stream_id, was in self.remote.items()
+            if (now := remote.get(stream_id)) is None or now.node_id != was.node_id
+        ]
+        left = sorted(self.nodes.keys() - nodes.keys())
+        self.remote, self.nodes = remote, nodes
+        for node_id in left:
+            self.log.warning("cluster_node_gone", gone_node=node_id)
+        for stream_id, was in gone:
+            dead = was.node_id not in nodes
+            reason = f"node {was.node_id} is gone" if dead else "the sender left"
+            self.log.info(
+                "cluster_stream_gone", stream_id=stream_id, origin=was.node_id, reason=reason
+            )
+            self.on_gone(stream_id, reason)
+
+    async def _listen(self, client: aioredis.Redis) -> None:
+        """Other nodes' stream starts and ends: look again now."""
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(EVENTS)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    try:
+                        origin = json.loads(message["data"]).get("node_id")
+                    except (ValueError, AttributeError):
+                        origin = None  # not one of ours: looking again costs one read
+                    if origin != self.node_id:
+                        self.streams_changed()  # another node's start or end: look now
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await pubsub.aclose()
+
+
+def _redis_failure(error: BaseException) -> str | None:
+    """What went wrong with Redis, if that is what `error` (or its group) is; else None."""
+    if isinstance(error, RedisError | OSError):
+        return f"{type(error).__name__}: {error}"
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := _redis_failure(inner)) is not None:
+                return found
+    return None

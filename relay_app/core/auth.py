@@ -1,0 +1,201 @@
+"""Access tokens: signed JWTs (HS256) carrying a role, an optional stream scope and an expiry.
+
+Off by default (a trusted LAN); on when `auth.secret` is set. A client presents its token in
+the WebSocket URL (`/ws?token=...`, what the web client does with its own `?token=`) or as its
+first message, `{"type": "auth", "token": "..."}`. Mint one with
+
+    python -m relay_app token --role send --ttl 1h
+    python -m relay_app token --role receive --stream stream_ab12cd34-ef56 --ttl 8h
+    python -m relay_app token --role send --stream english --ttl 8h   # may take over english
+    python -m relay_app token --role admin --ttl 1h                   # /admin/...
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import anyio
+import jwt
+
+from . import protocol as p
+from .config import Settings
+from .errors import AuthError, RelayError
+from .limits import check_frame
+
+# `node`: another relay node of the cluster opening an upstream (cluster.py); minted by the
+# nodes themselves from the shared auth.secret.
+Role = Literal["send", "receive", "both", "metrics", "admin", "node"]
+ROLES: tuple[Role, ...] = ("send", "receive", "both", "metrics", "admin", "node")
+HTTP_ONLY_ROLES = ("metrics", "admin")  # tokens for HTTP endpoints, not for /ws
+ALGORITHM = "HS256"
+AUDIENCE = "relay_app"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a verified token allows."""
+
+    role: Role
+    # Only this stream: the one a receiver may play, the channel a sender may send on (and
+    # take over).
+    stream: str | None = None
+    subject: str | None = None
+    expires_at: float | None = None  # the token's `exp` (Unix time)
+
+    def check_unexpired(self) -> None:
+        """Tokens are checked when used, not only at connect: a session outlives its token."""
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            raise AuthError("access token expired; send auth with a new token")
+
+    def allows_sending(self) -> bool:
+        return self.role in ("send", "both")
+
+    def allows_receiving(self, stream_id: str | None) -> bool:
+        if self.role not in ("receive", "both", "node"):
+            return False
+        return self.stream is None or stream_id == self.stream
+
+    def allows_metrics(self) -> bool:
+        return self.role == "metrics"
+
+    def check_sending(self, channel: str | None, takeover: bool = False) -> None:
+        """A scoped token sends on its channel only; taking a channel over needs one."""
+        self.check_unexpired()
+        if not self.allows_sending():
+            raise AuthError(f"this access token may not send (role {self.role!r})")
+        if self.stream is not None and channel != self.stream:
+            raise AuthError(f"this access token may only send on channel {self.stream!r}")
+        if takeover and self.stream is None:
+            raise AuthError(
+                "takeover needs a send token scoped to the channel "
+                f"(python -m relay_app token --role send --stream {channel})"
+            )
+
+    def check_receiving(self, stream_id: str | None, upstream: bool = False) -> str | None:
+        """The stream to receive (a scoped token names it when the client does not); only a
+        node token opens an `upstream` (another node relaying this node's stream)."""
+        self.check_unexpired()
+        if upstream and self.role != "node":
+            raise AuthError(
+                f"only a node token opens an upstream (role {self.role!r}); receive with "
+                "start_receiving without upstream"
+            )
+        stream_id = stream_id or self.stream
+        if not self.allows_receiving(stream_id):
+            raise AuthError(
+                f"this access token may not receive {stream_id or 'streams'} "
+                f"(role {self.role!r}, stream {self.stream!r})"
+            )
+        return stream_id
+
+
+def mint(
+    secret: str,
+    role: Role,
+    ttl_seconds: float,
+    stream: str | None = None,
+    subject: str | None = None,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "aud": AUDIENCE,
+        "role": role,
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+    }
+    if stream is not None:
+        claims["stream"] = stream
+    if subject is not None:
+        claims["sub"] = subject
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str, token: str) -> Grant:
+    """The token's grant, or AuthError saying what is wrong with it."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["exp", "role"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("access token expired") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError("access token has a wrong signature") from None
+    except jwt.MissingRequiredClaimError as error:
+        raise AuthError(f"access token lacks the {error.claim!r} claim") from None
+    except jwt.InvalidTokenError as error:
+        raise AuthError(f"invalid access token: {error}") from None
+    role = claims.get("role")
+    if role not in ROLES:
+        raise AuthError(f"access token has an unknown role {role!r}")
+    stream = claims.get("stream")
+    if stream is not None and not isinstance(stream, str):
+        raise AuthError("access token's stream must be a string")
+    return Grant(role=role, stream=stream, subject=claims.get("sub"), expires_at=claims["exp"])
+
+
+_TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_ttl(text: str) -> float:
+    """'90' or '90s', '15m', '1h', '7d' -> seconds."""
+    match = _TTL.match(text.strip())
+    if match is None:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
+    value, unit = float(match[1]), match[2] or "s"
+    return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+class FirstMessage(Protocol):
+    """The part of a WebSocket that authentication reads."""
+
+    async def receive(self) -> str | bytes | None: ...
+
+
+async def authenticate(ws: FirstMessage, settings: Settings, log: Any) -> Grant:
+    """The grant of a WebSocket's first message, `{"type": "auth", "token": ...}` (the guard
+    has found no token in its URL or headers and auth.secret is set)."""
+    hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
+    token = None
+    with anyio.move_on_after(settings.auth.timeout):
+        data = await ws.receive()
+        try:
+            # Size first: nothing unchecked is parsed, even before authentication.
+            text = check_frame(data, settings.server.max_message_bytes)
+            message = p.parse_client_message(text)
+        except RelayError:
+            message = None
+        if not isinstance(message, p.Auth):
+            raise AuthError(f"authentication required: {hint}")
+        token = message.token
+    if token is None:
+        raise AuthError(f"authentication timed out: {hint}")
+    grant = session_grant(settings, token)
+    log.info("client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject)
+    return grant
+
+
+def session_grant(settings: Settings, token: str) -> Grant:
+    """A token's grant for a /ws session: a `metrics` token only reads /metrics."""
+    assert settings.auth.secret is not None
+    grant = verify(settings.auth.secret.get_secret_value(), token)
+    if grant.role in HTTP_ONLY_ROLES:
+        article = "an" if grant.role[0] in "aeiou" else "a"
+        raise AuthError(
+            f"{article} {grant.role} token cannot open /ws; use a send, receive or both token"
+        )
+    return grant
+
+
+def reauthenticate(settings: Settings, token: str) -> tuple[Grant | None, p.ServerMessage]:
+    """`auth` mid-session: the refreshed grant (a new token before the old one expires)."""
+    if settings.auth.secret is None:
+        return None, p.Authenticated(role="both")  # open server: anything goes
+    grant = session_grant(settings, token)
+    return grant, p.Authenticated(role=grant.role, stream=grant.stream)

@@ -1,0 +1,74 @@
+"""`GET :8081/stream/<stream_id>.ogg`: a live stream as plain HTTP Ogg/Opus, for players
+without WebRTC (VLC, ffplay, mpv, a media box, `ffmpeg -i URL out.opus`).
+
+The response is one listener of the stream's shared pages (http_audio.py): its lifetime is
+this request's, so a client that leaves, a stream that ends, or a listener dropped as too slow
+each end it, and the listener is unregistered when the body's `async with` exits.
+`latest.ogg` is whichever stream is newest when the request arrives, so a player can keep one
+URL and simply reconnect after a stream ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Quart, Response
+
+from ..core.errors import CapacityError, LimitError, NoStreamError
+from ..core.logs import get_logger
+from ..core.protocol import NO_STREAM_MESSAGE
+from ..streams.context import RelayContext
+from ..streams.stream import SessionInfo, Stream
+from .guard import LISTEN, Entry, Guard
+
+LATEST = "latest"
+
+
+def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
+    settings, metrics, registry = ctx.settings, ctx.metrics, ctx.registry
+
+    @app.get("/stream/<stream_id>.ogg")
+    @guard.door(LISTEN)
+    async def _ogg(entry: Entry, stream_id: str) -> Response:
+        wanted = None if stream_id == LATEST else stream_id
+        if entry.grant is not None:  # a scoped token's "latest" is its own stream
+            wanted = entry.grant.check_receiving(wanted)
+        stream = registry.find_stream(wanted)
+        http = stream.http
+        if stream.ended.is_set() or http is None:
+            raise NoStreamError(f"{NO_STREAM_MESSAGE} ({stream.stream_id} has ended)")
+        limit = settings.streams.max_http_listeners
+        if len(http.listeners) >= limit:
+            message = f"{stream.stream_id} already has {limit} HTTP listeners"
+            raise LimitError(f"{message} (streams.max_http_listeners)")
+        assert entry.info is not None
+        log = get_logger(stream_id=stream.stream_id, remote=entry.remote, role="http_listener")
+        response = Response(_pages(stream, entry.info, log), content_type="audio/ogg")
+        response.headers["Cache-Control"] = "no-store"
+        # Web players on the main port (or anywhere) may analyse it with WebAudio.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.timeout = None  # a live stream has no end time (Quart's default is 60 s)
+        return response
+
+    async def _pages(stream: Stream, info: SessionInfo, log: Any) -> AsyncIterator[bytes]:
+        """The response body: a session from its first page to its last. (The guard admitted
+        it and released its pending slot when the handler returned; a body that never
+        starts holds nothing.)"""
+        assert stream.http is not None
+        try:
+            registry.open_session(info)
+        except CapacityError as error:
+            log.info("connection_refused", kind=error.kind, error=error.message)
+            return
+        try:
+            async with stream.http.listen(log) as listener:  # logs its start and its end
+                yield listener.headers
+                async for page, arrival in listener.pages:
+                    yield page
+                    metrics.http_page_latency.observe(time.monotonic() - arrival)
+                    listener.sent_bytes += len(page)
+                    metrics.http_sent_bytes += len(page)
+        finally:
+            registry.close_session(info.connection_id)

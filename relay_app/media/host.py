@@ -1,0 +1,132 @@
+"""What a media task (sender.py, receiver.py) and its session know of each other.
+
+A media task is handed a `SessionHost`, the way Hypercorn's `WSStream` is handed `send`: it
+can queue messages for its client and read the shared context, and nothing else of the
+session. The session keeps one `MediaTask` per running task: explicit state instead of
+fields that only mean something while a task runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..core import protocol as p
+from ..core.auth import Grant
+from ..core.config import Settings
+from ..core.errors import ChannelError, SessionStateError
+from ..core.limits import check_sdp_size, filter_candidates
+from ..streams.context import RelayContext
+from ..streams.stream import SessionInfo
+from ..webrtc.peer import Peer
+
+
+class SessionHost(Protocol):
+    """The session as its media task sees it."""
+
+    @property
+    def connection_id(self) -> str: ...
+    @property
+    def ctx(self) -> RelayContext: ...
+    @property
+    def info(self) -> SessionInfo: ...
+    @property
+    def video_ignored(self) -> bool:
+        """A sender's offer may carry video, answered `inactive` (WHIP: OBS offers video)."""
+
+    def send(self, message: p.ServerMessage) -> None:
+        """Queue a message for the client; never blocks (a client that does not read is
+        closed instead)."""
+
+    def send_or_drop(self, text: str) -> None:
+        """Queue an encoded droppable message (visualization); dropped when the outbox is full."""
+
+
+MediaRole = Literal["sender", "receiver"]
+MediaRun = Callable[..., Awaitable[None]]
+"""run_sender or run_receiver: (host, media, arg, *, task_status); a WebSocket session or a
+WHIP/WHEP resource runs one in its own task group."""
+
+
+def _answer_channel() -> tuple[
+    MemoryObjectSendStream[p.Answer], MemoryObjectReceiveStream[p.Answer]
+]:
+    # Unbuffered: an answer is accepted only while a receiver task is waiting for one.
+    return anyio.create_memory_object_stream[p.Answer](0)
+
+
+@dataclass(eq=False)
+class MediaTask:
+    """The one running media task of a session: its role, scope, peer and answer inbox."""
+
+    role: MediaRole
+    log: Any
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    # Set once the task has negotiated (task_status.started()): from then on its errors are
+    # reported to the client by the session instead of raised to whoever started it.
+    negotiated: bool = False
+    peer: Peer | None = None
+    _answers: tuple[MemoryObjectSendStream[p.Answer], MemoryObjectReceiveStream[p.Answer]] = field(
+        default_factory=_answer_channel
+    )
+
+    def deliver_answer(self, answer: p.Answer) -> bool:
+        """Hand a client's answer to the task waiting for one; False when none waits."""
+        try:
+            self._answers[0].send_nowait(answer)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    async def wait_answer(self) -> p.Answer:
+        return await self._answers[1].receive()
+
+    def close(self) -> None:
+        self._answers[0].close()
+        self._answers[1].close()
+        self.done.set()
+
+
+def require_no_media(media: MediaTask | None, what: str) -> None:
+    """One media task per session: `what` (start_sending/start_receiving) needs none running."""
+    if media is None:
+        return
+    if what == "start_sending" and media.role == "sender":
+        raise SessionStateError("already sending on this connection; send stop first")
+    raise SessionStateError(f"this connection is {media.role}; send stop before {what}")
+
+
+def check_sending(message: p.StartSending, grant: Grant | None, settings: Settings) -> None:
+    """What `start_sending` must pass before anything is claimed (RelayError if not)."""
+    check_sdp_size(message.sdp, settings.webrtc.max_sdp_bytes)
+    if message.takeover and message.channel is None:
+        raise ChannelError('"takeover" needs a "channel" to take over')
+    if grant is not None:
+        grant.check_sending(message.channel, message.takeover)
+
+
+def remote_candidates(host: SessionHost, sdp: str) -> str:
+    """The client's SDP with only the ICE candidates worth probing (limits.filter_candidates)."""
+    webrtc = host.ctx.settings.webrtc
+    sdp, dropped = filter_candidates(sdp, webrtc.max_remote_candidates, webrtc.ice_addresses)
+    if dropped:
+        host.ctx.metrics.count_drop("remote_candidate", dropped)
+    return sdp
+
+
+class Negotiated(TaskStatus[None]):
+    """The task_status a media task reports to: marks the MediaTask negotiated, then passes on."""
+
+    def __init__(self, media: MediaTask, inner: TaskStatus[None]) -> None:
+        self._media = media
+        self._inner = inner
+
+    def started(self, value: None = None) -> None:
+        self._media.negotiated = True
+        self._inner.started(value)

@@ -1,0 +1,205 @@
+"""A sender's media task: check the offer, answer it, tap its RTP, register the stream, serve it.
+
+The task tree under the session's media task (see session.py for the rest):
+
+    run_sender
+    └── serve_stream        until the stream ends (sender left, track ended, ICE, stale)
+        ├── drain           transcode: the decoded track -> visualization + receivers;
+        │                   forward: nothing is decoded there (it only sees the track end):
+        │                   receivers get the sender's Opus packets straight from the RTP
+        │                   tap (rtp_tap.py), the meter one decode in N (SparseDecoder)
+        ├── ice_watch       ends the stream when the sender's connection fails
+        ├── visualize       levels -> the sender and its receivers (droppable messages)
+        └── Recording.run   Ogg pages -> disk (recording.py), when the stream is recorded
+
+The stream is registered only after the answer has left and unregistered in a `finally`
+before the peer connection closes, so no receiver ever finds a dying stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+from anyio.abc import TaskStatus
+from av import AudioFrame
+
+from ..audio.levels import EveryNth, levels
+from ..audio.recording import Recording, recording_path
+from ..core import protocol as p
+from ..core.errors import MediaUnavailable, NegotiationError
+from ..core.logs import get_logger
+from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream
+from ..webrtc.fanout import Media, pump
+from ..webrtc.ice import NoFreeMediaPort
+from ..webrtc.peer import Peer, open_peer
+from ..webrtc.rtp_tap import (
+    audio_receiver,
+    negotiated_opus_payload_type,
+    tap_receiver,
+)
+from .host import MediaTask, SessionHost, remote_candidates
+from .ingest import SparseDecoder, new_stream, packet_handler
+
+
+def check_offer(sdp: str, video_ignored: bool = False) -> None:
+    """Refuse, before any peer connection exists, an offer that is not one audio track.
+
+    One: the server taps and drains one track per sender; aiortc would decode any other into
+    a queue nobody reads (10 audio sections grew RSS by ~10 MB/s). With `video_ignored`
+    (WHIP: OBS always offers video), video sections pass and are answered `inactive`.
+    """
+    try:
+        media = SessionDescription.parse(sdp).media
+    except Exception as error:  # aiortc's parser raises assorted errors on garbage
+        raise NegotiationError(f"invalid SDP offer: {error}") from None
+    kinds = {m.kind for m in media}
+    if "audio" not in kinds:
+        raise NegotiationError("the offer has no audio track (no m=audio section)")
+    if (count := sum(1 for m in media if m.kind == "audio")) > 1:
+        raise NegotiationError(f"send one audio track: the offer has {count} m=audio sections")
+    if others := sorted(kinds - {"audio", "video"} if video_ignored else kinds - {"audio"}):
+        raise NegotiationError(
+            f"only audio is relayed; remove these from the offer: {', '.join(others)}"
+        )
+
+
+async def run_sender(
+    host: SessionHost, media: MediaTask, sdp: str, *, task_status: TaskStatus[None]
+) -> None:
+    ctx = host.ctx
+    log = media.log
+    log.info("sender_setup")
+    check_offer(sdp, video_ignored=host.video_ignored)
+    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
+        media.peer = peer
+        stream = await _answer_offer(host, peer, sdp)
+        host.send(p.AnswerOut(sdp=peer.local_sdp))
+        task_status.started()
+        log.info("sender_track_received")
+        media.log = log = log.bind(stream_id=stream.stream_id)
+        try:
+            ctx.registry.add_stream(stream)
+            ctx.metrics.streams_total += 1
+            log.info("stream_stored", mode=ctx.settings.relay.mode)
+            host.send(p.StreamStarted(stream_id=stream.stream_id))
+            await serve_stream(host, peer, stream, log)
+        finally:
+            # Sync bookkeeping first, so no receiver can find a dying stream.
+            stream.end(EndCause.SENDER_LEFT)
+            ctx.registry.remove_stream(stream, host.info)
+            stream.close_relays()
+            log.info("track_ended", reason=stream.end_reason)
+    if stream.end_cause is not EndCause.SENDER_LEFT:
+        # Ended by something other than this sender leaving: tell the sender why.
+        host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+
+
+async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
+    """Answer the offer and tap its audio; the answer is not sent yet."""
+    tracks: list[Any] = []
+    peer.pc.on("track", tracks.append)
+    sdp = remote_candidates(host, sdp)
+    try:
+        await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in peer.pc.getTransceivers():
+            if transceiver.kind != "audio":  # (WHIP only) no video is received or decoded
+                transceiver.direction = "inactive"
+        await peer.pc.setLocalDescription(await peer.pc.createAnswer())
+    except NoFreeMediaPort as error:
+        raise MediaUnavailable(str(error.strerror or error)) from None
+    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
+        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
+    audio = [track for track in tracks if track.kind == "audio"]
+    if not audio:
+        raise NegotiationError("the offer has no audio track (no m=audio section)")
+    opus = negotiated_opus_payload_type(peer.pc)
+    settings, metrics = host.ctx.settings.relay, host.ctx.metrics
+    stream_id = host.info.stream_id or f"{UNNAMED_PREFIX}{host.connection_id}"
+    stream = new_stream(
+        settings,
+        metrics,
+        stream_id=stream_id,
+        channel=None if stream_id.startswith(UNNAMED_PREFIX) else stream_id,
+        sender_id=host.connection_id,
+        source=audio[0],
+    )
+    stream.recording = _recording(host, stream)
+    # Tap before the answer leaves, so that no packet arrives untapped. Forward mode needs
+    # no PCM but the level meter's: aiortc's jitter buffer and per-packet decode are skipped,
+    # and one packet in `downsample` is decoded here instead, while levels are wanted.
+    forward = settings.mode == "forward"
+    visualization = host.ctx.settings.visualization
+    sparse = SparseDecoder(visualization.downsample) if visualization.enabled else None
+    handler = packet_handler(metrics, stream, opus, peer, sparse if forward else None)
+    tap_receiver(audio_receiver(peer.pc, audio[0]), handler, then_aiortc=not forward)
+    return stream
+
+
+def _recording(host: SessionHost, stream: Stream) -> Recording | None:
+    settings = host.ctx.settings
+    channel = settings.channels.get(stream.channel) if stream.channel is not None else None
+    if not settings.recording.records(channel):
+        return None
+    path = recording_path(Path(settings.recording.directory), stream.stream_id, stream.started_at)
+    log = get_logger(connection_id=host.connection_id, role="sender", stream_id=stream.stream_id)
+    return Recording(path, host.ctx.metrics, log)
+
+
+async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) -> None:
+    """Drain, watch and visualize the stream until it ends, whoever ends it."""
+    metrics = host.ctx.metrics
+
+    def on_frame(frame: Media) -> None:
+        # The one decode per stream (aiortc's decoder thread): it drains the track and
+        # feeds visualization, and, in transcode mode, every receiver.
+        metrics.audio_frames += 1
+        stream.frames.publish(frame)
+
+    async def drain() -> None:
+        await pump(stream.source, on_frame)
+        stream.end(EndCause.TRACK_ENDED)
+        log.warning("stale_stream_cleanup", reason=stream.end_reason)
+
+    async def ice_watch() -> None:
+        await peer.failed.wait()
+        stream.end(EndCause.CONNECTION_FAILED, f"sender {peer.failure}")
+        log.warning("stale_stream_cleanup", reason=peer.failure)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        tg.start_soon(ice_watch)
+        if host.ctx.settings.visualization.enabled:
+            tg.start_soon(visualize, host, stream, log)
+        if stream.recording is not None:
+            tg.start_soon(stream.recording.run)
+        await stream.ended.wait()
+        tg.cancel_scope.cancel()
+
+
+async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:
+    """Levels of every Nth decoded frame, to the sender and each receiver (droppable)."""
+    track = stream.frames.subscribe()
+    log.info("visualization_started")
+    # Forward mode's frames are already one in `downsample` (SparseDecoder); transcode's are all.
+    every = 1 if stream.packets is not None else host.ctx.settings.visualization.downsample
+    tap = EveryNth(every)
+    try:
+        while True:
+            frame = await track.recv()
+            if not tap() or not isinstance(frame, AudioFrame):
+                continue
+            rms, peak = levels(frame.to_ndarray())
+            text = p.encode(p.Visualization(stream_id=stream.stream_id, rms=rms, peak=peak))
+            host.send_or_drop(text)
+            for send_or_drop in list(stream.receivers.values()):
+                if send_or_drop is not None:  # (only receivers that asked for levels)
+                    send_or_drop(text)
+    except MediaStreamError:
+        pass  # the relay closed: the stream is over
+    finally:
+        stream.frames.unsubscribe(track)

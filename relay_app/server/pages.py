@@ -1,0 +1,89 @@
+"""The web client: Home, Speak and Listen pages, their static files and QR code, and the
+headers that keep them to this server."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from urllib.parse import quote, urlsplit
+
+from quart import Quart, Response, request, send_from_directory
+
+from ..core.config import Settings
+from ..endpoints.guard import PAGE, Entry, Guard
+from .lan import listen_urls
+from .qr import qr_svg
+
+# The package's own data, wherever the package is installed or its modules move.
+STATIC = files("relay_app") / "static"
+
+# The web client loads only its own scripts and styles and talks only to this server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def page_routes(app: Quart, settings: Settings, guard: Guard) -> None:
+    @app.after_request
+    async def _security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    async def page(name: str, content_type: str | None = None) -> Response:
+        response = await send_from_directory(str(STATIC), name)
+        if content_type is not None:
+            response.content_type = content_type
+        return response
+
+    @app.get("/static/<path:filename>")
+    @guard.door(PAGE)
+    async def _static(entry: Entry, filename: str) -> Response:
+        return await page(filename)
+
+    @app.get("/")
+    @guard.door(PAGE)
+    async def _index(entry: Entry) -> Response:
+        return await page("index.html")
+
+    @app.get("/manifest.webmanifest")  # at the root: its scope may then be the whole site
+    @guard.door(PAGE)
+    async def _manifest(entry: Entry) -> Response:
+        return await page("manifest.webmanifest", "application/manifest+json")
+
+    @app.get("/qr.svg")
+    @guard.door(PAGE)
+    async def _qr(entry: Entry) -> Response:
+        """The Listen page's URL as a QR code (the home page shows it): the address this
+        browser used, unless that is this machine's own (localhost), then the LAN one."""
+        channel = request.args.get("channel") or None
+        url = phone_url(request.host, channel, settings)
+        return Response(qr_svg(url), content_type="image/svg+xml", headers={"X-Url": url})
+
+    @app.get("/send")
+    @guard.door(PAGE)
+    async def _send_page(entry: Entry) -> Response:
+        return await page("send.html")
+
+    @app.get("/listen")
+    @app.get("/listen/<channel>")  # a link to one channel: the page reads it from its path
+    @guard.door(PAGE)
+    async def _listen_page(entry: Entry, channel: str | None = None) -> Response:
+        return await page("listen.html")
+
+
+def phone_url(host_header: str, channel: str | None, settings: Settings) -> str:
+    host = urlsplit(f"//{host_header}").hostname or ""
+    if host in ("localhost", "") or host.startswith("127.") or host == "::1":
+        return listen_urls(settings, channel)[0]
+    scheme = "https" if settings.server.certfile else "http"
+    path = "/listen" + (f"/{quote(channel)}" if channel else "")
+    return f"{scheme}://{host_header}{path}"

@@ -1,0 +1,290 @@
+"""StreamRegistry: the one truth on sessions, streams and who listens to what.
+
+Health, metrics, `/stream/status` and `available_streams` all read it; nothing keeps a second
+count, and sessions change roles and receiver lists only through its methods. Its methods never
+await, so they need no lock: on one event loop a sync method runs whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import anyio
+
+from ..core.config import Settings
+from ..core.errors import CapacityError, ChannelError, NoStreamError, SessionStateError
+from ..core.limits import check_receiver_limit, check_stream_limit
+from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
+from .stream import UNNAMED_PREFIX, EndCause, SendOrDrop, SessionInfo, Stream
+
+
+class RemoteRecord(Protocol):
+    """Another node's live stream, as the cluster's directory lists it."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+
+
+class ClusterView(Protocol):
+    """What this node asks of cluster mode (cluster/directory.py attaches one when
+    cluster.redis_url is set; None on a single node). Defined here, below the cluster, so
+    that nothing but the server's wiring imports the cluster package."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def redis_up(self) -> bool: ...
+    @property
+    def heartbeat_interval(self) -> float: ...
+    @property
+    def remote(self) -> Mapping[str, RemoteRecord]:
+        """The other nodes' live streams by stream id, as last read."""
+        ...
+
+    def stream_infos(self, local: list[Stream]) -> list[StreamInfo]:
+        """This node's live streams merged with the other nodes' (receivers cluster-wide)."""
+        ...
+
+    def holder(self, stream_id: str) -> str | None:
+        """The other node whose sender has this stream id, if any."""
+        ...
+
+    def streams_changed(self) -> None:
+        """A stream was added or removed here: tell the cluster now, not at the next beat."""
+        ...
+
+    def view(self) -> dict[str, Any]:
+        """`/health`'s and `/metrics`' `cluster`."""
+        ...
+
+    async def run(self) -> None:
+        """Keep the directory up to date until cancelled (a ROOT task)."""
+        ...
+
+
+class StreamRegistry:
+    def __init__(self, settings: Settings) -> None:
+        self._server = settings.server
+        self._streams_settings = settings.streams
+        self._channels = settings.channels
+        # Connections still authenticating: admitted, not yet sessions.
+        self.pending: dict[str, SessionInfo] = {}
+        self.sessions: dict[str, SessionInfo] = {}
+        self.streams: dict[str, Stream] = {}
+        # Channels an operator locked: no new senders (POST /admin/channels/<name>/lock).
+        self.locked: set[str] = set()
+        # Set (and replaced) when a channel's next stream is added: its waiting receivers.
+        self._next_stream: dict[str, anyio.Event] = {}
+        self.cluster: ClusterView | None = None
+
+    # Connections and sessions ---------------------------------------------------------------
+    def admit(self, info: SessionInfo, authenticating: bool) -> None:
+        """Count a new connection, before it authenticates; CapacityError over a cap.
+
+        Per address, pending and open connections count together, so one machine cannot
+        hold every slot, authenticated or not; `server.trusted_addresses` are exempt.
+        """
+        server = self._server
+        if info.remote not in server.trusted_addresses:
+            held = sum(
+                1
+                for s in (*self.pending.values(), *self.sessions.values())
+                if s.remote == info.remote
+            )
+            if held >= server.max_connections_per_address:
+                raise CapacityError(
+                    f"too many connections from {info.remote}: {held} "
+                    "(server.max_connections_per_address); try again later"
+                )
+        if authenticating and len(self.pending) >= server.max_pending_connections:
+            raise CapacityError(
+                f"too many connections still authenticating: {len(self.pending)} "
+                "(server.max_pending_connections); try again later"
+            )
+        self.pending[info.connection_id] = info
+
+    def open_session(self, info: SessionInfo) -> None:
+        """An admitted connection becomes a session (authenticated, or auth is off)."""
+        self.pending.pop(info.connection_id, None)
+        if len(self.sessions) >= self._server.max_connections:
+            raise CapacityError(
+                f"server is full: {self._server.max_connections} connections "
+                "(server.max_connections); try again later"
+            )
+        self.sessions[info.connection_id] = info
+
+    def close_session(self, connection_id: str) -> None:
+        """Forget the connection, pending or open; idempotent."""
+        self.pending.pop(connection_id, None)
+        self.sessions.pop(connection_id, None)
+
+    def claim_sender(
+        self, info: SessionInfo, max_streams: int, channel: str | None, takeover: bool = False
+    ) -> str:
+        """Count `info` as a sender from now on (while it negotiates, too), within the limit,
+        holding its stream id: the channel's name, or `stream_<connection_id>`.
+
+        With `takeover` (already authorized), a channel's live sender is ended ("taken over")
+        and lets go of the name at once; its session unwinds on its own.
+        """
+        senders = [s for s in self.sessions.values() if s.role == "sender"]
+        check_stream_limit(len(senders), max_streams)
+        if channel is None:
+            stream_id = f"{UNNAMED_PREFIX}{info.connection_id}"
+        else:
+            self._check_channel_open(channel)
+            holder = next((s for s in senders if s.stream_id == channel), None)
+            if holder is not None:
+                self._release(holder, channel, takeover)
+            stream_id = channel
+        info.role, info.stream_id = "sender", stream_id
+        return stream_id
+
+    def _check_channel_open(self, channel: str) -> None:
+        if channel.startswith(UNNAMED_PREFIX):
+            raise ChannelError(
+                f"channel names starting with {UNNAMED_PREFIX} are reserved", http_status=400
+            )
+        if channel not in self._channels and not self._streams_settings.allow_unlisted_channels:
+            known = ", ".join(sorted(self._channels)) or "none"
+            raise ChannelError(
+                f"channel {channel!r} is not configured (channels: {known}; "
+                "streams.allow_unlisted_channels is false)",
+                http_status=404,
+            )
+        if channel in self.locked:
+            raise ChannelError(f"channel {channel!r} is locked by an operator: no new senders")
+        holder = self.cluster.holder(channel) if self.cluster is not None else None
+        if holder is not None:
+            raise ChannelError(
+                f"channel {channel!r} is busy: a sender is live on it on node {holder}"
+            )
+
+    def _release(self, holder: SessionInfo, channel: str, takeover: bool) -> None:
+        """Free `channel` from the sender holding it, or say why it stays busy."""
+        stream = self.streams.get(channel)
+        if stream is None or stream.sender_id != holder.connection_id:
+            raise ChannelError(
+                f"channel {channel!r} is busy: another sender is connecting on it; try again"
+            )
+        if not stream.ended.is_set():  # (an ended one is on its way out: not busy)
+            if not takeover:
+                raise ChannelError(
+                    f"channel {channel!r} is busy: another sender is live on it "
+                    '(start_sending with "takeover": true replaces it)'
+                )
+            stream.end(EndCause.TAKEN_OVER)
+        holder.stream_id = None
+
+    def set_idle(self, info: SessionInfo) -> None:
+        info.role, info.stream_id = "idle", None
+
+    # Streams --------------------------------------------------------------------------------
+    def add_stream(self, stream: Stream) -> None:
+        self.streams[stream.stream_id] = stream
+        if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
+            waiting.set()
+        if self.cluster is not None:
+            self.cluster.streams_changed()
+
+    def remove_stream(self, stream: Stream, sender: SessionInfo) -> None:
+        """Unregister the stream (if a newer one has not replaced it) and free its name."""
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        if sender.stream_id == stream.stream_id:
+            sender.stream_id = None
+        if self.cluster is not None:
+            self.cluster.streams_changed()
+
+    async def next_stream(self, channel: str) -> Stream:
+        """The channel's live stream, as soon as there is one (a receiver waiting on it)."""
+        while True:
+            stream = self.streams.get(channel)
+            if stream is not None and not stream.ended.is_set():
+                return stream
+            await self._next_stream.setdefault(channel, anyio.Event()).wait()
+
+    def find_stream(self, stream_id: str | None) -> Stream:
+        """The named stream, or the newest live one; NoStreamError when there is none."""
+        if stream_id is not None:
+            stream = self.streams.get(stream_id)
+        else:
+            live = self.live_streams()
+            stream = max(live, key=lambda s: s.started_at) if live else None
+        if stream is None:
+            detail = "" if stream_id is None else f" (no stream {stream_id!r})"
+            raise NoStreamError(NO_STREAM_MESSAGE + detail)
+        return stream
+
+    def find_live_stream(self, stream_id: str | None, log: Any) -> Stream:
+        """`find_stream` for a receiver: an ended stream is an error too; both are logged."""
+        try:
+            stream = self.find_stream(stream_id)
+        except NoStreamError:
+            log.warning("no_stream_for_receiver", requested=stream_id)
+            raise
+        if stream.ended.is_set():
+            log.warning("stream_track_ended", stream_id=stream.stream_id)
+            raise SessionStateError(
+                NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)", http_status=404
+            )
+        return stream
+
+    def live_streams(self) -> list[Stream]:
+        return [s for s in self.streams.values() if not s.ended.is_set()]
+
+    def stream_infos(self) -> list[StreamInfo]:
+        """The live streams as clients see them (`available_streams`, `/stream/status`);
+        in cluster mode every node's."""
+        if self.cluster is not None:
+            return self.cluster.stream_infos(self.live_streams())
+        return [s.info() for s in self.live_streams()]
+
+    def available(self, allowed: Callable[[str], bool] | None = None) -> AvailableStreams:
+        """`available_streams`: live streams and channels, those `allowed` (a token) only."""
+        streams, channels = self.stream_infos(), self.channel_infos()
+        if allowed is not None:
+            streams = [s for s in streams if allowed(s.stream_id)]
+            channels = [c for c in channels if allowed(c.channel)]
+        return AvailableStreams(streams=streams, channels=channels)
+
+    def channel_infos(self) -> list[ChannelInfo]:
+        """Configured channels, live or not, then live unlisted ones, by name."""
+        live = {s.stream_id: s for s in self.stream_infos()}
+        infos = [
+            ChannelInfo(channel=name, label=c.label, description=c.description, live=name in live)
+            for name, c in self._channels.items()
+        ]
+        infos += [
+            ChannelInfo(channel=name, label=name, live=True)
+            for name in sorted(live.keys() - self._channels.keys())
+            if live[name].channel is not None
+        ]
+        return sorted(infos, key=lambda info: info.channel)
+
+    # Receivers ------------------------------------------------------------------------------
+    def add_receiver(
+        self,
+        stream: Stream,
+        info: SessionInfo,
+        send_or_drop: SendOrDrop | None,
+        max_receivers: int,
+    ) -> None:
+        check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
+        stream.receivers[info.connection_id] = send_or_drop
+        if info.node_link:
+            stream.links.add(info.connection_id)
+        info.role, info.stream_id = "receiver", stream.stream_id
+
+    def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
+        stream.receivers.pop(info.connection_id, None)
+        stream.links.discard(info.connection_id)
+
+    @property
+    def receiver_count(self) -> int:
+        return sum(len(s.receivers) for s in self.streams.values())

@@ -1,0 +1,151 @@
+"""A stream and a session as the registry records them: plain records, no behaviour that awaits.
+
+A `Stream` is a sender's live audio (owned by the sender's task group: it ends when that scope
+ends); a `SessionInfo` is one connection through any door, as the registry, the guard and the
+admin API see it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+import anyio
+from aiortc.mediastreams import MediaStreamTrack
+
+from ..audio.http_audio import HttpAudio
+from ..audio.recording import Recording
+from ..core.protocol import StreamInfo
+from ..webrtc.fanout import Fanout
+
+SendOrDrop = Callable[[str], None]
+"""A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
+
+SessionRole = Literal["idle", "sender", "receiver", "listener", "admin"]
+"""idle/sender/receiver: a WebSocket or WHIP/WHEP session; listener: a plain-HTTP (Ogg)
+listener; admin: an admin API call while it runs."""
+
+
+class EndCause(Enum):
+    """Who ended a stream. Only SENDER_LEFT is the sender's own doing: for every other cause
+    the sender's client is told why its stream ended."""
+
+    SENDER_LEFT = "sender left"
+    TRACK_ENDED = "track ended"
+    CONNECTION_FAILED = "connection failed"
+    STALE = "stale"
+    TAKEN_OVER = "taken over"  # another sender took the channel (`takeover`)
+    STOPPED = "stopped by an operator"  # POST /admin/streams/<id>/stop
+    NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
+
+
+@dataclass(eq=False)
+class Stream:
+    """A sender's live audio. Owned by the sender's session: it ends when that scope ends."""
+
+    stream_id: str
+    sender_id: str
+    source: MediaStreamTrack
+    # Decoded audio: visualization, and receivers in transcode mode.
+    frames: Fanout
+    # The sender's Opus packets as they arrive: receivers in forward mode; None in transcode.
+    packets: Fanout | None
+    started_at: float = field(default_factory=time.time)
+    last_audio_at: float = field(default_factory=anyio.current_time)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    end_cause: EndCause | None = None
+    # What clients and logs are told; for most causes the cause's own words.
+    end_reason: str = ""
+    # connection_id -> that receiver session's send_or_drop for level messages, or None
+    # when it did not ask for them (start_receiving's `visualization`).
+    receivers: dict[str, SendOrDrop | None] = field(default_factory=dict)
+    # Plain-HTTP listeners (Ogg/Opus on the audio port); None where nobody set it up.
+    http: HttpAudio | None = None
+    # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
+    channel: str | None = None
+    # relay.fast_path: connection_id -> that receiver's DirectSender (payload, pts, arrival).
+    direct: dict[str, Callable[[bytes, int, float], None]] = field(default_factory=dict)
+    # Opus payload bytes received from the sender (the admin API's session list).
+    audio_bytes: int = 0
+    # Written to disk while it runs (recording.enabled and the channel says so); else None.
+    recording: Recording | None = None
+    # Cluster mode: the node whose sender this is, when this node only relays it (an
+    # upstream, upstream.py); None: this node's own sender.
+    origin: str | None = None
+    # Receivers that are other nodes' upstreams (not counted as listeners cluster-wide).
+    links: set[str] = field(default_factory=set)
+
+    @property
+    def receiver_source(self) -> Fanout:
+        return self.packets if self.packets is not None else self.frames
+
+    def close_relays(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.recording is not None:
+            self.recording.close()
+        self.frames.close()
+        if self.packets is not None:
+            self.packets.close()
+
+    def end(self, cause: EndCause, reason: str | None = None) -> None:
+        """Mark the stream over (its sender's `serve_stream` then returns); idempotent, sync.
+
+        The first cause wins: a stream that went stale and whose sender then left ended stale.
+        """
+        if self.ended.is_set():
+            return
+        self.end_cause = cause
+        self.end_reason = reason or cause.value
+        self.ended.set()
+
+    @property
+    def listeners(self) -> int:
+        """Its receivers here, without other nodes' upstreams (those count on their node)."""
+        return len(self.receivers) - len(self.links)
+
+    def info(self, node: str | None = None) -> StreamInfo:
+        return StreamInfo(
+            stream_id=self.stream_id,
+            started_at=self.started_at,
+            receivers=len(self.receivers),
+            http_listeners=len(self.http.listeners) if self.http is not None else 0,
+            channel=self.channel,
+            node=self.origin or node,
+        )
+
+
+UNNAMED_PREFIX = "stream_"  # a stream without a channel: stream_<connection_id>
+
+
+@dataclass(eq=False)
+class SessionInfo:
+    """A connection as the registry and the admin API see it."""
+
+    connection_id: str
+    remote: str
+    role: SessionRole = "idle"
+    # A sender's stream id, held from start_sending until its stream is removed (while it
+    # negotiates, too): a channel name is one sender's at a time. A receiver's stream (or the
+    # channel it waits on) while its media task runs.
+    stream_id: str | None = None
+    user_agent: str = ""
+    since: float = field(default_factory=time.time)
+    # WebSocket bytes, counted by the session (the admin list shows them).
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # Closes the session with 1008 and this reason (the admin API's kick); set by the session.
+    kick: Callable[[str], None] | None = None
+    # Another cluster node's upstream (start_receiving with `upstream`), not a listener.
+    node_link: bool = False
+    # The door it came in by (endpoints/guard.py): ws, whip, whep, ogg, admin.
+    via: str = "ws"
+
+
+def new_connection_id() -> str:
+    """The id a connection is known by in logs, the admin API and the registry."""
+    return secrets.token_hex(4) + "-" + secrets.token_hex(2)

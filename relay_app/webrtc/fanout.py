@@ -1,0 +1,121 @@
+"""One source to N subscribers, each with a small bounded buffer.
+
+A `Fanout` hands every item published to it (decoded audio frames, or encoded Opus packets in
+`forward` mode) to each subscriber's `RelayTrack`, the track a receiver's RTCRtpSender reads.
+
+Why not aiortc's `MediaRelay`: it starts its reader with `asyncio.ensure_future` (a task nobody
+owns, left pending at exit, aiortc PR #595) and its buffered proxies queue without limit (PR
+#498). Here the reader is a plain coroutine (`pump`) that the sender's session task group runs,
+so its lifetime is the sender's scope; and each subscriber keeps only the newest `capacity`
+items, so a slow receiver loses its own oldest audio instead of growing memory or delaying
+others. The source is always drained, even with no subscribers (aiortc issue #554).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.frame import Frame
+from av.packet import Packet
+
+from ..core.metrics import Metrics
+
+Media = Frame | Packet
+"""What a track yields: decoded frames (transcoding relay) or encoded packets (forwarding)."""
+
+
+class RelayTrack(MediaStreamTrack):
+    """A subscriber's view of the source: what a receiver's RTCRtpSender reads."""
+
+    kind = "audio"
+
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
+        super().__init__()
+        # (item, time it entered the relay): the age at recv() is the relay-added latency.
+        self._items: deque[tuple[Media, float]] = deque(maxlen=capacity)
+        # asyncio.Event, not anyio: aiortc calls recv() from its own asyncio tasks and we need
+        # clear(); the event is only touched from the loop thread.
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._metrics = metrics
+        self.dropped = 0
+
+    def _put(self, item: Media, ingress: float) -> None:
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+            self._metrics.count_drop("receiver_queue_full")
+        self._items.append((item, ingress))
+        self._ready.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def recv(self) -> Media:
+        while not self._items:
+            if self._closed or self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        item, ingress = self._items.popleft()
+        self._metrics.record_egress(item, time.monotonic() - ingress)
+        return item
+
+
+class Fanout:
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
+        self._capacity = capacity
+        self._metrics = metrics
+        self._subscribers: set[RelayTrack] = set()
+        self._closed = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def subscribe(self) -> RelayTrack:
+        """A new track fed with everything published from now on. Never blocks."""
+        if self._closed:
+            raise MediaStreamError("relay is closed")
+        track = RelayTrack(self._capacity, self._metrics)
+        self._subscribers.add(track)
+        self._metrics.live.relay_subscriptions += 1
+        return track
+
+    def unsubscribe(self, track: RelayTrack) -> None:
+        """Idempotent: teardown paths may call it after close()."""
+        if track in self._subscribers:
+            self._subscribers.discard(track)
+            self._metrics.live.relay_subscriptions -= 1
+        track._close()
+        track.stop()
+
+    def publish(self, item: Media, ingress: float | None = None) -> None:
+        """Hand `item` to every subscriber. Never blocks: full buffers drop their oldest."""
+        ingress = time.monotonic() if ingress is None else ingress
+        for track in self._subscribers:
+            track._put(item, ingress)
+
+    def close(self) -> None:
+        """End every subscriber track; their recv() raises MediaStreamError."""
+        self._closed = True
+        for track in list(self._subscribers):
+            self.unsubscribe(track)
+
+
+async def pump(source: MediaStreamTrack, on_item: Callable[[Media], None]) -> None:
+    """Read `source` until it ends, handing each item on; this is what drains a remote track."""
+    while True:
+        try:
+            item = await source.recv()
+        except MediaStreamError:
+            return
+        on_item(item)

@@ -1,0 +1,112 @@
+"""One pass per packet over all receivers (`relay.fast_path`, forward mode).
+
+In the standard forward path each arriving Opus packet is queued to every receiver's relay
+track and each receiver's aiortc `RTCRtpSender` task wakes up to pull it, packetize it, protect
+it and send it: N task wake-ups and N trips through aiortc's per-packet path per packet. Here
+the sender's packet handler (sender.py) calls every receiver's `DirectSender` in turn, in
+the same call: build the receiver's RTP header, SRTP-protect with the receiver's own session
+(libsrtp, C) and `sendto` on the receiver's nominated ICE pair. aiortc still does ICE, DTLS,
+RTCP (its sender reports are fed the counts this sends) and the receiver's lifetime; its own
+RTP task gets a `Placeholder` track that never yields.
+
+Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
+`tests/test_fast_path.py` fails loudly if an upgrade moves what it uses.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from typing import Any
+
+import anyio
+from aiortc import RTCPeerConnection
+from aiortc import clock as aiortc_clock
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtp import RtpPacket
+
+from ..core.metrics import Metrics
+from .rtp_tap import negotiated_opus_payload_type
+
+_SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
+
+# Name-mangled private counters of RTCRtpSender that its RTCP sender reports read.
+_SENDER = "_RTCRtpSender__"
+
+
+class Placeholder(MediaStreamTrack):
+    """The track a fast-path receiver's transceiver carries: aiortc's own RTP task waits on
+    it and never sends (the DirectSender does); it ends when the track is stopped."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopped = anyio.Event()
+
+    async def recv(self) -> Any:
+        await self._stopped.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._stopped.set()
+
+
+class DirectSender:
+    """Sends one receiver's copy of each packet, synchronously, once its transport is up."""
+
+    def __init__(self, pc: RTCPeerConnection, metrics: Metrics) -> None:
+        self._pc = pc
+        self._metrics = metrics
+        self._sender: Any = None  # resolved on the first packet after DTLS is connected
+        self._sequence = random.getrandbits(16)
+        self._origin = random.getrandbits(32)
+
+    def _resolve(self) -> bool:
+        """The receiver's sender, payload type, SSRC and header extensions, once connected."""
+        transceiver = self._pc.getTransceivers()[0]
+        sender = transceiver.sender
+        dtls = sender.transport
+        if dtls is None or dtls._state != DtlsState.CONNECTED:
+            return False
+        # The header is the same for every packet but for sequence number and timestamp: made
+        # once by aiortc's own serializer (with the MID extension), patched per packet.
+        template = RtpPacket(
+            payload_type=negotiated_opus_payload_type(self._pc), marker=1, ssrc=sender._ssrc
+        )
+        template.extensions.mid = transceiver.mid
+        self._header = bytearray(
+            template.serialize(getattr(sender, _SENDER + "rtp_header_extensions_map"))
+        )
+        self._dtls = dtls
+        self._sender = sender
+        return True
+
+    def __call__(self, payload: bytes, pts: int, arrival: float) -> None:
+        if self._sender is None and not self._resolve():
+            return  # not connected yet: nothing to send to (the standard path waits too)
+        dtls = self._dtls
+        pair = dtls.transport._connection._nominated.get(1)
+        if dtls._state != DtlsState.CONNECTED or pair is None or pair.protocol.transport is None:
+            self._metrics.count_drop("receiver_not_connected")
+            return
+        timestamp = (self._origin + pts) & 0xFFFFFFFF
+        header = self._header
+        _SEQUENCE_AND_TIMESTAMP.pack_into(header, 2, self._sequence, timestamp)
+        data = dtls._tx_srtp.protect(bytes(header) + payload)
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        sender = self._sender  # what aiortc's RTCP sender reports read
+        setattr(
+            sender, _SENDER + "octet_count", getattr(sender, _SENDER + "octet_count") + len(payload)
+        )
+        setattr(sender, _SENDER + "packet_count", getattr(sender, _SENDER + "packet_count") + 1)
+        setattr(sender, _SENDER + "rtp_timestamp", timestamp)
+        setattr(sender, _SENDER + "ntp_timestamp", aiortc_clock.current_ntp_time())
+        metrics = self._metrics
+        metrics.packets_out += 1
+        metrics.bytes_out += len(payload)
+        metrics.relay_latency.observe(time.monotonic() - arrival)

@@ -1,0 +1,104 @@
+"""The one place relay_app reaches into aiortc's internals: encoded Opus packets as they arrive.
+
+aiortc has no public hook for received RTP: a receiver depacketizes into its jitter buffer
+(which holds ~4 packets before releasing any) and decodes in a thread. A forwarding relay
+wants the Opus payload the moment it arrives, without decoding it per receiver. So this
+module wraps one receiver *instance*'s `_handle_rtp_packet`, which `RTCDtlsTransport` awaits
+for every decrypted RTP packet routed to that receiver, and hands each packet to a callback
+first. aiortc's own handling (jitter buffer, decode) runs after it only where PCM is needed
+(`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap.
+
+Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/test_rtp_tap.py` fails loudly if
+an upgrade moves or renames what this relies on.
+"""
+
+from __future__ import annotations
+
+import fractions
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
+from av.packet import Packet
+
+from ..core.errors import NegotiationError
+
+WRITTEN_FOR_AIORTC = "1.16.0"
+OPUS_CLOCK_RATE = 48000  # RFC 7587: Opus RTP always uses a 48 kHz clock
+_OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
+_HOOK = "_handle_rtp_packet"
+
+
+def negotiated_opus_payload_type(pc: RTCPeerConnection) -> int:
+    """The Opus payload type of the (first) audio section of the local description."""
+    description = SessionDescription.parse(pc.localDescription.sdp)
+    for media in description.media:
+        if media.kind != "audio":
+            continue
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "audio/opus" and codec.payloadType is not None:
+                return codec.payloadType
+    raise NegotiationError("only Opus audio is relayed: the offer has no Opus codec")
+
+
+class OpusPacketizer:
+    """Turns arriving RTP packets into `av.Packet`s that aiortc's senders forward as they are.
+
+    The pts is the sender's RTP timestamp, unwrapped past 2**32 and counted from the first
+    packet; each receiver's RTCRtpSender adds its own random origin and numbers its own
+    sequence, so receivers joining mid-stream see a valid, continuous RTP stream.
+    """
+
+    def __init__(self) -> None:
+        self._first: int | None = None
+        self._last = 0
+        self._extended = 0
+
+    def advance(self, rtp: RtpPacket) -> int:
+        """The packet's pts: its timestamp unwrapped, from the first packet seen."""
+        if self._first is None:
+            self._first = self._last = rtp.timestamp
+        delta = (rtp.timestamp - self._last) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000  # reordered: a little behind, not 2**32 ahead
+        self._last = rtp.timestamp
+        self._extended += delta
+        return self._extended
+
+    def packet(self, rtp: RtpPacket, pts: int | None = None) -> Packet:
+        packet = Packet(rtp.payload)
+        packet.pts = self.advance(rtp) if pts is None else pts
+        packet.time_base = _OPUS_TIME_BASE
+        return packet
+
+
+RtpCallback = Callable[[RtpPacket, float], None]
+"""Called with each RTP packet routed to the receiver and its arrival time (monotonic)."""
+
+
+def tap_receiver(
+    receiver: RTCRtpReceiver, on_packet: RtpCallback, *, then_aiortc: bool = True
+) -> None:
+    """Call `on_packet` for every RTP packet `receiver` gets, before aiortc handles it.
+
+    `then_aiortc=False` skips aiortc's handling entirely (no jitter buffer, no decode, no
+    RTCP receiver reports): only for load generators that count packets (bench/fanout.py).
+    """
+    original = getattr(receiver, _HOOK)
+
+    async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        on_packet(packet, time.monotonic())
+        if then_aiortc:
+            await original(packet, arrival_time_ms=arrival_time_ms)
+
+    setattr(receiver, _HOOK, _handle_rtp_packet)
+
+
+def audio_receiver(pc: RTCPeerConnection, track: Any) -> RTCRtpReceiver:
+    for transceiver in pc.getTransceivers():
+        if transceiver.receiver.track is track:
+            return transceiver.receiver
+    raise LookupError("no receiver for this track")
