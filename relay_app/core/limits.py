@@ -100,7 +100,7 @@ def check_frame(data: str | bytes | None, limit: int) -> str:
     """The text of a WebSocket frame the protocol can parse, or why it cannot be used.
 
     Quart hands over an empty binary frame as None (`bytes or text`), found by
-    tests/test_fuzz.py: anything not text is a binary frame.
+    tests/endpoints/test_fuzz.py: anything not text is a binary frame.
     """
     if not isinstance(data, str):
         raise ProtocolError("binary frames are not supported; send JSON text frames")

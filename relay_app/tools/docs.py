@@ -41,7 +41,7 @@ def configuration_markdown() -> str:
         "# Configuration",
         "",
         "<!-- Generated from relay_app/core/config.py by `python -m relay_app.config > "
-        "docs/configuration.md`; tests/test_docs.py fails when this file drifts. -->",
+        "docs/configuration.md`; tests/operations/test_docs.py fails when this file drifts. -->",
         "",
         "Settings come from built-in defaults, then `config.json` (`--config PATH` or the",
         "`RELAY_CONFIG` environment variable), then environment variables, highest last.",

@@ -10,7 +10,7 @@ going. Measured: how long each flooding session lived (server log: `client_conne
 `connection_cleanup`), whether any outlived `webrtc.connection_timeout` +
 `relay.teardown_timeout`, the server's RSS growth, how much audio the receiver heard, and that
 every live count returns to zero. Results go to bench/results/slow-readers-<timestamp>.json;
-`tests/test_hardening.py` runs a short version.
+`tests/scenarios/test_hardening.py` runs a short version.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ receiving; a drop after the server's offer, before answering; a drop in the midd
 sender leaving while its receivers listen (they must get `stream_ended`). A long-lived sender
 keeps a stream up for the receivers throughout. Afterwards every live count in /metrics must be
 zero, the relay/aiortc/aioice tasks and the threads back to their baseline, and RSS growth under
-20 MB. The RSS curve goes to bench/results/soak-<timestamp>.json. `tests/test_soak.py` runs a
-short version in `make test`.
+20 MB. The RSS curve goes to bench/results/soak-<timestamp>.json.
+`tests/scenarios/test_soak.py` runs a short version in `make test`.
 """
 
 from __future__ import annotations

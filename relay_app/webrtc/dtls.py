@@ -10,7 +10,7 @@ every peer, and per-connection state stays in each `SSL.Connection`.
 
 aiortc reads `RTCCertificate` from its `rtcpeerconnection` module when it builds a peer
 connection; this module is the one place that replaces it. Written against aiortc 1.16.0
-(pinned); tests/test_dtls.py fails loudly if an upgrade moves the hook.
+(pinned); tests/webrtc/test_dtls.py fails loudly if an upgrade moves the hook.
 """
 
 from __future__ import annotations

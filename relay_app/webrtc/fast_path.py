@@ -10,7 +10,7 @@ RTCP (its sender reports are fed the counts this sends) and the receiver's lifet
 RTP task gets a `Placeholder` track that never yields.
 
 Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
-`tests/test_fast_path.py` fails loudly if an upgrade moves what it uses.
+`tests/webrtc/test_fast_path.py` fails loudly if an upgrade moves what it uses.
 """
 
 from __future__ import annotations

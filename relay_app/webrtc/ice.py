@@ -4,8 +4,8 @@ aioice asks `aioice.ice.get_host_addresses` for every interface address and alwa
 127.0.0.1, and neither aioice nor aiortc takes a list of addresses. This module is the one place
 that hooks it: the hook is process-wide, which matches the setting (one server process, one
 list). With `["127.0.0.1"]` every candidate, and so every media packet, stays on loopback.
-Written against aioice 0.13 (pinned through aiortc==1.16.0); tests/test_ice.py fails loudly if
-an upgrade renames the hook.
+Written against aioice 0.13 (pinned through aiortc==1.16.0); tests/webrtc/test_ice.py fails
+loudly if an upgrade renames the hook.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ for every decrypted RTP packet routed to that receiver, and hands each packet to
 first. aiortc's own handling (jitter buffer, decode) runs after it only where PCM is needed
 (`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap.
 
-Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/test_rtp_tap.py` fails loudly if
+Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/webrtc/test_rtp_tap.py` fails loudly if
 an upgrade moves or renames what this relies on.
 """
 

@@ -22,11 +22,10 @@ from relay_app.core import protocol as p
 from relay_app.core.auth import mint
 from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config
 
-from .conftest import finish_server
+from ..helpers import SECRET, finish_server
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "cluster-test-secret-0123456789abcdef"
 NODE_TTL = 2.0
 NODES = ("a", "b", "c")
 

@@ -25,7 +25,7 @@ from relay_app.audio.levels import rms_dbfs
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import REPO, ServerProcess, deep_merge
 
-from .conftest import assert_no_leaks, finish_server, serving
+from ..helpers import assert_no_leaks, finish_server, serving
 
 pytestmark = pytest.mark.anyio
 

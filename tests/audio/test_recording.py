@@ -18,7 +18,7 @@ from relay_app.audio.recording import RECORDING_NAME
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import ServerProcess
 
-from .conftest import finish_server, serving
+from ..helpers import finish_server, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -30,13 +30,12 @@ from relay_app.client import (
     ToneTrack,
 )
 from relay_app.core import protocol as p
-from relay_app.core.auth import mint
 from relay_app.core.errors import sole_error
 from relay_app.core.logs import RepeatFilter
 from relay_app.tools.slow_readers import slow_readers
 from relay_app.tools.testing import REPO, ServerProcess, assert_kept_hearing, listening_pair
 
-from .conftest import assert_no_leaks, serving
+from ..helpers import assert_no_leaks, token
 
 pytestmark = pytest.mark.anyio
 
@@ -48,21 +47,7 @@ def relay_mode() -> str:
     return "forward"
 
 
-SECRET = "hardening-test-secret-0123456789abcdef0123"
-
-
-def token(role: str, ttl: float = 600, **kwargs: object) -> str:
-    return mint(SECRET, role, ttl, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {
-        "auth": {"secret": SECRET, "timeout": 1.5},
-        "server": {"max_pending_connections": 2},
-    }
-    metrics = {"Authorization": f"Bearer {token('metrics')}"}
-    yield from serving(tmp_path_factory.mktemp("hardened"), config, metrics)
+SECURE_CONFIG = {"auth": {"timeout": 1.5}, "server": {"max_pending_connections": 2}}
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 from relay_app.core.protocol import CLIENT_TYPES
 from relay_app.tools.testing import ServerProcess, assert_kept_hearing, listening_pair
 
-from .conftest import assert_no_leaks, serving
+from ..helpers import assert_no_leaks, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from relay_app.core import protocol as p
 from relay_app.core.auth import mint
 from relay_app.tools.testing import ServerProcess
 
-from .conftest import serving
+from ..helpers import SECRET, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +26,6 @@ CHANNELS = {
     "english": {"label": "English interpretation", "description": "Booth 1"},
     "french": {"label": "Interprétation française"},
 }
-SECRET = "s3cret-for-channel-tests-0123456789abcdef"
 
 
 def hears(client: RelayClient, hz: float) -> bool:

@@ -17,7 +17,7 @@ import zxingcpp
 
 from relay_app.tools.testing import REPO, ServerProcess
 
-from .conftest import serving
+from ..helpers import serving
 
 
 def decode_terminal_qr(text: str) -> str:

@@ -20,7 +20,7 @@ from relay_app.core.auth import mint
 from relay_app.core.errors import sole_error
 from relay_app.tools.testing import REPO, ServerProcess
 
-from .conftest import assert_no_leaks, serving
+from ..helpers import SECRET, assert_no_leaks, token
 
 pytestmark = pytest.mark.anyio
 
@@ -32,29 +32,18 @@ def relay_mode() -> str:
     return "forward"
 
 
-SECRET = "s3cret-for-tests-only-0123456789abcdef"
-SECURE_CONFIG = {
-    "auth": {"secret": SECRET, "protect_metrics": True},
+SECURE_CONFIG = {  # (conftest's secure_server adds auth.secret)
+    "auth": {"protect_metrics": True},
     "streams": {"max_streams": 2, "max_receivers": 2},
     "server": {"max_messages_per_second": 5},
     "webrtc": {"negotiation_timeout": 1.5},
 }
 
 
-@pytest.fixture(scope="module")
-def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    metrics = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}
-    yield from serving(tmp_path_factory.mktemp("secure"), SECURE_CONFIG, metrics)
-
-
 @pytest.fixture
 def server(secure_server: ServerProcess) -> Iterator[ServerProcess]:
     yield secure_server
     assert_no_leaks(secure_server)
-
-
-def token(role: str, **kwargs: object) -> str:
-    return mint(SECRET, role, 600, **kwargs)  # type: ignore[arg-type]
 
 
 async def refused(url: str, expected: str) -> None:

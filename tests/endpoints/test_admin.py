@@ -25,11 +25,10 @@ from relay_app.core.auth import mint
 from relay_app.core.errors import sole_error
 from relay_app.tools.testing import ServerProcess
 
-from .conftest import require_namespaces, serving
+from ..helpers import SECRET, require_namespaces, serving
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "s3cret-for-admin-tests-0123456789abcdef"
 CHANNELS = {"english": {"label": "English"}}
 
 

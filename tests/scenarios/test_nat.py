@@ -30,7 +30,7 @@ import pytest
 
 from relay_app.tools.testing import ServerProcess
 
-from .conftest import require_namespaces
+from ..helpers import require_namespaces
 
 CLIENT_IP, HOST_LAN_IP = "198.51.100.2", "198.51.100.1"
 HOST_BRIDGE_IP, SERVER_IP = "192.0.2.1", "192.0.2.2"

@@ -19,12 +19,10 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core.auth import mint
 from relay_app.tools.testing import ServerProcess
 
-from .conftest import serving
+from ..helpers import SECRET, serving
 
 # The HTTP path is fed from the RTP tap in both relay modes: the same code either way.
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
-
-SECRET = "s3cret-for-http-listening-0123456789abcdef"
 
 
 async def listen(url: str, seconds: float, headers: dict[str, str] | None = None) -> bytes:

@@ -25,9 +25,10 @@ from relay_app.streams.context import RelayContext
 from relay_app.streams.stream import EndCause, SessionInfo, Stream, new_connection_id
 from relay_app.webrtc.fanout import Fanout
 
+from ..helpers import SECRET
+
 pytestmark = pytest.mark.anyio
 
-SECRET = "in-process-test-secret-0123456789abcdef"
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # no m= section
 
 

@@ -23,12 +23,10 @@ from relay_app.core.auth import mint
 from relay_app.server.tls import make_self_signed
 from relay_app.tools.testing import REPO, ServerProcess
 
-from .conftest import serving
+from ..helpers import SECRET, serving
 from .test_http_listening import decode, listen
 
 pytestmark = pytest.mark.anyio
-
-SECRET = "s3cret-for-whip-tests-0123456789abcdef"
 
 
 def dominant(recorder: object) -> float:

@@ -1,0 +1,76 @@
+"""Helpers the tests share: the one test secret, server lifetimes, the leak check, network
+namespaces. Fixtures are in conftest.py; what bench/ shares with the tests is in
+relay_app/tools/testing.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay_app.core.auth import Role, mint
+from relay_app.tools.testing import ServerProcess
+
+# The one secret every test server with auth on uses (auth.secret), and its tokens.
+SECRET = "relay-app-test-secret-0123456789abcdef0123"
+
+
+def token(role: Role, ttl: float = 600, **kwargs: Any) -> str:
+    return mint(SECRET, role, ttl, **kwargs)
+
+
+def finish_server(server: ServerProcess) -> None:
+    code = server.stop()
+    assert code == 0, f"server exit code {code}; stderr: {server.stderr[-20:]}"
+    assert not server.bad_lines, f"non-JSON lines on the server's stdout: {server.bad_lines[:5]}"
+    tracebacks = [e for e in server.events if "exception" in e]
+    assert not tracebacks, f"the server logged tracebacks: {tracebacks[:3]}"
+
+
+def serving(
+    tmp_dir: Path, config: dict[str, Any], headers: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A module's server: started, its baseline taken (with `headers` for a protected
+    /metrics), and checked when the module is done."""
+    server = ServerProcess(tmp_dir, config).start()
+    try:
+        server.headers = headers or {}
+        server.take_baseline()
+        yield server
+        finish_server(server)
+    finally:
+        server.stop()
+
+
+def assert_no_leaks(server: ServerProcess) -> None:
+    """Sessions, task groups, peer connections, relay subscriptions at zero; tasks at baseline."""
+    server.wait_idle()
+
+
+def require_namespaces(tools: tuple[str, ...] = ("ip",)) -> None:
+    """Skip unless this machine can build network namespaces; under CI=true, fail instead."""
+    reason = _namespaces_unavailable(tools)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and this test needs network namespaces: {reason}")
+        pytest.skip(reason)
+
+
+def _namespaces_unavailable(tools: tuple[str, ...]) -> str | None:
+    """Why this machine cannot build network namespaces, or None."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install -y iproute2 nftables)"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root (CAP_NET_ADMIN)"
+    probe = f"relayprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"the kernel refuses network namespaces: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], check=True)
+    return None
