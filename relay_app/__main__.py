@@ -37,7 +37,9 @@ RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 AUDIO_SEND_BUFFER_BYTES = 16 * 1024
 
 
-def _bind(host: str, port: int, send_buffer: int | None = None) -> socket.socket:
+def _bind(
+    host: str, port: int, send_buffer: int | None = None, dead_peer_timeout: float = 0
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,6 +49,11 @@ def _bind(host: str, port: int, send_buffer: int | None = None) -> socket.socket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     if send_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    if dead_peer_timeout > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+        # Inherited too: a peer that stops taking our data (a zero window, no ACKs) is cut
+        # by the kernel, even where our own close cannot finish because the write is stuck.
+        milliseconds = int(dead_peer_timeout * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     sock.bind((host, port))
     # Listening now (not when Hypercorn gets to it) means a client that read our
     # `server_listening` line is queued in the backlog instead of refused.
@@ -75,8 +82,13 @@ async def _serve(settings: Settings) -> None:
     log = get_logger("relay_app.main")
     server = settings.server
     sockets = [
-        _bind(server.host, server.port),
-        _bind(server.host, server.audio_port, AUDIO_SEND_BUFFER_BYTES),
+        _bind(server.host, server.port, dead_peer_timeout=server.dead_peer_timeout),
+        _bind(
+            server.host,
+            server.audio_port,
+            AUDIO_SEND_BUFFER_BYTES,
+            dead_peer_timeout=server.dead_peer_timeout,
+        ),
     ]
     ports = [sock.getsockname()[1] for sock in sockets]
     app: PortDispatcher = create_asgi_app(settings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,9 @@ class Listener:
     headers: bytes
     log: Any
     sent_bytes: int = 0
+    # Ends its response at once, stuck writes and all (a listener dropped as too slow is
+    # most likely one whose client stopped reading: its connection must not stay open).
+    abort: Callable[[], None] = lambda: None
 
 
 @dataclass(eq=False)
@@ -61,6 +64,7 @@ class HttpAudio:
             except anyio.WouldBlock:
                 self._drop(listener, "too slow")
                 self.metrics.http_listeners_dropped += 1
+                listener.abort()
 
     def _drop(self, listener: Listener, reason: str) -> None:
         """Out of the fan-out, once: logged now, even if its response is still stuck writing
@@ -81,10 +85,15 @@ class HttpAudio:
             self._drop(listener, "stream ended")
 
     @asynccontextmanager
-    async def listen(self, log: Any) -> AsyncIterator[Listener]:
-        """A new listener from the next page on; it ends when its context exits."""
+    async def listen(
+        self, log: Any, abort: Callable[[], None] | None = None
+    ) -> AsyncIterator[Listener]:
+        """A new listener from the next page on; it ends when its context exits. `abort`
+        ends its HTTP response at once when it is dropped as too slow."""
         inbox, pages = anyio.create_memory_object_stream[Page](LISTENER_PAGES)
         listener = Listener(pages=pages, inbox=inbox, headers=self.muxer.headers(), log=log)
+        if abort is not None:
+            listener.abort = abort
         self.listeners.add(listener)
         self.metrics.live.http_listeners += 1
         log.info("http_listener_started")

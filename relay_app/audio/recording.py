@@ -6,6 +6,12 @@ never touches the disk: it builds one-second pages and queues them. `Recording.r
 the stream's own task group (sender.serve_stream), opens the file and writes the pages from a
 worker thread, so a slow or full disk never stalls the event loop that relays the audio.
 
+Nothing reaches the disk before the sender's first audio (a stream that carries none leaves no
+file), a sender pushing more bytes a second than Opus can carry has its recording stopped
+(`recording.max_bytes_per_second`; its audio goes on), and the directory is kept within
+`recording.max_total_bytes` and `recording.keep_days`, oldest deleted first, whenever a
+recording starts or ends.
+
 The file is closed cleanly whatever ends the run: the stream's end or the server stopping
 (the task is cancelled; its `finally` is shielded and bounded) writes the pending packets and
 the end-of-stream page first, so every file decodes. A disk that fails (unwritable directory,
@@ -24,6 +30,8 @@ from typing import IO, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..core.config import RecordingSettings
+from ..core.limits import Allowance
 from ..core.metrics import Metrics
 from .ogg import OPUS_RATE, OggOpusMuxer
 
@@ -54,10 +62,16 @@ def _open_new(path: Path) -> tuple[Path, IO[bytes]]:
 
 
 class Recording:
-    def __init__(self, path: Path, metrics: Metrics, log: Any) -> None:
+    def __init__(
+        self, path: Path, metrics: Metrics, log: Any, settings: RecordingSettings | None = None
+    ) -> None:
         self.path = path
         self._metrics = metrics
         self._log = log
+        self._settings = settings or RecordingSettings()
+        # Payload bytes a second: what Opus can be, and no more.
+        self._budget = Allowance(self._settings.max_bytes_per_second)
+        self.stopped = False  # over the byte rate: the file so far is kept
         self._muxer = OggOpusMuxer(random.getrandbits(32), packets_per_page=PACKETS_PER_PAGE)
         self._pages: tuple[MemoryObjectSendStream[bytes], MemoryObjectReceiveStream[bytes]] = (
             anyio.create_memory_object_stream[bytes](PAGE_BUFFER)
@@ -68,7 +82,11 @@ class Recording:
 
     def feed(self, packet: bytes) -> None:
         """One Opus packet from the sender (sync, no I/O)."""
-        if self.failed:
+        if self.failed or self.stopped:
+            return
+        if not self._budget.take(len(packet)):
+            limit = self._settings.max_bytes_per_second
+            self._stop(f"over {limit} bytes/s (recording.max_bytes_per_second): not Opus speech")
             return
         page = self._muxer.add(packet)
         if page is not None:
@@ -84,27 +102,44 @@ class Recording:
         return self._muxer.granule / OPUS_RATE
 
     async def run(self) -> None:
-        """Write the pages until cancelled (the stream ended), then close the file cleanly."""
+        """Write the pages until cancelled (the stream ended), then close the file cleanly.
+        The file is created with the first page (or, for under a second of audio, at the
+        end): a stream without audio leaves none."""
         self._running = True
+        file: IO[bytes] | None = None
         try:
-            self.path, file = await anyio.to_thread.run_sync(_open_new, self.path)
-        except OSError as error:
-            self._fail(f"cannot create {self.path}: {error.strerror or error}")
-            self._running = False
-            self.close()
-            return
-        self._metrics.live.recordings += 1
-        self._log.info("recording_started", path=str(self.path))
-        try:
-            await self._write(file, self._muxer.headers())
             async for page in self._pages[1]:
+                file = file or await self._open()
+                if file is None:
+                    return
                 await self._write(file, page)
         except OSError as error:
             self._fail(f"cannot write {self.path}: {error.strerror or error}")
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await self._finish(file)
-            self._metrics.live.recordings -= 1
+                if file is None and self._muxer.granule and not self.failed:
+                    file = await self._open()
+                if file is not None:
+                    await self._finish(file)
+                    self._metrics.live.recordings -= 1
+                self._pages[1].close()
+                await anyio.to_thread.run_sync(self._prune)
+
+    async def _open(self) -> IO[bytes] | None:
+        await anyio.to_thread.run_sync(self._prune)
+        try:
+            self.path, file = await anyio.to_thread.run_sync(_open_new, self.path)
+        except OSError as error:
+            self._fail(f"cannot create {self.path}: {error.strerror or error}")
+            return None
+        self._metrics.live.recordings += 1
+        self._log.info("recording_started", path=str(self.path))
+        await self._write(file, self._muxer.headers())
+        return file
+
+    def _prune(self) -> None:
+        for path, reason in prune_recordings(self.path.parent, self._settings, keep=self.path):
+            self._log.info("recording_deleted", path=str(path), reason=reason)
 
     async def _write(self, file: IO[bytes], data: bytes) -> None:
         await anyio.to_thread.run_sync(file.write, data)
@@ -137,6 +172,12 @@ class Recording:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return pages
 
+    def _stop(self, reason: str) -> None:
+        """Stop recording this stream (the file so far is kept and closed cleanly)."""
+        self.stopped = True
+        self._log.warning("recording_stopped", path=str(self.path), reason=reason)
+        self._pages[0].close()
+
     def _fail(self, reason: str) -> None:
         if not self.failed:
             self.failed = True
@@ -168,3 +209,35 @@ def list_recordings(directory: Path, live: set[Path]) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda row: row["modified"], reverse=True)
+
+
+def prune_recordings(
+    directory: Path, settings: RecordingSettings, keep: Path | None = None
+) -> list[tuple[Path, str]]:
+    """Delete recordings older than keep_days, then the oldest until the directory holds at
+    most max_total_bytes; `keep` (the one being written) is never deleted. What was deleted,
+    and why. Best effort: a directory that cannot be read is left alone (the recording's own
+    open reports it)."""
+    try:
+        files = [p for p in directory.iterdir() if RECORDING_NAME.match(p.name) and p.is_file()]
+    except OSError:
+        return []
+    stats = sorted(((p.stat(), p) for p in files if p != keep), key=lambda sp: sp[0].st_mtime)
+    deleted: list[tuple[Path, str]] = []
+    if settings.keep_days:
+        cutoff = time.time() - settings.keep_days * 86400
+        for _stat, path in [sp for sp in stats if sp[0].st_mtime < cutoff]:
+            path.unlink(missing_ok=True)
+            deleted.append((path, f"older than {settings.keep_days:g} days"))
+        stats = [sp for sp in stats if sp[0].st_mtime >= cutoff]
+    if settings.max_total_bytes:
+        total = sum(stat.st_size for stat, _ in stats)
+        if keep is not None and keep.is_file():
+            total += keep.stat().st_size
+        for stat, path in stats:
+            if total <= settings.max_total_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= stat.st_size
+            deleted.append((path, f"over {settings.max_total_bytes} bytes in all"))
+    return deleted

@@ -25,6 +25,8 @@ this node's streams again.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import socket
@@ -77,6 +79,9 @@ class Cluster:
 
     settings: ClusterSettings
     registry: StreamRegistry
+    # auth.secret: every record this node writes is signed with it, and a record that does
+    # not carry a valid signature is ignored (Redis is storage, not a party we trust).
+    secret: str | None = None
     node_id: str = field(default_factory=default_node_id)
     # The other nodes' streams and nodes as last read; empty while Redis is away.
     remote: dict[str, RemoteStream] = field(default_factory=dict)
@@ -88,6 +93,7 @@ class Cluster:
     _wake: anyio.Event | None = None  # made in run(): an anyio.Event needs the loop
     _written: dict[str, str] = field(default_factory=dict)  # stream_id -> the record we wrote
     _started_at: float = field(default_factory=time.time)
+    _rejected: set[str] = field(default_factory=set)  # keys already logged as forged
 
     def __post_init__(self) -> None:
         self.node_id = self.settings.node_id or self.node_id
@@ -210,7 +216,7 @@ class Cluster:
             "started_at": self._started_at,
             "receivers": {s.stream_id: s.listeners for s in live if s.listeners},
         }
-        pipe.set(NODE_KEY + self.node_id, json.dumps(node), px=ttl)
+        pipe.set(NODE_KEY + self.node_id, self._sign(NODE_KEY + self.node_id, node), px=ttl)
         events = []
         records = {
             stream_id: self._written.get(stream_id) or self._record(stream)
@@ -231,15 +237,36 @@ class Cluster:
         await self._read(client)
 
     def _record(self, stream: Stream) -> str:
-        return json.dumps(
-            {
-                "stream_id": stream.stream_id,
-                "node_id": self.node_id,
-                "advertise_url": self.settings.advertise_url,
-                "started_at": stream.started_at,
-                "channel": stream.channel,
-            }
-        )
+        record = {
+            "stream_id": stream.stream_id,
+            "node_id": self.node_id,
+            "advertise_url": self.settings.advertise_url,
+            "started_at": stream.started_at,
+            "channel": stream.channel,
+        }
+        return self._sign(STREAM_KEY + stream.stream_id, record)
+
+    def _sign(self, key: str, record: dict[str, Any]) -> str:
+        """The value written under `key`: the record, signed when there is a secret. The key
+        is part of what is signed, so a record cannot be replayed under another name."""
+        body = json.dumps(record)
+        if self.secret is None:
+            return body
+        return json.dumps({"signed": body, "sig": _signature(self.secret, key, body)})
+
+    def _open(self, key: str, value: bytes | str) -> Any:
+        """The record stored under `key`, if it is ours (signed with our secret)."""
+        data = json.loads(value)
+        if self.secret is None:
+            return data
+        body, sig = data.get("signed"), data.get("sig")
+        good = isinstance(body, str) and isinstance(sig, str)
+        if good and hmac.compare_digest(sig, _signature(self.secret, key, body)):
+            return json.loads(body)
+        if key not in self._rejected:  # once per key: a planted record is re-read every beat
+            self._rejected.add(key)
+            self.log.warning("cluster_record_rejected", key=key, reason="bad or no signature")
+        raise ValueError("unsigned record")
 
     async def _read(self, client: aioredis.Redis) -> None:
         keys = [key async for key in client.scan_iter(match=PREFIX + "*:*", count=1000)]
@@ -250,7 +277,8 @@ class Cluster:
             if value is None:  # expired between SCAN and MGET
                 continue
             try:
-                name, record = key.decode(), json.loads(value)
+                name = key.decode()
+                record = self._open(name, value)
                 if name.startswith(NODE_KEY):
                     receivers = record.get("receivers")
                     record["receivers"] = receivers if isinstance(receivers, dict) else {}
@@ -299,6 +327,11 @@ class Cluster:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await pubsub.aclose()
+
+
+def _signature(secret: str, key: str, body: str) -> str:
+    message = f"{key}\n{body}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def _redis_failure(error: BaseException) -> str | None:

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from ..streams.context import RelayContext
     from .directory import RemoteStream
 
-NODE_TOKEN_TTL = 3600.0  # a link sends a fresh node token every half of it (_keep_alive)
+# Node tokens are short-lived and bound to one stream and the node they are sent to, so one
+# that leaks (to whoever a directory record pointed at) plays nothing anywhere else, briefly.
+NODE_TOKEN_TTL = 120.0  # a link sends a fresh node token every half of it (_keep_alive)
 LINGER_POLL = 0.25  # seconds between looks at a relayed stream's receivers
 
 
@@ -125,16 +127,24 @@ class Upstreams:
             link.closed.set()
 
 
-def node_token(ctx: RelayContext, cluster: Cluster) -> str | None:
+def node_token(ctx: RelayContext, cluster: Cluster, remote: RemoteStream) -> str | None:
+    """What this node shows `remote`'s origin to relay that one stream (auth on)."""
     secret = ctx.settings.auth.secret
     if secret is None:
         return None
-    return mint(secret.get_secret_value(), "node", NODE_TOKEN_TTL, subject=cluster.node_id)
+    return mint(
+        secret.get_secret_value(),
+        "node",
+        NODE_TOKEN_TTL,
+        stream=remote.stream_id,
+        subject=cluster.node_id,
+        to=remote.node_id,
+    )
 
 
 async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) -> None:
     remote, settings = link.remote, ctx.settings
-    token = node_token(ctx, cluster)
+    token = node_token(ctx, cluster, remote)
     async with RelayClient.connect(remote.advertise_url, token=token, open_timeout=5) as client:
         await client.send(p.StartReceiving(stream_id=remote.stream_id, upstream=True))
         offer = await client.receive(p.Offer, timeout=settings.webrtc.negotiation_timeout)
@@ -165,9 +175,8 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_origin, client, stream)
-                tg.start_soon(
-                    _keep_alive, ctx, cluster, client, settings.webrtc.connection_timeout / 2
-                )
+                interval = settings.webrtc.connection_timeout / 2
+                tg.start_soon(_keep_alive, ctx, cluster, remote, client, interval)
                 tg.start_soon(_linger, stream, settings.cluster.upstream_linger)
                 if not forward:
                     tg.start_soon(pump, stream.source, stream.frames.publish)
@@ -196,7 +205,7 @@ async def _watch_origin(client: RelayClient, stream: Stream) -> None:
 
 
 async def _keep_alive(
-    ctx: RelayContext, cluster: Cluster, client: RelayClient, interval: float
+    ctx: RelayContext, cluster: Cluster, remote: RemoteStream, client: RelayClient, interval: float
 ) -> None:
     """The link plays without decoding, so no RTCP reports tell the origin it is alive; and
     a link outlives its node token, so it sends a fresh one well before the old expires."""
@@ -205,7 +214,7 @@ async def _keep_alive(
         await anyio.sleep(interval)
         await client.send(p.Ping())
         if anyio.current_time() - renewed > NODE_TOKEN_TTL / 2:
-            if (token := node_token(ctx, cluster)) is not None:
+            if (token := node_token(ctx, cluster, remote)) is not None:
                 await client.send(p.Auth(token=token))
             renewed = anyio.current_time()
 

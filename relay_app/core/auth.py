@@ -44,6 +44,8 @@ class Grant:
     stream: str | None = None
     subject: str | None = None
     expires_at: float | None = None  # the token's `exp` (Unix time)
+    # A node token's addressee: the one node it may open an upstream on (its `to` claim).
+    to: str | None = None
 
     def check_unexpired(self) -> None:
         """Tokens are checked when used, not only at connect: a session outlives its token."""
@@ -74,15 +76,22 @@ class Grant:
                 f"(python -m relay_app token --role send --stream {channel})"
             )
 
-    def check_receiving(self, stream_id: str | None, upstream: bool = False) -> str | None:
+    def check_receiving(
+        self, stream_id: str | None, upstream: bool = False, node_id: str | None = None
+    ) -> str | None:
         """The stream to receive (a scoped token names it when the client does not); only a
-        node token opens an `upstream` (another node relaying this node's stream)."""
+        node token opens an `upstream` (another node relaying this node's stream), and a node
+        token opens nothing else, on no node but the one (`node_id`) it was made for."""
         self.check_unexpired()
         if upstream and self.role != "node":
             raise AuthError(
                 f"only a node token opens an upstream (role {self.role!r}); receive with "
                 "start_receiving without upstream"
             )
+        if self.role == "node" and not upstream:
+            raise AuthError("a node token only opens upstreams between cluster nodes")
+        if self.role == "node" and (self.to is None or self.to != node_id):
+            raise AuthError(f"this node token was made for node {self.to!r}, not this one")
         stream_id = stream_id or self.stream
         if not self.allows_receiving(stream_id):
             raise AuthError(
@@ -98,6 +107,7 @@ def mint(
     ttl_seconds: float,
     stream: str | None = None,
     subject: str | None = None,
+    to: str | None = None,
 ) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -110,6 +120,8 @@ def mint(
         claims["stream"] = stream
     if subject is not None:
         claims["sub"] = subject
+    if to is not None:
+        claims["to"] = to
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -137,7 +149,11 @@ def verify(secret: str, token: str) -> Grant:
     stream = claims.get("stream")
     if stream is not None and not isinstance(stream, str):
         raise AuthError("access token's stream must be a string")
-    return Grant(role=role, stream=stream, subject=claims.get("sub"), expires_at=claims["exp"])
+    to = claims.get("to")
+    if to is not None and not isinstance(to, str):
+        raise AuthError("access token's `to` must be a string")
+    subject = claims.get("sub")
+    return Grant(role=role, stream=stream, subject=subject, expires_at=claims["exp"], to=to)
 
 
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")

@@ -66,6 +66,14 @@ class ServerSettings(_Section):
     graceful_timeout: float = Field(
         1.0, ge=0, description="Seconds Hypercorn waits for sessions to end on SIGTERM."
     )
+    dead_peer_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a client may leave the server's data unacknowledged or refuse to "
+        "take more (TCP_USER_TIMEOUT) before the kernel closes its connection: a player that "
+        "stopped reading, a phone that vanished. 0 = the kernel's default (about 15 min). Set "
+        "on the sockets `python -m relay_app` opens (not under the plain hypercorn command).",
+    )
     max_messages_per_second: float = Field(
         20.0, gt=0, description="WebSocket messages a client may send per second (burst: 2x)."
     )
@@ -84,8 +92,15 @@ class ServerSettings(_Section):
     max_connections_per_address: int = Field(
         10,
         ge=1,
-        description="WebSocket connections (open or still authenticating) from one client "
-        "address; the next is refused with 1013. `trusted_addresses` are exempt.",
+        description="Connections from one client address through any door (WebSocket sessions "
+        "open or authenticating, WHIP/WHEP resources, Ogg listeners, admin calls); the next is "
+        "refused (close 1013, HTTP 503). `trusted_addresses` are exempt.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (their own addresses) whose `X-Forwarded-For` names the "
+        "client: that address is then used for per-address caps, logs and the admin API. A "
+        "request from anywhere else has its forwarded headers ignored.",
     )
     trusted_addresses: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],
@@ -261,6 +276,25 @@ class RecordingSettings(_Section):
         "all",
         description='"all": every stream except channels with `record: false`; "marked": only '
         "channels with `record: true`.",
+    )
+    max_bytes_per_second: int = Field(
+        64000,
+        ge=1000,
+        description="Opus payload bytes a second one recording accepts (Opus tops out at "
+        "510 kbit/s, 63,750 B/s); a sender above it is not speech: its recording stops "
+        "(`recording_stopped`), its audio goes on.",
+    )
+    max_total_bytes: int = Field(
+        10 * 1024**3,
+        ge=0,
+        description="Recordings kept in `directory`, in bytes; the oldest are deleted first "
+        "(`recording_deleted`) when a recording starts or ends. 0 = no limit.",
+    )
+    keep_days: float = Field(
+        0,
+        ge=0,
+        description="Recordings older than this many days are deleted (checked when a "
+        "recording starts or ends). 0 = keep them.",
     )
 
     def records(self, channel: ChannelSettings | None) -> bool:

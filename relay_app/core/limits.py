@@ -78,6 +78,21 @@ class Pace(_Bucket):
             await anyio.sleep(-self.tokens / self.rate)
 
 
+class Allowance(_Bucket):
+    """At most `rate` units (bytes) a second on average, bursts of 2x: `take` says whether
+    `amount` more fits."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate, 2 * rate)
+
+    def take(self, amount: float) -> bool:
+        self._refill()
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
+
 class Throttle(_Bucket):
     """Lets through about `rate` events a second (bursts of 2x) and counts the rest."""
 

@@ -119,17 +119,29 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def _cancelled_connection_filter(record: logging.LogRecord) -> bool:
+def _connection_end_filter(record: logging.LogRecord) -> bool:
     """Drop asyncio's "Exception in callback StreamReaderProtocol..." for a connection task
     that was cancelled: Python 3.11's start_server callback calls task.exception() on a
     cancelled task (fixed in 3.12), so every connection Hypercorn cancels at shutdown would
     log a CancelledError traceback that is no error."""
     error = record.exc_info[1] if record.exc_info else None
-    return not (
-        record.name == "asyncio"
-        and isinstance(error, asyncio.CancelledError)
-        and "StreamReaderProtocol" in str(record.msg % record.args if record.args else record.msg)
-    )
+    if record.name != "asyncio" or error is None:
+        return True
+    message = str(record.msg % record.args if record.args else record.msg)
+    if isinstance(error, asyncio.CancelledError) and "StreamReaderProtocol" in message:
+        return False
+    # A connection the kernel cut (server.dead_peer_timeout: a client that stopped taking
+    # data) ends Hypercorn's close with ETIMEDOUT, which it does not expect: the connection
+    # is gone as intended, so this is no error; it is logged as what it is.
+    if isinstance(error, TimeoutError) and "client_connected_cb" in message:
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "connection_cut: the client stopped taking data (server.dead_peer_timeout)",
+            None,
+            None,
+            None,
+        )
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
@@ -181,7 +193,7 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     # A sender of garbage makes aiortc warn once per packet ("failed to decode").
     for handler_ in root.handlers:
         handler_.addFilter(RepeatFilter(("aiortc", "aioice", "av")))
-        handler_.addFilter(_cancelled_connection_filter)
+        handler_.addFilter(_connection_end_filter)
     logging.getLogger("hypercorn.access").disabled = not settings.access_log
     for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
         logger = logging.getLogger(name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ RETRY_AFTER = "5"
 REALM = 'Bearer realm="relay_app"'
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GUARDED = "__relay_door__"  # set on every guarded view function: the URL-map test reads it
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
 log = get_logger("relay_app.guard")
 
 
@@ -85,7 +87,7 @@ WEBSOCKET = Door(
 )
 WHIP = Door("whip", roles=("send", "both"), holds="sender", denied="may not send (WHIP)")
 WHEP = Door("whep", roles=("receive", "both"), holds="receiver", denied="may not receive (WHEP)")
-LISTEN = Door("ogg", roles=("receive", "both", "node"), holds="listener", denied="may not listen")
+LISTEN = Door("ogg", roles=("receive", "both"), holds="listener", denied="may not listen")
 ADMIN = Door(
     "admin",
     roles=("admin",),
@@ -195,8 +197,11 @@ class Guard:
         finally:
             self._leave(entry)
 
-    def _enter(self, door: Door, remote: str, headers: Any, args: Any) -> Entry:
-        grant, pending = self._grant(door, remote, headers, args)
+    def _enter(self, door: Door, peer: str, headers: Any, args: Any) -> Entry:
+        remote = client_address(peer, headers, self.settings.server.trusted_proxies)
+        if door.local_without_secret and self.settings.auth.secret is None:
+            self._check_local(door, peer, headers)
+        grant, pending = self._grant(door, headers, args)
         entry = Entry(remote=remote, grant=grant, pending=pending)
         if door.holds is not None:
             user_agent = headers.get("User-Agent", "")[:200]
@@ -216,12 +221,8 @@ class Guard:
     # Checks --------------------------------------------------------------------------------
     async def _check_host(self) -> Response | None:
         host = (request if has_request_context() else websocket).headers.get("Host", "")
-        try:
-            if host_allowed(host, self._known_hosts):
-                return None
-        except ValueError:  # "[::1", "[zz]:1", an over-long label: not a host at all
-            self.ctx.metrics.count_error("host")
-            return _json(400, f"malformed Host header {host[:100]!r}")
+        if host_allowed(host, self._known_hosts):
+            return None
         log.warning("host_refused", host=host)
         self.ctx.metrics.count_error("host")
         return _json(403, f"host {host!r} is not served here (server.allowed_hosts)")
@@ -233,18 +234,28 @@ class Guard:
         self.ctx.metrics.count_error("origin")
         raise AuthError(f"origin {origin} is not allowed (server.allowed_origins)")
 
-    def _grant(self, door: Door, remote: str, headers: Any, args: Any) -> tuple[Grant | None, bool]:
+    def _check_local(self, door: Door, peer: str, headers: Any) -> None:
+        """Without a secret the admin API trusts only this machine: a direct loopback caller.
+        Anything a proxy touched (forwarded headers, or a configured proxy's address) may be
+        a LAN client relayed through this machine, so it is refused too; browsers' cross-site
+        requests are refused by the Origin check."""
+        proxied = peer in self.settings.server.trusted_proxies or any(
+            name in headers for name in PROXY_HEADERS
+        )
+        if not _is_loopback(peer) or proxied:
+            where = "through a proxy" if proxied else f"from {peer}"
+            raise AuthError(
+                f"the {door.name} API answers only direct callers on this machine (loopback, "
+                f"no proxy) while auth.secret is not set, not {where}; set auth.secret and use "
+                "an admin token (python -m relay_app token --role admin)"
+            )
+
+    def _grant(self, door: Door, headers: Any, args: Any) -> tuple[Grant | None, bool]:
         """The caller's grant for `door` (None: no token needed), and whether it is still to
         come (a WebSocket's first message). AuthError: 401 without a valid token, 403 with a
         token whose role may not use this door."""
         secret = self.settings.auth.secret
         if secret is None:
-            if door.local_without_secret and not _is_loopback(remote):
-                raise AuthError(
-                    f"the {door.name} API answers only this machine (loopback) while "
-                    "auth.secret is not set; set auth.secret and use an admin token to call "
-                    "it from elsewhere"
-                )
             return None, False
         if not door.roles or (door.only_when_protected and not self.settings.auth.protect_metrics):
             return None, False
@@ -284,6 +295,22 @@ class Guard:
         await websocket.send(p.encode(p.Error(message=error.message)))
         code = int(error.close_code or 1008)
         await websocket.close(code, (error.close_reason or error.message)[:120])
+
+
+def client_address(peer: str, headers: Any, trusted_proxies: list[str]) -> str:
+    """The client's address: the connection's own, or, when it comes from a trusted proxy,
+    the last address in `X-Forwarded-For` that is not one of the proxies (what the proxy saw;
+    earlier entries are whatever the client claimed)."""
+    if peer not in trusted_proxies:
+        return peer
+    hops = [hop.strip() for hop in headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a proxy that writes garbage: count it as itself
+    return peer
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -328,6 +355,40 @@ def known_hosts(settings: Settings) -> set[str] | None:
     hostname = socket.gethostname()
     names = {"localhost", hostname, f"{hostname}.local", socket.getfqdn(), settings.server.host}
     return {name.lower() for name in names if name}
+
+
+def malformed_host(host_header: str) -> bool:
+    """A Host header that names no host at all ("[::1", "[zz]:1", a label over 63 characters):
+    refused before the web framework parses it (it would fail with a 500)."""
+    try:
+        urlsplit(f"//{host_header}").port  # noqa: B018 (parsing is the check)
+        host_header.encode("idna")
+    except (ValueError, UnicodeError):
+        return True
+    return False
+
+
+async def refuse_malformed_host(scope: dict[str, Any], send: Any) -> bool:
+    """The guard's first check, at the ASGI level of both ports: answers 400 and says True
+    for a request whose Host is malformed. (The rest of the Host check runs in `Guard`.)"""
+    if scope["type"] not in ("http", "websocket"):
+        return False
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not malformed_host(host):
+        return False
+    log.warning("host_refused", host=host[:100], reason="malformed")
+    body = json.dumps(http_error_body(400, f"malformed Host header {host[:100]!r}")).encode()
+    start = {"status": 400, "headers": [(b"content-type", b"application/json")]}
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", **start})
+        await send({"type": "http.response.body", "body": body})
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", **start})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+    return True
 
 
 def host_allowed(host_header: str, known: set[str] | None) -> bool:

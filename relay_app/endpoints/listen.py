@@ -11,10 +11,11 @@ URL and simply reconnect after a stream ends.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from quart import Quart, Response
+import anyio
+from quart import Quart, Response, request
 
 from ..core.errors import CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
@@ -24,6 +25,31 @@ from ..streams.stream import SessionInfo, Stream
 from .guard import LISTEN, Entry, Guard
 
 LATEST = "latest"
+ABORT = "relay_app.abort"  # the ASGI scope key of a request's Abort (server/dispatch.py)
+
+
+class Abort:
+    """Ends an HTTP response from the server's side, even while a write to a client that
+    stopped reading is stuck: the request's `receive` then reports a disconnect, so Quart
+    cancels the handler (as when a client leaves) and Hypercorn closes the connection."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._waiting: anyio.CancelScope | None = None
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def wrap(self, receive: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        async def receive_or_abort() -> Any:
+            if not self.requested:
+                with anyio.CancelScope() as self._waiting:
+                    return await receive()
+            return {"type": "http.disconnect"}
+
+        return receive_or_abort
 
 
 def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
@@ -45,14 +71,18 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             raise LimitError(f"{message} (streams.max_http_listeners)")
         assert entry.info is not None
         log = get_logger(stream_id=stream.stream_id, remote=entry.remote, role="http_listener")
-        response = Response(_pages(stream, entry.info, log), content_type="audio/ogg")
+        abort = request.scope.get(ABORT)  # (only under the port dispatcher)
+        abort = abort if isinstance(abort, Abort) else None
+        response = Response(_pages(stream, entry.info, log, abort), content_type="audio/ogg")
         response.headers["Cache-Control"] = "no-store"
         # Web players on the main port (or anywhere) may analyse it with WebAudio.
         response.headers["Access-Control-Allow-Origin"] = "*"
         response.timeout = None  # a live stream has no end time (Quart's default is 60 s)
         return response
 
-    async def _pages(stream: Stream, info: SessionInfo, log: Any) -> AsyncIterator[bytes]:
+    async def _pages(
+        stream: Stream, info: SessionInfo, log: Any, abort: Callable[[], None] | None
+    ) -> AsyncIterator[bytes]:
         """The response body: a session from its first page to its last. (The guard admitted
         it and released its pending slot when the handler returned; a body that never
         starts holds nothing.)"""
@@ -63,7 +93,7 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             log.info("connection_refused", kind=error.kind, error=error.message)
             return
         try:
-            async with stream.http.listen(log) as listener:  # logs its start and its end
+            async with stream.http.listen(log, abort) as listener:  # logs its start and its end
                 yield listener.headers
                 async for page, arrival in listener.pages:
                     yield page

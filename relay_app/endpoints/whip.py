@@ -25,7 +25,7 @@ from typing import Any
 from quart import Quart, Response, request
 
 from ..core.config import CHANNEL_NAME
-from ..core.errors import NegotiationError, NoStreamError, RelayError
+from ..core.errors import LimitError, NegotiationError, NoStreamError, RelayError
 from ..core.limits import check_sdp_size
 from ..core.logs import get_logger
 from ..media.host import MediaRun
@@ -158,10 +158,23 @@ class WhipEndpoints:
 
 
 async def _read_offer(limit: int) -> str:
-    """The request's SDP; 413 over the limit. Read first even then: answering before the
-    client has sent its body makes it see a reset instead of the 413. (Quart bounds any body
-    at MAX_CONTENT_LENGTH, 16 MiB.)"""
-    body = await request.get_data()
-    offer = body if isinstance(body, str) else body.decode("utf-8", errors="replace")
+    """The request's SDP, read only as far as `limit` (webrtc.max_sdp_bytes): a body declared
+    or found larger is refused with 413 at once, so no client makes the server hold more
+    than an offer's worth. (The guard has checked the token before any of it is read.)"""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
+    body = bytearray()
+    async for chunk in request.body:
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+    offer = body.decode("utf-8", errors="replace")
     check_sdp_size(offer, limit)
     return offer
+
+
+def _too_large(size: int, limit: int) -> LimitError:
+    return LimitError(
+        f"SDP too large: {size} bytes (limit {limit}, webrtc.max_sdp_bytes)", http_status=413
+    )

@@ -48,6 +48,7 @@ class SessionHost(Protocol):
 
 
 MediaRole = Literal["sender", "receiver"]
+MEDIA_SILENCE_FLOOR = 5.0  # seconds; receivers send RTCP reports every 0.5-1.5 s
 MediaRun = Callable[..., Awaitable[None]]
 """run_sender or run_receiver: (host, media, arg, *, task_status); a WebSocket session or a
 WHIP/WHEP resource runs one in its own task group."""

@@ -147,7 +147,7 @@ def _recording(host: SessionHost, stream: Stream) -> Recording | None:
         return None
     path = recording_path(Path(settings.recording.directory), stream.stream_id, stream.started_at)
     log = get_logger(connection_id=host.connection_id, role="sender", stream_id=stream.stream_id)
-    return Recording(path, host.ctx.metrics, log)
+    return Recording(path, host.ctx.metrics, log, settings.recording)
 
 
 async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) -> None:

@@ -23,6 +23,8 @@ from .lifespan import serve_root
 from .pages import page_routes
 from .websocket import BoundedWebsocketConnection, decline_websocket_compression
 
+MAX_JSON_BODY = 64 * 1024  # an admin call's body
+
 
 def build_context(settings: Settings) -> RelayContext:
     """The context one server's apps share; a cluster node's when cluster.redis_url is set."""
@@ -40,6 +42,9 @@ def create_app(settings: Settings, ctx: RelayContext | None = None) -> Quart:
     guard = Guard(ctx)
     app = Quart(__name__, static_folder=None)  # static files are a guarded page route
     app.config["RELAY_CONTEXT"] = ctx
+    # No request here carries more than an SDP offer or a small JSON body: Quart refuses a
+    # bigger one (413) instead of reading up to its 16 MiB default.
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.webrtc.max_sdp_bytes, MAX_JSON_BODY)
     app.asgi_websocket_class = BoundedWebsocketConnection
     guard.install(app)
     http_peers = HttpPeers(ctx)  # WHIP publishers and WHEP players, run in ROOT

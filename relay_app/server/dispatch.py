@@ -7,6 +7,9 @@ from typing import Any
 
 from quart import Quart
 
+from ..endpoints.guard import refuse_malformed_host
+from ..endpoints.listen import ABORT, Abort
+
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -24,4 +27,11 @@ class PortDispatcher:
         app = self.main
         if scope["type"] != "lifespan" and server and server[1] in self.status_ports:
             app = self.status
+        if await refuse_malformed_host(scope, send):
+            return
+        if scope["type"] == "http":
+            # A response that must end now, however stuck its writes are (an Ogg listener
+            # dropped as too slow): the route aborts, Quart sees a disconnect.
+            abort = scope[ABORT] = Abort()
+            receive = abort.wrap(receive)
         await app(scope, receive, send)  # type: ignore[arg-type]

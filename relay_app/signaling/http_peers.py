@@ -26,13 +26,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..core import protocol as p
+from ..core.config import WebRTCSettings
 from ..core.errors import RelayError, sole_error
 from ..core.logs import get_logger
-from ..media.host import MediaRun, MediaTask, Negotiated
+from ..media.host import MEDIA_SILENCE_FLOOR, MediaRun, MediaTask, Negotiated
 from ..streams.context import RelayContext
 from ..streams.stream import SessionInfo
 
 Kind = Literal["whip", "whep"]
+WATCH_INTERVAL = 1.0  # seconds between looks at a resource's media
 
 
 @dataclass(eq=False)
@@ -123,7 +125,9 @@ class HttpPeers:
             peer.log.info("client_connected", remote=peer.info.remote, resource=peer.resource_id)
             async with anyio.create_task_group() as resource:
                 peer.scope = resource.cancel_scope
+                resource.start_soon(_watch_media, peer, media, self.ctx.settings.webrtc)
                 await run(peer, media, arg, task_status=Negotiated(media, task_status))
+                resource.cancel_scope.cancel()  # the media ended: so does its watchdog
         except* Exception as group:
             if not media.negotiated:
                 raise  # to open()'s caller: the POST answers with the error
@@ -141,6 +145,34 @@ class HttpPeers:
             media.close()
             peer.done.set()
             peer.log.info("connection_cleanup", reason=peer.ended or "resource ended")
+
+
+async def _watch_media(peer: HttpPeer, media: MediaTask, webrtc: WebRTCSettings) -> None:
+    """A WHIP/WHEP resource has no WebSocket whose silence would end it: it lives while its
+    media does. Released when its media has not connected within webrtc.negotiation_timeout
+    of the answer, or when nothing was heard from the peer (RTP from a publisher, RTCP from a
+    player) for webrtc.idle_close_after; otherwise a player that never finishes ICE would
+    hold a receiver slot until the stream ends."""
+    grace = max(webrtc.idle_close_after, MEDIA_SILENCE_FLOOR)
+    connect_by: float | None = None
+    while True:
+        await anyio.sleep(WATCH_INTERVAL)
+        rtc, now = media.peer, anyio.current_time()
+        if rtc is None or not media.negotiated:
+            continue
+        if not rtc.connected:
+            connect_by = connect_by or now + webrtc.negotiation_timeout
+            if now < connect_by:
+                continue
+            reason = f"media did not connect within {webrtc.negotiation_timeout:g} s"
+        elif now - rtc.last_heard < grace or now - await rtc.refresh_last_heard() < grace:
+            continue
+        else:
+            reason = f"no media from the peer for {grace:g} s"
+        peer.log.info("resource_expired", reason=reason, resource=peer.resource_id)
+        peer.ended = reason
+        peer.delete()
+        return
 
 
 def relay_error(group: BaseException) -> RelayError | None:

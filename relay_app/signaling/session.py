@@ -46,6 +46,7 @@ from ..core.errors import (
 from ..core.limits import Throttle, TokenBucket, check_frame, check_sdp_size
 from ..core.logs import get_logger
 from ..media.host import (
+    MEDIA_SILENCE_FLOOR,
     MediaRole,
     MediaRun,
     MediaTask,
@@ -61,7 +62,6 @@ from ..streams.stream import SessionInfo
 
 OUTBOX_SIZE = 64
 LOG_LINES_PER_SECOND = 5.0  # client_error lines per session (all errors are still counted)
-MEDIA_SILENCE_FLOOR = 5.0  # seconds; receivers send RTCP reports every 0.5-1.5 s
 
 
 class WebSocket(Protocol):
@@ -337,7 +337,8 @@ class PeerSession:
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id, visualization=levels, upstream=link):
                 if self.grant is not None:
-                    stream_id = self.grant.check_receiving(stream_id, link)
+                    here = self.ctx.cluster.node_id if self.ctx.cluster is not None else None
+                    stream_id = self.grant.check_receiving(stream_id, link, here)
                 require_no_media(self._media, "start_receiving")
                 stream = await stream_to_play(self.ctx, stream_id, self.log, link)
                 self.info.node_link = link

@@ -5,6 +5,7 @@ Mode-independent (the packets come from the RTP tap in both relay modes): run on
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ def decode(path: Path) -> tuple[float, float]:
     return len(audio) / 48000, dominant_frequency(audio[-48000:], 48000)
 
 
+async def event(server: ServerProcess, name: str, **fields: Any) -> dict[str, Any]:
+    """Wait for a server event without blocking the loop: a recording starts with the first
+    second of audio, which this loop's sender must keep sending meanwhile."""
+    return await anyio.to_thread.run_sync(functools.partial(server.wait_event, name, **fields))
+
+
 def recording_config(directory: Path, **extra: Any) -> dict[str, Any]:
     return {
         "recording": {"enabled": True, "directory": str(directory), **extra},
@@ -59,7 +66,7 @@ async def test_a_five_second_tone_is_recorded_and_decodes_to_the_tone(tmp_path: 
             async with RelayClient.connect(server.ws_url) as receiver:  # it is relayed, too
                 await receiver.start_receiving("english")
                 await receiver.wait_audio(1.0)
-            started = server.wait_event("recording_started", stream_id="english")
+            started = await event(server, "recording_started", stream_id="english")
             await anyio.sleep(5.0)  # the tone stops after 5 s; the sender stays connected
             assert not server.find("recording_ended")
         ended = server.wait_event("recording_ended", stream_id="english")
@@ -86,7 +93,7 @@ async def test_an_unwritable_directory_does_not_interrupt_the_stream(tmp_path: P
         ):
             await sender.start_sending(ToneTrack(440), channel="english")
             await receiver.start_receiving("english")
-            failed = server.wait_event("recording_failed", stream_id="english")
+            failed = await event(server, "recording_failed", stream_id="english")
             assert "cannot create" in failed["error"] and failed["level"] == "error"
             await receiver.wait_audio(2.0)
             recent = receiver.recorder.audio(1.0)
@@ -102,7 +109,7 @@ async def test_sigterm_mid_recording_leaves_a_file_that_decodes(tmp_path: Path) 
     try:
         async with RelayClient.connect(server.ws_url) as sender:
             await sender.start_sending(ToneTrack(440), channel="english")
-            server.wait_event("recording_started")
+            await event(server, "recording_started")
             async with RelayClient.connect(server.ws_url) as receiver:
                 await receiver.start_receiving("english")
                 await receiver.wait_audio(2.5)

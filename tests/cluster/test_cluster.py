@@ -6,8 +6,10 @@ Faults are real too: A killed with SIGKILL, Redis killed and started again.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -255,13 +257,58 @@ async def test_with_auth_links_use_node_tokens_and_a_receive_token_opens_no_upst
             link = a.wait_event("client_authenticated", role="node")
             assert link["subject"] == "b"
             # A node token cannot chain a stream B only relays (links never loop).
-            node = mint(SECRET, "node", 600, subject="x")
+            node = mint(SECRET, "node", 600, stream=stream_id, subject="x", to="b")
             async with RelayClient.connect(b.ws_url, token=node) as chained:
                 await chained.send(p.StartReceiving(stream_id=stream_id, upstream=True))
                 with pytest.raises(ServerError, match="relayed here from node a"):
                     await chained.expect("offer")
+            # A node token opens nothing on a node it was not made for, and nothing but links.
+            for_c = mint(SECRET, "node", 600, stream=stream_id, subject="x", to="c")
+            async with RelayClient.connect(a.ws_url, token=for_c) as stray:
+                await stray.send(p.StartReceiving(stream_id=stream_id, upstream=True))
+                with pytest.raises(ServerError, match="made for node 'c'"):
+                    await stray.expect("offer")
+            for_a = mint(SECRET, "node", 600, stream=stream_id, subject="x", to="a")
+            async with RelayClient.connect(a.ws_url, token=for_a) as player:
+                await player.send(p.StartReceiving(stream_id=stream_id))
+                with pytest.raises(ServerError, match="only opens upstreams"):
+                    await player.expect("offer")
         # A client with a receive token cannot pose as a node.
         async with RelayClient.connect(a.ws_url, token=receive) as impostor:
             await impostor.send(p.StartReceiving(stream_id=stream_id, upstream=True))
             with pytest.raises(ServerError, match="only a node token opens an upstream"):
                 await impostor.expect("offer")
+
+
+async def test_a_record_planted_in_redis_redirects_no_node_and_blocks_no_channel(
+    make_cluster: Callable[..., Cluster], redis: RedisProcess
+) -> None:
+    """Whoever can write to Redis plants a stream record pointing at their own server: with
+    auth.secret the nodes sign their records, so the planted one is ignored (and logged),
+    no node connects there with a node token, and the channel's real sender is not busy."""
+    nodes = make_cluster(
+        {"auth": {"secret": SECRET, "protect_metrics": False}, "streams": {"max_streams": 5}}
+    )
+    a, b = nodes["a"], nodes["b"]
+    with socket.socket() as trap:  # the attacker's "node": counts who connects
+        trap.bind(("127.0.0.3", 0))
+        trap.listen(8)
+        trap.settimeout(0.2)
+        planted = {
+            "stream_id": "english",
+            "node_id": "evil",
+            "advertise_url": f"ws://127.0.0.3:{trap.getsockname()[1]}/ws",
+            "started_at": time.time(),
+            "channel": "english",
+        }
+        Redis.from_url(redis.url).set("relay_app:stream:english", json.dumps(planted), px=60000)
+        rejected = b.wait_event("cluster_record_rejected", key="relay_app:stream:english")
+        assert rejected["reason"] == "bad or no signature"
+        assert "english" not in b.get("/stream/status").json()["active_streams"]
+        async with RelayClient.connect(b.ws_url, token=mint(SECRET, "receive", 600)) as victim:
+            with pytest.raises(ServerError, match="No audio stream available"):
+                await victim.start_receiving("english")
+        with pytest.raises(TimeoutError):
+            trap.accept()  # nobody came: no node token was sent anywhere
+        async with RelayClient.connect(a.ws_url, token=mint(SECRET, "send", 600)) as sender:
+            assert await sender.start_sending(ToneTrack(440), channel="english") == "english"

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from relay_app.client import (
@@ -137,7 +138,8 @@ async def test_with_auth_only_an_admin_token_may_use_it(tmp_path: Path) -> None:
         # A recording, listed and fetched by the admin only.
         async with RelayClient.connect(server.ws_url, token=mint(SECRET, "send", 600)) as sender:
             await sender.start_sending(ToneTrack(440), channel="english")
-            server.wait_event("recording_started")
+            # (in a thread: the recording starts with the first second of this loop's audio)
+            await anyio.to_thread.run_sync(server.wait_event, "recording_started")
             listed = server.get("/admin/recordings", headers=admin).json()["recordings"]
             assert len(listed) == 1 and listed[0]["recording"] is True
         server.wait_event("recording_ended")
