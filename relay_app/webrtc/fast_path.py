@@ -67,7 +67,9 @@ class DirectSender:
 
     def _resolve(self) -> bool:
         """The receiver's sender, payload type, SSRC and header extensions, once connected."""
-        transceiver = self._pc.getTransceivers()[0]
+        # The audio transceiver it sends on, whatever the section order: a player that
+        # offers video first (answered inactive) must not get Opus under the video's MID/SSRC.
+        transceiver = next(t for t in self._pc.getTransceivers() if t.kind == "audio")
         sender = transceiver.sender
         dtls = sender.transport
         if dtls is None or dtls._state != DtlsState.CONNECTED:
