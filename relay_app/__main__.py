@@ -156,6 +156,27 @@ def _qr(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _invite(args: argparse.Namespace, settings: Settings) -> int:
+    """A Listen link that carries a receive token for one channel, and its QR code: what the
+    people in the hall scan (a phone opens it and plays with one tap)."""
+    secret = settings.auth.secret
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as error:
+        print(f"relay_app: --ttl: {error}", file=sys.stderr)
+        return 2
+    urls = [args.url] if args.url else listen_urls(settings, args.channel)
+    if secret is not None:
+        token = mint(
+            secret.get_secret_value(), "receive", ttl, stream=args.channel, subject="invite"
+        )
+        urls = [f"{url}?token={token}" for url in urls]
+    print(terminal_qr(urls[0], colour=sys.stdout.isatty()), end="")
+    for url in urls:
+        print(url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
@@ -177,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     qr = sub.add_parser("qr", help="print a QR code of the Listen page's LAN URL")
     qr.add_argument("--channel", help="link straight to this channel (/listen/<channel>)")
     qr.add_argument("--url", help="encode this URL instead (e.g. behind a reverse proxy)")
+    invite = sub.add_parser(
+        "invite", help="print a Listen link for one channel, with its token, and its QR code"
+    )
+    invite.add_argument("--channel", required=True, help="the channel it plays")
+    invite.add_argument("--ttl", default="8h", help="how long it works: 90m, 8h, 2d (default 8h)")
+    invite.add_argument("--url", help="the Listen page's URL to use (e.g. behind a proxy)")
     args = parser.parse_args(argv)
     if args.command == "cert":
         return _cert(args)
@@ -189,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args, settings)
     if args.command == "qr":
         return _qr(args, settings)
+    if args.command == "invite":
+        return _invite(args, settings)
     configure_logging(settings.logging)
     configure_ice(settings.webrtc)
     use_shared_certificate()

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,7 @@ def _print_event(event: str, **fields: Any) -> None:
 async def _run_cli(args: argparse.Namespace) -> int:
     if args.ice_address:
         use_host_addresses(args.ice_address)
+    ended: list[str] = []  # why the server ended a sender's stream, if it did
     async with RelayClient.connect(args.url, token=args.token) as client:
         client.hide_addresses = args.hide_addresses
         if args.command == "send":
@@ -84,24 +86,71 @@ async def _run_cli(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             if args.command == "listen":
                 tg.start_soon(_follow, client)
+            else:
+                tg.start_soon(_watch_sending, client, ended, tg.cancel_scope)
             await _keep_alive(client, args.duration)
             tg.cancel_scope.cancel()
+        await client.close_media()  # no late frame after the file is finished
         client.recorder.close()
-        if args.command == "listen" and args.out:
-            recorder = client.recorder
-            peak = dominant_frequency(recorder.audio(), recorder.sample_rate)
-            _print_event(
-                "recorded",
-                out=args.out,
-                seconds=round(recorder.seconds, 2),
-                dominant_hz=round(peak, 1),
-            )
+    if args.command == "send":
+        return _sender_outcome(client, ended)
+    return _listener_outcome(client, args)
+
+
+async def _watch_sending(client: RelayClient, ended: list[str], scope: anyio.CancelScope) -> None:
+    """A sender the server ends (an operator's stop, a takeover, a stale stream) is told so
+    in `stream_ended`; record why and stop sending."""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            message = await client.next_message(timeout=math.inf)
+            if isinstance(message, p.StreamEnded):
+                ended.append(message.reason)
+                scope.cancel()
+                return
+
+
+def _sender_outcome(client: RelayClient, ended: list[str]) -> int:
+    """0 when the sender ended on its own terms (its duration); otherwise say why, exit 1."""
+    if ended:
+        print(f"sending ended by the server: {ended[0]}", file=sys.stderr)
+        return 1
+    if client.closed.is_set() and client.close_code not in (None, 1000):
+        reason = client.close_reason or "no reason given"
+        print(f"the server closed the connection ({client.close_code}): {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _listener_outcome(client: RelayClient, args: argparse.Namespace) -> int:
+    recorder = client.recorder
+    if args.out:
+        peak = dominant_frequency(recorder.audio(), recorder.sample_rate)
+        seconds = round(recorder.seconds, 2)
+        _print_event("recorded", out=args.out, seconds=seconds, dominant_hz=round(peak, 1))
+    if recorder.seconds == 0:
+        print(
+            "no audio arrived: the stream was silent or its media never connected", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def default_url() -> str:
+    """The local server's /ws: RELAY_URL, or localhost on RELAY_SERVER__PORT (what `make run`
+    and the server read), or 8080."""
+    port = os.environ.get("RELAY_SERVER__PORT", "8080")
+    return os.environ.get("RELAY_URL") or f"ws://localhost:{port}/ws"
+
+
+URL_HELP = (
+    "the server's WebSocket URL (default: $RELAY_URL, else ws://localhost:$RELAY_SERVER__PORT/ws, "
+    "else ws://localhost:8080/ws); e.g. ws://192.168.1.50:8080/ws, wss://relay.lan:8443/ws"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app.client")
-    parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument("--url", default=default_url(), help=URL_HELP)
     parser.add_argument("--token", help="access token (when the server has auth.secret)")
     parser.add_argument(
         "--ice-address",
@@ -138,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"server error: {error.message}", file=sys.stderr)
             return 1
         if isinstance(error, OSError | websockets.InvalidHandshake):
-            print(f"cannot reach {args.url}: {error}", file=sys.stderr)
+            print(f"cannot reach {args.url}: {describe(error)}", file=sys.stderr)
             return 1
         raise
+
+
+def describe(error: BaseException) -> str:
+    """An error in words, even one whose message is empty (a TimeoutError is an OSError
+    with no text in 3.11: "cannot reach ...: " said nothing)."""
+    if isinstance(error, TimeoutError):
+        return "no answer (timed out)"
+    return str(error) or type(error).__name__

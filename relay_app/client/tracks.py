@@ -120,6 +120,7 @@ class Recorder:
         self.total_samples = 0
         self._wav_path = wav
         self._wav: wave.Wave_write | None = None
+        self._finished = False  # closed: a late frame must not start the file over
         self._progress = anyio.Event()
 
     def add(self, frame: Frame | Packet) -> None:
@@ -147,7 +148,7 @@ class Recorder:
             self._kept -= len(self.chunks.popleft())
 
     def _write(self, mono: npt.NDArray[np.float32]) -> None:
-        if self._wav_path is None:
+        if self._wav_path is None or self._finished:
             return
         if self._wav is None:
             self._wav = wave.open(str(self._wav_path), "wb")  # noqa: SIM115 (closed in close())
@@ -157,7 +158,9 @@ class Recorder:
         self._wav.writeframes((np.clip(mono, -1, 1) * 32767).astype(np.int16).tobytes())
 
     def close(self) -> None:
-        """Finish the WAV file, if any (its header needs the final length)."""
+        """Finish the WAV file, if any (its header needs the final length); later frames are
+        not written (reopening the file would start it over)."""
+        self._finished = True
         if self._wav is not None:
             self._wav.close()
             self._wav = None

@@ -77,6 +77,13 @@ class ChannelError(RelayError):
     http_status = 409
 
 
+class ChannelBusy(ChannelError):
+    """Another sender is live on the channel. Each door says how its clients take it over."""
+
+    def with_hint(self, hint: str) -> ChannelBusy:
+        return ChannelBusy(f"{self.message} ({hint})", self.http_status)
+
+
 class NegotiationError(RelayError):
     """The SDP could not be used to set up media."""
 

@@ -142,6 +142,8 @@ class StreamInfo(_ServerMessage):
     http_listeners: int = 0  # plain-HTTP listeners (GET :8081/stream/<stream_id>.ogg)
     channel: str | None = None  # set when the stream is a named channel (stream_id == channel)
     node: str | None = None  # cluster mode: the node its sender is on (cluster.node_id)
+    # What people call it: the channel's label, or "Speaker 1", "Speaker 2"... for unnamed ones.
+    label: str = ""
 
 
 class ChannelInfo(_ServerMessage):
@@ -149,6 +151,7 @@ class ChannelInfo(_ServerMessage):
     label: str
     description: str = ""
     live: bool = False
+    listeners: int = 0  # WebRTC receivers and plain-HTTP listeners now (cluster-wide)
 
 
 class AvailableStreams(_ServerMessage):

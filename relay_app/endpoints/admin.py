@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 from quart import Quart, jsonify, request, send_file
 
 from ..audio.recording import RECORDING_NAME, list_recordings
+from ..core.auth import mint, parse_ttl
 from ..core.config import CHANNEL_NAME
 from ..core.errors import RelayError
 from ..core.logs import get_logger
@@ -131,12 +133,23 @@ def admin_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         _log(caller, "admin_stream_stopped", stream_id=stream_id, sender=stream.sender_id)
         return jsonify({"stopped": stream_id})
 
+    _channel_routes(app, ctx, guard)
+    _invite_routes(app, ctx, guard)
+    _recording_routes(app, ctx, guard)
+
+
+def _channel_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
+    registry = ctx.registry
+
     @app.get("/admin/channels")
     @_admin_only(guard)
     async def _channels(caller: Caller) -> Any:
         rows = [info.model_dump() for info in registry.channel_infos()]
         for row in rows:
             row["locked"] = row["channel"] in registry.locked
+            stream = registry.streams.get(row["channel"])
+            live = stream is not None and not stream.ended.is_set()
+            row["level_dbfs"] = stream.level if live and stream is not None else None
         extra = sorted(registry.locked - {row["channel"] for row in rows})
         rows += [{"channel": name, "live": False, "locked": True} for name in extra]
         return jsonify({"channels": rows})
@@ -155,7 +168,28 @@ def admin_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         _log(caller, f"admin_channel_{action}ed", channel=channel)
         return jsonify({"channel": channel, "locked": channel in registry.locked})
 
-    _recording_routes(app, ctx, guard)
+
+def _invite_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
+    @app.post("/admin/invites")
+    @_admin_only(guard)
+    async def _invite(caller: Caller) -> Any:
+        """A receive token for one channel, for an invite link (the console shows it as a
+        Listen URL and a QR code); `{"channel", "ttl"}` in, `{"token", "expires_at"}` out."""
+        body = await request.get_json(force=True, silent=True) or {}
+        channel = str(body.get("channel", "")) if isinstance(body, dict) else ""
+        if CHANNEL_NAME_RE.fullmatch(channel) is None:
+            raise RelayError(f"{channel!r} is not a channel name (letters, digits, -, _)")
+        try:
+            ttl = parse_ttl(str(body.get("ttl", "8h")))
+        except ValueError as error:
+            raise RelayError(str(error)) from None
+        secret = ctx.settings.auth.secret
+        token = None
+        if secret is not None:  # an open server needs no token: the link is the invite
+            key = secret.get_secret_value()
+            token = mint(key, "receive", ttl, stream=channel, subject=f"invite by {caller.by}")
+        _log(caller, "admin_invite_made", channel=channel, ttl_seconds=ttl)
+        return jsonify({"channel": channel, "token": token, "expires_at": time.time() + ttl})
 
 
 def _recording_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:

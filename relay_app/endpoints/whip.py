@@ -25,7 +25,7 @@ from typing import Any
 from quart import Quart, Response, request
 
 from ..core.config import CHANNEL_NAME
-from ..core.errors import LimitError, NegotiationError, NoStreamError, RelayError
+from ..core.errors import ChannelBusy, LimitError, NegotiationError, NoStreamError, RelayError
 from ..core.limits import check_sdp_size
 from ..core.logs import get_logger
 from ..media.host import MediaRun
@@ -137,7 +137,15 @@ class WhipEndpoints:
             max_streams = self.settings.streams.max_streams
 
             def claim() -> None:
-                registry.claim_sender(info, max_streams, channel)
+                try:
+                    registry.claim_sender(info, max_streams, channel)
+                except ChannelBusy as busy:
+                    hint = (
+                        "another publisher has it: stop that one first, or ask the operator to "
+                        f"stop it (POST /admin/streams/{channel}/stop), or publish on another "
+                        "channel"
+                    )
+                    raise busy.with_hint(hint) from None
 
             return await self._open(entry, kind, run_sender, offer, claim)
         if grant is not None:

@@ -19,9 +19,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..core import protocol as p
 from ..core.auth import Grant
 from ..core.config import Settings
-from ..core.errors import ChannelError, SessionStateError
+from ..core.errors import ChannelBusy, ChannelError, SessionStateError
 from ..core.limits import check_sdp_size, filter_candidates
 from ..streams.context import RelayContext
+from ..streams.registry import StreamRegistry
 from ..streams.stream import SessionInfo
 from ..webrtc.peer import Peer
 
@@ -110,6 +111,17 @@ def check_sending(message: p.StartSending, grant: Grant | None, settings: Settin
         raise ChannelError('"takeover" needs a "channel" to take over')
     if grant is not None:
         grant.check_sending(message.channel, message.takeover)
+
+
+def claim_sending(
+    registry: StreamRegistry, info: SessionInfo, message: p.StartSending, max_streams: int
+) -> None:
+    """Count a WebSocket client as this message's sender; a busy channel says how our
+    protocol takes one over."""
+    try:
+        registry.claim_sender(info, max_streams, message.channel, message.takeover)
+    except ChannelBusy as busy:
+        raise busy.with_hint('start_sending with "takeover": true replaces it') from None
 
 
 def remote_candidates(host: SessionHost, sdp: str) -> str:

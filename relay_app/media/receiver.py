@@ -49,7 +49,8 @@ async def run_receiver(
     stream = request.stream
     status: TaskStatus[None] | None = task_status
     while True:
-        await _play(host, media, stream, request.levels, status)
+        if await _play(host, media, stream, request.levels, status):
+            return  # the listener hung up: the session stays, nothing to tell it
         status = None
         channel = stream.channel
         host.send(
@@ -70,8 +71,9 @@ async def _play(
     stream: Stream,
     levels: bool,
     task_status: TaskStatus[None] | None,
-) -> None:
-    """One peer connection playing `stream` until it ends; MediaFailed if the media fails."""
+) -> bool:
+    """One peer connection playing `stream` until it ends; True when the listener hung up
+    (closed its peer connection), MediaFailed if the media failed."""
     ctx = host.ctx
     media.log = log = media.log.bind(stream_id=stream.stream_id)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
@@ -86,8 +88,18 @@ async def _play(
                 await _wait_any(stream.ended.wait, peer.failed.wait)
         finally:
             media.peer = None
-    if not stream.ended.is_set():
-        raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
+    return _ended_by(peer, stream, log)
+
+
+def _ended_by(peer: Peer, stream: Stream, log: Any) -> bool:
+    """Why the playing ended: the stream (False), the listener hanging up (True, logged at
+    info: an ordinary end), or a media failure (MediaFailed)."""
+    if stream.ended.is_set():
+        return False
+    if peer.hung_up:
+        log.info("receiver_hung_up")
+        return True
+    raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
 
 
 async def run_answering_receiver(
@@ -111,9 +123,8 @@ async def run_answering_receiver(
             log.info("receiver_answer_sent")
             task_status.started()
             await _wait_any(stream.ended.wait, peer.failed.wait)
-    if not stream.ended.is_set():
-        raise MediaFailed(f"media {peer.failure}")
-    host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+    if not _ended_by(peer, stream, log):
+        host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
 
 
 def _check_player_offer(sdp: str) -> None:

@@ -162,11 +162,17 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
 
     async def drain() -> None:
         await pump(stream.source, on_frame)
+        # The sender stopped its track or closed its connection: it is leaving, not stale
+        # (the guide's "Cleaning up stale stream" stays for streams that really went stale).
         stream.end(EndCause.TRACK_ENDED)
-        log.warning("stale_stream_cleanup", reason=stream.end_reason)
+        log.info("sender_track_ended", reason=stream.end_reason)
 
     async def ice_watch() -> None:
         await peer.failed.wait()
+        if peer.hung_up:
+            stream.end(EndCause.SENDER_LEFT)
+            log.info("sender_left", reason=peer.failure)
+            return
         stream.end(EndCause.CONNECTION_FAILED, f"sender {peer.failure}")
         log.warning("stale_stream_cleanup", reason=peer.failure)
 
@@ -194,6 +200,7 @@ async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:
             if not tap() or not isinstance(frame, AudioFrame):
                 continue
             rms, peak = levels(frame.to_ndarray())
+            stream.level = rms  # (the operator console's meter reads the newest)
             text = p.encode(p.Visualization(stream_id=stream.stream_id, rms=rms, peak=peak))
             host.send_or_drop(text)
             for send_or_drop in list(stream.receivers.values()):

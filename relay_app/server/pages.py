@@ -66,7 +66,14 @@ def page_routes(app: Quart, settings: Settings, guard: Guard) -> None:
         browser used, unless that is this machine's own (localhost), then the LAN one."""
         channel = request.args.get("channel") or None
         url = phone_url(request.host, channel, settings)
+        if invite := request.args.get("invite"):  # an invite's token (the console made it)
+            url += f"?token={quote(invite)}"
         return Response(qr_svg(url), content_type="image/svg+xml", headers={"X-Url": url})
+
+    @app.get("/admin")
+    @guard.door(PAGE)  # the page only; everything it shows comes from the admin API
+    async def _console(entry: Entry) -> Response:
+        return await page("admin.html")
 
     @app.get("/send")
     @guard.door(PAGE)

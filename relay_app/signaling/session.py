@@ -52,6 +52,7 @@ from ..media.host import (
     MediaTask,
     Negotiated,
     check_sending,
+    claim_sending,
     require_no_media,
 )
 from ..media.receiver import Listen, run_receiver
@@ -329,11 +330,11 @@ class PeerSession:
             case p.GetAvailableStreams():  # only what this token may receive
                 allowed = self.grant.allows_receiving if self.grant is not None else None
                 self.send(self.ctx.registry.available(allowed))
-            case p.StartSending(sdp=sdp, channel=channel, takeover=takeover):
+            case p.StartSending(sdp=sdp):
                 check_sending(message, self.grant, self.settings)
                 require_no_media(self._media, "start_sending")
                 max_streams = self.settings.streams.max_streams
-                self.ctx.registry.claim_sender(self.info, max_streams, channel, takeover)
+                claim_sending(self.ctx.registry, self.info, message, max_streams)
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id, visualization=levels, upstream=link):
                 if self.grant is not None:

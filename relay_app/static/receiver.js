@@ -1,8 +1,10 @@
 // Receiver page: relay -> WebRTC -> speakers. Waits, retries and rejoins on its own.
-import { LevelMeter, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+import { LevelMeter, Signaling, clockTime, gatheringComplete, newPeerConnection, stateReporter, streamName, tokenFromUrl } from "./relay.js";
 import { PhoneListening, watchBackgroundStall } from "./phone.js";
+import { NEEDS_INVITE } from "./relay.js";
 
 const RETRY_MS = 2000; // the guide's auto-retry on "No audio stream available"
+const SPEAKER_STOPPED = "The speaker has stopped; this page will play the next one.";
 const LIST_REFRESH_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
@@ -27,16 +29,22 @@ const phone = new PhoneListening(audio, { onPlay: play, onPause: () => audio.pau
 const signaling = new Signaling({ onMessage, onState, token: tokenFromUrl() });
 
 function onState(state, text) {
-  if (state === "disconnected") {
+  if (state === "disconnected" || state === "unauthorized") {
     closePeer();
     clearTimeout(retryTimer);
   }
+  if (state === "unauthorized") clearInterval(listTimer);
   setState(state, text);
 }
 
 // The channel to play: `/listen/<channel>`, else the last one picked on this device.
 const REMEMBERED = "relay_app.listen.choice";
 let preferred = decodeURIComponent(location.pathname.split("/")[2] || "") || localStorage.getItem(REMEMBERED) || "";
+
+/** What people call a stream: its channel's label, "Speaker 1", never its id. */
+function nameOf(streamId) {
+  return labels.get(streamId) || (streamId && !streamId.startsWith("stream_") ? streamId : "the speaker");
+}
 
 function chosenStream() {
   return streamSelect.value || preferred || null; // "" = the newest stream
@@ -47,7 +55,7 @@ function requestStream() {
   const request = { type: "start_receiving" };
   const chosen = chosenStream();
   if (chosen) request.stream_id = chosen;
-  if (signaling.send(request)) setState("requesting", "Asking for a stream…");
+  if (signaling.send(request)) setState("requesting", "Looking for the speaker…");
 }
 
 function retrySoon(text) {
@@ -94,7 +102,9 @@ function meterFrom(stream) {
       sum += x * x;
       peak = Math.max(peak, Math.abs(x));
     }
-    meter.show(dbfs(Math.sqrt(sum / wave.length)), dbfs(peak));
+    const rms = dbfs(Math.sqrt(sum / wave.length));
+    meter.show(rms, dbfs(peak));
+    $("level-dbfs").textContent = `${rms.toFixed(0)} dBFS`;
   }, 100);
   meterAudio = { ctx, timer };
 }
@@ -126,7 +136,7 @@ async function answerOffer(message) {
   if (!message.stream_id.startsWith("stream_")) {
     history.replaceState(null, "", `/listen/${encodeURIComponent(message.stream_id)}${location.search}`);
   }
-  setState("negotiating", `Connecting to ${message.stream_id}…`);
+  setState("negotiating", `Connecting to ${nameOf(message.stream_id)}…`);
   pc = newPeerConnection(signaling.welcome);
   const thisPc = pc;
   pc.ontrack = (event) => {
@@ -138,8 +148,8 @@ async function answerOffer(message) {
   pc.onconnectionstatechange = () => {
     if (pc !== thisPc) return;
     $("ice").textContent = pc.connectionState;
-    if (pc.connectionState === "connected" && !audio.paused) setState("playing", `Playing ${currentStream}`);
-    if (pc.connectionState === "failed") retrySoon("Audio connection failed; retrying…");
+    if (pc.connectionState === "connected" && !audio.paused) setState("playing", `Playing ${nameOf(currentStream)}`);
+    if (pc.connectionState === "failed") retrySoon("The sound was cut off; trying again…");
   };
   await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
   await pc.setLocalDescription(await pc.createAnswer());
@@ -153,28 +163,33 @@ async function play() {
     await audio.play();
     if (meterAudio && meterAudio.ctx.state === "suspended") await meterAudio.ctx.resume();
     playButton.hidden = true;
-    if (pc && pc.connectionState === "connected") setState("playing", `Playing ${currentStream}`);
+    if (pc && pc.connectionState === "connected") setState("playing", `Playing ${nameOf(currentStream)}`);
     const playingId = httpMode ? httpMode.streamId : currentStream;
-    if (playingId) await phone.started(labels.get(playingId) || playingId);
+    if (playingId) await phone.started(nameOf(playingId));
   } catch (error) {
-    // Autoplay policy: the browser wants a tap first.
-    playButton.hidden = false;
-    setState("blocked", "Tap Play to hear the stream (the browser blocked autoplay).");
+    console.info(`relay: play() refused: ${error.name}`);
+    if (error.name === "NotAllowedError") {
+      // Autoplay policy: the browser wants a tap first.
+      playButton.hidden = false;
+      setState("blocked", "Tap Play to start listening.");
+    } else if (httpMode) {
+      setState("waiting", SPEAKER_STOPPED); // nothing to play yet: the speaker stopped
+    }
   }
 }
 
 // Channels by label (live or waiting for a sender), then unnamed live streams.
 function showStreams(streams, channels) {
   const chosen = streamSelect.value || preferred;
-  streamSelect.replaceChildren(new Option("Newest stream", ""));
+  streamSelect.replaceChildren(new Option("Whoever is speaking", ""));
   for (const channel of channels) {
     labels.set(channel.channel, channel.label);
-    const label = channel.live ? channel.label : `${channel.label} (no sender yet)`;
+    const label = channel.live ? channel.label : `${channel.label} (nobody speaking yet)`;
     streamSelect.add(new Option(label, channel.channel));
   }
   for (const stream of streams.filter((s) => !s.channel)) {
-    const since = new Date(stream.started_at * 1000).toLocaleTimeString();
-    const label = `${stream.stream_id} (since ${since}, ${stream.receivers} listening)`;
+    labels.set(stream.stream_id, streamName(stream));
+    const label = `${streamName(stream)}, since ${clockTime(stream.started_at)}`;
     streamSelect.add(new Option(label, stream.stream_id));
   }
   if ([...streamSelect.options].some((option) => option.value === chosen)) streamSelect.value = chosen;
@@ -200,13 +215,15 @@ async function onMessage(message) {
       if (message.waiting) {
         // A channel: the server offers its next sender on this socket by itself.
         closePeer();
-        setState("waiting", `${message.stream_id}: sender gone (${message.reason}); waiting for the next one…`);
+        console.info(`relay: ${message.stream_id} ended: ${message.reason}`);
+        setState("waiting", SPEAKER_STOPPED);
       } else {
-        retrySoon(`Stream ${message.stream_id} ended (${message.reason}); waiting for a sender…`);
+        console.info(`relay: ${message.stream_id} ended: ${message.reason}`);
+        retrySoon(SPEAKER_STOPPED);
       }
       break;
     case "stream_started":
-      setState("negotiating", `${message.stream_id} is back; connecting…`);
+      setState("negotiating", `${nameOf(message.stream_id)}: someone is speaking; connecting…`);
       break;
     case "stopped":
       break;
@@ -214,10 +231,14 @@ async function onMessage(message) {
       if (message.stream_id === currentStream) meter.show(message.rms, message.peak);
       break;
     case "error":
+      console.info(`relay: server said: ${message.message}`);
       if (message.message.includes("No audio stream")) {
-        retrySoon("Waiting for a sender… (retrying every 2 s)");
+        retrySoon("Waiting for someone to speak… (this page starts playing by itself)");
+      } else if (/token/i.test(message.message)) {
+        setState("unauthorized", NEEDS_INVITE);
       } else {
-        setState("error", `Server: ${message.message}`);
+        setState("error", "Something went wrong on the server; trying again in a moment…");
+        retrySoon("Waiting for someone to speak… (this page starts playing by itself)");
       }
       break;
     default:
@@ -238,7 +259,7 @@ function useHttp(auto) {
   audio.srcObject = null;
   audio.src = `/stream/${encodeURIComponent(streamId)}.ogg${token ? `?token=${encodeURIComponent(token)}` : ""}`;
   backgroundButton.textContent = "Back to low latency (WebRTC)";
-  setState("playing", `Playing ${labels.get(streamId) || streamId} over plain HTTP (keeps playing with the screen off; about 1 s later than WebRTC)`);
+  setState("playing", `Playing ${nameOf(streamId)}; it keeps playing with the screen off (about a second behind)`);
   play();
 }
 
@@ -252,7 +273,15 @@ function useWebRtc() {
 }
 
 backgroundButton.addEventListener("click", () => (httpMode ? useWebRtc() : useHttp(false)));
-audio.addEventListener("ended", () => httpMode && setTimeout(() => httpMode && useHttp(httpMode.auto), RETRY_MS));
+// Over plain HTTP the speaker stopping ends the response (or the next one has no stream yet):
+// say so in plain words and try again until the next speaker starts.
+for (const event of ["ended", "error"]) {
+  audio.addEventListener(event, () => {
+    if (!httpMode) return;
+    setState("waiting", SPEAKER_STOPPED);
+    setTimeout(() => httpMode && useHttp(httpMode.auto), RETRY_MS);
+  });
+}
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible" && httpMode && httpMode.auto) useWebRtc();
 });

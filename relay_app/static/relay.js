@@ -1,6 +1,10 @@
 // Shared by the sender and receiver pages: the signaling socket, peer connections, the meter.
 // Plain ES module, no build step.
 
+/** What a page without a valid invitation (token) tells its user. */
+export const NEEDS_INVITE =
+  "This page needs an invitation. Scan the QR code at the entrance again, or ask the organiser for a new link.";
+
 /** A WebSocket to /ws that reconnects with backoff and delivers parsed messages. */
 export class Signaling {
   constructor({ onMessage, onState, token = null }) {
@@ -21,7 +25,7 @@ export class Signaling {
   }
 
   connect() {
-    this.onState("connecting", "Connecting to the server…");
+    this.onState("connecting", "Connecting…");
     const ws = new WebSocket(this.url);
     this.ws = ws;
     ws.onmessage = (event) => {
@@ -41,10 +45,16 @@ export class Signaling {
     ws.onclose = (event) => {
       this.stopKeepalive();
       if (this.ws !== ws || this.closedByUser) return;
-      const why = event.reason ? `: ${event.reason}` : "";
+      // Technical detail for the console; people get plain words.
+      console.info(`relay: WebSocket closed (code ${event.code}${event.reason ? `: ${event.reason}` : ""})`);
+      if (event.code === 1008 && /token|authenticat/i.test(event.reason)) {
+        // No (valid) invitation: trying again would fail the same way, so do not loop.
+        this.onState("unauthorized", NEEDS_INVITE);
+        return;
+      }
       const delay = this.backoff;
       this.backoff = Math.min(this.backoff * 2, 8000);
-      this.onState("disconnected", `Disconnected (code ${event.code}${why}); retrying in ${(delay / 1000).toFixed(1)} s`);
+      this.onState("disconnected", "Reconnecting…");
       setTimeout(() => this.connect(), delay);
     };
   }
@@ -57,7 +67,7 @@ export class Signaling {
     return false;
   }
 
-  // The guide's keepalive: a ping every 30 s (or sooner if the server's timeout is shorter).
+  // The keepalive: a ping every `ping_interval` s from `welcome` (15 s by default).
   startKeepalive(seconds) {
     this.stopKeepalive();
     this.pingTimer = setInterval(() => this.send({ type: "ping" }), Math.min(seconds, 30) * 1000);
@@ -110,11 +120,15 @@ export class LevelMeter {
     const level = Math.max(0, Math.min(1, (rms + 60) / 60));
     this.meter.value = level;
     this.meter.dataset.rms = String(rms);
-    if (this.label) this.label.textContent = `${rms.toFixed(0)} dBFS (peak ${peak.toFixed(0)})`;
+    this.meter.dataset.peak = String(peak); // (numbers for the details and the tests)
+    const words = rms < -55 ? "silence" : rms < -35 ? "quiet" : rms < -12 ? "good" : "loud";
+    this.meter.setAttribute("aria-valuetext", words);
+    if (this.label) this.label.textContent = words;
   }
 
   reset() {
     this.meter.value = 0;
+    this.meter.setAttribute("aria-valuetext", "silence");
     if (this.label) this.label.textContent = "—";
   }
 }
@@ -131,4 +145,14 @@ export function stateReporter(element) {
 /** The token from the page URL (?token=...), passed on to the server. */
 export function tokenFromUrl() {
   return new URLSearchParams(location.search).get("token");
+}
+
+/** "10:02": when something started, in the listener's own clock. */
+export function clockTime(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+/** What to call a stream: its label ("English", "Speaker 1"), never its id. */
+export function streamName(stream) {
+  return stream.label || (stream.channel ? stream.channel : "A speaker");
 }

@@ -1,5 +1,33 @@
 // Sender page: microphone -> WebRTC -> relay.
-import { LevelMeter, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+import { LevelMeter, NEEDS_INVITE, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+
+const NEEDS_HTTPS =
+  "To use your microphone this page must be opened with https:// (ask the organiser for the secure address). Listening works as it is.";
+const labels = new Map(); // channel -> label
+
+function channelLabel(streamId) {
+  const label = labels.get(streamId) || (streamId.startsWith("stream_") ? "" : streamId);
+  return label ? ` on ${label}` : "";
+}
+
+/** What the speaker is told when the server ends the stream, in plain words. */
+function endedWords(reason) {
+  if (reason.includes("taken over")) return "Another speaker took over this channel. Press Start to speak again.";
+  if (reason.includes("operator")) return "The operator stopped your microphone. Ask them before you press Start again.";
+  return "Your stream ended. Press Start to speak again.";
+}
+
+/** A server refusal, as the person at the microphone needs to hear it. */
+function errorWords(message) {
+  const channel = $("channel").value.trim();
+  const name = labels.get(channel) || channel || "this channel";
+  if (message.includes("is busy")) return `Someone is already speaking on ${name}. Ask the operator to hand it over to you, or wait until they stop.`;
+  if (message.includes("locked")) return `${name} is closed for now. Ask the operator to open it.`;
+  if (/token|authenticat/i.test(message)) return NEEDS_INVITE;
+  if (message.includes("not configured")) return `There is no channel called ${name}. Pick one from the list.`;
+  if (message.includes("senders")) return "Too many people are speaking at once. Try again in a moment.";
+  return "The server could not start your microphone. Press Start to try again.";
+}
 
 const $ = (id) => document.getElementById(id);
 const setState = stateReporter($("status"));
@@ -28,12 +56,13 @@ function constraintsFrom(welcome) {
 
 function explainMicError(error) {
   if (!window.isSecureContext || !navigator.mediaDevices) {
-    return "The microphone needs a secure page: open this page over HTTPS (see docs: TLS for LAN phones) or on localhost.";
+    return NEEDS_HTTPS;
   }
   if (error.name === "NotAllowedError") return "Microphone permission was denied. Allow it in the browser's site settings and press Start again.";
   if (error.name === "NotFoundError") return "No microphone was found.";
   if (error.name === "NotReadableError") return "The microphone is in use by another program.";
-  return `Cannot open the microphone: ${error.message || error.name}`;
+  console.info(`relay: getUserMedia failed: ${error.name}: ${error.message}`);
+  return "The microphone could not be opened. Close other apps that use it and press Start again.";
 }
 
 async function start() {
@@ -66,7 +95,7 @@ async function negotiate() {
   for (const track of micStream.getAudioTracks()) pc.addTransceiver(track, { direction: "sendonly" });
   pc.onconnectionstatechange = () => {
     $("ice").textContent = pc ? pc.connectionState : "—";
-    if (pc && pc.connectionState === "failed") setState("error", "Audio connection failed (ICE). Check that this device and the server are on the same network.");
+    if (pc && pc.connectionState === "failed") setState("error", "Your sound could not reach the server. Check that this device is on the venue's Wi-Fi, then press Start again.");
   };
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
@@ -93,12 +122,13 @@ function stop() {
   startButton.disabled = false;
   stopButton.disabled = true;
   $("stream-id").textContent = "—";
-  setState("idle", "Stopped. Press Start to speak.");
+  setState("idle", "Stopped. Press Start to speak again.");
 }
 
 async function onMessage(message) {
   switch (message.type) {
     case "available_streams":
+      for (const c of message.channels || []) labels.set(c.channel, c.label);
       $("channel-list").replaceChildren(
         ...(message.channels || []).map((c) => new Option(c.label, c.channel)),
       );
@@ -108,8 +138,11 @@ async function onMessage(message) {
       signaling.send({ type: "get_available_streams" }); // the configured channels
       if (wantSending && micStream) {
         await negotiate(); // the socket came back: send again
+      } else if (!window.isSecureContext || !navigator.mediaDevices) {
+        setState("insecure", NEEDS_HTTPS); // said before Start, not after
+        startButton.disabled = true;
       } else {
-        setState("idle", "Connected. Press Start to speak.");
+        setState("idle", "Ready. Press Start to speak.");
         startButton.disabled = false;
       }
       break;
@@ -118,10 +151,11 @@ async function onMessage(message) {
       break;
     case "stream_started":
       $("stream-id").textContent = message.stream_id;
-      setState("sending", `Sending as ${message.stream_id}`);
+      setState("sending", `You are on air${channelLabel(message.stream_id)}. Everyone listening hears you.`);
       break;
     case "stream_ended":
-      setState("ended", `The server ended this stream (${message.reason}); press Start to send again.`);
+      console.info(`relay: stream ended: ${message.reason}`);
+      setState("ended", endedWords(message.reason));
       closePeer();
       startButton.disabled = false;
       break;
@@ -129,7 +163,9 @@ async function onMessage(message) {
       meter.show(message.rms, message.peak);
       break;
     case "error":
-      setState("error", `Server: ${message.message}`);
+      console.info(`relay: server said: ${message.message}`);
+      setState("error", errorWords(message.message));
+      closePeer();
       startButton.disabled = false;
       break;
     default:

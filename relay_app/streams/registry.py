@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import anyio
 
 from ..core.config import Settings
-from ..core.errors import CapacityError, ChannelError, NoStreamError, SessionStateError
+from ..core.errors import CapacityError, ChannelBusy, ChannelError, NoStreamError, SessionStateError
 from ..core.limits import check_receiver_limit, check_stream_limit
 from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
 from .stream import UNNAMED_PREFIX, EndCause, SendOrDrop, SessionInfo, Stream
@@ -81,6 +81,7 @@ class StreamRegistry:
         # Set (and replaced) when a channel's next stream is added: its waiting receivers.
         self._next_stream: dict[str, anyio.Event] = {}
         self.cluster: ClusterView | None = None
+        self._speakers = 0  # unnamed streams labelled so far ("Speaker N")
 
     # Connections and sessions ---------------------------------------------------------------
     def admit(self, info: SessionInfo, authenticating: bool) -> None:
@@ -174,10 +175,7 @@ class StreamRegistry:
             )
         if not stream.ended.is_set():  # (an ended one is on its way out: not busy)
             if not takeover:
-                raise ChannelError(
-                    f"channel {channel!r} is busy: another sender is live on it "
-                    '(start_sending with "takeover": true replaces it)'
-                )
+                raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
             stream.end(EndCause.TAKEN_OVER)
         holder.stream_id = None
 
@@ -186,11 +184,21 @@ class StreamRegistry:
 
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
+        stream.label = stream.label or self._label(stream)
         self.streams[stream.stream_id] = stream
         if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
             waiting.set()
         if self.cluster is not None:
             self.cluster.streams_changed()
+
+    def _label(self, stream: Stream) -> str:
+        """A name for people: the channel's label, or the next "Speaker N" for an unnamed
+        stream (never its id: listeners should not read `stream_437e6146-6123`)."""
+        if stream.channel is not None:
+            configured = self._channels.get(stream.channel)
+            return configured.label if configured is not None else stream.channel
+        self._speakers += 1
+        return f"Speaker {self._speakers}"
 
     def remove_stream(self, stream: Stream, sender: SessionInfo) -> None:
         """Unregister the stream (if a newer one has not replaced it) and free its name."""
@@ -256,12 +264,23 @@ class StreamRegistry:
     def channel_infos(self) -> list[ChannelInfo]:
         """Configured channels, live or not, then live unlisted ones, by name."""
         live = {s.stream_id: s for s in self.stream_infos()}
+
+        def listeners(name: str) -> int:
+            info = live.get(name)
+            return info.receivers + info.http_listeners if info is not None else 0
+
         infos = [
-            ChannelInfo(channel=name, label=c.label, description=c.description, live=name in live)
+            ChannelInfo(
+                channel=name,
+                label=c.label,
+                description=c.description,
+                live=name in live,
+                listeners=listeners(name),
+            )
             for name, c in self._channels.items()
         ]
         infos += [
-            ChannelInfo(channel=name, label=name, live=True)
+            ChannelInfo(channel=name, label=name, live=True, listeners=listeners(name))
             for name in sorted(live.keys() - self._channels.keys())
             if live[name].channel is not None
         ]

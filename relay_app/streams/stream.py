@@ -78,6 +78,10 @@ class Stream:
     origin: str | None = None
     # Receivers that are other nodes' upstreams (not counted as listeners cluster-wide).
     links: set[str] = field(default_factory=set)
+    # What people call it (set by the registry): its channel's label, or "Speaker N".
+    label: str = ""
+    # The sender's newest level (RMS dBFS) while levels are computed (visualization.enabled).
+    level: float | None = None
 
     @property
     def receiver_source(self) -> Fanout:
@@ -116,6 +120,7 @@ class Stream:
             http_listeners=len(self.http.listeners) if self.http is not None else 0,
             channel=self.channel,
             node=self.origin or node,
+            label=self.label,
         )
 
 

@@ -18,12 +18,18 @@ import time
 from collections.abc import Sequence
 
 import anyio
+import websockets
 
 from ..audio.levels import rms_dbfs
 from ..client import RelayClient, ServerError, dominant_frequency
+from ..client.cli import URL_HELP, default_url, describe
 from ..core import protocol as p
 from ..core.errors import sole_error
 from ..webrtc.ice import use_host_addresses
+
+
+class NoAudio(Exception):
+    """Connected, receiving, and yet no (or too little) audio came."""
 
 
 async def run_check(url: str, listen: float) -> dict[str, object]:
@@ -40,7 +46,13 @@ async def run_check(url: str, listen: float) -> dict[str, object]:
         report["streams"] = [s.stream_id for s in streams.streams]
         if listen > 0:
             report["receiving"] = await client.start_receiving()
-            await client.wait_audio(listen, timeout=listen + 10)
+            try:
+                await client.wait_audio(listen, timeout=listen + 10)
+            except TimeoutError:
+                heard = round(client.recorder.seconds, 1)
+                raise NoAudio(
+                    f"no audio arrived within {listen + 10:g} s ({heard} s heard)"
+                ) from None
             audio = client.recorder.audio(listen)
             report["audio_seconds"] = round(client.recorder.seconds, 2)
             report["audio_rms_dbfs"] = round(rms_dbfs(audio), 1)
@@ -50,7 +62,7 @@ async def run_check(url: str, listen: float) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app.check", description=__doc__)
-    parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument("--url", default=default_url(), help=URL_HELP)
     parser.add_argument("--listen", type=float, default=0, metavar="SECONDS")
     parser.add_argument("--ice-address", action="append", help="media candidate address")
     args = parser.parse_args(argv)
@@ -62,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = sole_error(group)
         if isinstance(error, ServerError):
             print(f"check failed: the server said: {error.message}", file=sys.stderr)
-        elif isinstance(error, OSError):
-            print(f"check failed: cannot reach {args.url}: {error}", file=sys.stderr)
-        elif isinstance(error, TimeoutError):
-            print("check failed: no audio arrived in time", file=sys.stderr)
+        elif isinstance(error, NoAudio):
+            print(f"check failed: {error}", file=sys.stderr)
+        elif isinstance(error, OSError | websockets.InvalidHandshake):
+            print(f"check failed: cannot reach {args.url}: {describe(error)}", file=sys.stderr)
         else:
             print(f"check failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

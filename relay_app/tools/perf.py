@@ -32,6 +32,7 @@ from av.packet import Packet
 
 from ..audio.levels import rms_dbfs
 from ..client import PacedTrack, RelayClient
+from ..client.cli import URL_HELP, default_url
 from ..client.tracks import SAMPLE_RATE
 from ..core.errors import sole_error
 from ..webrtc.ice import use_host_addresses
@@ -131,7 +132,7 @@ async def measure(url: str, receivers: int, seconds: float) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_app.perf", description=__doc__)
-    parser.add_argument("--url", default="ws://localhost:8080/ws")
+    parser.add_argument("--url", default=default_url(), help=URL_HELP)
     parser.add_argument("--receivers", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--ice-address", action="append", help="media candidate address")

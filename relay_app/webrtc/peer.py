@@ -49,6 +49,12 @@ class Peer:
                 self.failed.set()
 
     @property
+    def hung_up(self) -> bool:
+        """The remote peer closed the connection itself (a listener hanging up, a sender
+        leaving): an ordinary end, not a failure."""
+        return self.failure == "connection closed"
+
+    @property
     def local_sdp(self) -> str:
         """Our description as the client must see it (webrtc.announced_address applied)."""
         return announce(self.pc.localDescription.sdp, self.announced)

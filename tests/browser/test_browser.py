@@ -115,31 +115,37 @@ def server(browser_server: ServerProcess) -> Any:
     assert_no_leaks(browser_server)
 
 
+def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
+    """Headless Debian Chromium on loopback, its microphone the WAV file `tone`; without
+    `autoplay`, pages need a tap before they play (as on a phone)."""
+    args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={tone}",
+        "--allow-loopback-in-peer-connection",
+        # Real host addresses instead of mDNS .local names: resolving those would send
+        # multicast queries off this machine. On a LAN the server resolves them.
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ]
+    if autoplay:
+        args.append("--autoplay-policy=no-user-gesture-required")
+    return args
+
+
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     tone = write_tone_wav(tmp_path / "tone440.wav", 440)
     async with playwright_api.async_playwright() as pw:
         chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={tone}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-                # Real host addresses instead of mDNS .local names: resolving those would send
-                # multicast queries off this machine. On a LAN the server resolves them.
-                "--disable-features=WebRtcHideLocalIpsWithMdns",
-            ],
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone)
         )
         try:
             yield chromium
@@ -253,7 +259,7 @@ async def test_receiver_page_waits_retries_then_plays_without_reload(
 ) -> None:
     page = await open_page(browser, server.base_url + "/listen")
     await wait_state(page, "waiting")
-    assert "Waiting for a sender" in (await page.text_content("#status") or "")
+    assert "Waiting for someone to speak" in (await page.text_content("#status") or "")
     connection_id = await page.text_content("#connection-id")
     with anyio.fail_after(10):
         while len(server.find("no_stream_for_receiver", connection_id=connection_id)) < 2:
@@ -275,7 +281,8 @@ async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
     await wait_state(page, "playing")
     await sender_page.context.close()  # the tab goes away
     await page.wait_for_function(
-        "() => document.getElementById('status').textContent.includes('ended')", timeout=10000
+        "() => document.getElementById('status').textContent.includes('speaker has stopped')",
+        timeout=10000,
     )
     async with RelayClient.connect(server.ws_url) as sender:
         new_id = await sender.start_sending(ToneTrack(550))

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
 
 from relay_app.core.config import Settings, load_settings
 from relay_app.core.logs import LEGACY_MESSAGES
 from relay_app.tools.docs import configuration_markdown, example_config
-from relay_app.tools.testing import REPO
+from relay_app.tools.testing import REPO, free_port
 
 
 def test_configuration_doc_matches_the_settings_model() -> None:
@@ -93,3 +101,51 @@ def test_every_cluster_and_upstream_event_is_documented() -> None:
     assert events >= {"cluster_joined", "upstream_opened", "upstream_closed"}, events
     missing = [event for event in sorted(events) if f"`{event}`" not in doc]
     assert not missing, missing
+
+
+def test_the_readmes_token_steps_work_as_written(tmp_path: Path) -> None:
+    """The README's "On a shared LAN" block, run by bash as a user types it (on free ports):
+    the token it prints opens the server it started."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## On a shared LAN")[1].split("```bash\n")[1].split("```")[0]
+    assert "export RELAY_AUTH__SECRET" in block and "make run &" in block
+    port, audio_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RELAY_SERVER__PORT": str(port),
+        "RELAY_SERVER__AUDIO_PORT": str(audio_port),
+        "RELAY_WEBRTC__ICE_ADDRESSES": '["127.0.0.1"]',
+    }
+    script = subprocess.Popen(
+        ["bash", "-c", block],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # `make run &` lives on in this group: stopped below
+    )
+    try:
+        token = ""
+        assert script.stdout is not None
+        for line in script.stdout:
+            if line.count(".") == 2 and line.startswith("ey"):
+                token = line.strip()
+                break
+        assert token, "the token command printed no token"
+        # The server's log lines go on into the same pipe: keep reading them.
+        threading.Thread(target=script.stdout.read, daemon=True).start()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/stream/status", headers=headers).status_code == 200
+        assert httpx.get(f"{base}/stream/status").status_code == 401  # the secret is on
+    finally:
+        os.killpg(script.pid, signal.SIGTERM)
+        script.wait(timeout=20)
