@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..core.metrics import Metrics
-from .ogg import OggOpusMuxer
+from .ogg import OggOpusMuxer, page_sequence, renumber
 
 LISTENER_PAGES = 50  # 5 s of 100 ms pages: a player that stops reading longer is dropped
 
@@ -36,9 +36,19 @@ class Listener:
     headers: bytes
     log: Any
     sent_bytes: int = 0
+    # The stream's sequence number of this listener's first audio page: its own pages are
+    # numbered 2, 3, ... after its own headers (0, 1), whenever it joined.
+    first_sequence: int = 2
     # Ends its response at once, stuck writes and all (a listener dropped as too slow is
     # most likely one whose client stopped reading: its connection must not stay open).
     abort: Callable[[], None] = lambda: None
+
+
+def own_page(listener: Listener, data: bytes) -> bytes:
+    """The shared page as part of this listener's own logical stream (see Listener)."""
+    if listener.first_sequence == 2:
+        return data  # there from the start: the stream's numbers are its own
+    return renumber(data, page_sequence(data) - listener.first_sequence + 2)
 
 
 @dataclass(eq=False)
@@ -94,6 +104,7 @@ class HttpAudio:
         listener = Listener(pages=pages, inbox=inbox, headers=self.muxer.headers(), log=log)
         if abort is not None:
             listener.abort = abort
+        listener.first_sequence = self.muxer.next_sequence
         self.listeners.add(listener)
         self.metrics.live.http_listeners += 1
         log.info("http_listener_started")

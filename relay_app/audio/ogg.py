@@ -7,9 +7,11 @@ Page boundaries: a page holds `packets_per_page` packets (5 = 100 ms of 20 ms pa
 listener gets audio every 100 ms at 28 bytes of page header per page; `flush()` closes a short
 page, `end()` the last one (end-of-stream flag). Granule positions count 48 kHz samples from
 the stream's first packet, summed from each packet's TOC, so they match the audio exactly.
-A listener joining late gets the two header pages numbered just before the next audio page
-(`headers()`), so its page sequence has no hole, and its first audio page's granule says where
-in the stream it starts (RFC 7845 section 4.5: a start offset, which players handle).
+Every listener's logical stream starts at page 0: the two header pages are 0 and 1
+(`headers()`), and a listener joining late has the shared audio pages renumbered from 2
+(`renumber`, http_audio.own_page): libogg-based players such as VLC find no stream in one that
+starts at page 386. Its first audio page's granule says where in the stream it starts
+(RFC 7845 section 4.5: a start offset, which players handle).
 """
 
 from __future__ import annotations
@@ -86,6 +88,18 @@ def page(
     return bytes(data)
 
 
+def renumber(data: bytes, sequence: int) -> bytes:
+    """The same page with another page sequence number (and so another CRC)."""
+    copy = bytearray(data)
+    struct.pack_into("<II", copy, 18, sequence, 0)
+    struct.pack_into("<I", copy, 22, ogg_crc(bytes(copy)))
+    return bytes(copy)
+
+
+def page_sequence(data: bytes) -> int:
+    return int(struct.unpack_from("<I", data, 18)[0])
+
+
 def opus_head(channels: int, pre_skip: int = 0) -> bytes:
     return struct.pack("<8sBBHIhB", b"OpusHead", 1, channels, pre_skip, OPUS_RATE, 0, 0)
 
@@ -106,9 +120,16 @@ class OggOpusMuxer:
         self._sequence = 2  # 0 and 1 are the header pages of a listener there from the start
 
     def headers(self) -> bytes:
-        """OpusHead and OpusTags pages, numbered to precede the next audio page."""
-        head = page([opus_head(self.channels)], 0, self.serial, self._sequence - 2, first=True)
-        return head + page([opus_tags()], 0, self.serial, self._sequence - 1)
+        """OpusHead and OpusTags pages: pages 0 and 1 of every listener's logical stream
+        (players built on libogg, VLC among them, find no stream in one that starts later;
+        a late listener's pages are renumbered from 2: `renumber`)."""
+        head = page([opus_head(self.channels)], 0, self.serial, 0, first=True)
+        return head + page([opus_tags()], 0, self.serial, 1)
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next audio page gets."""
+        return self._sequence
 
     def add(self, packet: bytes) -> bytes | None:
         """Take one packet; return a page when one is full."""

@@ -9,7 +9,7 @@ what a WHIP/WHEP tool does against relay_app; see docs/whip-whep.md).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
@@ -92,10 +92,17 @@ async def whip_publish(
 
 
 @asynccontextmanager
-async def whep_play(url: str, token: str | None = None) -> AsyncIterator[WhipSession]:
-    """Play a WHEP endpoint into `session.recorder` until the block ends."""
+async def whep_play(
+    url: str,
+    token: str | None = None,
+    sections: Sequence[tuple[str, str]] = (("audio", "recvonly"),),
+) -> AsyncIterator[WhipSession]:
+    """Play a WHEP endpoint into `session.recorder` until the block ends. `sections`: the
+    offer's media sections in order, (kind, direction), as other players make them (video
+    first, or a sendrecv audio section)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="recvonly")
+    for kind, direction in sections:
+        pc.addTransceiver(kind, direction=direction)
     recorder = Recorder()
     try:
         async with anyio.create_task_group() as tg:

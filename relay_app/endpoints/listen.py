@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from quart import Quart, Response, request
 
+from ..audio.http_audio import own_page
 from ..core.errors import CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
 from ..core.protocol import NO_STREAM_MESSAGE
@@ -71,8 +72,8 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             raise LimitError(f"{message} (streams.max_http_listeners)")
         assert entry.info is not None
         log = get_logger(stream_id=stream.stream_id, remote=entry.remote, role="http_listener")
-        abort = request.scope.get(ABORT)  # (only under the port dispatcher)
-        abort = abort if isinstance(abort, Abort) else None
+        found = request.scope.get(ABORT)  # (only under the port dispatcher)
+        abort = found if isinstance(found, Abort) else None
         response = Response(_pages(stream, entry.info, log, abort), content_type="audio/ogg")
         response.headers["Cache-Control"] = "no-store"
         # Web players on the main port (or anywhere) may analyse it with WebAudio.
@@ -95,7 +96,8 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         try:
             async with stream.http.listen(log, abort) as listener:  # logs its start and its end
                 yield listener.headers
-                async for page, arrival in listener.pages:
+                async for shared, arrival in listener.pages:
+                    page = own_page(listener, shared)
                     yield page
                     metrics.http_page_latency.observe(time.monotonic() - arrival)
                     listener.sent_bytes += len(page)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
@@ -127,6 +127,34 @@ async def run_answering_receiver(
         host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
 
 
+def opus_only(sdp: str) -> str:
+    """The offer with its audio section down to Opus: the answer then lists Opus only (what
+    forward mode sends), not G722, PCMU and PCMA after it."""
+    lines, keep, in_audio = sdp.splitlines(), set[str](), False
+    for line in lines:
+        if line.startswith("m="):
+            in_audio = line.startswith("m=audio")
+        elif in_audio and line.lower().startswith("a=rtpmap:") and "opus/48000" in line.lower():
+            keep.add(line.split(":", 1)[1].split()[0])
+    if not keep:
+        return sdp  # no Opus at all: refused below, with the reason
+    out, in_audio = [], False
+    for line in lines:
+        if line.startswith("m="):
+            in_audio = line.startswith("m=audio")
+            if in_audio:
+                fields = line.split()
+                line = " ".join(fields[:3] + [pt for pt in fields[3:] if pt in keep])
+        elif in_audio and _codec_line(line) and line.split(":", 1)[1].split()[0] not in keep:
+            continue
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+def _codec_line(line: str) -> bool:
+    return line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
+
+
 def _check_player_offer(sdp: str) -> None:
     try:
         media = SessionDescription.parse(sdp).media
@@ -135,25 +163,24 @@ def _check_player_offer(sdp: str) -> None:
     audio = [m for m in media if m.kind == "audio"]
     if len(audio) != 1:
         raise NegotiationError(f"offer one audio section to play; this offer has {len(audio)}")
-    if audio[0].direction != "recvonly":
-        # A player that also sends would have its audio decoded into a queue nobody reads.
+    if audio[0].direction not in ("recvonly", "sendrecv", None):
         raise NegotiationError(
-            f"a player's audio section must be recvonly, not {audio[0].direction or 'sendrecv'}"
+            f"a player's audio section must be recvonly or sendrecv, not {audio[0].direction}"
         )
 
 
 async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None:
     """Answer a player's offer with `track`, Opus only (forward mode sends Opus packets)."""
     pc = peer.pc
+    offer = opus_only(remote_candidates(host, offer))
     try:
-        await pc.setRemoteDescription(
-            RTCSessionDescription(sdp=remote_candidates(host, offer), type="offer")
-        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         pc.addTrack(track)
-        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "opus"]
         for transceiver in pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.setCodecPreferences(opus)
+            # Liberal in what a player offers: a sendrecv offer (what `addTransceiver("audio")`
+            # makes) is answered sendonly, a valid answer that never reads the player's media;
+            # a video section (players that offer video first) is answered inactive.
+            transceiver.direction = "sendonly" if transceiver.kind == "audio" else "inactive"
         await pc.setLocalDescription(await pc.createAnswer())
     except NoFreeMediaPort as error:
         raise MediaUnavailable(str(error.strerror or error)) from None

@@ -90,7 +90,31 @@ async function showInvite(channel, label) {
   $("invite-close").focus();
 }
 
+// Rows are rebuilt only when what they show changed (not every refresh): a rebuilt row would
+// take the keyboard focus away from the button someone is on. Levels update in place.
+const shown = { channels: "", sessions: "" };
+
+function changed(kind, data) {
+  const signature = JSON.stringify(data);
+  if (shown[kind] === signature) return false;
+  shown[kind] = signature;
+  return true;
+}
+
+function showLevels(channels) {
+  for (const channel of channels) {
+    const meter = document.querySelector(`tr[data-channel="${CSS.escape(channel.channel)}"] meter`);
+    if (!meter) continue;
+    const fresh = levelMeter(channel.live ? channel.level_dbfs : null, channel.label || channel.channel);
+    meter.value = fresh.value;
+    meter.setAttribute("aria-valuetext", fresh.getAttribute("aria-valuetext"));
+    meter.setAttribute("aria-label", fresh.getAttribute("aria-label"));
+  }
+}
+
 function showChannels(channels) {
+  showLevels(channels);
+  if (!changed("channels", channels.map(({ level_dbfs, ...rest }) => rest))) return;
   const rows = channels.map((channel) => {
     const name = channel.label || channel.channel;
     const row = document.createElement("tr");
@@ -125,6 +149,8 @@ function kb(bytes) {
 }
 
 function showSessions(sessions) {
+  // (bytes change all the time: they alone do not rebuild the table)
+  if (!changed("sessions", sessions.map(({ bytes_in, bytes_out, audio_bytes_in, ...rest }) => rest))) return;
   const rows = sessions.map((session) => {
     const row = document.createElement("tr");
     row.dataset.connection = session.connection_id;
@@ -132,9 +158,9 @@ function showSessions(sessions) {
     cell(row, who(session));
     cell(row, session.channel || "—");
     cell(row, session.remote);
-    cell(row, clockTime(session.since));
-    cell(row, kb((session.bytes_in || 0) + (session.bytes_out || 0) + (session.audio_bytes_in || 0)));
-    cell(row, (session.user_agent || "—").slice(0, 60));
+    cell(row, clockTime(session.since)).className = "extra";
+    cell(row, kb((session.bytes_in || 0) + (session.bytes_out || 0) + (session.audio_bytes_in || 0))).className = "extra";
+    cell(row, (session.user_agent || "—").slice(0, 60)).className = "extra";
     const label = `${who(session)} from ${session.remote}${session.channel ? ` on ${session.channel}` : ""}`;
     cell(row, button("Disconnect", `Disconnect ${label}`, () => post(`/admin/sessions/${session.connection_id}/kick`, { reason: "disconnected by the operator" })));
     return row;

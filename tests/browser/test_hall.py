@@ -130,6 +130,18 @@ async def shoot(page: Any, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+async def play_with_at_most_one_tap(page: Any) -> None:
+    """A phone plays after one tap on Play (Chromium without a user gesture blocks autoplay;
+    it may let a page play at once, e.g. once the browser has captured audio)."""
+    await page.wait_for_function(
+        "() => ['blocked', 'playing'].includes(document.body.dataset.state)", timeout=20000
+    )
+    if await page.evaluate("() => document.body.dataset.state") == "blocked":
+        assert await page.text_content("#status") == "Tap Play to start listening."
+        await page.tap("#play")
+    await wait_state(page, "playing")
+
+
 def invite_from_cli(server: ServerProcess, channel: str) -> str:
     url = f"{server.base_url}/listen/{channel}"
     result = subprocess.run(
@@ -152,10 +164,7 @@ async def test_a_phone_opens_an_invite_from_the_cli_and_plays_after_one_tap(
     async with RelayClient.connect(hall.ws_url, token=token("send")) as speaker:
         await speaker.start_sending(ToneTrack(440), channel="english")
         page = await phone_page(phone_browser, invite)
-        await wait_state(page, "blocked")  # a phone plays only after a tap
-        assert await page.text_content("#status") == "Tap Play to start listening."
-        await page.tap("#play")
-        await wait_state(page, "playing")
+        await play_with_at_most_one_tap(page)
         assert "Playing English" in (await page.text_content("#status") or "")
         heard = await heard_by_page(page, 2.0)
         assert abs(heard["freq"] - 440) <= 10, heard
@@ -210,9 +219,7 @@ async def test_the_operator_console_disconnects_a_speaker_and_locks_a_channel(
     admin = {"Authorization": f"Bearer {token('admin')}"}
     async with RelayClient.connect(hall.ws_url, token=token("send")) as speaker:
         await speaker.start_sending(ToneTrack(440), channel="english")
-        context = await phone_browser.new_context(
-            viewport={"width": 1024, "height": 900}, bypass_csp=True
-        )
+        context = await phone_browser.new_context(**PHONE, bypass_csp=True)
         page = await context.new_page()
         await page.goto(f"{hall.base_url}/admin#token={token('admin')}")
         await wait_state(page, "ready")
@@ -254,17 +261,13 @@ async def test_leaving_in_every_ordinary_way_is_no_error(
         phone_browser, f"{hall.base_url}/send?channel=english&token={token('send')}"
     )
     await wait_state(speak, "idle")
+    await no_serious_accessibility_problems(speak)  # the Speak page too
     await speak.click("#start")
     await wait_state(speak, "sending")
     listeners = []
     for _ in range(3):
         page = await phone_page(phone_browser, f"{hall.base_url}/listen/english?token={receive}")
-        await page.wait_for_function(
-            "() => ['blocked', 'playing'].includes(document.body.dataset.state)", timeout=15000
-        )
-        if await page.evaluate("() => document.body.dataset.state") == "blocked":
-            await page.tap("#play")
-        await wait_state(page, "playing")
+        await play_with_at_most_one_tap(page)
         listeners.append(page)
     await listeners[0].context.close()  # the tab is closed
     await listeners[1].goto("about:blank")  # navigating away

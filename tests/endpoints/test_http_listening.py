@@ -99,6 +99,8 @@ async def test_several_http_listeners_and_a_late_one_hear_the_senders_tone(
             assert granules == sorted(granules) and all(g % 960 == 0 for g in granules)
         late_start = pages(results["late"])[2][1]
         assert late_start >= 48000, "the late listener's first page says where it starts"
+        numbers = [sequence for _, _, sequence in pages(results["late"])]
+        assert numbers == list(range(len(numbers))), "a late listener's pages start at 0"
         metrics = server.metrics()
         assert metrics["live"]["http_listeners"] == 0
     server.wait_event("http_listener_ended", stream_id=stream_id, reason="client left")

@@ -1,0 +1,121 @@
+"""WHEP players we did not write, in real Chromium: Eyevinn's @eyevinn/webrtc-player with its
+default options (it offers video and audio, video first) and whip-whep's WHEP client as its
+README uses it (`addTransceiver("audio")`: sendrecv). Both must hear the sender's tone with the
+fast path on.
+
+The players come from the npm registry, pinned, bundled by .ci/run into
+test-output/npm/players.js; the page is served on the relay's own origin (Playwright answers
+for one URL of it), so their POSTs are same-origin, as a page a venue hosts would be.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from relay_app.client import RelayClient, ToneTrack
+from relay_app.tools.testing import REPO, ServerProcess
+
+from .test_browser import CHROMIUM, chromium_args, playwright_api, write_tone_wav
+
+pytestmark = pytest.mark.anyio
+
+PLAYERS = REPO / "test-output" / "npm" / "players.js"
+PAGE = (
+    '<!doctype html><html lang="en"><body><video id="v" autoplay playsinline></video></body></html>'
+)
+
+EYEVINN = """async (url) => {
+  const video = document.getElementById("v");
+  const player = new window.WebRTCPlayer({ video, type: "whep" });  // the defaults
+  await player.load(new URL(url));
+  player.unmute();
+  return "loaded";
+}"""
+
+WHIP_WHEP = """async (url) => {
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  pc.addTransceiver("audio");  // as its README: sendrecv
+  pc.addTransceiver("video");
+  pc.ontrack = (event) => {
+    if (event.track.kind === "audio") document.getElementById("v").srcObject = event.streams[0];
+  };
+  await new window.WHEPClient().view(pc, url);
+  return "viewing";
+}"""
+
+# The dominant frequency of what the <video> element plays, over `seconds`.
+HEARD = """async (seconds) => {
+  const media = document.getElementById("v");
+  const stream = media.srcObject;
+  if (!stream || !stream.getAudioTracks().length) return null;
+  const ctx = new AudioContext();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 16384;
+  ctx.createMediaStreamSource(stream).connect(analyser);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const spectrum = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(spectrum);
+  let best = 1;
+  for (let i = 2; i < spectrum.length; i++) if (spectrum[i] > spectrum[best]) best = i;
+  const freq = best * ctx.sampleRate / analyser.fftSize;
+  await ctx.close();
+  return freq;
+}"""
+
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    return "forward"  # the fast path: where the section order mattered
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    if not PLAYERS.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the npm players are not bundled at {PLAYERS}")
+        pytest.skip(f"npm players not bundled at {PLAYERS}: run .ci/run")
+    tone = write_tone_wav(tmp_path / "tone.wav", 440)
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone)
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def heard(page: Any, tries: int = 10) -> float | None:
+    """What the player plays, measured again while it is not (yet) the tone: a player sets
+    its element's stream only once its connection is up."""
+    frequency = None
+    for _ in range(tries):
+        frequency = await page.evaluate(HEARD, 1.5)
+        if frequency is not None and abs(frequency - 440) <= 10:
+            return float(frequency)
+        await anyio.sleep(0.5)
+    return frequency
+
+
+@pytest.mark.parametrize(("player", "script"), [("eyevinn", EYEVINN), ("whip-whep", WHIP_WHEP)])
+async def test_a_third_party_whep_player_hears_the_tone_on_the_fast_path(
+    server: ServerProcess, browser: Any, player: str, script: str
+) -> None:
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440), channel=f"interop-{player}")
+        context = await browser.new_context(bypass_csp=True)
+        page = await context.new_page()
+        page.on("console", lambda message: print(f"[{player}] {message.type}: {message.text}"))
+        page_url = f"{server.base_url}/interop-{player}.html"
+        await page.route(page_url, lambda route: route.fulfill(body=PAGE, content_type="text/html"))
+        await page.goto(page_url)
+        await page.add_script_tag(path=str(PLAYERS))
+        await page.evaluate(script, f"{server.base_url}/whep/interop-{player}")
+        assert await heard(page) == pytest.approx(440, abs=10), player
+        await context.close()
