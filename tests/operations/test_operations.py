@@ -388,3 +388,10 @@ async def test_a_config_file_from_the_old_guide_starts_the_server(
         # webrtc.audio_constraints is the new place, so its sample_rate wins.
         assert config["audio_constraints"]["sample_rate"] == 8000
         assert config["audio_constraints"]["latency"] == 0
+
+
+def test_the_ci_script_is_valid_bash() -> None:
+    """CI runs .ci/run on a clean clone before anything else: a syntax slip there means
+    nothing is tested at all."""
+    checked = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True)
+    assert checked.returncode == 0, checked.stderr
