@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import re
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from relay_app.tools.exposition import histogram_buckets, quantile
 from relay_app.tools.testing import REPO, ServerProcess, deep_merge, start_client
 
 RESULTS = REPO / "bench" / "results"
@@ -86,29 +86,7 @@ class Server(ServerProcess):
 
     def latency_buckets(self) -> list[tuple[float, int]]:
         text = self.get("/metrics", headers={"Accept": "text/plain"}).text
-        buckets = []
-        for match in re.finditer(r'relay_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', text):
-            bound = float("inf") if match[1] == "+Inf" else float(match[1])
-            buckets.append((bound, int(match[2])))
-        return buckets
-
-
-def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
-    """q-quantile (seconds) from cumulative Prometheus buckets, interpolated in its bucket."""
-    total = buckets[-1][1] if buckets else 0
-    if total == 0:
-        return None
-    rank = q * total
-    previous_bound, previous_count = 0.0, 0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return previous_bound
-            inside = count - previous_count
-            fraction = (rank - previous_count) / inside if inside else 0
-            return previous_bound + (bound - previous_bound) * fraction
-        previous_bound, previous_count = bound, count
-    return previous_bound
+        return histogram_buckets(text, "relay_latency_seconds")
 
 
 # -- receivers in worker processes -------------------------------------------------------------

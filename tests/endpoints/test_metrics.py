@@ -17,6 +17,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.core.config import Settings
 from relay_app.endpoints.prometheus import metrics_markdown, sample_names
 from relay_app.streams.context import RelayContext
+from relay_app.tools.exposition import histogram_buckets, quantile
 from relay_app.tools.testing import REPO, ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +127,20 @@ async def test_a_config_whose_limits_contradict_each_other_warns_at_startup(
     warning = server.wait_event("config_limit_unreachable")
     assert "streams.max_receivers=30" in warning["problem"]
     assert "server.max_connections=30" in warning["problem"]
+
+
+def test_benchmark_histograms_read_counts_past_a_million() -> None:
+    """The text format writes 4488808 as 4.488808e+06: read as the number it is."""
+    exposition = (
+        "# HELP relay_latency_seconds Relay-added latency\n"
+        "# TYPE relay_latency_seconds histogram\n"
+        'relay_latency_seconds_bucket{le="0.001"} 3.0e+06\n'
+        'relay_latency_seconds_bucket{le="0.005"} 4.488808e+06\n'
+        'relay_latency_seconds_bucket{le="+Inf"} 4.5e+06\n'
+        "relay_latency_seconds_count 4.5e+06\n"
+        "relay_latency_seconds_sum 9000.0\n"
+    )
+    buckets = histogram_buckets(exposition, "relay_latency_seconds")
+    assert buckets == [(0.001, 3_000_000), (0.005, 4_488_808), (float("inf"), 4_500_000)]
+    p95 = quantile(buckets, 0.95)
+    assert p95 is not None and 0.001 < p95 < 0.005
