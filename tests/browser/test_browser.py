@@ -12,6 +12,7 @@ import os
 import shutil
 import wave
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,24 @@ def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
     return args
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+@asynccontextmanager
+async def chromium(tmp_path: Path, autoplay: bool = True) -> AsyncIterator[Any]:
+    """A Chromium whose microphone is a 440 Hz tone, closed when the block ends."""
     tone = write_tone_wav(tmp_path / "tone440.wav", 440)
     async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(tone)
+        launched = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(tone, autoplay)
         )
         try:
-            yield chromium
+            yield launched
         finally:
-            await chromium.close()
+            await launched.close()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    async with chromium(tmp_path) as launched:
+        yield launched
 
 
 async def open_page(browser: Any, url: str) -> Any:

@@ -22,14 +22,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import REPO, ServerProcess
 
 from ..helpers import SECRET, serving, token
-from .test_browser import (
-    CHROMIUM,
-    chromium_args,
-    heard_by_page,
-    playwright_api,
-    wait_state,
-    write_tone_wav,
-)
+from .test_browser import chromium, heard_by_page, wait_state
 
 pytestmark = pytest.mark.anyio
 
@@ -59,15 +52,8 @@ def hall(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 async def phone_browser(tmp_path: Path) -> AsyncIterator[Any]:
     """Chromium as on a phone: nothing plays before a tap."""
-    tone = write_tone_wav(tmp_path / "tone.wav", 440)
-    async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(tone, autoplay=False)
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium(tmp_path, autoplay=False) as launched:
+        yield launched
 
 
 async def phone_page(browser: Any, url: str) -> Any:

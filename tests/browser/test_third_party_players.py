@@ -21,7 +21,7 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import REPO, ServerProcess
 
-from .test_browser import CHROMIUM, chromium_args, playwright_api, write_tone_wav
+from .test_browser import chromium
 
 pytestmark = pytest.mark.anyio
 
@@ -80,15 +80,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but the npm players are not bundled at {PLAYERS}")
         pytest.skip(f"npm players not bundled at {PLAYERS}: run .ci/run")
-    tone = write_tone_wav(tmp_path / "tone.wav", 440)
-    async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(tone)
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium(tmp_path) as launched:
+        yield launched
 
 
 async def heard(page: Any, tries: int = 10) -> float | None:
