@@ -26,6 +26,7 @@ from ..webrtc.fast_path import DirectSender, Placeholder
 from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import negotiated_opus_payload_type
+from ..webrtc.sdp import opus_only
 from .host import MediaTask, SessionHost, remote_candidates
 
 
@@ -125,34 +126,6 @@ async def run_answering_receiver(
             await _wait_any(stream.ended.wait, peer.failed.wait)
     if not _ended_by(peer, stream, log):
         host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
-
-
-def opus_only(sdp: str) -> str:
-    """The offer with its audio section down to Opus: the answer then lists Opus only (what
-    forward mode sends), not G722, PCMU and PCMA after it."""
-    lines, keep, in_audio = sdp.splitlines(), set[str](), False
-    for line in lines:
-        if line.startswith("m="):
-            in_audio = line.startswith("m=audio")
-        elif in_audio and line.lower().startswith("a=rtpmap:") and "opus/48000" in line.lower():
-            keep.add(line.split(":", 1)[1].split()[0])
-    if not keep:
-        return sdp  # no Opus at all: refused below, with the reason
-    out, in_audio = [], False
-    for line in lines:
-        if line.startswith("m="):
-            in_audio = line.startswith("m=audio")
-            if in_audio:
-                fields = line.split()
-                line = " ".join(fields[:3] + [pt for pt in fields[3:] if pt in keep])
-        elif in_audio and _codec_line(line) and line.split(":", 1)[1].split()[0] not in keep:
-            continue
-        out.append(line)
-    return "\r\n".join(out) + "\r\n"
-
-
-def _codec_line(line: str) -> bool:
-    return line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
 
 
 def _check_player_offer(sdp: str) -> None:

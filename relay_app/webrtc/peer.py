@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from ..core.config import Settings
 from ..core.metrics import LiveCounts
 from .ice import announce
+from .sdp import with_opus_fec
 
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
@@ -56,8 +57,10 @@ class Peer:
 
     @property
     def local_sdp(self) -> str:
-        """Our description as the client must see it (webrtc.announced_address applied)."""
-        return announce(self.pc.localDescription.sdp, self.announced)
+        """Our description as the client must see it: webrtc.announced_address applied, and
+        Opus asking for in-band FEC (webrtc/sdp.py)."""
+        remote = self.pc.remoteDescription.sdp if self.pc.remoteDescription else None
+        return with_opus_fec(announce(self.pc.localDescription.sdp, self.announced), remote)
 
     async def refresh_last_heard(self) -> float:
         """Update `last_heard` from the newest RTCP report the peer sent about our audio.
