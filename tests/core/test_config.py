@@ -83,7 +83,7 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
 def test_the_guides_top_level_audio_constraints_are_moved_with_a_warning(
     tmp_path: Path,
 ) -> None:
-    """The guide's Issue 8 puts `audio_constraints` at the top level; it lives under webrtc."""
+    """The guide's problem 8 puts `audio_constraints` at the top level; it lives under webrtc."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"audio_constraints": {"sample_rate": 16000, "latency": 0}}))
     settings = load_settings(path)

@@ -72,10 +72,10 @@ def test_every_guide_config_key_is_documented() -> None:
 
 def test_each_guide_issue_says_what_it_was_and_what_relay_app_does_now() -> None:
     doc = (REPO / "docs" / "troubleshooting.md").read_text()
-    sections = doc.split("\n### Issue ")[1:]
+    sections = doc.split("\n### Problem ")[1:]
     numbered = {int(section.split(":")[0]): section for section in sections}
     for number in range(1, 11):
-        assert "**Then → now:**" in numbered[number], f"Issue {number}"
+        assert "**Then → now:**" in numbered[number], f"Problem {number}"
 
 
 def test_every_admin_and_recording_event_is_documented() -> None:

@@ -68,7 +68,7 @@ async def test_health_metrics_and_status_during_and_after_a_stream(server: Serve
 
             metrics = server.metrics()
             assert metrics.keys() >= METRICS_KEYS
-            # The guide's Issue 10 numbers: 1 stream, 3 connections (1 sender + 2 receivers).
+            # The guide's problem 10 numbers: 1 stream, 3 connections (1 sender + 2 receivers).
             assert metrics["active_streams"] == 1 and metrics["active_connections"] == 3
             assert metrics["total_audio_bytes"] > bytes_before
             live = metrics["live"]
@@ -367,7 +367,7 @@ async def test_a_config_file_from_the_old_guide_starts_the_server(
     make_server: Callable[..., ServerProcess],
 ) -> None:
     """Every key the guide shows, where it shows it (audio_constraints both at the top level,
-    as in its Issue 8, and under webrtc): the server starts and says where the key moved."""
+    as in its problem 8, and under webrtc): the server starts and says where the key moved."""
     old_config = {
         "server": {"host": "127.0.0.1", "max_connections": 20},
         "webrtc": {
