@@ -8,7 +8,8 @@ fields that only mean something while a task runs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,11 +20,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..core import protocol as p
 from ..core.auth import Grant
 from ..core.config import Settings
-from ..core.errors import ChannelBusy, ChannelError, SessionStateError
+from ..core.errors import (
+    ChannelBusy,
+    ChannelError,
+    MediaUnavailable,
+    NegotiationError,
+    SessionStateError,
+)
 from ..core.limits import check_sdp_size, filter_candidates
 from ..streams.context import RelayContext
 from ..streams.registry import StreamRegistry
 from ..streams.stream import SessionInfo
+from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer
 
 
@@ -122,6 +130,18 @@ def claim_sending(
         registry.claim_sender(info, max_streams, message.channel, message.takeover)
     except ChannelBusy as busy:
         raise busy.with_hint('start_sending with "takeover": true replaces it') from None
+
+
+@contextmanager
+def answering() -> Iterator[None]:
+    """Answering a client's offer: aiortc's errors as the client is told them (no media
+    port free: MediaUnavailable; anything else aiortc raises on a bad SDP: NegotiationError)."""
+    try:
+        yield
+    except NoFreeMediaPort as error:
+        raise MediaUnavailable(str(error.strerror or error)) from None
+    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
+        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
 
 
 def remote_candidates(host: SessionHost, sdp: str) -> str:

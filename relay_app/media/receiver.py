@@ -27,7 +27,7 @@ from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import negotiated_opus_payload_type
 from ..webrtc.sdp import opus_only
-from .host import MediaTask, SessionHost, remote_candidates
+from .host import MediaTask, SessionHost, answering, remote_candidates
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None
     """Answer a player's offer with `track`, Opus only (forward mode sends Opus packets)."""
     pc = peer.pc
     offer = opus_only(remote_candidates(host, offer))
-    try:
+    with answering():
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         pc.addTrack(track)
         for transceiver in pc.getTransceivers():
@@ -155,10 +155,6 @@ async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None
             # a video section (players that offer video first) is answered inactive.
             transceiver.direction = "sendonly" if transceiver.kind == "audio" else "inactive"
         await pc.setLocalDescription(await pc.createAnswer())
-    except NoFreeMediaPort as error:
-        raise MediaUnavailable(str(error.strerror or error)) from None
-    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
-        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
     negotiated_opus_payload_type(pc)  # NegotiationError when the offer had no Opus
     host.send(p.AnswerOut(sdp=peer.local_sdp))
 

@@ -31,18 +31,17 @@ from av import AudioFrame
 from ..audio.levels import EveryNth, levels
 from ..audio.recording import Recording, recording_path
 from ..core import protocol as p
-from ..core.errors import MediaUnavailable, NegotiationError
+from ..core.errors import NegotiationError
 from ..core.logs import get_logger
 from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream
 from ..webrtc.fanout import Media, pump
-from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import (
     audio_receiver,
     negotiated_opus_payload_type,
     tap_receiver,
 )
-from .host import MediaTask, SessionHost, remote_candidates
+from .host import MediaTask, SessionHost, answering, remote_candidates
 from .ingest import SparseDecoder, new_stream, packet_handler
 
 
@@ -104,16 +103,12 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     tracks: list[Any] = []
     peer.pc.on("track", tracks.append)
     sdp = remote_candidates(host, sdp)
-    try:
+    with answering():
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver in peer.pc.getTransceivers():
             if transceiver.kind != "audio":  # (WHIP only) no video is received or decoded
                 transceiver.direction = "inactive"
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
-    except NoFreeMediaPort as error:
-        raise MediaUnavailable(str(error.strerror or error)) from None
-    except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
-        raise NegotiationError(f"cannot use this offer: {error or type(error).__name__}") from None
     audio = [track for track in tracks if track.kind == "audio"]
     if not audio:
         raise NegotiationError("the offer has no audio track (no m=audio section)")
