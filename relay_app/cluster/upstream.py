@@ -34,10 +34,10 @@ from ..core.auth import mint
 from ..core.errors import MediaUnavailable, NoStreamError, RelayError, sole_error
 from ..core.logs import get_logger
 from ..core.protocol import NO_STREAM_MESSAGE
-from ..media.ingest import new_stream, packet_handler
+from ..media.ingest import new_stream, tap_stream
 from ..streams.stream import EndCause, SessionInfo, Stream
 from ..webrtc.fanout import pump
-from ..webrtc.rtp_tap import negotiated_opus_payload_type, tap_receiver
+from ..webrtc.rtp_tap import negotiated_opus_payload_type
 from .directory import Cluster, RemoteStream
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
         # Forward: only the tap (no jitter buffer, no decode); transcode: decoded once here.
         receiver = client.pc.getReceivers()[0]
         opus = negotiated_opus_payload_type(client.pc)
-        tap_receiver(receiver, packet_handler(metrics, stream, opus, None), then_aiortc=not forward)
+        tap_stream(receiver, settings.relay, metrics, stream, opus)
         holder = SessionInfo(f"upstream-{remote.stream_id}", remote.advertise_url, "sender")
         ctx.registry.add_stream(stream)
         link.stream = stream

@@ -325,6 +325,13 @@ class RelaySettings(_Section):
         "sender's packet handler (RTP header, SRTP, sendto) instead of one aiortc sender task "
         "and queue per receiver (about half the CPU per receiver). false = the aiortc path.",
     )
+    red: bool = Field(
+        True,
+        description="Redundant audio (RFC 2198 RED) against packet loss: accepted from "
+        "speakers that offer it (lost packets are rebuilt at the relay from the next one), and, "
+        "with fast_path, sent to listeners that accept it, carrying the one or two packets "
+        "before each (two while listeners report more than ~5 % loss). false = plain Opus only.",
+    )
     memory_trim_interval: float = Field(
         60.0,
         ge=0,

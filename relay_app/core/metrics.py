@@ -96,6 +96,9 @@ class Metrics:
     started_monotonic: float = field(default_factory=time.monotonic)
     total_audio_bytes: int = 0
     packets_in: int = 0
+    # Speakers' packets that never arrived, and those of them rebuilt from RED (red.py).
+    ingress_lost: int = 0
+    ingress_repaired: int = 0
     packets_out: int = 0
     bytes_out: int = 0
     audio_frames: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiortc import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 from av import AudioFrame, CodecContext
 from av import Packet as AvPacket
@@ -21,11 +22,15 @@ from ..core.metrics import Metrics
 from ..streams.stream import Stream
 from ..webrtc.fanout import Fanout
 from ..webrtc.peer import Peer
+from ..webrtc.red import Repair
 from ..webrtc.rtp_tap import (
     OPUS_CLOCK_RATE,
     OpusPacketizer,
     RtpCallback,
+    tap_receiver,
 )
+
+ADAPT_EVERY = 50  # packets (~1 s) between looks at the listeners' reported loss
 
 
 def new_stream(settings: RelaySettings, metrics: Metrics, **identity: Any) -> Stream:
@@ -63,24 +68,46 @@ class SparseDecoder:
             return []
 
 
-def packet_handler(
+def tap_stream(
+    receiver: RTCRtpReceiver,
+    settings: RelaySettings,
     metrics: Metrics,
     stream: Stream,
     opus: int,
+    red: int | None = None,
+    peer: Peer | None = None,
+    sparse: SparseDecoder | None = None,
+) -> None:
+    """Feed `stream` from `receiver`'s packets: repaired (red.Repair), then `packet_handler`.
+
+    Forward mode needs no PCM but the level meter's: aiortc's jitter buffer and per-packet
+    decode are skipped, and `sparse` decodes one packet in N while levels are wanted.
+    """
+    forward = settings.mode == "forward"
+    stream.repair = repair = Repair(metrics, opus, red)
+    handler = packet_handler(metrics, stream, peer, sparse if forward else None)
+    tap_receiver(receiver, handler, then_aiortc=not forward, repair=repair)
+
+
+def packet_handler(
+    metrics: Metrics,
+    stream: Stream,
     peer: Peer | None,
     sparse: SparseDecoder | None = None,
 ) -> RtpCallback:
-    """Per packet from the sender (or an upstream, upstream.py): liveness, counters, and
-    (forward mode) the fan-out. `peer`, when given, hears it too (the session's watchdog);
-    `sparse` decodes for the level meter while it listens (forward mode)."""
+    """Per Opus packet from the sender (or an upstream, upstream.py), once repaired:
+    liveness, counters, and (forward mode) the fan-out. `peer`, when given, hears it too
+    (the session's watchdog); `sparse` decodes for the level meter while it listens."""
     frames = stream.frames
     packets, http, recording = stream.packets, stream.http, stream.recording
     direct = stream.direct  # relay.fast_path receivers (fast_path.py), filled as they join
+    redundancy = stream.redundancy
     packetizer = OpusPacketizer()
+    adapt = EveryNth(ADAPT_EVERY)
 
     def on_packet(rtp: RtpPacket, arrival: float) -> None:
-        if rtp.payload_type != opus or not rtp.payload:
-            metrics.count_drop("not_opus")
+        if not rtp.payload:
+            metrics.count_drop("empty_packet")
             return
         # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
         stream.last_audio_at = arrival
@@ -93,8 +120,13 @@ def packet_handler(
             pts = packetizer.advance(rtp)
             if packets.subscriber_count:
                 packets.publish(packetizer.packet(rtp, pts), arrival)
-            for send in direct.values():  # one pass; sync, so no receiver joins or leaves meanwhile
-                send(rtp.payload, pts, arrival)
+            if direct:
+                outgoing = redundancy.next(rtp.sequence_number, pts, rtp.payload)
+                for send in direct.values():  # one pass; sync: nobody joins or leaves meanwhile
+                    send(outgoing, arrival)
+                if adapt():
+                    red = [send.reported_loss for send in direct.values() if send.red]
+                    redundancy.adapt(max(red, default=0))
         if http is not None:
             http.feed(rtp.payload, arrival)
         if recording is not None:

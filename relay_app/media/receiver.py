@@ -191,7 +191,8 @@ def _direct(host: SessionHost, stream: Stream, peer: Peer) -> Iterator[Placehold
         raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
     live = host.ctx.metrics.live
     placeholder = Placeholder()
-    stream.direct[host.connection_id] = DirectSender(peer.pc, host.ctx.metrics)
+    peer.red = host.ctx.settings.relay.red  # the DirectSender writes RED where it is accepted
+    stream.direct[host.connection_id] = DirectSender(peer, host.ctx.metrics)
     live.relay_subscriptions += 1
     try:
         yield placeholder

@@ -36,13 +36,9 @@ from ..core.logs import get_logger
 from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream
 from ..webrtc.fanout import Media, pump
 from ..webrtc.peer import Peer, open_peer
-from ..webrtc.rtp_tap import (
-    audio_receiver,
-    negotiated_opus_payload_type,
-    tap_receiver,
-)
+from ..webrtc.rtp_tap import audio_receiver, negotiated_opus_payload_type, receive_red
 from .host import MediaTask, SessionHost, answering, remote_candidates
-from .ingest import SparseDecoder, new_stream, packet_handler
+from .ingest import SparseDecoder, new_stream, tap_stream
 
 
 def check_offer(sdp: str, video_ignored: bool = False) -> None:
@@ -76,6 +72,7 @@ async def run_sender(
     check_offer(sdp, video_ignored=host.video_ignored)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
+        peer.red = ctx.settings.relay.red  # the tap reads RED, whatever the relay mode
         stream = await _answer_offer(host, peer, sdp)
         host.send(p.AnswerOut(sdp=peer.local_sdp))
         task_status.started()
@@ -124,14 +121,14 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         source=audio[0],
     )
     stream.recording = _recording(host, stream)
-    # Tap before the answer leaves, so that no packet arrives untapped. Forward mode needs
-    # no PCM but the level meter's: aiortc's jitter buffer and per-packet decode are skipped,
-    # and one packet in `downsample` is decoded here instead, while levels are wanted.
-    forward = settings.mode == "forward"
+    # Tapped before the answer leaves, so that no packet arrives untapped.
     visualization = host.ctx.settings.visualization
     sparse = SparseDecoder(visualization.downsample) if visualization.enabled else None
-    handler = packet_handler(metrics, stream, opus, peer, sparse if forward else None)
-    tap_receiver(audio_receiver(peer.pc, audio[0]), handler, then_aiortc=not forward)
+    receiver = audio_receiver(peer.pc, audio[0])
+    red = peer.red_payload_type
+    if red is not None:
+        receive_red(peer.pc, red)
+    tap_stream(receiver, settings, metrics, stream, opus, red, peer, sparse)
     return stream
 
 

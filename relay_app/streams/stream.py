@@ -21,6 +21,8 @@ from ..audio.http_audio import HttpAudio
 from ..audio.recording import Recording
 from ..core.protocol import StreamInfo
 from ..webrtc.fanout import Fanout
+from ..webrtc.fast_path import DirectSender
+from ..webrtc.red import Redundancy, Repair
 
 SendOrDrop = Callable[[str], None]
 """A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
@@ -67,8 +69,12 @@ class Stream:
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
-    # relay.fast_path: connection_id -> that receiver's DirectSender (payload, pts, arrival).
-    direct: dict[str, Callable[[bytes, int, float], None]] = field(default_factory=dict)
+    # relay.fast_path: connection_id -> that receiver's DirectSender (packet, arrival).
+    direct: dict[str, DirectSender] = field(default_factory=dict)
+    # The speaker's leg: RED unwrapped, loss repaired and counted (set when it is tapped).
+    repair: Repair | None = None
+    # RED for the fast path's RED listeners, built once per packet.
+    redundancy: Redundancy = field(default_factory=Redundancy)
     # Opus payload bytes received from the sender (the admin API's session list).
     audio_bytes: int = 0
     # Written to disk while it runs (recording.enabled and the channel says so); else None.

@@ -6,8 +6,14 @@ it and send it: N task wake-ups and N trips through aiortc's per-packet path per
 the sender's packet handler (sender.py) calls every receiver's `DirectSender` in turn, in
 the same call: build the receiver's RTP header, SRTP-protect with the receiver's own session
 (libsrtp, C) and `sendto` on the receiver's nominated ICE pair. aiortc still does ICE, DTLS,
-RTCP (its sender reports are fed the counts this sends) and the receiver's lifetime; its own
-RTP task gets a `Placeholder` track that never yields.
+RTCP (its sender reports are fed the counts this sends; the receiver's reports of loss are
+read back from it) and the receiver's lifetime; its own RTP task gets a `Placeholder` track
+that never yields.
+
+Each receiver gets the speaker's sequence numbers plus its own offset, never a renumbering:
+a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). A
+receiver that negotiated RED gets the packet with its redundancy, built once per packet
+for all of them (red.Outgoing).
 
 Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
 `tests/webrtc/test_fast_path.py` fails loudly if an upgrade moves what it uses.
@@ -28,6 +34,8 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import RtpPacket
 
 from ..core.metrics import Metrics
+from .peer import Peer
+from .red import Outgoing
 from .rtp_tap import negotiated_opus_payload_type
 
 _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
@@ -58,12 +66,15 @@ class Placeholder(MediaStreamTrack):
 class DirectSender:
     """Sends one receiver's copy of each packet, synchronously, once its transport is up."""
 
-    def __init__(self, pc: RTCPeerConnection, metrics: Metrics) -> None:
-        self._pc = pc
+    def __init__(self, peer: Peer, metrics: Metrics) -> None:
+        self._peer = peer
+        self._pc: RTCPeerConnection = peer.pc
         self._metrics = metrics
         self._sender: Any = None  # resolved on the first packet after DTLS is connected
-        self._sequence = random.getrandbits(16)
+        self._offset = random.getrandbits(16)  # added to the speaker's sequence numbers
         self._origin = random.getrandbits(32)
+        self._opus = 0
+        self.red = False  # whether this receiver negotiated RED (known once connected)
 
     def _resolve(self) -> bool:
         """The receiver's sender, payload type, SSRC and header extensions, once connected."""
@@ -76,8 +87,11 @@ class DirectSender:
             return False
         # The header is the same for every packet but for sequence number and timestamp: made
         # once by aiortc's own serializer (with the MID extension), patched per packet.
+        self._opus = negotiated_opus_payload_type(self._pc)
+        red = self._peer.red_payload_type
+        self.red = red is not None
         template = RtpPacket(
-            payload_type=negotiated_opus_payload_type(self._pc), marker=1, ssrc=sender._ssrc
+            payload_type=self._opus if red is None else red, marker=1, ssrc=sender._ssrc
         )
         template.extensions.mid = transceiver.mid
         self._header = bytearray(
@@ -87,7 +101,26 @@ class DirectSender:
         self._sender = sender
         return True
 
-    def __call__(self, payload: bytes, pts: int, arrival: float) -> None:
+    @property
+    def reported_loss(self) -> int:
+        """The fraction of our packets the receiver last reported lost (RTCP, /256)."""
+        stats = self._remote_inbound()
+        return int(stats.fractionLost) if stats is not None else 0
+
+    @property
+    def reported_lost_packets(self) -> int:
+        stats = self._remote_inbound()
+        return int(stats.packetsLost) if stats is not None else 0
+
+    def _remote_inbound(self) -> Any:
+        """aiortc's record of the receiver's newest report about our stream, if any."""
+        if self._sender is None:
+            return None
+        return getattr(self._sender, _SENDER + "stats").get(
+            f"remote-inbound-rtp_{id(self._sender)}"
+        )
+
+    def __call__(self, packet: Outgoing, arrival: float) -> None:
         if self._sender is None and not self._resolve():
             return  # not connected yet: nothing to send to (the standard path waits too)
         dtls = self._dtls
@@ -95,12 +128,14 @@ class DirectSender:
         if dtls._state != DtlsState.CONNECTED or pair is None or pair.protocol.transport is None:
             self._metrics.count_drop("receiver_not_connected")
             return
-        timestamp = (self._origin + pts) & 0xFFFFFFFF
+        timestamp = (self._origin + packet.pts) & 0xFFFFFFFF
         header = self._header
-        _SEQUENCE_AND_TIMESTAMP.pack_into(header, 2, self._sequence, timestamp)
+        _SEQUENCE_AND_TIMESTAMP.pack_into(
+            header, 2, (packet.sequence + self._offset) & 0xFFFF, timestamp
+        )
+        payload = packet.red(self._opus) if self.red else packet.payload
         data = dtls._tx_srtp.protect(bytes(header) + payload)
         pair.protocol.transport.sendto(data, pair.remote_addr)
-        self._sequence = (self._sequence + 1) & 0xFFFF
         sender = self._sender  # what aiortc's RTCP sender reports read
         setattr(
             sender, _SENDER + "octet_count", getattr(sender, _SENDER + "octet_count") + len(payload)

@@ -17,7 +17,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from ..core.config import Settings
 from ..core.metrics import LiveCounts
 from .ice import announce
-from .sdp import with_opus_fec
+from .sdp import negotiated_red, with_opus_fec, with_red
 
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
@@ -31,6 +31,9 @@ class Peer:
     def __init__(self, pc: RTCPeerConnection, log: Any, announced: str | None = None) -> None:
         self.pc = pc
         self.announced = announced
+        # Whether our descriptions offer (or accept) RED over Opus (red.py): set by the media
+        # task before it describes anything, where relay_app itself reads or writes RED.
+        self.red = False
         self.connected = False
         # When we last heard from the remote peer's media (RTP from a sender, RTCP receiver
         # reports from a receiver): the session's idle watchdog counts it as activity.
@@ -57,10 +60,20 @@ class Peer:
 
     @property
     def local_sdp(self) -> str:
-        """Our description as the client must see it: webrtc.announced_address applied, and
-        Opus asking for in-band FEC (webrtc/sdp.py)."""
-        remote = self.pc.remoteDescription.sdp if self.pc.remoteDescription else None
-        return with_opus_fec(announce(self.pc.localDescription.sdp, self.announced), remote)
+        """Our description as the client must see it: webrtc.announced_address applied,
+        Opus asking for in-band FEC and, where `red`, RED over Opus (webrtc/sdp.py)."""
+        remote = self._remote_sdp
+        sdp = with_opus_fec(announce(self.pc.localDescription.sdp, self.announced), remote)
+        return with_red(sdp, remote) if self.red else sdp
+
+    @property
+    def _remote_sdp(self) -> str | None:
+        return self.pc.remoteDescription.sdp if self.pc.remoteDescription else None
+
+    @property
+    def red_payload_type(self) -> int | None:
+        """RED's payload type once both sides' descriptions carry it, else None."""
+        return negotiated_red(self.local_sdp, self._remote_sdp) if self.red else None
 
     async def refresh_last_heard(self) -> float:
         """Update `last_heard` from the newest RTCP report the peer sent about our audio.

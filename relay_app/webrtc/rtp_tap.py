@@ -6,7 +6,9 @@ wants the Opus payload the moment it arrives, without decoding it per receiver. 
 module wraps one receiver *instance*'s `_handle_rtp_packet`, which `RTCDtlsTransport` awaits
 for every decrypted RTP packet routed to that receiver, and hands each packet to a callback
 first. aiortc's own handling (jitter buffer, decode) runs after it only where PCM is needed
-(`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap.
+(`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap, which
+then keeps aiortc's per-source loss statistics itself: aiortc's RTCP receiver reports read
+them, and a browser's Opus encoder turns its in-band FEC on only when those report loss.
 
 Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/webrtc/test_rtp_tap.py` fails loudly if
 an upgrade moves or renames what this relies on.
@@ -19,7 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 from av.packet import Packet
@@ -30,6 +33,7 @@ WRITTEN_FOR_AIORTC = "1.16.0"
 OPUS_CLOCK_RATE = 48000  # RFC 7587: Opus RTP always uses a 48 kHz clock
 _OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
 _HOOK = "_handle_rtp_packet"
+_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"  # ssrc -> StreamStatistics (RTCP RR)
 
 
 def negotiated_opus_payload_type(pc: RTCPeerConnection) -> int:
@@ -80,21 +84,49 @@ RtpCallback = Callable[[RtpPacket, float], None]
 
 
 def tap_receiver(
-    receiver: RTCRtpReceiver, on_packet: RtpCallback, *, then_aiortc: bool = True
+    receiver: RTCRtpReceiver,
+    on_packet: RtpCallback,
+    *,
+    then_aiortc: bool = True,
+    repair: Callable[[RtpPacket], list[RtpPacket]] | None = None,
 ) -> None:
     """Call `on_packet` for every RTP packet `receiver` gets, before aiortc handles it.
 
-    `then_aiortc=False` skips aiortc's handling entirely (no jitter buffer, no decode, no
-    RTCP receiver reports): only for load generators that count packets (bench/fanout.py).
+    `repair` (red.Repair) turns each arriving packet into the Opus packets it carries: those
+    are what `on_packet` and, with `then_aiortc`, aiortc's jitter buffer and decoder get.
+    `then_aiortc=False` skips aiortc's handling (jitter buffer, decode): forward mode.
     """
     original = getattr(receiver, _HOOK)
+    statistics: dict[int, StreamStatistics] = getattr(receiver, _REMOTE_STREAMS)
 
     async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
-        on_packet(packet, time.monotonic())
-        if then_aiortc:
-            await original(packet, arrival_time_ms=arrival_time_ms)
+        arrival = time.monotonic()
+        if not then_aiortc:  # (with aiortc's handling, aiortc counts what it is given)
+            source = statistics.get(packet.ssrc)
+            if source is None:
+                source = statistics[packet.ssrc] = StreamStatistics(OPUS_CLOCK_RATE)
+            source.add(packet)
+        for opus in repair(packet) if repair is not None else (packet,):
+            on_packet(opus, arrival)
+            if then_aiortc:
+                await original(opus, arrival_time_ms=arrival_time_ms)
 
     setattr(receiver, _HOOK, _handle_rtp_packet)
+
+
+def receive_red(pc: RTCPeerConnection, payload_type: int) -> None:
+    """Let RED packets (red.py) under `payload_type` reach the audio receiver's tap.
+
+    aiortc routes a packet to a receiver only under a payload type in the transceiver's
+    negotiated codecs, and RED is not one it knows. Listed here, after the answer is made
+    (aiortc's own SDP is untouched) and before the connection starts receiving.
+    """
+    red = RTCRtpCodecParameters(
+        mimeType="audio/red", clockRate=OPUS_CLOCK_RATE, channels=2, payloadType=payload_type
+    )
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            transceiver._codecs.append(red)
 
 
 def audio_receiver(pc: RTCPeerConnection, track: Any) -> RTCRtpReceiver:

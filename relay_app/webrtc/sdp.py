@@ -1,10 +1,12 @@
-"""Opus in our SDP, beyond what aiortc writes: codecs cut to Opus, and Opus's own parameters.
+"""Opus in our SDP, beyond what aiortc writes: codecs cut to Opus, Opus's own parameters, RED.
 
 aiortc's Opus codec carries no parameters, so its offers and answers say nothing of in-band FEC
 (RFC 7587 `useinbandfec`): a browser sending to an answer without it never adds the Opus FEC
 that lets a listener's decoder rebuild a lost packet from the next one, and that is most of
-what makes speech survive Wi-Fi loss. These rewrite the text we send; aiortc's own state is
-untouched (the parameters only ask the other side's encoder for something).
+what makes speech survive Wi-Fi loss. Nor does aiortc know RED (RFC 2198, red.py), which
+browsers offer next to Opus. These rewrite the text we send; aiortc's own state is untouched:
+the parameters only ask the other side's encoder for something, and RED packets are read and
+written by relay_app itself (the RTP tap and the fast path), never by aiortc.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ from __future__ import annotations
 OPUS_PARAMETERS = {"minptime": "10", "useinbandfec": "1"}
 # What a remote may say about stereo, kept in our answer when it said it.
 STEREO = ("stereo", "sprop-stereo")
+RED = "red/48000/2"
+OUR_RED_PAYLOAD_TYPE = 63  # what browsers use; in our offers only when it is free
 
 
 def opus_only(sdp: str) -> str:
-    """The offer with its audio section down to Opus: the answer then lists Opus only (what
-    forward mode sends), not G722, PCMU and PCMA after it."""
-    lines, keep, in_audio = sdp.splitlines(), set[str](), False
+    """The offer with its audio section down to Opus (and RED over it): the answer then lists
+    Opus only (what forward mode sends), not G722, PCMU and PCMA after it."""
+    lines, keep, red, in_audio = sdp.splitlines(), set[str](), set[str](), False
     for line in lines:
         if line.startswith("m="):
             in_audio = line.startswith("m=audio")
         elif in_audio and line.lower().startswith("a=rtpmap:") and "opus/48000" in line.lower():
             keep.add(line.split(":", 1)[1].split()[0])
+        elif in_audio and line.lower().startswith("a=rtpmap:") and line.lower().endswith(RED):
+            red.add(line.split(":", 1)[1].split()[0])  # RED over Opus: ours to read or write
     if not keep:
         return sdp  # no Opus at all: refused below, with the reason
+    keep |= red
     out, in_audio = [], False
     for line in lines:
         if line.startswith("m="):
@@ -85,4 +92,57 @@ def with_opus_fec(sdp: str, remote: str | None = None) -> str:
         out.append(line)
         if line.startswith("a=rtpmap:") and pt in types and pt not in has_fmtp:
             out.append(fmtp(pt, {}))
+    return "\r\n".join(out) + "\r\n"
+
+
+def red_payload_type(sdp: str) -> int | None:
+    """The payload type an SDP gives RED for Opus, or None."""
+    for line in sdp.splitlines():
+        if line.lower().startswith("a=rtpmap:") and line.lower().endswith(RED):
+            return int(line.split(":", 1)[1].split()[0])
+    return None
+
+
+def negotiated_red(local: str, remote: str | None) -> int | None:
+    """RED's payload type when both descriptions carry it (under the same number), else None."""
+    ours = red_payload_type(local)
+    return (
+        ours
+        if ours is not None and remote is not None and red_payload_type(remote) == ours
+        else None
+    )
+
+
+def with_red(sdp: str, remote: str | None = None) -> str:
+    """Our SDP with RED over Opus added: in an answer (`remote` is the offer) only when the
+    offer has it, under its number, listed first (a browser sends RED only when the answer
+    prefers it); in an offer (`remote` None) under OUR_RED_PAYLOAD_TYPE, after Opus."""
+    opus = sorted(opus_payload_types(sdp))
+    if not opus or red_payload_type(sdp) is not None:
+        return sdp
+    if remote is None:
+        red, first = OUR_RED_PAYLOAD_TYPE, False
+        if any(line.startswith(f"a=rtpmap:{red} ") for line in sdp.splitlines()):
+            return sdp
+    else:
+        theirs = red_payload_type(remote)
+        if theirs is None:
+            return sdp
+        red, first = theirs, True
+    out: list[str] = []
+    in_audio, last_codec_line = False, -1
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            in_audio = line.startswith("m=audio")
+            if in_audio:
+                fields = line.split()
+                types = [str(red), *fields[3:]] if first else [*fields[3:], str(red)]
+                line = " ".join(fields[:3] + types)
+        out.append(line)
+        if in_audio and _codec_line(line):
+            last_codec_line = len(out)
+    out[last_codec_line:last_codec_line] = [
+        f"a=rtpmap:{red} {RED}",
+        f"a=fmtp:{red} {opus[0]}/{opus[0]}",
+    ]
     return "\r\n".join(out) + "\r\n"

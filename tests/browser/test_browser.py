@@ -142,12 +142,14 @@ def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
 
 
 @asynccontextmanager
-async def chromium(tmp_path: Path, autoplay: bool = True) -> AsyncIterator[Any]:
+async def chromium(
+    tmp_path: Path, autoplay: bool = True, executable: str = CHROMIUM
+) -> AsyncIterator[Any]:
     """A Chromium whose microphone is a 440 Hz tone, closed when the block ends."""
     tone = write_tone_wav(tmp_path / "tone440.wav", 440)
     async with playwright_api.async_playwright() as pw:
         launched = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(tone, autoplay)
+            executable_path=executable, headless=True, args=chromium_args(tone, autoplay)
         )
         try:
             yield launched

@@ -29,6 +29,9 @@ async def test_the_aiortc_and_aioice_internals_it_uses_are_still_there() -> None
         for counter in ("octet_count", "packet_count", "rtp_timestamp", "ntp_timestamp"):
             assert hasattr(sender, _SENDER + counter), counter
         assert hasattr(sender, "_ssrc")
+        # A receiver's RTCP reports of loss are kept under this id (reported_loss reads them).
+        assert hasattr(sender, _SENDER + "stats")
+        assert '"remote-inbound-rtp_" + str(id(self))' in inspect.getsource(RTCRtpSender)
         # The header-extension map is set when sending starts; RTCP reports read the counters.
         assert "self.__rtp_header_extensions_map" in inspect.getsource(RTCRtpSender)
         assert "self.__octet_count" in inspect.getsource(

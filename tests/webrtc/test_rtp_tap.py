@@ -6,7 +6,7 @@ import inspect
 
 import aiortc
 import pytest
-from aiortc import RTCRtpReceiver
+from aiortc import RTCRtpReceiver, rtcpeerconnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtpPacket
 
@@ -30,6 +30,18 @@ def test_receivers_still_get_packets_through_the_hooked_method() -> None:
     # The DTLS transport looks the method up on the receiver instance for every packet.
     source = inspect.getsource(RTCDtlsTransport)
     assert "receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)" in source
+
+
+def test_forward_mode_can_keep_the_loss_statistics_aiortc_reports_and_route_red() -> None:
+    # The tap keeps aiortc's per-source statistics (what its RTCP receiver reports send) ...
+    source = inspect.getsource(RTCRtpReceiver)
+    assert "self.__remote_streams[packet.ssrc].add(packet)" in source
+    assert "fraction_lost=stream.fraction_lost" in source
+    # ... and lists RED among the transceiver's codecs, which is what aiortc routes by.
+    assert "codecs=transceiver._codecs" in inspect.getsource(rtcpeerconnection)
+    assert "payload_types=[codec.payloadType for codec in parameters.codecs]" in (
+        inspect.getsource(RTCDtlsTransport)
+    )
 
 
 def test_packetizer_unwraps_timestamps_and_tolerates_reordering() -> None:

@@ -1,0 +1,230 @@
+"""Listeners on Wi-Fi: speech that survives random packet loss on either leg.
+
+A network namespace with only loopback stands for the hall's crowded Wi-Fi. The server,
+Chromium and a Python speaker run inside it, and nftables drops packets at random on the
+relay's media ports (this kernel has no netem): `udp dport` is the speakers' leg (packets
+to the relay), `udp sport` the listeners' (packets from it). Three pairs speak and listen at
+once: a WHIP speaker to a WHEP player (plain browser code), the app's own /send and /listen
+pages over /ws, and a plain-Opus Python speaker to a WHEP player. Each listener's
+`getStats()` gives the share of its audio that had to be concealed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from relay_app.tools.testing import REPO, ServerProcess, deep_merge
+
+from ..helpers import require_namespaces
+from .test_browser import BROWSER_CONFIG, CHROMIUM, WHEP_JS, chromium, open_page, wait_state
+
+pytestmark = pytest.mark.anyio
+
+MEDIA_PORTS = (42000, 42100)
+LOSS_PERCENT = 10
+SETTLE = 4.0  # seconds after a change of loss before measuring (encoders and RED adapt)
+WINDOW = 20.0  # seconds measured per condition
+# Which leg loses packets: the speakers' (to the relay's ports) or the listeners' (from them).
+CONDITIONS = {
+    "none": None,
+    "speaker_leg": "dport",
+    "listener_leg": "sport",
+    "both_legs": "both",
+}
+MEASURED = os.environ.get("RELAY_LOSS_CONDITIONS", "none,speaker_leg,listener_leg").split(",")
+BOUNDED = ("none", "speaker_leg", "listener_leg")  # <= 1 % concealed; "both_legs" is measured
+RESULTS = REPO / "test-output" / "wifi_loss.json"
+
+WHIP_SPEAKER_JS = """
+async (channel) => {
+  // A WHIP speaker in a few lines of plain browser code.
+  const media = await navigator.mediaDevices.getUserMedia({audio: {
+    echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.addTransceiver(media.getAudioTracks()[0], {direction: "sendonly"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
+  });
+  const response = await fetch(`/whip/${channel}`, {
+    method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp,
+  });
+  if (response.status !== 201) return {status: response.status, body: await response.text()};
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  window.whip = {pc};
+  return {status: response.status};
+}
+"""
+
+LISTENER_STATS_JS = """
+async () => {
+  const pc = window.whep ? window.whep.pc : window.relayReceiver.pc;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  let inbound = null;
+  report.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s; });
+  if (!inbound) return null;
+  const both = [pc.currentLocalDescription, pc.currentRemoteDescription];
+  return {
+    concealed: inbound.concealedSamples,
+    total: inbound.totalSamplesReceived,
+    lost: inbound.packetsLost,
+    received: inbound.packetsReceived,
+    fec: inbound.fecPacketsReceived || 0,
+    red: both.every((d) => d && d.sdp.toLowerCase().includes("red/48000")),
+  };
+}
+"""
+
+
+def _ns(namespace: str, *command: str, stdin: str | None = None) -> None:
+    subprocess.run(["ip", "netns", "exec", namespace, *command], input=stdin, text=True, check=True)
+
+
+@contextmanager
+def lossy_network() -> Iterator[str]:
+    """A namespace with only loopback, and an empty nftables chain on its input."""
+    require_namespaces(("ip", "nft"))
+    name = f"rlw{os.getpid() % 1_000_000}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        _ns(name, "ip", "link", "set", "lo", "up")
+        _ns(
+            name,
+            "nft",
+            "-f",
+            "-",
+            stdin=(
+                "add table inet lossy\n"
+                "add chain inet lossy input { type filter hook input priority 0; }\n"
+            ),
+        )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def lose(namespace: str, condition: str) -> None:
+    """Drop LOSS_PERCENT of the packets on the condition's leg(s), at random."""
+    low, high = MEDIA_PORTS
+    legs = {None: [], "dport": ["dport"], "sport": ["sport"], "both": ["dport", "sport"]}
+    rules = "flush chain inet lossy input\n" + "".join(
+        f"add rule inet lossy input udp {leg} {low}-{high} "
+        f"numgen random mod 100 < {LOSS_PERCENT} drop\n"
+        for leg in legs[CONDITIONS[condition]]
+    )
+    _ns(namespace, "nft", "-f", "-", stdin=rules)
+
+
+def chromium_in(namespace: str, tmp_path: Path) -> str:
+    """An executable that starts Debian's Chromium inside `namespace` (Playwright talks to it
+    over a pipe, which the namespace does not cut)."""
+    wrapper = tmp_path / "chromium-in-namespace"
+    chromium = shutil.which(CHROMIUM) or CHROMIUM
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {chromium} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+async def concealment(listeners: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """Each listener's concealed share of the samples it played over `seconds`."""
+    before = {name: await page.evaluate(LISTENER_STATS_JS) for name, page in listeners.items()}
+    await anyio.sleep(seconds)
+    results = {}
+    for name, page in listeners.items():
+        after = await page.evaluate(LISTENER_STATS_JS)
+        first = before[name]
+        assert first is not None and after is not None, f"{name} is not playing"
+        samples = after["total"] - first["total"]
+        results[name] = {
+            "concealed_percent": round(
+                100 * (after["concealed"] - first["concealed"]) / samples, 2
+            ),
+            "packets_lost": after["lost"] - first["lost"],
+            "packets_received": after["received"] - first["received"],
+            "fec_packets": after["fec"] - first["fec"],
+            "red": after["red"],
+        }
+    return results
+
+
+@contextmanager
+def lossy_hall(tmp_path: Path) -> Iterator[tuple[str, ServerProcess]]:
+    """The namespace, the server in it, and a plain-Opus Python speaker on `wifi-python`."""
+    with lossy_network() as namespace:
+        config = deep_merge(BROWSER_CONFIG, {"webrtc": {"udp_port_range": list(MEDIA_PORTS)}})
+        server = ServerProcess(tmp_path, config)
+        server.command = ["ip", "netns", "exec", namespace, *server.command]
+        server.start()
+        client = [sys.executable, "-m", "relay_app.client", "--url", server.ws_url]
+        send = ["send", "--tone", "660", "--channel", "wifi-python", "--duration", "300"]
+        speaker = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *client, "--ice-address", "127.0.0.1", *send],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield namespace, server
+        finally:
+            speaker.kill()
+            speaker.wait()
+            server.stop()
+
+
+async def test_speech_survives_ten_percent_random_loss_on_either_leg(tmp_path: Path) -> None:
+    with lossy_hall(tmp_path) as (namespace, server):
+        async with chromium(tmp_path, executable=chromium_in(namespace, tmp_path)) as browser:
+            listeners = await _pairs(browser, server)
+            measured: dict[str, Any] = {}
+            for condition in MEASURED:
+                lose(namespace, condition)
+                await anyio.sleep(SETTLE)
+                measured[condition] = await concealment(listeners, WINDOW)
+            lose(namespace, "none")
+            for page in listeners.values():
+                await page.context.close()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(measured, indent=2) + "\n")
+    for condition, listened in measured.items():
+        for name, heard in listened.items():
+            assert heard["red"], f"{name} did not negotiate RED"
+            # A plain-Opus speaker sends no redundancy to rebuild its own leg's loss from.
+            plain_speaker_loss = name == "python_to_whep" and condition != "listener_leg"
+            if condition in BOUNDED and not plain_speaker_loss:
+                assert heard["concealed_percent"] <= 1.0, (condition, name, measured)
+
+
+async def _pairs(browser: Any, server: ServerProcess) -> dict[str, Any]:
+    """The three speaker -> listener pairs, playing; the listeners' pages by name."""
+    whip = await open_page(browser, server.base_url + "/health")
+    started = await whip.evaluate(WHIP_SPEAKER_JS, "wifi-whip")
+    assert started["status"] == 201, started
+    send = await open_page(browser, server.base_url + "/send?channel=wifi-pages")
+    await wait_state(send, "idle")
+    await send.click("#start")
+    await wait_state(send, "sending")
+    listeners = {}
+    for name, channel in (("whep", "wifi-whip"), ("python_to_whep", "wifi-python")):
+        page = listeners[name] = await open_page(browser, server.base_url + "/health")
+        for _ in range(50):  # (the Python speaker may still be connecting)
+            played = await page.evaluate(WHEP_JS, channel)
+            if played["status"] == 201:
+                break
+            await anyio.sleep(0.2)
+        assert played["status"] == 201, played
+    page = listeners["pages"] = await open_page(browser, server.base_url + "/listen/wifi-pages")
+    await wait_state(page, "playing")
+    await anyio.sleep(2)  # every jitter buffer filled
+    return listeners

@@ -1,0 +1,109 @@
+"""RED (RFC 2198) at the relay: what a speaker's lost packets become, and what listeners get.
+
+Pure packet logic, no network: the Wi-Fi scenarios with real browsers and real loss are in
+tests/browser/test_wifi_loss.py.
+"""
+
+from __future__ import annotations
+
+from aiortc.rtp import RtpPacket
+
+from relay_app.core.metrics import Metrics
+from relay_app.webrtc.red import MAX_RED_PAYLOAD, WINDOW, Redundancy, Repair, build, split
+
+OPUS, RED = 111, 63
+
+
+def opus(n: int) -> bytes:
+    return bytes([0xFC, n & 0xFF]) * 20  # a 40-byte "Opus packet" numbered n
+
+
+def red_packet(sequence: int, distance: int = 1) -> RtpPacket:
+    """What a browser sends: packet `sequence` with the `distance` packets before it."""
+    older = [(960 * back, opus(sequence - back)) for back in range(distance, 0, -1)]
+    return RtpPacket(
+        payload_type=RED,
+        sequence_number=sequence & 0xFFFF,
+        timestamp=(960 * sequence) & 0xFFFFFFFF,
+        payload=build(OPUS, opus(sequence), older),
+    )
+
+
+def test_red_payloads_split_back_into_their_blocks() -> None:
+    payload = build(OPUS, b"primary", [(1920, b"two back"), (960, b"one back")])
+    blocks = split(payload)
+    assert blocks is not None
+    assert [(b.payload_type, b.offset, b.payload) for b in blocks] == [
+        (OPUS, 1920, b"two back"),
+        (OPUS, 960, b"one back"),
+        (OPUS, 0, b"primary"),
+    ]
+    assert split(payload[:6]) is None  # a block longer than what is left: malformed
+    assert split(b"") is None
+
+
+def test_a_speakers_lost_packet_is_rebuilt_from_the_next_and_counted() -> None:
+    metrics = Metrics()
+    repair = Repair(metrics, OPUS, RED)
+    out = [p for n in (1, 2, 4, 5) for p in repair(red_packet(n))]  # 3 was lost on the Wi-Fi
+    assert [p.sequence_number for p in out] == [1, 2, 3, 4, 5]
+    assert [p.payload for p in out] == [opus(n) for n in (1, 2, 3, 4, 5)]
+    assert all(p.payload_type == OPUS for p in out)
+    assert out[2].timestamp == 960 * 3
+    assert (repair.lost, repair.repaired) == (1, 1)
+    assert (metrics.ingress_lost, metrics.ingress_repaired) == (1, 1)
+    assert repair(red_packet(3)) == []  # the original, late: already passed on
+
+
+def test_a_loss_redundancy_cannot_cover_stays_a_gap_and_counts_once_given_up() -> None:
+    metrics = Metrics()
+    repair = Repair(metrics, OPUS, RED)
+    out = [p for n in (1, 4, 5) for p in repair(red_packet(n))]  # 2 and 3 lost: 3 rebuilt
+    assert [p.sequence_number for p in out] == [1, 3, 4, 5]
+    assert (repair.lost, repair.repaired) == (1, 1)  # 3 so far; 2 is not given up yet
+    for n in range(6, 6 + WINDOW):
+        repair(red_packet(n))
+    assert (repair.lost, repair.repaired) == (2, 1)
+
+
+def test_plain_opus_keeps_its_numbers_across_wraparound_and_drops_duplicates() -> None:
+    repair = Repair(Metrics(), OPUS)
+    numbers = [0xFFFE, 0xFFFF, 0x0001, 0x0001, 0x0000]  # 0 comes late, 1 twice
+    out = [
+        p.sequence_number
+        for n in numbers
+        for p in repair(RtpPacket(payload_type=OPUS, sequence_number=n, payload=b"x"))
+    ]
+    assert out == [0xFFFE, 0xFFFF, 0x0001, 0x0000]
+    assert repair.lost == 0
+    assert repair(RtpPacket(payload_type=RED, sequence_number=2, payload=b"x")) == []
+
+
+def test_listeners_get_the_packet_before_each_or_two_while_they_report_heavy_loss() -> None:
+    redundancy = Redundancy()
+    sent = [redundancy.next(n, 960 * n, opus(n)) for n in range(1, 4)]
+    assert sent[0].older == []  # nothing before the first
+    assert sent[2].older == [(960, opus(2))]
+    assert split(sent[2].red(OPUS)) is not None
+    redundancy.adapt(26)  # a listener reports 10 % lost
+    assert redundancy.next(4, 960 * 4, opus(4)).older == [(1920, opus(2)), (960, opus(3))]
+    redundancy.adapt(8)  # between the thresholds: stays
+    assert redundancy.distance == 2
+    redundancy.adapt(0)
+    assert redundancy.next(5, 960 * 5, opus(5)).older == [(960, opus(4))]
+    # After a gap there is nothing right before it to repeat.
+    assert redundancy.next(7, 960 * 7, opus(7)).older == []
+    # Never past the packet size bound.
+    big = bytes(MAX_RED_PAYLOAD - 100)
+    redundancy.next(8, 960 * 8, big)
+    assert redundancy.next(9, 960 * 9, big).older == []
+
+
+def test_red_is_built_once_per_opus_payload_type_for_the_whole_fanout() -> None:
+    redundancy = Redundancy()
+    redundancy.next(1, 960, opus(1))
+    packet = redundancy.next(2, 1920, opus(2))
+    first = packet.red(OPUS)
+    assert packet.red(OPUS) is first  # the second listener gets the same bytes
+    other = packet.red(96)  # a listener whose Opus is 96 (aiortc's offers)
+    assert other[0] == 0x80 | 96 and first[0] == 0x80 | OPUS
