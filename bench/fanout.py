@@ -12,7 +12,8 @@ RSS are differences from it.
 
 For each mode and N: a fresh server (`python -m relay_app`), a sender streaming a tone
 (`relay_app.client send`), and N receivers spread over worker processes. Receivers count
-and timestamp RTP packets without decoding them. Over a measurement window it records the
+and timestamp RTP packets without decoding them; like browsers they take RED whenever the
+relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus). Over a measurement window it records the
 server's CPU (% of one core, from its /proc stats), RSS, packets delivered vs expected (by RTP
 sequence numbers), and the relay-added latency (ingress -> a receiver's sender) from the
 server's own histogram. A mode stops growing N once it saturates (loss >= 5 %).
@@ -58,6 +59,8 @@ class Server(ServerProcess):
         }
         if variant in ("fast", "aiortc"):  # relay.fast_path on/off: `--modes forward+aiortc`
             config["relay"]["fast_path"] = variant == "fast"
+        if variant == "nored":  # relay.red off: receivers get plain Opus (`--modes forward+nored`)
+            config["relay"]["red"] = False
         super().__init__(tmp, deep_merge(config, extra or {}))
         self.start()
 
@@ -114,6 +117,7 @@ def worker_main(
             tap_receiver(audio_receiver(pc, track), on_packet, then_aiortc=False)
 
         async with RelayClient.connect(url) as client:
+            client.red = True  # as browsers do: RED whenever the relay offers it
             await client.start_receiving(on_track=on_track, visualization=levels)
             connected.release()
             await anyio.sleep_forever()
@@ -137,9 +141,8 @@ def worker_main(
             ready.put(count)
             start_at, end_at = await anyio.to_thread.run_sync(commands.recv)
             await anyio.sleep(max(0.0, end_at - time.time()) + 0.5)
-            # Packets each receiver got in the window (distinct sequence numbers). Each
-            # receiver's RTCRtpSender numbers its own sequence, so packets the relay dropped
-            # leave no gap: what counts is how many arrived against how many the sender sent.
+            # Packets each receiver got in the window (distinct sequence numbers), against how
+            # many the sender sent.
             results.put(
                 [len({seq for at, seq in log if start_at <= at < end_at}) for log in arrivals]
             )

@@ -20,7 +20,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from ..core import protocol as p
+from ..core.metrics import Metrics
 from ..webrtc.ice import hide_addresses
+from ..webrtc.red import Repair
+from ..webrtc.rtp_tap import negotiated_opus_payload_type, receive_red, tap_receiver
+from ..webrtc.sdp import negotiated_red, with_red
 from .tracks import Recorder, record_track
 
 MESSAGES_KEPT = 1000
@@ -63,6 +67,9 @@ class RelayClient:
         self.stream_id: str | None = None
         # Send mDNS names instead of our addresses, as browsers do (ice.hide_addresses).
         self.hide_addresses = False
+        # Take RED (RFC 2198) when the relay offers it, as browsers do: lost packets are then
+        # rebuilt from the next before aiortc decodes them (webrtc/red.py).
+        self.red = False
         self.closed = anyio.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -160,6 +167,17 @@ class RelayClient:
         await self.send(message)
         return await self.expect(*types)
 
+    @staticmethod
+    def _receive_red(pc: RTCPeerConnection, red: int | None, tap: bool) -> None:
+        """RED packets reach the receiver; with `tap`, aiortc decodes the repaired Opus."""
+        if red is None:
+            return
+        receive_red(pc, red)
+        if tap:
+            repair = Repair(Metrics(), negotiated_opus_payload_type(pc), red)
+            receiver = pc.getTransceivers()[0].receiver
+            tap_receiver(receiver, lambda packet, arrival: None, repair=repair)
+
     def _local_sdp(self, pc: RTCPeerConnection) -> str:
         sdp: str = pc.localDescription.sdp
         return hide_addresses(sdp) if self.hide_addresses else sdp
@@ -221,7 +239,11 @@ class RelayClient:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await self.send(p.Answer(sdp=self._local_sdp(pc)))
+        answer = self._local_sdp(pc)
+        if self.red:
+            answer = with_red(answer, remote=offer.sdp)
+            self._receive_red(pc, negotiated_red(answer, offer.sdp), tap=on_track is None)
+        await self.send(p.Answer(sdp=answer))
         self.stream_id = offer.stream_id
         return offer.stream_id
 

@@ -77,8 +77,13 @@ def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
     }
     if info.role == "sender":
         row["audio_bytes_in"] = stream.audio_bytes if stream is not None else 0
+        # Its leg's loss: packets that never arrived, and those of them rebuilt from RED.
+        row["packets_lost"] = stream.packets_lost if stream is not None else 0
+        row["packets_repaired"] = stream.packets_repaired if stream is not None else 0
     if info.role == "receiver":  # a channel's receiver between two senders is waiting
         row["waiting"] = stream is None or info.connection_id not in stream.receivers
+        # What it last reported losing of our packets (RTCP; fast-path listeners).
+        row["loss"] = round(stream.listener_loss(info.connection_id), 3) if stream else 0.0
     return row
 
 

@@ -78,6 +78,26 @@ METRICS: tuple[MetricSpec, ...] = (
         "Plain-HTTP (Ogg/Opus) listeners of each live stream; the series ends with the stream.",
         ("stream_id",),
     ),
+    MetricSpec(
+        "relay_stream_lost_packets_total",
+        "counter",
+        "Each live stream's speaker packets that never reached the relay (Wi-Fi loss on the "
+        "speaker's leg), repaired or not; the series ends with the stream.",
+        ("stream_id",),
+    ),
+    MetricSpec(
+        "relay_stream_repaired_packets_total",
+        "counter",
+        "Of those, the packets rebuilt at the relay from RED redundancy; the rest are gaps.",
+        ("stream_id",),
+    ),
+    MetricSpec(
+        "relay_stream_listener_loss_ratio",
+        "gauge",
+        "Each live stream's worst listener loss, as the listeners last reported it (RTCP "
+        "fraction lost, 0-1; fast-path listeners).",
+        ("stream_id",),
+    ),
     MetricSpec("relay_http_listeners", "gauge", "Plain-HTTP listeners connected (all streams)."),
     MetricSpec("relay_recordings", "gauge", "Recording files being written."),
     MetricSpec(
@@ -106,6 +126,16 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("relay_sessions_total", "counter", "WebSocket sessions opened."),
     MetricSpec("relay_streams_total", "counter", "Streams started."),
     MetricSpec("relay_received_packets_total", "counter", "Opus packets received from senders."),
+    MetricSpec(
+        "relay_lost_packets_total",
+        "counter",
+        "Speakers' packets that never reached the relay (all streams), repaired or not.",
+    ),
+    MetricSpec(
+        "relay_repaired_packets_total",
+        "counter",
+        "Speakers' lost packets rebuilt at the relay from RED redundancy (all streams).",
+    ),
     MetricSpec(
         "relay_received_bytes_total", "counter", "Opus payload bytes received from senders."
     ),
@@ -187,6 +217,15 @@ class RelayCollector(Collector):
             "relay_stream_http_listeners",
             [((s.stream_id,), len(s.http.listeners) if s.http else 0) for s in streams],
         )
+        yield "relay_stream_lost_packets_total", [((s.stream_id,), s.packets_lost) for s in streams]
+        yield (
+            "relay_stream_repaired_packets_total",
+            [((s.stream_id,), s.packets_repaired) for s in streams],
+        )
+        yield (
+            "relay_stream_listener_loss_ratio",
+            [((s.stream_id,), s.listener_loss()) for s in streams],
+        )
         yield "relay_http_listeners", [((), live["http_listeners"])]
         yield "relay_recordings", [((), live["recordings"])]
         yield "relay_upstreams", [((), live["upstreams"])]
@@ -206,6 +245,8 @@ class RelayCollector(Collector):
         yield "relay_sessions_total", [((), metrics.sessions_total)]
         yield "relay_streams_total", [((), metrics.streams_total)]
         yield "relay_received_packets_total", [((), metrics.packets_in)]
+        yield "relay_lost_packets_total", [((), metrics.ingress_lost)]
+        yield "relay_repaired_packets_total", [((), metrics.ingress_repaired)]
         yield "relay_received_bytes_total", [((), metrics.total_audio_bytes)]
         yield "relay_sent_packets_total", [((), metrics.packets_out)]
         yield "relay_sent_bytes_total", [((), metrics.bytes_out)]

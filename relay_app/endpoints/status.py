@@ -62,6 +62,8 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
         "relay": {
             "mode": ctx.settings.relay.mode,
             "packets_in": metrics.packets_in,
+            "packets_lost": metrics.ingress_lost,
+            "packets_repaired": metrics.ingress_repaired,
             "packets_out": metrics.packets_out,
             "bytes_in": metrics.total_audio_bytes,
             "bytes_out": metrics.bytes_out,

@@ -114,6 +114,23 @@ class Stream:
         self.ended.set()
 
     @property
+    def packets_lost(self) -> int:
+        """The speaker's packets that never arrived (some then rebuilt: packets_repaired)."""
+        return self.repair.lost if self.repair is not None else 0
+
+    @property
+    def packets_repaired(self) -> int:
+        return self.repair.repaired if self.repair is not None else 0
+
+    def listener_loss(self, connection_id: str | None = None) -> float:
+        """The share of packets a listener last reported lost (RTCP), 0-1: `connection_id`'s,
+        or the worst of the fast path's listeners."""
+        if connection_id is not None:
+            send = self.direct.get(connection_id)
+            return send.reported_loss / 256 if send is not None else 0.0
+        return max((send.reported_loss for send in self.direct.values()), default=0) / 256
+
+    @property
     def listeners(self) -> int:
         """Its receivers here, without other nodes' upstreams (those count on their node)."""
         return len(self.receivers) - len(self.links)

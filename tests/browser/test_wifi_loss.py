@@ -22,11 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import av
+import numpy as np
 import pytest
 
+from relay_app.client import RelayClient, dominant_frequency
 from relay_app.tools.testing import REPO, ServerProcess, deep_merge
+from relay_app.webrtc.sdp import red_payload_type
 
-from ..helpers import require_namespaces
+from ..audio.test_recording import decode, recording_config
+from ..helpers import require_namespaces, serving
 from .test_browser import BROWSER_CONFIG, CHROMIUM, WHEP_JS, chromium, open_page, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +233,42 @@ async def _pairs(browser: Any, server: ServerProcess) -> dict[str, Any]:
     await wait_state(page, "playing")
     await anyio.sleep(2)  # every jitter buffer filled
     return listeners
+
+
+def ogg_tone(url: str, seconds: float = 2.0) -> float:
+    """The dominant Hz of `seconds` of a live Ogg/Opus stream, decoded by FFmpeg (PyAV)."""
+    chunks: list[np.ndarray] = []
+    with av.open(url, timeout=10) as container:
+        for frame in container.decode(audio=0):
+            chunks.append(frame.to_ndarray().mean(axis=0))
+            if sum(len(c) for c in chunks) >= seconds * 48000:
+                break
+    return dominant_frequency(np.concatenate(chunks).astype(np.float32), 48000)
+
+
+async def test_a_red_speakers_tone_decodes_at_python_and_ogg_listeners_and_in_the_recording(
+    tmp_path: Path,
+) -> None:
+    """A browser that sends RED (what our answer asks for): every consumer that does not
+    take RED gets the Opus inside it."""
+    directory = tmp_path / "recordings"
+    config = deep_merge(BROWSER_CONFIG, recording_config(directory))
+    for server in serving(tmp_path, config):
+        async with chromium(tmp_path) as browser:
+            page = await open_page(browser, server.base_url + "/health")
+            started = await page.evaluate(WHIP_SPEAKER_JS, "english")
+            assert started["status"] == 201, started
+            answer = await page.evaluate("() => window.whip.pc.currentRemoteDescription.sdp")
+            assert red_payload_type(answer) is not None, answer
+            async with RelayClient.connect(server.ws_url) as receiver:
+                await receiver.start_receiving("english")
+                await receiver.wait_audio(2.5)
+                audio = receiver.recorder.audio(2.0)
+                assert abs(dominant_frequency(audio, receiver.recorder.sample_rate) - 440) <= 10
+            url = f"{server.status_url}/stream/english.ogg"
+            assert abs(await anyio.to_thread.run_sync(ogg_tone, url) - 440) <= 10
+            await page.context.close()
+        ended = await anyio.to_thread.run_sync(server.wait_event, "recording_ended")
+        seconds, hz = decode(Path(ended["path"]))
+        assert seconds >= 2 and abs(hz - 440) <= 10, (seconds, hz)
+        assert server.metrics()["relay"]["drops"].get("not_opus", 0) == 0
