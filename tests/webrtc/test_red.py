@@ -1,14 +1,19 @@
 """RED (RFC 2198) at the relay: what a speaker's lost packets become, and what listeners get.
 
-Pure packet logic, no network: the Wi-Fi scenarios with real browsers and real loss are in
-tests/browser/test_wifi_loss.py.
+Packet logic first, then a real listener that takes RED; the Wi-Fi scenarios with real
+browsers and real loss are in tests/browser/test_wifi_loss.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from aiortc.rtp import RtpPacket
 
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core.metrics import Metrics
+from relay_app.tools.testing import ServerProcess
 from relay_app.webrtc.red import MAX_RED_PAYLOAD, WINDOW, Redundancy, Repair, build, split
 
 OPUS, RED = 111, 63
@@ -107,3 +112,22 @@ def test_red_is_built_once_per_opus_payload_type_for_the_whole_fanout() -> None:
     assert packet.red(OPUS) is first  # the second listener gets the same bytes
     other = packet.red(96)  # a listener whose Opus is 96 (aiortc's offers)
     assert other[0] == 0x80 | 96 and first[0] == 0x80 | OPUS
+
+
+@pytest.mark.anyio
+async def test_a_listener_that_takes_red_gets_each_packet_twice_and_hears_the_tone(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_forward_server()
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440))
+        async with RelayClient.connect(server.ws_url) as listener:
+            listener.red = True
+            await listener.start_receiving()
+            await listener.wait_audio(1.5)
+            audio = listener.recorder.audio(1.0)
+            assert abs(dominant_frequency(audio, listener.recorder.sample_rate) - 440) <= 10
+            relay = server.metrics()["relay"]
+    # What went out per packet carries the packet before it: about twice what came in.
+    ratio = (relay["bytes_out"] / relay["packets_out"]) / (relay["bytes_in"] / relay["packets_in"])
+    assert 1.5 < ratio < 2.3, relay  # (packets_in counts from before the listener joined)
