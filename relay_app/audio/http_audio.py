@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..core.metrics import Metrics
-from .ogg import OggOpusMuxer, page_sequence, renumber
+from .ogg import OPUS_RATE, OggOpusMuxer, page, page_granule, page_sequence, renumber
 
 LISTENER_PAGES = 50  # 5 s of 100 ms pages: a player that stops reading longer is dropped
 
@@ -42,6 +42,7 @@ class Listener:
     # Ends its response at once, stuck writes and all (a listener dropped as too slow is
     # most likely one whose client stopped reading: its connection must not stay open).
     abort: Callable[[], None] = lambda: None
+    ended: str = ""  # why it left the fan-out ("stream ended", "too slow", "client left")
 
 
 def own_page(listener: Listener, data: bytes) -> bytes:
@@ -49,6 +50,39 @@ def own_page(listener: Listener, data: bytes) -> bytes:
     if listener.first_sequence == 2:
         return data  # there from the start: the stream's numbers are its own
     return renumber(data, page_sequence(data) - listener.first_sequence + 2)
+
+
+class ChannelPages:
+    """One listener's single logical Ogg stream across a channel's senders: each sender's
+    pages get the first sender's serial number, page numbers that go on, and granule
+    positions moved on so that the pause between two senders counts as the time it lasted
+    (players play through it as a gap in the timestamps). The end-of-stream flag comes only
+    when the listener is let go (`last`)."""
+
+    def __init__(self) -> None:
+        self.serial: int | None = None
+        self._sequence = 2
+        self._granule = 0  # the newest granule position sent
+        self._sent_at: float | None = None
+        self._offset = 0
+
+    def follow(self, http: HttpAudio) -> None:
+        """The next pages are this sender's (its muxer's granules count from its start)."""
+        if self.serial is None:
+            self.serial = http.muxer.serial
+            return
+        gap = round((time.monotonic() - (self._sent_at or time.monotonic())) * OPUS_RATE)
+        self._offset = self._granule + gap - http.muxer.granule
+
+    def page(self, data: bytes) -> bytes:
+        out = renumber(data, self._sequence, self.serial, self._offset)
+        self._sequence += 1
+        self._granule, self._sent_at = page_granule(out), time.monotonic()
+        return out
+
+    def last(self) -> bytes:
+        assert self.serial is not None
+        return page([], self._granule, self.serial, self._sequence, last=True)
 
 
 @dataclass(eq=False)
@@ -80,6 +114,7 @@ class HttpAudio:
         """Out of the fan-out, once: logged now, even if its response is still stuck writing
         to a client that does not read (it ends when that client goes)."""
         if listener in self.listeners:
+            listener.ended = reason
             self.listeners.discard(listener)
             listener.inbox.close()
             listener.log.info("http_listener_ended", reason=reason, bytes=listener.sent_bytes)

@@ -88,12 +88,25 @@ def page(
     return bytes(data)
 
 
-def renumber(data: bytes, sequence: int) -> bytes:
-    """The same page with another page sequence number (and so another CRC)."""
+def renumber(
+    data: bytes, sequence: int, serial: int | None = None, granule_offset: int = 0
+) -> bytes:
+    """The same page with another page sequence number (and so another CRC); for a channel
+    listener's one logical stream across senders also another serial number, its granule
+    position moved on by `granule_offset`, and no end-of-stream flag (the next sender goes
+    on in the same stream)."""
     copy = bytearray(data)
+    if serial is not None:
+        copy[5] &= ~0x04 & 0xFF
+        granule = struct.unpack_from("<q", copy, 6)[0]
+        struct.pack_into("<qI", copy, 6, granule + granule_offset, serial)
     struct.pack_into("<II", copy, 18, sequence, 0)
     struct.pack_into("<I", copy, 22, ogg_crc(bytes(copy)))
     return bytes(copy)
+
+
+def page_granule(data: bytes) -> int:
+    return int(struct.unpack_from("<q", data, 6)[0])
 
 
 def page_sequence(data: bytes) -> int:

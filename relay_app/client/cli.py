@@ -57,14 +57,14 @@ async def _keep_alive(client: RelayClient, duration: float) -> None:
 
 
 async def _follow(client: RelayClient) -> None:
-    """A listener stays on its channel: each next sender's offer is answered as it comes."""
+    """A listener stays on its channel: each next sender plays on the same connection."""
     with contextlib.suppress(anyio.EndOfStream):
         while True:
             message = await client.next_message(timeout=math.inf)
             if isinstance(message, p.StreamEnded):
                 _print_event("stream_ended", **message.model_dump(exclude={"type"}))
-            elif isinstance(message, p.Offer):
-                _print_event("receiving", stream_id=await client.answer_offer(message))
+            elif isinstance(message, p.StreamStarted):
+                _print_event("receiving", stream_id=message.stream_id, label=message.label)
 
 
 def _print_event(event: str, **fields: Any) -> None:

@@ -17,7 +17,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..core import protocol as p
 from ..core.metrics import Metrics
@@ -25,7 +25,7 @@ from ..webrtc.ice import hide_addresses
 from ..webrtc.red import Repair
 from ..webrtc.rtp_tap import negotiated_opus_payload_type, receive_red, tap_receiver
 from ..webrtc.sdp import negotiated_red, with_red
-from .tracks import Recorder, record_track
+from .tracks import Recorder
 
 MESSAGES_KEPT = 1000
 
@@ -228,14 +228,13 @@ class RelayClient:
         self.pc = pc = self._new_pc()
         if recorder is not None:
             self.recorder = recorder
-        recorder = self.recorder
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             if on_track is not None:
                 on_track(pc, track)
             else:
-                self._tg.start_soon(record_track, track, recorder)
+                self._tg.start_soon(self._record, track)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -247,12 +246,25 @@ class RelayClient:
         self.stream_id = offer.stream_id
         return offer.stream_id
 
+    async def _record(self, track: MediaStreamTrack) -> None:
+        """Into whichever recorder is current: `follow_channel` may start a new one."""
+        try:
+            while True:
+                frame = await track.recv()
+                self.recorder.add(frame)
+        except MediaStreamError:
+            pass
+
     async def follow_channel(self, timeout: float = 20, recorder: Recorder | None = None) -> str:
         """After `stream_ended` with `waiting` (a channel's sender left): wait for the
-        channel's next sender and answer the server's offer; audio goes on into the same
-        recorder unless one is given. Returns the stream id (the channel's name)."""
-        await self.receive(p.StreamStarted, timeout=timeout)
-        return await self.answer_offer(await self.receive(p.Offer), recorder=recorder)
+        channel's next sender, which plays on the same peer connection (no new offer); audio
+        goes on into the same recorder unless one is given. Returns the stream id (the
+        channel's name)."""
+        started = await self.receive(p.StreamStarted, timeout=timeout)
+        if recorder is not None:
+            self.recorder = recorder
+        self.stream_id = started.stream_id
+        return started.stream_id
 
     async def wait_audio(self, seconds: float, timeout: float = 20) -> None:
         """Wait until `seconds` of audio have been received."""

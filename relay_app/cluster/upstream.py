@@ -160,6 +160,7 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
             sender_id=f"node:{remote.node_id}",
             source=tracks[0],
             channel=remote.channel,
+            clock=ctx.registry.clock(remote.channel),
             started_at=remote.started_at,
             origin=remote.node_id,
         )
@@ -190,11 +191,13 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
 
 
 async def _watch_origin(client: RelayClient, stream: Stream) -> None:
-    """The origin's word on the stream: its end (and why) is the end here too."""
+    """The origin's word on the stream: its end (and why) is the end here too. A channel's
+    handover on the origin (`waiting`) is not an end: the link stays on its connection and
+    the next sender's audio comes on it, so this node's listeners follow without a break."""
     try:
         while True:
             message = await client.next_message(timeout=float("inf"))
-            if isinstance(message, p.StreamEnded):
+            if isinstance(message, p.StreamEnded) and not message.waiting:
                 stream.end(EndCause.SENDER_LEFT, message.reason)
                 return
             if isinstance(message, p.Error):

@@ -238,6 +238,13 @@ class StreamSettings(_Section):
         "server.max_connections (50). One process carries 200+ (docs/performance.md): raise "
         "all three together.",
     )
+    channel_wait_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a channel's listeners (WebSocket receivers, WHEP players) stay on "
+        "their connection while the channel has no sender; the next sender plays on it without "
+        "renegotiating. Past this they are told `stream_ended` (not waiting) and let go.",
+    )
     allow_unlisted_channels: bool = Field(
         True,
         description="Senders may open channels that `channels` does not list; false = only "

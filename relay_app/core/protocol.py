@@ -127,6 +127,7 @@ class AnswerOut(_ServerMessage):
 class StreamStarted(_ServerMessage):
     type: Literal["stream_started"] = "stream_started"
     stream_id: str
+    label: str | None = None  # who is speaking now (a channel's next sender)
 
 
 class Offer(_ServerMessage):

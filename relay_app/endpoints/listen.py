@@ -5,7 +5,9 @@ The response is one listener of the stream's shared pages (http_audio.py): its l
 this request's, so a client that leaves, a stream that ends, or a listener dropped as too slow
 each end it, and the listener is unregistered when the body's `async with` exits.
 `latest.ogg` is whichever stream is newest when the request arrives, so a player can keep one
-URL and simply reconnect after a stream ends.
+URL and simply reconnect after a stream ends. A channel's listener stays on: the channel's next
+sender goes on in the same logical Ogg stream (http_audio.ChannelPages), until the channel has
+been empty for streams.channel_wait_timeout.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 import anyio
 from quart import Quart, Response, request
 
-from ..audio.http_audio import own_page
+from ..audio.http_audio import ChannelPages, Listener, own_page
 from ..core.errors import CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
 from ..core.protocol import NO_STREAM_MESSAGE
 from ..streams.context import RelayContext
+from ..streams.finder import next_on_channel
 from ..streams.stream import SessionInfo, Stream
 from .guard import LISTEN, Entry, Guard
 
@@ -82,7 +85,7 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         return response
 
     async def _pages(
-        stream: Stream, info: SessionInfo, log: Any, abort: Callable[[], None] | None
+        stream: Stream, info: SessionInfo, log: Any, abort: Abort | None
     ) -> AsyncIterator[bytes]:
         """The response body: a session from its first page to its last. (The guard admitted
         it and released its pending slot when the handler returned; a body that never
@@ -94,13 +97,47 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             log.info("connection_refused", kind=error.kind, error=error.message)
             return
         try:
-            async with stream.http.listen(log, abort) as listener:  # logs its start and its end
-                yield listener.headers
-                async for shared, arrival in listener.pages:
-                    page = own_page(listener, shared)
-                    yield page
-                    metrics.http_page_latency.observe(time.monotonic() - arrival)
-                    listener.sent_bytes += len(page)
-                    metrics.http_sent_bytes += len(page)
+            if stream.channel is None:
+                async for data in _one_stream(stream, log, abort, own_page, headers=True):
+                    yield data
+                return
+            # A channel: one logical stream across its senders, while the client listens.
+            pages, channel, first = ChannelPages(), stream.channel, True
+            while True:
+                assert stream.http is not None
+                pages.follow(stream.http)
+                async for data in _one_stream(
+                    stream, log, abort, lambda _, page: pages.page(page), headers=first
+                ):
+                    yield data
+                first = False
+                if not stream.ended.is_set() or (abort is not None and abort.requested):
+                    return  # the client left, or was dropped as too slow: not a handover
+                with anyio.move_on_after(settings.streams.channel_wait_timeout):
+                    stream = await next_on_channel(ctx, channel)
+                    log = log.bind(stream_id=stream.stream_id)
+                    log.info("http_listener_followed", channel=channel)
+                    continue
+                yield pages.last()  # nobody spoke for channel_wait_timeout: the end
+                return
         finally:
             registry.close_session(info.connection_id)
+
+    async def _one_stream(
+        stream: Stream,
+        log: Any,
+        abort: Abort | None,
+        own: Callable[[Listener, bytes], bytes],
+        headers: bool,
+    ) -> AsyncIterator[bytes]:
+        """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
+        assert stream.http is not None
+        async with stream.http.listen(log, abort) as listener:  # logs its start and its end
+            if headers:
+                yield listener.headers
+            async for shared, arrival in listener.pages:
+                page = own(listener, shared)
+                yield page
+                metrics.http_page_latency.observe(time.monotonic() - arrival)
+                listener.sent_bytes += len(page)
+                metrics.http_sent_bytes += len(page)

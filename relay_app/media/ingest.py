@@ -102,22 +102,37 @@ def packet_handler(
     packets, http, recording = stream.packets, stream.http, stream.recording
     direct = stream.direct  # relay.fast_path receivers (fast_path.py), filled as they join
     redundancy = stream.redundancy
-    packetizer = OpusPacketizer()
+    clock = stream.clock  # a channel's timeline, continued from its previous sender
+    packetizer: OpusPacketizer | None = None
     adapt = EveryNth(ADAPT_EVERY)
 
+    def first_packet(arrival: float) -> OpusPacketizer:
+        """The stream becomes audible: it takes its place on the channel's timeline, and (in
+        forward mode; transcode at its first decoded frame, sender.py) the sender it took the
+        channel from stops only now (make before break)."""
+        stream.pts_base = clock.continued(arrival)
+        if packets is not None:
+            stream.take_over()
+        return OpusPacketizer(stream.pts_base)
+
     def on_packet(rtp: RtpPacket, arrival: float) -> None:
+        nonlocal packetizer
         if not rtp.payload:
             metrics.count_drop("empty_packet")
             return
+        if stream.ended.is_set():
+            return  # (a taken-over sender's last packets: its listeners have moved on)
         # `arrival` is time.monotonic(), the clock anyio.current_time() reads on asyncio.
         stream.last_audio_at = arrival
         if peer is not None:
             peer.last_heard = arrival
         metrics.record_ingress(len(rtp.payload))
         stream.audio_bytes += len(rtp.payload)
+        if packetizer is None:
+            packetizer = first_packet(arrival)
+        pts = clock.pts = packetizer.advance(rtp)
+        clock.at = arrival
         if packets is not None and (packets.subscriber_count or direct):
-            # No av.Packet for nobody; the packetizer unwraps from the last packet it saw.
-            pts = packetizer.advance(rtp)
             if packets.subscriber_count:
                 packets.publish(packetizer.packet(rtp, pts), arrival)
             if direct:

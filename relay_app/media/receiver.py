@@ -1,20 +1,22 @@
-"""A receiver's media task: subscribe to a stream, offer it, accept the answer, play until the
-stream or the connection ends.
+"""A receiver's media task: subscribe to a stream, offer it (or answer a player's offer), play
+until the listener leaves; on a channel, each next sender on the same peer connection.
 
-Subscribing and registering as a receiver (`_listening`) are sync and undone before the peer
-connection closes: a receiver is counted exactly while it listens.
+Being fed by a stream and counted as its receiver (`_attached`) are sync and undone before the
+peer connection closes or follows the channel's next sender: a receiver is counted exactly
+while it listens. What the peer connection sends (`Output`) outlives the channel's senders:
+its sequence numbers and timestamps go on across a handover (fast_path.py, ingest.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from aiortc import RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
 
@@ -22,6 +24,7 @@ from ..core import protocol as p
 from ..core.errors import MediaFailed, MediaUnavailable, NegotiationError, SessionStateError
 from ..streams.finder import next_on_channel
 from ..streams.stream import Stream
+from ..webrtc.fanout import ChannelTrack
 from ..webrtc.fast_path import DirectSender, Placeholder
 from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer, open_peer
@@ -38,69 +41,30 @@ class Listen:
     levels: bool = False
 
 
+@dataclass
+class Output:
+    """What one receiver's peer connection sends, kept across a channel's senders: the track
+    its transceiver carries, and (fast path) the DirectSender the packet handler calls."""
+
+    track: Placeholder | ChannelTrack
+    direct: DirectSender | None = None
+
+
 async def run_receiver(
     host: SessionHost, media: MediaTask, request: Listen, *, task_status: TaskStatus[None]
 ) -> None:
-    """Play `stream`; for a channel, then each next sender on it, until the session stops it.
-
-    A channel's receiver outlives its sender: told `stream_ended` with `waiting`, it waits
-    here (no peer connection, not counted as a receiver) for the channel's next stream, then
-    gets `stream_started` and a fresh offer on the same socket.
-    """
-    stream = request.stream
-    status: TaskStatus[None] | None = task_status
-    while True:
-        if await _play(host, media, stream, request.levels, status):
-            return  # the listener hung up: the session stays, nothing to tell it
-        status = None
-        channel = stream.channel
-        host.send(
-            p.StreamEnded(
-                stream_id=stream.stream_id, reason=stream.end_reason, waiting=channel is not None
-            )
-        )
-        if channel is None:
-            return
-        media.log.info("receiver_waiting", channel=channel)
-        stream = await next_on_channel(host.ctx, channel)
-        host.send(p.StreamStarted(stream_id=stream.stream_id))
-
-
-async def _play(
-    host: SessionHost,
-    media: MediaTask,
-    stream: Stream,
-    levels: bool,
-    task_status: TaskStatus[None] | None,
-) -> bool:
-    """One peer connection playing `stream` until it ends; True when the listener hung up
-    (closed its peer connection), MediaFailed if the media failed."""
-    ctx = host.ctx
+    """Play `stream`; for a channel, then each next sender on it, on the same peer connection,
+    until the session stops it (`_follow_channel`)."""
+    stream, ctx = request.stream, host.ctx
     media.log = log = media.log.bind(stream_id=stream.stream_id)
-    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
-        media.peer = peer
-        try:
-            with _listening(host, stream, log, levels, peer) as track:
-                await _offer(host, peer, track, stream)
-                log.info("receiver_offer_sent")
-                if task_status is not None:
-                    task_status.started()
-                await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
-                await _wait_any(stream.ended.wait, peer.failed.wait)
-        finally:
-            media.peer = None
-    return _ended_by(peer, stream, log)
-
-
-def _ended_by(peer: Peer, stream: Stream, log: Any) -> bool:
-    """Why the playing ended: the stream (False), the listener hanging up (True, logged at
-    info: an ordinary end), or a media failure (MediaFailed)."""
-    if stream.ended.is_set():
-        return False
-    if peer.hung_up:
-        log.info("receiver_hung_up")
-        return True
-    raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
+    async with _peer(host, media, stream) as (peer, output):
+        with _attached(host, stream, log, request.levels, output):
+            await _offer(host, peer, output.track, stream)
+            log.info("receiver_offer_sent")
+            task_status.started()
+            await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
+            await _wait_any(stream.ended.wait, peer.failed.wait)
+        await _follow_channel(host, media, peer, output, stream, request.levels)
 
 
 async def run_answering_receiver(
@@ -111,21 +75,110 @@ async def run_answering_receiver(
     task_status: TaskStatus[None],
 ) -> None:
     """A receiver whose client makes the offer (a WHEP player): answer it with the stream's
-    audio and play until the stream or the connection ends. No re-offer on a channel: a
-    WHEP session has no way to carry one, so the player's session ends with the stream."""
+    audio and play, a channel's next senders too, on the same peer connection."""
     stream, offer = request
-    ctx = host.ctx
     media.log = log = media.log.bind(stream_id=stream.stream_id)
     _check_player_offer(offer)
-    async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
-        media.peer = peer
-        with _listening(host, stream, log, False, peer) as track:
-            await _answer(host, peer, track, offer)
+    async with _peer(host, media, stream) as (peer, output):
+        with _attached(host, stream, log, False, output):
+            await _answer(host, peer, output.track, offer)
             log.info("receiver_answer_sent")
             task_status.started()
             await _wait_any(stream.ended.wait, peer.failed.wait)
-    if not _ended_by(peer, stream, log):
-        host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+        await _follow_channel(host, media, peer, output, stream, False)
+
+
+@asynccontextmanager
+async def _peer(
+    host: SessionHost, media: MediaTask, stream: Stream
+) -> AsyncIterator[tuple[Peer, Output]]:
+    """The receiver's one peer connection and what it sends, for the whole session."""
+    ctx = host.ctx
+    async with open_peer(ctx.settings, ctx.metrics.live, media.log) as peer:
+        media.peer = peer
+        if ctx.settings.relay.fast_path and stream.packets is not None:
+            peer.red = ctx.settings.relay.red  # the DirectSender writes RED where accepted
+            output = Output(Placeholder(), DirectSender(peer, ctx.metrics))
+        else:
+            output = Output(ChannelTrack())
+        try:
+            yield peer, output
+        finally:
+            output.track.stop()
+            media.peer = None
+
+
+async def _follow_channel(
+    host: SessionHost, media: MediaTask, peer: Peer, output: Output, stream: Stream, levels: bool
+) -> None:
+    """After `stream` ended: a channel's receiver stays on its peer connection and plays each
+    next sender (a takeover, a reconnect, the next speaker after a pause), told by
+    `stream_ended` (waiting) and `stream_started`, never a new offer; an unnamed stream's
+    receiver, or one whose channel stays empty past streams.channel_wait_timeout, is done."""
+    settings = host.ctx.settings
+    while True:
+        if _ended_by(peer, stream, media.log):
+            return  # the listener hung up: the session stays, nothing to tell it
+        channel = stream.channel
+        host.send(
+            p.StreamEnded(
+                stream_id=stream.stream_id, reason=stream.end_reason, waiting=channel is not None
+            )
+        )
+        if channel is None:
+            return
+        media.log.info("receiver_waiting", channel=channel)
+        following = await _next_sender(host, channel, peer, settings.streams.channel_wait_timeout)
+        if following is None:
+            if not _ended_by(peer, stream, media.log):
+                waited = settings.streams.channel_wait_timeout
+                media.log.info("receiver_wait_ended", channel=channel, waited=waited)
+                host.send(
+                    p.StreamEnded(
+                        stream_id=channel, reason=f"no sender for {waited:g} s", waiting=False
+                    )
+                )
+            return
+        stream = following
+        media.log = log = media.log.bind(stream_id=stream.stream_id)
+        host.send(p.StreamStarted(stream_id=stream.stream_id, label=stream.label))
+        with _attached(host, stream, log, levels, output):
+            log.info("receiver_followed", channel=channel)
+            await _wait_any(stream.ended.wait, peer.failed.wait)
+
+
+async def _next_sender(
+    host: SessionHost, channel: str, peer: Peer, timeout: float
+) -> Stream | None:
+    """The channel's next stream; None if the listener left or none came within `timeout`."""
+    found: Stream | None = None
+
+    async def find() -> None:
+        nonlocal found
+        found = await next_on_channel(host.ctx, channel)
+
+    async def keep_heard() -> None:
+        # Nothing is sent while the channel is empty, so the listener's reports about it stop;
+        # ICE consent (which fails the connection) is its liveness meanwhile.
+        while True:
+            peer.last_heard = anyio.current_time()
+            await anyio.sleep(1)
+
+    with anyio.move_on_after(timeout):
+        await _wait_any(find, peer.failed.wait, keep_heard)
+    peer.last_heard = anyio.current_time()
+    return found
+
+
+def _ended_by(peer: Peer, stream: Stream, log: Any) -> bool:
+    """Why the playing ended: the stream (False), the listener hanging up (True, logged at
+    info: an ordinary end), or a media failure (MediaFailed)."""
+    if not peer.failed.is_set() and stream.ended.is_set():
+        return False
+    if peer.hung_up:
+        log.info("receiver_hung_up")
+        return True
+    raise MediaFailed(f"media {peer.failure}; send start_receiving to try again")
 
 
 def _check_player_offer(sdp: str) -> None:
@@ -160,46 +213,42 @@ async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None
 
 
 @contextmanager
-def _listening(
-    host: SessionHost, stream: Stream, log: Any, levels: bool, peer: Peer
-) -> Iterator[MediaStreamTrack]:
-    """Subscribed to the stream and counted as its receiver, for exactly this block.
+def _attached(
+    host: SessionHost, stream: Stream, log: Any, levels: bool, output: Output
+) -> Iterator[None]:
+    """Fed by `stream` and counted as its receiver, for exactly this block.
 
-    Sync on both sides: entered before the offer, left before the peer connection closes.
+    Sync on both sides: entered before the offer (or on a channel's next sender), left before
+    the peer connection closes or follows the next sender.
     """
-    if host.ctx.settings.relay.fast_path and stream.packets is not None:
-        with (
-            _direct(host, stream, peer) as placeholder,
-            _counted(host, stream, log, levels, lambda: None),
-        ):
-            yield placeholder
-        return
-    source = stream.receiver_source
-    try:
-        track = source.subscribe()
-    except MediaStreamError:  # it ended between start_receiving and this task's start
-        raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)") from None
-    with _counted(host, stream, log, levels, lambda: source.unsubscribe(track)):
-        yield track
+    gone = SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
+    direct = output.direct
+    if direct is not None:
+        if stream.ended.is_set() or (stream.packets is not None and stream.packets.closed):
+            raise gone  # (it ended between start_receiving and this task's start)
+        live = host.ctx.metrics.live
+        direct.follow()
+        stream.direct[host.connection_id] = direct
+        live.relay_subscriptions += 1
 
+        def release() -> None:
+            if stream.direct.pop(host.connection_id, None) is not None:
+                live.relay_subscriptions -= 1
 
-@contextmanager
-def _direct(host: SessionHost, stream: Stream, peer: Peer) -> Iterator[Placeholder]:
-    """A fast-path receiver (relay.fast_path): the sender's packet handler sends to it."""
-    if stream.ended.is_set() or (stream.packets is not None and stream.packets.closed):
-        # (it ended between start_receiving and this task's start)
-        raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
-    live = host.ctx.metrics.live
-    placeholder = Placeholder()
-    peer.red = host.ctx.settings.relay.red  # the DirectSender writes RED where it is accepted
-    stream.direct[host.connection_id] = DirectSender(peer, host.ctx.metrics)
-    live.relay_subscriptions += 1
-    try:
-        yield placeholder
-    finally:
-        stream.direct.pop(host.connection_id, None)
-        live.relay_subscriptions -= 1
-        placeholder.stop()
+    else:
+        source = stream.receiver_source
+        try:
+            track = source.subscribe()
+        except MediaStreamError:  # it ended between start_receiving and this task's start
+            raise gone from None
+        assert isinstance(output.track, ChannelTrack)
+        output.track.follow(track)
+
+        def release() -> None:
+            source.unsubscribe(track)
+
+    with _counted(host, stream, log, levels, release):
+        yield
 
 
 @contextmanager

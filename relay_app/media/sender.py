@@ -87,6 +87,7 @@ async def run_sender(
         finally:
             # Sync bookkeeping first, so no receiver can find a dying stream.
             stream.end(EndCause.SENDER_LEFT)
+            stream.take_over()  # (never audible: the one it took over stops too)
             ctx.registry.remove_stream(stream, host.info)
             stream.close_relays()
             log.info("track_ended", reason=stream.end_reason)
@@ -112,11 +113,13 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     opus = negotiated_opus_payload_type(peer.pc)
     settings, metrics = host.ctx.settings.relay, host.ctx.metrics
     stream_id = host.info.stream_id or f"{UNNAMED_PREFIX}{host.connection_id}"
+    channel = None if stream_id.startswith(UNNAMED_PREFIX) else stream_id
     stream = new_stream(
         settings,
         metrics,
         stream_id=stream_id,
-        channel=None if stream_id.startswith(UNNAMED_PREFIX) else stream_id,
+        channel=channel,
+        clock=host.ctx.registry.clock(channel),
         sender_id=host.connection_id,
         source=audio[0],
     )
@@ -150,6 +153,10 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
         # The one decode per stream (aiortc's decoder thread): it drains the track and
         # feeds visualization, and, in transcode mode, every receiver.
         metrics.audio_frames += 1
+        if isinstance(frame, AudioFrame) and frame.pts is not None:
+            frame.pts += stream.pts_base  # onto the channel's timeline (ingest.py)
+        if stream.packets is None:
+            stream.take_over()  # transcode: audible at its first decoded frame
         stream.frames.publish(frame)
 
     async def drain() -> None:

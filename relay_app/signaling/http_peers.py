@@ -65,7 +65,7 @@ class HttpPeer:
         match message:
             case p.AnswerOut(sdp=sdp):
                 self.answer = sdp
-            case p.StreamEnded(reason=reason):
+            case p.StreamEnded(reason=reason, waiting=False):  # (waiting: it plays on)
                 self.ended = reason
             case p.Error(message=text):
                 self.log.info("client_error", error=text)

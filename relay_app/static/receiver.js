@@ -213,8 +213,7 @@ async function onMessage(message) {
       break;
     case "stream_ended":
       if (message.waiting) {
-        // A channel: the server offers its next sender on this socket by itself.
-        closePeer();
+        // A channel: the connection stays; the next speaker plays on it by itself.
         console.info(`relay: ${message.stream_id} ended: ${message.reason}`);
         setState("waiting", SPEAKER_STOPPED);
       } else {
@@ -223,7 +222,12 @@ async function onMessage(message) {
       }
       break;
     case "stream_started":
-      setState("negotiating", `${nameOf(message.stream_id)}: someone is speaking; connecting…`);
+      if (message.label) labels.set(message.stream_id, message.label);
+      if (pc && pc.connectionState === "connected" && !audio.paused) {
+        setState("playing", `Playing ${nameOf(message.stream_id)}`);  // same connection, next speaker
+      } else {
+        setState("negotiating", `${nameOf(message.stream_id)}: someone is speaking; connecting…`);
+      }
       break;
     case "stopped":
       break;

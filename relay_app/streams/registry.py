@@ -16,7 +16,9 @@ from ..core.config import Settings
 from ..core.errors import CapacityError, ChannelBusy, ChannelError, NoStreamError, SessionStateError
 from ..core.limits import check_receiver_limit, check_stream_limit
 from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
-from .stream import UNNAMED_PREFIX, EndCause, SendOrDrop, SessionInfo, Stream
+from .stream import UNNAMED_PREFIX, ChannelClock, SendOrDrop, SessionInfo, Stream
+
+MAX_CLOCKS = 1000  # channels whose timeline is remembered between senders
 
 
 class RemoteRecord(Protocol):
@@ -80,6 +82,8 @@ class StreamRegistry:
         self.locked: set[str] = set()
         # Set (and replaced) when a channel's next stream is added: its waiting receivers.
         self._next_stream: dict[str, anyio.Event] = {}
+        # Each channel's timeline across its senders (stream.ChannelClock), newest last.
+        self._clocks: dict[str, ChannelClock] = {}
         self.cluster: ClusterView | None = None
         self._speakers = 0  # unnamed streams labelled so far ("Speaker N")
 
@@ -130,8 +134,9 @@ class StreamRegistry:
         """Count `info` as a sender from now on (while it negotiates, too), within the limit,
         holding its stream id: the channel's name, or `stream_<connection_id>`.
 
-        With `takeover` (already authorized), a channel's live sender is ended ("taken over")
-        and lets go of the name at once; its session unwinds on its own.
+        With `takeover` (already authorized), a channel's live sender lets go of the name at
+        once and is ended ("taken over") when the new sender's first packet arrives, so its
+        listeners hear no gap longer than a packet or two (`add_stream`, ingest.py).
         """
         senders = [s for s in self.sessions.values() if s.role == "sender"]
         check_stream_limit(len(senders), max_streams)
@@ -140,8 +145,12 @@ class StreamRegistry:
         else:
             self._check_channel_open(channel)
             holder = next((s for s in senders if s.stream_id == channel), None)
+            live = self.streams.get(channel)
             if holder is not None:
                 self._release(holder, channel, takeover)
+            elif live is not None and not live.ended.is_set() and not takeover:
+                # (taken over by a sender that then failed: it plays on until replaced)
+                raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
             stream_id = channel
         info.role, info.stream_id = "sender", stream_id
         return stream_id
@@ -173,10 +182,8 @@ class StreamRegistry:
             raise ChannelError(
                 f"channel {channel!r} is busy: another sender is connecting on it; try again"
             )
-        if not stream.ended.is_set():  # (an ended one is on its way out: not busy)
-            if not takeover:
-                raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
-            stream.end(EndCause.TAKEN_OVER)
+        if not stream.ended.is_set() and not takeover:  # (an ended one is on its way out)
+            raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
         holder.stream_id = None
 
     def set_idle(self, info: SessionInfo) -> None:
@@ -185,6 +192,10 @@ class StreamRegistry:
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
         stream.label = stream.label or self._label(stream)
+        if stream.channel is not None:
+            previous = self.streams.get(stream.stream_id)
+            if previous is not None and not previous.ended.is_set():
+                stream.replaces = previous  # a takeover: it ends at this one's first packet
         self.streams[stream.stream_id] = stream
         if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
             waiting.set()
@@ -199,6 +210,16 @@ class StreamRegistry:
             return configured.label if configured is not None else stream.channel
         self._speakers += 1
         return f"Speaker {self._speakers}"
+
+    def clock(self, channel: str | None) -> ChannelClock:
+        """The channel's timeline, which its next stream continues (a new one for no channel)."""
+        if channel is None:
+            return ChannelClock()
+        clock = self._clocks.pop(channel, None) or ChannelClock()
+        self._clocks[channel] = clock  # (newest last: the oldest go first past the bound)
+        while len(self._clocks) > MAX_CLOCKS:
+            del self._clocks[next(iter(self._clocks))]
+        return clock
 
     def remove_stream(self, stream: Stream, sender: SessionInfo) -> None:
         """Unregister the stream (if a newer one has not replaced it) and free its name."""

@@ -23,6 +23,7 @@ from ..core.protocol import StreamInfo
 from ..webrtc.fanout import Fanout
 from ..webrtc.fast_path import DirectSender
 from ..webrtc.red import Redundancy, Repair
+from ..webrtc.rtp_tap import OPUS_CLOCK_RATE
 
 SendOrDrop = Callable[[str], None]
 """A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
@@ -43,6 +44,25 @@ class EndCause(Enum):
     TAKEN_OVER = "taken over"  # another sender took the channel (`takeover`)
     STOPPED = "stopped by an operator"  # POST /admin/streams/<id>/stop
     NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
+
+
+FRAME = 960  # RTP timestamp units of one 20 ms Opus packet
+
+
+@dataclass
+class ChannelClock:
+    """A channel's one timeline across its senders (`pts`: the newest packet's, `at`: when it
+    arrived), so the next sender's audio continues it with the real gap: a listener that
+    stays on across a handover sees a pause in one stream, not a new source."""
+
+    pts: int = 0
+    at: float | None = None
+
+    def continued(self, arrival: float) -> int:
+        """Where a new sender's first packet, arriving at `arrival`, sits on the timeline."""
+        if self.at is None:
+            return 0
+        return self.pts + max(FRAME, round((arrival - self.at) * OPUS_CLOCK_RATE))
 
 
 @dataclass(eq=False)
@@ -75,6 +95,13 @@ class Stream:
     repair: Repair | None = None
     # RED for the fast path's RED listeners, built once per packet.
     redundancy: Redundancy = field(default_factory=Redundancy)
+    # The timeline its packets' pts continue (a channel's, shared by its senders in turn).
+    clock: ChannelClock = field(default_factory=ChannelClock)
+    # Where its first packet sat on that timeline (decoded frames are moved there too).
+    pts_base: int = 0
+    # A takeover: the channel's previous stream, ended when this one's first packet arrives
+    # (make before break: listeners hear the old sender until the new one is audible).
+    replaces: Stream | None = None
     # Opus payload bytes received from the sender (the admin API's session list).
     audio_bytes: int = 0
     # Written to disk while it runs (recording.enabled and the channel says so); else None.
@@ -112,6 +139,12 @@ class Stream:
         self.end_cause = cause
         self.end_reason = reason or cause.value
         self.ended.set()
+
+    def take_over(self) -> None:
+        """This stream is audible: the one it took the channel from ends now (a takeover)."""
+        if self.replaces is not None:
+            self.replaces.end(EndCause.TAKEN_OVER)
+            self.replaces = None
 
     @property
     def packets_lost(self) -> int:

@@ -66,6 +66,44 @@ class RelayTrack(MediaStreamTrack):
         return item
 
 
+class ChannelTrack(MediaStreamTrack):
+    """What a channel's receiver's RTCRtpSender reads (the aiortc path: transcode mode, or
+    forward mode without the fast path): its current sender's `RelayTrack`, switched to the
+    next sender's by `follow` without the receiver renegotiating. Between two senders it
+    yields nothing (aiortc's sender waits; RTCP and ICE consent go on); the pts are already
+    on the channel's one timeline (ingest.py), so the receiver sees a pause, not a new source.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._source: MediaStreamTrack | None = None
+        self._switched = asyncio.Event()
+
+    def follow(self, source: MediaStreamTrack | None) -> None:
+        self._source = source
+        self._switched.set()
+
+    async def recv(self) -> Media:
+        while self.readyState == "live":
+            source = self._source
+            if source is None:
+                self._switched.clear()
+                await self._switched.wait()
+                continue
+            try:
+                return await source.recv()
+            except MediaStreamError:
+                if self._source is source:
+                    self._source = None  # its sender left: wait for the next
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._switched.set()
+
+
 class Fanout:
     def __init__(self, capacity: int, metrics: Metrics) -> None:
         self._capacity = capacity

@@ -72,6 +72,8 @@ class DirectSender:
         self._metrics = metrics
         self._sender: Any = None  # resolved on the first packet after DTLS is connected
         self._offset = random.getrandbits(16)  # added to the speaker's sequence numbers
+        self._sent = (self._offset - 1) & 0xFFFF  # the newest sequence number sent
+        self._follow = False
         self._origin = random.getrandbits(32)
         self._opus = 0
         self.red = False  # whether this receiver negotiated RED (known once connected)
@@ -101,6 +103,12 @@ class DirectSender:
         self._sender = sender
         return True
 
+    def follow(self) -> None:
+        """The next packet is another sender's (a channel's handover): number on from the
+        last one sent, so the receiver sees one stream with a pause (the channel's timeline,
+        ingest.py, moves the timestamps on by the real gap)."""
+        self._follow = True
+
     @property
     def reported_loss(self) -> int:
         """The fraction of our packets the receiver last reported lost (RTCP, /256)."""
@@ -128,11 +136,13 @@ class DirectSender:
         if dtls._state != DtlsState.CONNECTED or pair is None or pair.protocol.transport is None:
             self._metrics.count_drop("receiver_not_connected")
             return
+        if self._follow:
+            self._follow = False
+            self._offset = (self._sent + 1 - packet.sequence) & 0xFFFF
         timestamp = (self._origin + packet.pts) & 0xFFFFFFFF
         header = self._header
-        _SEQUENCE_AND_TIMESTAMP.pack_into(
-            header, 2, (packet.sequence + self._offset) & 0xFFFF, timestamp
-        )
+        self._sent = sequence = (packet.sequence + self._offset) & 0xFFFF
+        _SEQUENCE_AND_TIMESTAMP.pack_into(header, 2, sequence, timestamp)
         payload = packet.red(self._opus) if self.red else packet.payload
         data = dtls._tx_srtp.protect(bytes(header) + payload)
         pair.protocol.transport.sendto(data, pair.remote_addr)

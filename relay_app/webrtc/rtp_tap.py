@@ -52,14 +52,14 @@ class OpusPacketizer:
     """Turns arriving RTP packets into `av.Packet`s that aiortc's senders forward as they are.
 
     The pts is the sender's RTP timestamp, unwrapped past 2**32 and counted from the first
-    packet; each receiver's RTCRtpSender adds its own random origin and numbers its own
+    packet (at `base`); each receiver's RTCRtpSender adds its own random origin and numbers its own
     sequence, so receivers joining mid-stream see a valid, continuous RTP stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base: int = 0) -> None:
         self._first: int | None = None
         self._last = 0
-        self._extended = 0
+        self._extended = base  # the first packet's pts (a channel's timeline goes on)
 
     def advance(self, rtp: RtpPacket) -> int:
         """The packet's pts: its timestamp unwrapped, from the first packet seen."""

@@ -365,15 +365,17 @@ async def test_listen_page_lists_channels_by_label_and_follows_the_channel_acros
                 await english.start_sending(ToneTrack(440), channel="english")
                 page = await _listen_by_label(server, browser)
             # The interpreter's laptop reconnects: the page plays again without a click, on
-            # the same socket (the server offers the channel's next sender by itself).
+            # the same socket and the same peer connection (a handover, no new offer).
             await wait_state(page, "waiting")
             connection_id = await page.text_content("#connection-id")
+            await page.evaluate("() => { window.firstPc = window.relayReceiver.pc; }")
             async with RelayClient.connect(server.ws_url) as english:
                 await english.start_sending(ToneTrack(660), channel="english")
                 await wait_state(page, "playing", timeout=20)
                 heard = await heard_by_page(page)
                 assert abs(heard["freq"] - 660) <= 10, heard
                 assert await page.text_content("#connection-id") == connection_id
+                assert await page.evaluate("() => window.relayReceiver.pc === window.firstPc")
             await page.context.close()
 
 
