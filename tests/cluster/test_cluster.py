@@ -202,6 +202,28 @@ async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_chan
                 assert b.metrics()["live"]["upstreams"] == 1
 
 
+async def test_a_takeover_on_the_origin_plays_on_over_the_same_upstream(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The channel changes hands on node A; the listener on B stays on its connection and
+    B's upstream follows on its own (no second link, no new offer)."""
+    nodes = make_cluster()
+    a, b = nodes["a"], nodes["b"]
+    async with RelayClient.connect(a.ws_url) as first, RelayClient.connect(a.ws_url) as second:
+        await first.start_sending(ToneTrack(440), channel="hall")
+        wait_for(lambda: listed(b, "hall"), timeout=5)
+        async with RelayClient.connect(b.ws_url) as on_b:
+            await on_b.start_receiving("hall")
+            await hears(on_b, 440)
+            pc = on_b.pc
+            await second.start_sending(ToneTrack(660), channel="hall", takeover=True)
+            await hears(on_b, 660)
+            assert on_b.pc is pc
+            assert not any(isinstance(m, p.StreamEnded) for m in on_b.messages)  # seamless
+            assert sum(isinstance(m, p.Offer) for m in on_b.messages) == 1
+            assert b.find("upstream_opened") and len(b.find("upstream_opened")) == 1
+
+
 async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
     make_cluster: Callable[..., Cluster], redis: RedisProcess
 ) -> None:
