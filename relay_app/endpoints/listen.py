@@ -22,6 +22,7 @@ from quart import Quart, Response, request
 from ..audio.http_audio import ChannelPages, Listener, own_page
 from ..core.errors import CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
+from ..core.metrics import Metrics
 from ..core.protocol import NO_STREAM_MESSAGE
 from ..streams.context import RelayContext
 from ..streams.finder import next_on_channel
@@ -57,7 +58,7 @@ class Abort:
 
 
 def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
-    settings, metrics, registry = ctx.settings, ctx.metrics, ctx.registry
+    settings, registry = ctx.settings, ctx.registry
 
     @app.get("/stream/<stream_id>.ogg")
     @guard.door(LISTEN)
@@ -77,67 +78,71 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         log = get_logger(stream_id=stream.stream_id, remote=entry.remote, role="http_listener")
         found = request.scope.get(ABORT)  # (only under the port dispatcher)
         abort = found if isinstance(found, Abort) else None
-        response = Response(_pages(stream, entry.info, log, abort), content_type="audio/ogg")
+        response = Response(_pages(ctx, stream, entry.info, log, abort), content_type="audio/ogg")
         response.headers["Cache-Control"] = "no-store"
         # Web players on the main port (or anywhere) may analyse it with WebAudio.
         response.headers["Access-Control-Allow-Origin"] = "*"
         response.timeout = None  # a live stream has no end time (Quart's default is 60 s)
         return response
 
-    async def _pages(
-        stream: Stream, info: SessionInfo, log: Any, abort: Abort | None
-    ) -> AsyncIterator[bytes]:
-        """The response body: a session from its first page to its last. (The guard admitted
-        it and released its pending slot when the handler returned; a body that never
-        starts holds nothing.)"""
-        assert stream.http is not None
-        try:
-            registry.open_session(info)
-        except CapacityError as error:
-            log.info("connection_refused", kind=error.kind, error=error.message)
-            return
-        try:
-            if stream.channel is None:
-                async for data in _one_stream(stream, log, abort, own_page, headers=True):
-                    yield data
-                return
-            # A channel: one logical stream across its senders, while the client listens.
-            pages, channel, first = ChannelPages(), stream.channel, True
-            while True:
-                assert stream.http is not None
-                pages.follow(stream.http)
-                async for data in _one_stream(
-                    stream, log, abort, lambda _, page: pages.page(page), headers=first
-                ):
-                    yield data
-                first = False
-                if not stream.ended.is_set() or (abort is not None and abort.requested):
-                    return  # the client left, or was dropped as too slow: not a handover
-                with anyio.move_on_after(settings.streams.channel_wait_timeout):
-                    stream = await next_on_channel(ctx, channel)
-                    log = log.bind(stream_id=stream.stream_id)
-                    log.info("http_listener_followed", channel=channel)
-                    continue
-                yield pages.last()  # nobody spoke for channel_wait_timeout: the end
-                return
-        finally:
-            registry.close_session(info.connection_id)
 
-    async def _one_stream(
-        stream: Stream,
-        log: Any,
-        abort: Abort | None,
-        own: Callable[[Listener, bytes], bytes],
-        headers: bool,
-    ) -> AsyncIterator[bytes]:
-        """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
-        assert stream.http is not None
-        async with stream.http.listen(log, abort) as listener:  # logs its start and its end
-            if headers:
-                yield listener.headers
-            async for shared, arrival in listener.pages:
-                page = own(listener, shared)
-                yield page
-                metrics.http_page_latency.observe(time.monotonic() - arrival)
-                listener.sent_bytes += len(page)
-                metrics.http_sent_bytes += len(page)
+async def _pages(
+    ctx: RelayContext, stream: Stream, info: SessionInfo, log: Any, abort: Abort | None
+) -> AsyncIterator[bytes]:
+    """The response body: a session from its first page to its last. (The guard admitted
+    it and released its pending slot when the handler returned; a body that never
+    starts holds nothing.)"""
+    assert stream.http is not None
+    registry, metrics = ctx.registry, ctx.metrics
+    try:
+        registry.open_session(info)
+    except CapacityError as error:
+        log.info("connection_refused", kind=error.kind, error=error.message)
+        return
+    try:
+        if stream.channel is None:
+            async for data in _one_stream(metrics, stream, log, abort, own_page, headers=True):
+                yield data
+            return
+        # A channel: one logical stream across its senders, while the client listens.
+        pages, channel, first = ChannelPages(), stream.channel, True
+        while True:
+            assert stream.http is not None
+            pages.follow(stream.http)
+            async for data in _one_stream(
+                metrics, stream, log, abort, lambda _, page: pages.page(page), headers=first
+            ):
+                yield data
+            first = False
+            if not stream.ended.is_set() or (abort is not None and abort.requested):
+                return  # the client left, or was dropped as too slow: not a handover
+            with anyio.move_on_after(ctx.settings.streams.channel_wait_timeout):
+                stream = await next_on_channel(ctx, channel)
+                log = log.bind(stream_id=stream.stream_id)
+                log.info("http_listener_followed", channel=channel)
+                continue
+            yield pages.last()  # nobody spoke for channel_wait_timeout: the end
+            return
+    finally:
+        registry.close_session(info.connection_id)
+
+
+async def _one_stream(
+    metrics: Metrics,
+    stream: Stream,
+    log: Any,
+    abort: Abort | None,
+    own: Callable[[Listener, bytes], bytes],
+    headers: bool,
+) -> AsyncIterator[bytes]:
+    """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
+    assert stream.http is not None
+    async with stream.http.listen(log, abort) as listener:  # logs its start and its end
+        if headers:
+            yield listener.headers
+        async for shared, arrival in listener.pages:
+            page = own(listener, shared)
+            yield page
+            metrics.http_page_latency.observe(time.monotonic() - arrival)
+            listener.sent_bytes += len(page)
+            metrics.http_sent_bytes += len(page)

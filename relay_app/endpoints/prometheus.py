@@ -169,7 +169,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "relay_latency_seconds",
         "histogram",
-        "Relay-added latency: a packet's arrival to a receiver's sender taking it.",
+        "Relay-added latency: a packet's arrival to a receiver's sender taking it (fast path: "
+        "to its last receiver's copy sent, one observation per packet).",
     ),
 )
 SPECS = {spec.name: spec for spec in METRICS}

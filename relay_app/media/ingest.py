@@ -7,6 +7,8 @@ pages, the recording and (forward mode) the level meter's one decode in N.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCRtpReceiver
@@ -89,6 +91,29 @@ def tap_stream(
     tap_receiver(receiver, handler, then_aiortc=not forward, repair=repair)
 
 
+def direct_fan_out(metrics: Metrics, stream: Stream) -> Callable[[RtpPacket, int, float], None]:
+    """The fast path's one pass: each packet (with RED built once) to every DirectSender."""
+    direct, redundancy = stream.direct, stream.redundancy
+    adapt = EveryNth(ADAPT_EVERY)
+
+    def fan_out(rtp: RtpPacket, pts: int, arrival: float) -> None:
+        outgoing = redundancy.next(rtp.sequence_number, pts, rtp.payload)
+        copies = sent = 0
+        for send in direct.values():  # sync: nobody joins or leaves meanwhile
+            if size := send(outgoing):
+                copies += 1
+                sent += size
+        # Once per packet: the last copy's latency is the fan-out's spread.
+        metrics.packets_out += copies
+        metrics.bytes_out += sent
+        metrics.relay_latency.observe(time.monotonic() - arrival)
+        if adapt():
+            red = [send.reported_loss for send in direct.values() if send.red]
+            redundancy.adapt(max(red, default=0))
+
+    return fan_out
+
+
 def packet_handler(
     metrics: Metrics,
     stream: Stream,
@@ -101,10 +126,9 @@ def packet_handler(
     frames = stream.frames
     packets, http, recording = stream.packets, stream.http, stream.recording
     direct = stream.direct  # relay.fast_path receivers (fast_path.py), filled as they join
-    redundancy = stream.redundancy
+    fan_out = direct_fan_out(metrics, stream)
     clock = stream.clock  # a channel's timeline, continued from its previous sender
     packetizer: OpusPacketizer | None = None
-    adapt = EveryNth(ADAPT_EVERY)
 
     def first_packet(arrival: float) -> OpusPacketizer:
         """The stream becomes audible: it takes its place on the channel's timeline, and (in
@@ -132,16 +156,10 @@ def packet_handler(
             packetizer = first_packet(arrival)
         pts = clock.pts = packetizer.advance(rtp)
         clock.at = arrival
-        if packets is not None and (packets.subscriber_count or direct):
-            if packets.subscriber_count:
-                packets.publish(packetizer.packet(rtp, pts), arrival)
-            if direct:
-                outgoing = redundancy.next(rtp.sequence_number, pts, rtp.payload)
-                for send in direct.values():  # one pass; sync: nobody joins or leaves meanwhile
-                    send(outgoing, arrival)
-                if adapt():
-                    red = [send.reported_loss for send in direct.values() if send.red]
-                    redundancy.adapt(max(red, default=0))
+        if packets is not None and packets.subscriber_count:
+            packets.publish(packetizer.packet(rtp, pts), arrival)
+        if direct:
+            fan_out(rtp, pts, arrival)
         if http is not None:
             http.feed(rtp.payload, arrival)
         if recording is not None:

@@ -10,6 +10,11 @@ RTCP (its sender reports are fed the counts this sends; the receiver's reports o
 read back from it) and the receiver's lifetime; its own RTP task gets a `Placeholder` track
 that never yields.
 
+What a copy costs is what runs per receiver, so only the receiver's own work runs there
+(header, SRTP, sendto, its counters as plain attributes); the clock, the relay's counters and
+the latency histogram are read once per packet by the fan-out (ingest.py), and aiortc's
+name-mangled sender-report counters are brought up to date every SYNC_EVERY packets.
+
 Each receiver gets the speaker's sequence numbers plus its own offset, never a renumbering:
 a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). A
 receiver that negotiated RED gets the packet with its redundancy, built once per packet
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 from typing import Any
 
 import anyio
@@ -42,6 +46,7 @@ _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
 
 # Name-mangled private counters of RTCRtpSender that its RTCP sender reports read.
 _SENDER = "_RTCRtpSender__"
+SYNC_EVERY = 25  # packets (0.5 s) between updates of them: reports go out about once a second
 
 
 class Placeholder(MediaStreamTrack):
@@ -77,6 +82,9 @@ class DirectSender:
         self._origin = random.getrandbits(32)
         self._opus = 0
         self.red = False  # whether this receiver negotiated RED (known once connected)
+        self._packets = 0  # sent, and payload bytes sent: what its sender reports say
+        self._octets = 0
+        self._timestamp = 0
 
     def _resolve(self) -> bool:
         """The receiver's sender, payload type, SSRC and header extensions, once connected."""
@@ -128,32 +136,37 @@ class DirectSender:
             f"remote-inbound-rtp_{id(self._sender)}"
         )
 
-    def __call__(self, packet: Outgoing, arrival: float) -> None:
+    def __call__(self, packet: Outgoing) -> int:
+        """Send this receiver's copy; the payload bytes sent (0: not connected)."""
         if self._sender is None and not self._resolve():
-            return  # not connected yet: nothing to send to (the standard path waits too)
+            return 0  # not connected yet: nothing to send to (the standard path waits too)
         dtls = self._dtls
         pair = dtls.transport._connection._nominated.get(1)
         if dtls._state != DtlsState.CONNECTED or pair is None or pair.protocol.transport is None:
             self._metrics.count_drop("receiver_not_connected")
-            return
+            return 0
         if self._follow:
             self._follow = False
             self._offset = (self._sent + 1 - packet.sequence) & 0xFFFF
-        timestamp = (self._origin + packet.pts) & 0xFFFFFFFF
+        self._timestamp = timestamp = (self._origin + packet.pts) & 0xFFFFFFFF
         header = self._header
         self._sent = sequence = (packet.sequence + self._offset) & 0xFFFF
         _SEQUENCE_AND_TIMESTAMP.pack_into(header, 2, sequence, timestamp)
         payload = packet.red(self._opus) if self.red else packet.payload
-        data = dtls._tx_srtp.protect(bytes(header) + payload)
-        pair.protocol.transport.sendto(data, pair.remote_addr)
-        sender = self._sender  # what aiortc's RTCP sender reports read
-        setattr(
-            sender, _SENDER + "octet_count", getattr(sender, _SENDER + "octet_count") + len(payload)
+        pair.protocol.transport.sendto(
+            dtls._tx_srtp.protect(bytes(header) + payload), pair.remote_addr
         )
-        setattr(sender, _SENDER + "packet_count", getattr(sender, _SENDER + "packet_count") + 1)
-        setattr(sender, _SENDER + "rtp_timestamp", timestamp)
+        self._octets += len(payload)
+        self._packets += 1
+        if self._packets % SYNC_EVERY == 1:
+            self.sync_reports()
+        return len(payload)
+
+    def sync_reports(self) -> None:
+        """aiortc's sender reports read these: the counts so far, and the newest packet's RTP
+        timestamp with the wall clock it goes with (now, as it has just been sent)."""
+        sender = self._sender
+        setattr(sender, _SENDER + "octet_count", self._octets)
+        setattr(sender, _SENDER + "packet_count", self._packets)
+        setattr(sender, _SENDER + "rtp_timestamp", self._timestamp)
         setattr(sender, _SENDER + "ntp_timestamp", aiortc_clock.current_ntp_time())
-        metrics = self._metrics
-        metrics.packets_out += 1
-        metrics.bytes_out += len(payload)
-        metrics.relay_latency.observe(time.monotonic() - arrival)
