@@ -13,10 +13,11 @@ RSS are differences from it.
 For each mode and N: a fresh server (`python -m relay_app`), a sender streaming a tone
 (`relay_app.client send`), and N receivers spread over worker processes. Receivers count
 and timestamp RTP packets without decoding them; like browsers they take RED whenever the
-relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus). Over a measurement window it records the
-server's CPU (% of one core, from its /proc stats), RSS, packets delivered vs expected (by RTP
-sequence numbers), and the relay-added latency (ingress -> a receiver's sender) from the
-server's own histogram. A mode stops growing N once it saturates (loss >= 5 %).
+relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus).
+Over a measurement window it records the server's CPU (% of one core, from its /proc
+stats), RSS, packets delivered vs expected (by RTP sequence numbers), and the relay-added
+latency (ingress -> a receiver's sender) from the server's own histogram. A mode stops
+growing N once it saturates (loss >= 5 %).
 
 Results: bench/results/fanout-<timestamp>.json and a table on stdout. Not a pass/fail test.
 """

@@ -101,7 +101,9 @@ async def test_a_third_party_whep_player_hears_the_tone_on_the_fast_path(
     server: ServerProcess, browser: Any, player: str, script: str
 ) -> None:
     async with RelayClient.connect(server.ws_url) as sender:
-        await sender.start_sending(ToneTrack(440), channel=f"interop-{player}")
+        # An unnamed stream: its players end with it (a channel's would wait for its next
+        # sender, and a closed tab says no goodbye: only ICE consent would tell, ~30 s later).
+        stream_id = await sender.start_sending(ToneTrack(440))
         context = await browser.new_context(bypass_csp=True)
         page = await context.new_page()
         page.on("console", lambda message: print(f"[{player}] {message.type}: {message.text}"))
@@ -109,6 +111,6 @@ async def test_a_third_party_whep_player_hears_the_tone_on_the_fast_path(
         await page.route(page_url, lambda route: route.fulfill(body=PAGE, content_type="text/html"))
         await page.goto(page_url)
         await page.add_script_tag(path=str(PLAYERS))
-        await page.evaluate(script, f"{server.base_url}/whep/interop-{player}")
+        await page.evaluate(script, f"{server.base_url}/whep/{stream_id}")
         assert await heard(page) == pytest.approx(440, abs=10), player
         await context.close()
