@@ -376,6 +376,13 @@ async def test_listen_page_lists_channels_by_label_and_follows_the_channel_acros
                 assert abs(heard["freq"] - 660) <= 10, heard
                 assert await page.text_content("#connection-id") == connection_id
                 assert await page.evaluate("() => window.relayReceiver.pc === window.firstPc")
+                # The next interpreter takes the booth over: the page plays on, same connection.
+                async with RelayClient.connect(server.ws_url) as relief:
+                    await relief.start_sending(ToneTrack(550), channel="english", takeover=True)
+                    await anyio.sleep(1)
+                    heard = await settled_tone(page, 550)
+                    assert abs(heard["freq"] - 550) <= 10, heard
+                    assert await page.evaluate("() => window.relayReceiver.pc === window.firstPc")
             await page.context.close()
 
 
