@@ -19,8 +19,10 @@ from av import AudioFrame
 from av.frame import Frame
 from av.packet import Packet
 
-SAMPLE_RATE = 48000
-FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+from ..webrtc.rtp_tap import OPUS_CLOCK_RATE, OPUS_FRAME_SAMPLES
+
+SAMPLE_RATE = OPUS_CLOCK_RATE
+FRAME_SAMPLES = OPUS_FRAME_SAMPLES  # 20 ms
 
 
 class PacedTrack(MediaStreamTrack):

@@ -23,7 +23,7 @@ from ..core.protocol import StreamInfo
 from ..webrtc.fanout import Fanout
 from ..webrtc.fast_path import DirectSender
 from ..webrtc.red import Redundancy, Repair
-from ..webrtc.rtp_tap import OPUS_CLOCK_RATE
+from ..webrtc.rtp_tap import OPUS_CLOCK_RATE, OPUS_FRAME_SAMPLES
 
 SendOrDrop = Callable[[str], None]
 """A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
@@ -46,9 +46,6 @@ class EndCause(Enum):
     NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
 
 
-FRAME = 960  # RTP timestamp units of one 20 ms Opus packet
-
-
 @dataclass
 class ChannelClock:
     """A channel's one timeline across its senders (`pts`: the newest packet's, `at`: when it
@@ -62,7 +59,7 @@ class ChannelClock:
         """Where a new sender's first packet, arriving at `arrival`, sits on the timeline."""
         if self.at is None:
             return 0
-        return self.pts + max(FRAME, round((arrival - self.at) * OPUS_CLOCK_RATE))
+        return self.pts + max(OPUS_FRAME_SAMPLES, round((arrival - self.at) * OPUS_CLOCK_RATE))
 
 
 @dataclass(eq=False)
@@ -89,7 +86,7 @@ class Stream:
     http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
-    # relay.fast_path: connection_id -> that receiver's DirectSender (packet, arrival).
+    # relay.fast_path: connection_id -> that receiver's DirectSender (called per packet).
     direct: dict[str, DirectSender] = field(default_factory=dict)
     # The speaker's leg: RED unwrapped, loss repaired and counted (set when it is tapped).
     repair: Repair | None = None

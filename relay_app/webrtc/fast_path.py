@@ -123,11 +123,6 @@ class DirectSender:
         stats = self._remote_inbound()
         return int(stats.fractionLost) if stats is not None else 0
 
-    @property
-    def reported_lost_packets(self) -> int:
-        stats = self._remote_inbound()
-        return int(stats.packetsLost) if stats is not None else 0
-
     def _remote_inbound(self) -> Any:
         """aiortc's record of the receiver's newest report about our stream, if any."""
         if self._sender is None:

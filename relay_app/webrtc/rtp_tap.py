@@ -31,6 +31,7 @@ from ..core.errors import NegotiationError
 
 WRITTEN_FOR_AIORTC = "1.16.0"
 OPUS_CLOCK_RATE = 48000  # RFC 7587: Opus RTP always uses a 48 kHz clock
+OPUS_FRAME_SAMPLES = 960  # one 20 ms packet on that clock
 _OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
 _HOOK = "_handle_rtp_packet"
 _REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"  # ssrc -> StreamStatistics (RTCP RR)

@@ -429,24 +429,38 @@ async def test_speak_page_sends_on_the_channel_it_is_given(
     await page.context.close()
 
 
-WHEP_JS = """
+# WHIP and WHEP for a browser, both: offer, wait for ICE gathering (no trickle), POST the
+# offer, apply a 201's answer; returns the response.
+POST_OFFER_JS = """
+  async function postOffer(pc, url) {
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") return resolve();
+      pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
+    });
+    const response = await fetch(url, {
+      method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp,
+    });
+    if (response.status === 201) {
+      await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+    }
+    return response;
+  }
+"""
+
+WHEP_JS = (
+    """
 async (channel) => {
-  // A WHEP player in a few lines of plain browser code: no relay_app JavaScript.
+  // A WHEP player in a few lines of plain browser code: no relay_app JavaScript."""
+    + POST_OFFER_JS
+    + """
   const pc = new RTCPeerConnection({iceServers: []});
   pc.addTransceiver("audio", {direction: "recvonly"});
   const remote = new Promise((resolve) => {
     pc.ontrack = (event) => resolve(event.streams[0] || new MediaStream([event.track]));
   });
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
-  });
-  const response = await fetch(`/whep/${channel}`, {
-    method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp,
-  });
+  const response = await postOffer(pc, `/whep/${channel}`);
   if (response.status !== 201) return {status: response.status, body: await response.text()};
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
   const stream = await remote;
   const audio = new Audio();  // Chromium feeds WebAudio from a remote stream that plays
   audio.srcObject = stream;
@@ -457,6 +471,7 @@ async (channel) => {
   return {status: response.status, location: window.whep.location};
 }
 """
+)
 
 
 async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(

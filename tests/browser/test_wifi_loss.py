@@ -32,7 +32,15 @@ from relay_app.webrtc.sdp import red_payload_type
 
 from ..audio.test_recording import decode, recording_config
 from ..helpers import require_namespaces, serving
-from .test_browser import BROWSER_CONFIG, CHROMIUM, WHEP_JS, chromium, open_page, wait_state
+from .test_browser import (
+    BROWSER_CONFIG,
+    CHROMIUM,
+    POST_OFFER_JS,
+    WHEP_JS,
+    chromium,
+    open_page,
+    wait_state,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -52,27 +60,23 @@ MEASURED = os.environ.get("RELAY_LOSS_CONDITIONS", "none,speaker_leg,listener_le
 BOUNDED = ("none", "speaker_leg", "listener_leg")  # <= 1 % concealed; "both_legs" is measured
 RESULTS = REPO / "test-output" / "wifi_loss.json"
 
-WHIP_SPEAKER_JS = """
+WHIP_SPEAKER_JS = (
+    """
 async (channel) => {
-  // A WHIP speaker in a few lines of plain browser code.
+  // A WHIP speaker in a few lines of plain browser code."""
+    + POST_OFFER_JS
+    + """
   const media = await navigator.mediaDevices.getUserMedia({audio: {
     echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
   const pc = new RTCPeerConnection({iceServers: []});
   pc.addTransceiver(media.getAudioTracks()[0], {direction: "sendonly"});
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
-  });
-  const response = await fetch(`/whip/${channel}`, {
-    method: "POST", headers: {"Content-Type": "application/sdp"}, body: pc.localDescription.sdp,
-  });
+  const response = await postOffer(pc, `/whip/${channel}`);
   if (response.status !== 201) return {status: response.status, body: await response.text()};
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
   window.whip = {pc};
   return {status: response.status};
 }
 """
+)
 
 LISTENER_STATS_JS = """
 async () => {
