@@ -1,6 +1,6 @@
-"""Helpers the tests share: the one test secret, server lifetimes, the leak check, network
-namespaces. Fixtures are in conftest.py; what bench/ shares with the tests is in
-relay_app/tools/testing.py."""
+"""Helpers the tests share: the one test secret, server lifetimes, the leak check, what a
+test needs from the machine (tools, network namespaces). Fixtures are in conftest.py; what
+bench/ shares with the tests is in relay_app/tools/testing.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -52,13 +52,25 @@ def assert_no_leaks(server: ServerProcess) -> None:
     server.wait_idle()
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A test cannot run on this machine: a skip on a developer's, a failure under CI=true
+    (where .ci/run installs everything, so a missing piece is a broken CI, never a pass)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason} (.ci/run installs it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def need(tool: str, package: str | None = None) -> None:
+    """The command `tool` is installed (from Debian's `package`, named after it by default)."""
+    if shutil.which(tool) is None:
+        unavailable(f"{tool} is missing: apt-get install -y {package or tool}")
+
+
 def require_namespaces(tools: tuple[str, ...] = ("ip",)) -> None:
-    """Skip unless this machine can build network namespaces; under CI=true, fail instead."""
+    """This machine can build network namespaces."""
     reason = _namespaces_unavailable(tools)
     if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and this test needs network namespaces: {reason}")
-        pytest.skip(reason)
+        unavailable(f"this test needs network namespaces: {reason}")
 
 
 def _namespaces_unavailable(tools: tuple[str, ...]) -> str | None:

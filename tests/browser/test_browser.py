@@ -93,15 +93,19 @@ async ([url, seconds]) => {
 """
 
 
-def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int = 48000) -> Path:
-    t = np.arange(int(rate * seconds)) / rate
-    samples = (0.5 * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
+    """A mono 16-bit WAV file of `samples` (floats in -1..1)."""
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
     return path
+
+
+def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int = 48000) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    return write_wav(path, 0.5 * np.sin(2 * np.pi * frequency * t), rate)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,8 @@ def server(browser_server: ServerProcess) -> Any:
     assert_no_leaks(browser_server)
 
 
-def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
-    """Headless Debian Chromium on loopback, its microphone the WAV file `tone`; without
+def chromium_args(microphone: Path, autoplay: bool = True) -> list[str]:
+    """Headless Debian Chromium on loopback, its microphone the WAV file `microphone`; without
     `autoplay`, pages need a tap before they play (as on a phone)."""
     args = [
         "--headless=new",
@@ -130,7 +134,7 @@ def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
         "--disable-sync",
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={tone}",
+        f"--use-file-for-fake-audio-capture={microphone}",
         "--allow-loopback-in-peer-connection",
         # Real host addresses instead of mDNS .local names: resolving those would send
         # multicast queries off this machine. On a LAN the server resolves them.
@@ -143,13 +147,17 @@ def chromium_args(tone: Path, autoplay: bool = True) -> list[str]:
 
 @asynccontextmanager
 async def chromium(
-    tmp_path: Path, autoplay: bool = True, executable: str = CHROMIUM
+    tmp_path: Path,
+    autoplay: bool = True,
+    executable: str = CHROMIUM,
+    microphone: Path | None = None,
 ) -> AsyncIterator[Any]:
-    """A Chromium whose microphone is a 440 Hz tone, closed when the block ends."""
-    tone = write_tone_wav(tmp_path / "tone440.wav", 440)
+    """A Chromium whose microphone plays the WAV file `microphone` (a 440 Hz tone unless
+    given) in a loop, closed when the block ends."""
+    microphone = microphone or write_tone_wav(tmp_path / "tone440.wav", 440)
     async with playwright_api.async_playwright() as pw:
         launched = await pw.chromium.launch(
-            executable_path=executable, headless=True, args=chromium_args(tone, autoplay)
+            executable_path=executable, headless=True, args=chromium_args(microphone, autoplay)
         )
         try:
             yield launched

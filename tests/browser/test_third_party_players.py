@@ -10,7 +10,6 @@ for one URL of it), so their POSTs are same-origin, as a page a venue hosts woul
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import REPO, ServerProcess
 
+from ..helpers import unavailable
 from .test_browser import chromium
 
 pytestmark = pytest.mark.anyio
@@ -77,9 +77,7 @@ def relay_mode() -> str:
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     if not PLAYERS.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the npm players are not bundled at {PLAYERS}")
-        pytest.skip(f"npm players not bundled at {PLAYERS}: run .ci/run")
+        unavailable(f"the npm players are not bundled at {PLAYERS}: run .ci/run")
     async with chromium(tmp_path) as launched:
         yield launched
 

@@ -4,7 +4,6 @@ name metrics a live scrape really has, and a stream's series end with the stream
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,8 @@ from relay_app.endpoints.prometheus import metrics_markdown, sample_names
 from relay_app.streams.context import RelayContext
 from relay_app.tools.exposition import histogram_buckets, quantile
 from relay_app.tools.testing import REPO, ServerProcess
+
+from ..helpers import need
 
 pytestmark = pytest.mark.anyio
 
@@ -103,11 +104,8 @@ async def test_every_dashboard_and_alert_query_names_a_scraped_metric(
 
 
 def test_alert_rules_and_scrape_config_pass_promtool() -> None:
+    need("promtool", "prometheus")
     promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but promtool is missing (apt-get install -y prometheus)")
-        pytest.skip("promtool is not installed: apt-get install -y prometheus")
     folder = DOCS / "prometheus"
     for command in (
         ["check", "config", "prometheus.yml"],

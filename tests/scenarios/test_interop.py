@@ -23,19 +23,14 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.client.whip import whep_play
 from relay_app.tools.testing import ServerProcess, start_client
 
+from ..helpers import need
+
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
 def relay_mode() -> str:
     return "forward"  # the fast path is what a player's section order could trip
-
-
-def need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {tool} is missing (.ci/run installs it)")
-        pytest.skip(f"{tool} is not installed")
 
 
 def wav_tone(path: Path) -> tuple[float, float]:
@@ -64,8 +59,8 @@ def vlc_to_wav(url: str, out: Path, seconds: int) -> list[str]:
 async def test_vlc_and_gstreamer_join_an_ogg_stream_late_and_hear_the_tone(
     server: ServerProcess,
 ) -> None:
-    need("cvlc")
-    need("gst-launch-1.0")
+    need("cvlc", "vlc-bin vlc-plugin-base")
+    need("gst-launch-1.0", "gstreamer1.0-tools gstreamer1.0-plugins-good")
     # Somewhere nobody (VLC's user) can reach: pytest's own folders are the owner's only.
     shared = Path(tempfile.mkdtemp(prefix="relay-vlc-"))
     shared.chmod(0o777)
