@@ -1,16 +1,18 @@
-"""Helpers the tests share: the one test secret, server lifetimes, the leak check, what a
-test needs from the machine (tools, network namespaces). Fixtures are in conftest.py; what
-bench/ shares with the tests is in relay_app/tools/testing.py."""
+"""Helpers the tests share: the one test secret, server lifetimes, the leak check, WAV files,
+what a test needs from the machine (tools, network namespaces). Fixtures are in conftest.py;
+what bench/ shares with the tests is in relay_app/tools/testing.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pytest
 
 from relay_app.core.auth import Role, mint
@@ -52,18 +54,30 @@ def assert_no_leaks(server: ServerProcess) -> None:
     server.wait_idle()
 
 
+def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
+    """A mono 16-bit WAV file of `samples` (floats in -1..1)."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
 def unavailable(reason: str) -> NoReturn:
     """A test cannot run on this machine: a skip on a developer's, a failure under CI=true
     (where .ci/run installs everything, so a missing piece is a broken CI, never a pass)."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason} (.ci/run installs it)", pytrace=False)
+        pytest.fail(f"CI=true but {reason} (.ci/run provides what the tests need)", pytrace=False)
     pytest.skip(reason)
 
 
-def need(tool: str, package: str | None = None) -> None:
-    """The command `tool` is installed (from Debian's `package`, named after it by default)."""
-    if shutil.which(tool) is None:
+def need(tool: str, package: str | None = None) -> str:
+    """The path of the command `tool` (from Debian's `package`, named after it by default)."""
+    path = shutil.which(tool)
+    if path is None:
         unavailable(f"{tool} is missing: apt-get install -y {package or tool}")
+    return path
 
 
 def require_namespaces(tools: tuple[str, ...] = ("ip",)) -> None:

@@ -82,23 +82,28 @@ class ToneTrack(PacedTrack):
         return (wave_ * 32767).astype(np.int16)
 
 
+def read_wav(path: Path) -> npt.NDArray[np.int16]:
+    """A 16-bit PCM WAV file's samples, mixed to mono and resampled to 48 kHz."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    mono = raw.reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        positions = np.arange(0, len(mono), rate / SAMPLE_RATE)
+        mono = np.interp(positions, np.arange(len(mono)), mono)
+    if len(mono) == 0:
+        raise ValueError(f"{path}: no audio")
+    return mono.astype(np.int16)
+
+
 class WavTrack(PacedTrack):
     """A 16-bit PCM WAV file, mixed to mono, resampled to 48 kHz, looped."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        with wave.open(str(path), "rb") as wav:
-            if wav.getsampwidth() != 2:
-                raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
-            rate, channels = wav.getframerate(), wav.getnchannels()
-            raw = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
-        mono = raw.reshape(-1, channels).mean(axis=1)
-        if rate != SAMPLE_RATE:
-            positions = np.arange(0, len(mono), rate / SAMPLE_RATE)
-            mono = np.interp(positions, np.arange(len(mono)), mono)
-        if len(mono) == 0:
-            raise ValueError(f"{path}: no audio")
-        self._pcm = mono.astype(np.int16)
+        self._pcm = read_wav(path)
 
     def samples(self, offset: int, count: int) -> npt.NDArray[np.int16]:
         index = np.arange(offset, offset + count) % len(self._pcm)

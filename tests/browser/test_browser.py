@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ from relay_app.audio.levels import rms_dbfs
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import REPO, ServerProcess, deep_merge
 
-from ..helpers import assert_no_leaks, finish_server, serving
+from ..helpers import assert_no_leaks, finish_server, serving, write_wav
 
 pytestmark = pytest.mark.anyio
 
@@ -91,16 +90,6 @@ async ([url, seconds]) => {
   return result;
 }
 """
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
-    """A mono 16-bit WAV file of `samples` (floats in -1..1)."""
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
 
 
 def write_tone_wav(path: Path, frequency: float, seconds: float = 4.0, rate: int = 48000) -> Path:

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,11 +32,12 @@ import numpy as np
 import pytest
 
 from relay_app.client import RelayClient, dominant_frequency
+from relay_app.client.tracks import read_wav
 from relay_app.tools.testing import REPO, ServerProcess, deep_merge
 from relay_app.webrtc.sdp import red_payload_type
 
 from ..audio.test_recording import decode, recording_config
-from ..helpers import need, require_namespaces, serving
+from ..helpers import need, require_namespaces, serving, write_wav
 from .test_browser import (
     BROWSER_CONFIG,
     CHROMIUM,
@@ -46,7 +46,6 @@ from .test_browser import (
     chromium,
     open_page,
     wait_state,
-    write_wav,
 )
 
 pytestmark = pytest.mark.anyio
@@ -157,12 +156,7 @@ def speech_wav(tmp_path: Path) -> Path:
     need("espeak-ng")
     spoken = tmp_path / "speech-espeak.wav"
     subprocess.run(["espeak-ng", "-s", "160", "-w", str(spoken), SPEECH], check=True)
-    with wave.open(str(spoken), "rb") as wav:
-        rate = wav.getframerate()
-        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16) / 32768
-    at = np.arange(int(len(samples) * 48000 / rate)) / 48000
-    resampled = np.interp(at, np.arange(len(samples)) / rate, samples)
-    return write_wav(tmp_path / "speech.wav", resampled)
+    return write_wav(tmp_path / "speech.wav", read_wav(spoken) / 32768)
 
 
 def chromium_in(namespace: str, tmp_path: Path) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 
@@ -104,8 +103,7 @@ async def test_every_dashboard_and_alert_query_names_a_scraped_metric(
 
 
 def test_alert_rules_and_scrape_config_pass_promtool() -> None:
-    need("promtool", "prometheus")
-    promtool = shutil.which("promtool")
+    promtool = need("promtool", "prometheus")
     folder = DOCS / "prometheus"
     for command in (
         ["check", "config", "prometheus.yml"],

@@ -17,6 +17,8 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import REPO, ServerProcess, free_port, start_client
 
+from ..helpers import write_wav
+
 LOOPBACK = ("--ice-address", "127.0.0.1")
 
 
@@ -37,11 +39,7 @@ def test_cli_listen_waits_for_sender_then_records_its_wav(
     source = tmp_path / "tone.wav"
     rate = 16000
     t = np.arange(rate * 2) / rate
-    with wave.open(str(source), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes((0.4 * 32767 * np.sin(2 * np.pi * 660 * t)).astype(np.int16).tobytes())
+    write_wav(source, 0.4 * np.sin(2 * np.pi * 660 * t), rate)
     heard = tmp_path / "heard.wav"
     listener = _client(server, "listen", "--out", str(heard), "--duration", "3")
     # The listener asks before anyone sends: it is told there is no stream, and waits.

@@ -60,7 +60,7 @@ async def test_vlc_and_gstreamer_join_an_ogg_stream_late_and_hear_the_tone(
     server: ServerProcess,
 ) -> None:
     need("cvlc", "vlc-bin vlc-plugin-base")
-    need("gst-launch-1.0", "gstreamer1.0-tools gstreamer1.0-plugins-good")
+    need("gst-launch-1.0", "gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good")
     # Somewhere nobody (VLC's user) can reach: pytest's own folders are the owner's only.
     shared = Path(tempfile.mkdtemp(prefix="relay-vlc-"))
     shared.chmod(0o777)
