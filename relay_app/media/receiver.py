@@ -102,7 +102,9 @@ async def _peer(
         else:
             output = Output(ChannelTrack())
         try:
-            yield peer, output
+            # Once connected, nothing its sockets bring (RTCP reports, STUN) is urgent.
+            with ctx.reads.watching(peer.pc, lambda: peer.connected):
+                yield peer, output
         finally:
             output.track.stop()
             media.peer = None

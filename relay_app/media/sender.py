@@ -11,6 +11,7 @@ The task tree under the session's media task (see session.py for the rest):
         ├── ice_watch       ends the stream when the sender's connection fails
         ├── visualize       levels -> the sender and its receivers (droppable messages)
         └── Recording.run   Ogg pages -> disk (recording.py), when the stream is recorded
+        (and while nobody listens, the sender's sockets are read in batches: batched_reads.py)
 
 The stream is registered only after the answer has left and unregistered in a `finally`
 before the peer connection closes, so no receiver ever finds a dying stream.
@@ -182,8 +183,17 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
             tg.start_soon(visualize, host, stream, log)
         if stream.recording is not None:
             tg.start_soon(stream.recording.run)
-        await stream.ended.wait()
+        with host.ctx.reads.watching(peer.pc, lambda: unheard(stream)):
+            await stream.ended.wait()
         tg.cancel_scope.cancel()
+
+
+def unheard(stream: Stream) -> bool:
+    """Nobody needs the stream's packets the moment they arrive: it is audible (a takeover
+    happens at the first packet, so that one is never late) and has no listener, WebRTC or
+    plain-HTTP. Its level meter, recording and liveness are as well served in batches."""
+    http = stream.http.listeners if stream.http is not None else None
+    return stream.audio_bytes > 0 and not stream.receivers and not http and stream.replaces is None
 
 
 async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:

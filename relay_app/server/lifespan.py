@@ -1,10 +1,11 @@
 """ROOT: the server's own task group, opened in the lifespan and closed at shutdown.
 
 The lifespan hook (`while_serving`) is the one place a task group is held across a `yield`.
-ROOT owns the stale-stream sweeper, the stats clock, the memory trimmer, the WHIP/WHEP
-resources and, on a cluster node, the directory and the upstreams. Its children log their own
-errors, so one bad sweep cannot cancel it. Sessions do not live in ROOT: each runs in the
-task Hypercorn gives its WebSocket, inside its own SESSION group (signaling/session.py).
+ROOT owns the stale-stream sweeper, the stats clock, the batched socket reader, the memory
+trimmer, the WHIP/WHEP resources and, on a cluster node, the directory and the upstreams. Its
+children log their own errors, so one bad sweep cannot cancel it. Sessions do not live in
+ROOT: each runs in the task Hypercorn gives its WebSocket, inside its own SESSION group
+(signaling/session.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
                 ctx.upstreams.serve_in(root)
                 root.start_soon(ctx.cluster.run)
             root.start_soon(stats_clock, ctx)
+            root.start_soon(ctx.reads.run)
             if settings.relay.memory_trim_interval > 0:
                 root.start_soon(trim_memory, ctx, settings.relay.memory_trim_interval)
             ctx.serving = True

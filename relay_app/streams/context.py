@@ -10,6 +10,7 @@ from anyio.abc import TaskGroup
 
 from ..core.config import Settings
 from ..core.metrics import Metrics
+from ..webrtc.batched_reads import BatchedReads
 from .registry import ClusterView, StreamRegistry
 from .stream import Stream
 
@@ -40,6 +41,9 @@ class RelayContext:
     # (other nodes' streams relayed here), attached by cluster/attach.py. None on one node.
     cluster: ClusterView | None = None
     upstreams: UpstreamOpener | None = None
+    # Peers' sockets read in batches where nothing they carry is urgent (a receiver's once
+    # connected, an unheard sender's); its reader runs in ROOT.
+    reads: BatchedReads = field(default_factory=BatchedReads)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayContext:
