@@ -49,6 +49,12 @@ class Output:
     track: Placeholder | ChannelTrack
     direct: DirectSender | None = None
 
+    def added(self) -> None:
+        """The track is on the peer connection, which has not started: the fast path's
+        sender reports come from the DirectSender from the start."""
+        if self.direct is not None:
+            self.direct.take_reports()
+
 
 async def run_receiver(
     host: SessionHost, media: MediaTask, request: Listen, *, task_status: TaskStatus[None]
@@ -59,7 +65,7 @@ async def run_receiver(
     media.log = log = media.log.bind(stream_id=stream.stream_id)
     async with _peer(host, media, stream) as (peer, output):
         with _attached(host, stream, log, request.levels, output):
-            await _offer(host, peer, output.track, stream)
+            await _offer(host, peer, output, stream)
             log.info("receiver_offer_sent")
             task_status.started()
             await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
@@ -81,7 +87,7 @@ async def run_answering_receiver(
     _check_player_offer(offer)
     async with _peer(host, media, stream) as (peer, output):
         with _attached(host, stream, log, False, output):
-            await _answer(host, peer, output.track, offer)
+            await _answer(host, peer, output, offer)
             log.info("receiver_answer_sent")
             task_status.started()
             await _wait_any(stream.ended.wait, peer.failed.wait)
@@ -197,13 +203,14 @@ def _check_player_offer(sdp: str) -> None:
         )
 
 
-async def _answer(host: SessionHost, peer: Peer, track: Any, offer: str) -> None:
-    """Answer a player's offer with `track`, Opus only (forward mode sends Opus packets)."""
+async def _answer(host: SessionHost, peer: Peer, output: Output, offer: str) -> None:
+    """Answer a player's offer with `output`, Opus only (forward mode sends Opus packets)."""
     pc = peer.pc
     offer = opus_only(remote_candidates(host, offer))
     with answering():
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        pc.addTrack(track)
+        pc.addTrack(output.track)
+        output.added()
         for transceiver in pc.getTransceivers():
             # Liberal in what a player offers: a sendrecv offer (what `addTransceiver("audio")`
             # makes) is answered sendonly, a valid answer that never reads the player's media;
@@ -274,10 +281,11 @@ def _counted(
         log.info("relay_unsubscribe")
 
 
-async def _offer(host: SessionHost, peer: Peer, track: Any, stream: Stream) -> None:
+async def _offer(host: SessionHost, peer: Peer, output: Output, stream: Stream) -> None:
     # sendonly: a receiver's client has nothing to send, and any track it did send would be
     # decoded into a queue nobody reads.
-    peer.pc.addTransceiver(track, direction="sendonly")
+    peer.pc.addTransceiver(output.track, direction="sendonly")
+    output.added()
     try:
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
     except NoFreeMediaPort as error:

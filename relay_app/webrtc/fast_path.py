@@ -5,15 +5,15 @@ track and each receiver's aiortc `RTCRtpSender` task wakes up to pull it, packet
 it and send it: N task wake-ups and N trips through aiortc's per-packet path per packet. Here
 the sender's packet handler (sender.py) calls every receiver's `DirectSender` in turn, in
 the same call: build the receiver's RTP header, SRTP-protect with the receiver's own session
-(libsrtp, C) and `sendto` on the receiver's nominated ICE pair. aiortc still does ICE, DTLS,
-RTCP (its sender reports are fed the counts this sends; the receiver's reports of loss are
-read back from it) and the receiver's lifetime; its own RTP task gets a `Placeholder` track
-that never yields.
+(libsrtp, C) and `sendto` on the socket of the receiver's nominated ICE pair. aiortc still
+does ICE, DTLS, the receiver's RTCP reports (their loss and round trip are read back from
+it) and the receiver's lifetime; its own RTP task gets a `Placeholder` track that never
+yields, and its sender-report loop is replaced by one report every ~5 s sent from here.
 
 What a copy costs is what runs per receiver, so only the receiver's own work runs there
-(header, SRTP, sendto, its counters as plain attributes); the clock, the relay's counters and
-the latency histogram are read once per packet by the fan-out (ingest.py), and aiortc's
-name-mangled sender-report counters are brought up to date every SYNC_EVERY packets.
+(header, SRTP, sendto, its counters as plain attributes, a due report); the clock, the
+relay's counters and the latency histogram are read once per packet by the fan-out
+(ingest.py).
 
 Each receiver gets the speaker's sequence numbers plus its own offset, never a renumbering:
 a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). A
@@ -28,25 +28,38 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from typing import Any
 
 import anyio
+import pylibsrtp
 from aiortc import RTCPeerConnection
 from aiortc import clock as aiortc_clock
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    RtcpByePacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
+from pylibsrtp._binding import ffi as _ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as _lib
 
 from ..core.metrics import Metrics
 from .peer import Peer
 from .red import Outgoing
-from .rtp_tap import negotiated_opus_payload_type
+from .rtp_tap import OPUS_CLOCK_RATE, negotiated_opus_payload_type
 
 _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
+_UNRESOLVED = object()
+_SRTP_MAX_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
 
-# Name-mangled private counters of RTCRtpSender that its RTCP sender reports read.
+# RTCRtpSender's name-mangled private attributes (its report loop's, its statistics').
 _SENDER = "_RTCRtpSender__"
-SYNC_EVERY = 25  # packets (0.5 s) between updates of them: reports go out about once a second
+REPORT_SAMPLES = 5 * OPUS_CLOCK_RATE  # ~5 s of audio between sender reports (browsers' too)
 
 
 class Placeholder(MediaStreamTrack):
@@ -68,6 +81,41 @@ class Placeholder(MediaStreamTrack):
         self._stopped.set()
 
 
+class InPlaceSrtp:
+    """SRTP protection written into the session's own C buffer, sent from there.
+
+    pylibsrtp's `protect` takes one bytes object, and per call allocates a length, copies the
+    packet in and copies the result out: ~0.6 us of a copy's ~20. Here the header and the
+    payload are written straight into the buffer libsrtp protects in place, and the socket
+    sends a view of it (sendto reads it before anything else can write there: one thread).
+    Written for pylibsrtp 1.0.0 (pinned); tests/webrtc/test_fast_path.py checks its parts.
+    """
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        buffer = session._buffer
+        self._buffer = buffer
+        self._view = memoryview(buffer)
+        self._room = len(buffer) - _SRTP_MAX_TRAILER
+        self._length = _ffi.new("int *")
+
+    def protect(self, header: bytearray, payload: bytes) -> memoryview | bytes:
+        """The protected packet of `header` + `payload`: a view valid until the next call."""
+        start = len(header)
+        size = start + len(payload)
+        if size > self._room:  # (pylibsrtp says why: the packet is too long)
+            return self._session.protect(bytes(header) + payload)
+        buffer, length = self._buffer, self._length
+        buffer[0:start] = header
+        buffer[start:size] = payload
+        length[0] = size
+        if code := _lib.srtp_protect(self._srtp, self._cdata, length):
+            raise pylibsrtp.Error(f"srtp_protect failed ({code})")
+        return self._view[: length[0]]
+
+
 class DirectSender:
     """Sends one receiver's copy of each packet, synchronously, once its transport is up."""
 
@@ -76,6 +124,8 @@ class DirectSender:
         self._pc: RTCPeerConnection = peer.pc
         self._metrics = metrics
         self._sender: Any = None  # resolved on the first packet after DTLS is connected
+        self._nominated: dict[int, Any] = {}  # ICE's nominated pair per component, and ours:
+        self._pair: Any = _UNRESOLVED  # resolved again if the remote peer nominates another
         self._offset = random.getrandbits(16)  # added to the speaker's sequence numbers
         self._sent = (self._offset - 1) & 0xFFFF  # the newest sequence number sent
         self._follow = False
@@ -84,16 +134,43 @@ class DirectSender:
         self.red = False  # whether this receiver negotiated RED (known once connected)
         self._packets = 0  # sent, and payload bytes sent: what its sender reports say
         self._octets = 0
-        self._timestamp = 0
+        self._report_at = 0  # the pts from which its next sender report is due
+
+    def take_reports(self) -> None:
+        """This receiver's sender reports come from here, not from aiortc's loop.
+
+        aiortc's RTCRtpSender wakes every 0.5-1.5 s per receiver to send a report; with the
+        counts now here, the DirectSender sends one right after a packet every ~5 s (the
+        interval browsers use for audio), with no timer and no wake-up of its own. Called
+        once the track is added and before the connection starts (which starts aiortc's
+        loop): aiortc's loop then only waits to be stopped and says goodbye (RTCP BYE).
+        """
+        transceiver = next(t for t in self._pc.getTransceivers() if t.kind == "audio")
+        sender: Any = transceiver.sender
+
+        async def run_rtcp() -> None:
+            getattr(sender, _SENDER + "rtcp_started").set()
+            try:
+                await anyio.sleep_forever()
+            finally:  # (stop() cancels it, then waits for rtcp_exited)
+                self._send_rtcp(bytes(RtcpByePacket(sources=[sender._ssrc])))
+                getattr(sender, _SENDER + "rtcp_exited").set()
+
+        sender._run_rtcp = run_rtcp
 
     def _resolve(self) -> bool:
-        """The receiver's sender, payload type, SSRC and header extensions, once connected."""
+        """The receiver's sender, payload type, SSRC, header extensions and socket, once
+        connected."""
         # The audio transceiver it sends on, whatever the section order: a player that
         # offers video first (answered inactive) must not get Opus under the video's MID/SSRC.
         transceiver = next(t for t in self._pc.getTransceivers() if t.kind == "audio")
         sender = transceiver.sender
         dtls = sender.transport
         if dtls is None or dtls._state != DtlsState.CONNECTED:
+            return False
+        self._nominated = dtls.transport._connection._nominated
+        pair = self._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
             return False
         # The header is the same for every packet but for sequence number and timestamp: made
         # once by aiortc's own serializer (with the MID extension), patched per packet.
@@ -108,6 +185,14 @@ class DirectSender:
             template.serialize(getattr(sender, _SENDER + "rtp_header_extensions_map"))
         )
         self._dtls = dtls
+        self._srtp = InPlaceSrtp(dtls._tx_srtp)
+        # The nominated pair's socket itself: asyncio's transport would only add checks and,
+        # when the kernel's buffer is full, a queue; late audio is no better than lost. Once
+        # the socket is closed its sendto raises, and the DTLS state is checked first anyway.
+        transport: Any = pair.protocol.transport
+        self._sendto = transport._sock.sendto
+        self._address = pair.remote_addr
+        self._pair = pair
         self._sender = sender
         return True
 
@@ -132,36 +217,65 @@ class DirectSender:
         )
 
     def __call__(self, packet: Outgoing) -> int:
-        """Send this receiver's copy; the payload bytes sent (0: not connected)."""
-        if self._sender is None and not self._resolve():
+        """Send this receiver's copy; the payload bytes sent (0: not sent)."""
+        if self._nominated.get(1) is not self._pair and not self._resolve():
             return 0  # not connected yet: nothing to send to (the standard path waits too)
-        dtls = self._dtls
-        pair = dtls.transport._connection._nominated.get(1)
-        if dtls._state != DtlsState.CONNECTED or pair is None or pair.protocol.transport is None:
+        if self._dtls._state is not DtlsState.CONNECTED:
             self._metrics.count_drop("receiver_not_connected")
             return 0
         if self._follow:
             self._follow = False
             self._offset = (self._sent + 1 - packet.sequence) & 0xFFFF
-        self._timestamp = timestamp = (self._origin + packet.pts) & 0xFFFFFFFF
         header = self._header
         self._sent = sequence = (packet.sequence + self._offset) & 0xFFFF
-        _SEQUENCE_AND_TIMESTAMP.pack_into(header, 2, sequence, timestamp)
-        payload = packet.red(self._opus) if self.red else packet.payload
-        pair.protocol.transport.sendto(
-            dtls._tx_srtp.protect(bytes(header) + payload), pair.remote_addr
+        _SEQUENCE_AND_TIMESTAMP.pack_into(
+            header, 2, sequence, (self._origin + packet.pts) & 0xFFFFFFFF
         )
+        payload = packet.red(self._opus) if self.red else packet.payload
+        try:
+            self._sendto(self._srtp.protect(header, payload), self._address)
+        except OSError:  # closed under us, or the kernel's buffer is full: this copy is lost
+            self._metrics.count_drop("receiver_send_failed")
+            return 0
+        except (pylibsrtp.Error, ValueError):  # (longer than libsrtp's buffer: not audio)
+            self._metrics.count_drop("receiver_srtp_failed")
+            return 0
         self._octets += len(payload)
         self._packets += 1
-        if self._packets % SYNC_EVERY == 1:
-            self.sync_reports()
+        if packet.pts >= self._report_at:
+            self._report(packet.pts)
         return len(payload)
 
-    def sync_reports(self) -> None:
-        """aiortc's sender reports read these: the counts so far, and the newest packet's RTP
-        timestamp with the wall clock it goes with (now, as it has just been sent)."""
+    def _report(self, pts: int) -> None:
+        """A sender report (and our CNAME) right after the packet at `pts` went out (the first
+        packet, then every ~5 s): its RTP timestamp with the wall clock it goes with (now),
+        and the counts so far."""
+        self._report_at = pts + round(REPORT_SAMPLES * (0.5 + random.random()))  # (RFC 3550)
         sender = self._sender
-        setattr(sender, _SENDER + "octet_count", self._octets)
+        ntp = aiortc_clock.current_ntp_time()
+        info = RtcpSenderInfo(
+            ntp_timestamp=ntp,
+            rtp_timestamp=(self._origin + pts) & 0xFFFFFFFF,
+            packet_count=self._packets & 0xFFFFFFFF,
+            octet_count=self._octets & 0xFFFFFFFF,
+        )
+        report = bytes(RtcpSrPacket(ssrc=sender._ssrc, sender_info=info))
+        cname = getattr(sender, _SENDER + "cname")
+        if cname is not None:
+            chunk = RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode("utf8"))])
+            report += bytes(RtcpSdesPacket(chunks=[chunk]))
+        self._send_rtcp(report)
+        # What aiortc reads back: its round-trip time from the receiver's next report, and
+        # its own statistics (getStats).
+        setattr(sender, _SENDER + "lsr", (ntp >> 16) & 0xFFFFFFFF)
+        setattr(sender, _SENDER + "lsr_time", time.time())
         setattr(sender, _SENDER + "packet_count", self._packets)
-        setattr(sender, _SENDER + "rtp_timestamp", self._timestamp)
-        setattr(sender, _SENDER + "ntp_timestamp", aiortc_clock.current_ntp_time())
+        setattr(sender, _SENDER + "octet_count", self._octets)
+
+    def _send_rtcp(self, payload: bytes) -> None:
+        if self._sender is None or self._dtls._state is not DtlsState.CONNECTED:
+            return
+        try:
+            self._sendto(self._dtls._tx_srtp.protect_rtcp(payload), self._address)
+        except OSError:
+            self._metrics.count_drop("receiver_send_failed")
