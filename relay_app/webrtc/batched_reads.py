@@ -51,6 +51,7 @@ class _Watched:
     pc: RTCPeerConnection
     batch_when: Callable[[], bool]
     paused: list[Any] = field(default_factory=list)  # its transports, while batched
+    due: int = 0  # consecutive ticks at which batch_when() said yes
 
 
 class BatchedReads:
@@ -102,10 +103,15 @@ class BatchedReads:
         """Pause or resume each watched peer as it now needs, then read what waits."""
         for watched in self._watched:
             if watched.batch_when():
-                if not watched.paused:
+                # Twice in a row before it pauses: a state that lasts a moment (listeners
+                # moving to a channel's next speaker at its first packet) keeps reading at once.
+                watched.due += 1
+                if watched.due >= 2 and not watched.paused:
                     self._pause(watched)
-            elif watched.paused:
-                self._resume(watched)
+            else:
+                watched.due = 0
+                if watched.paused:
+                    self._resume(watched)
         for fd, _ in self._epoll.poll(0):
             transport = self._paused.get(fd)
             if transport is not None and not transport.is_closing():

@@ -58,7 +58,7 @@ async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_agai
         async with anyio.create_task_group() as tg:
             tg.start_soon(reads.run)
             with reads.watching(relay, lambda: unheard):
-                await anyio.sleep(BATCH_INTERVAL * 1.5)  # (paused at the first tick)
+                await anyio.sleep(BATCH_INTERVAL * 2.5)  # (paused at the second tick)
                 assert reads.paused_sockets >= 1
                 start = len(arrivals)
                 await anyio.sleep(1.5)
@@ -70,7 +70,8 @@ async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_agai
                 await anyio.sleep(1.0)
                 at_once = arrivals[start:]
                 unheard = True
-                await anyio.sleep(BATCH_INTERVAL * 1.5)
+                await anyio.sleep(BATCH_INTERVAL * 2.5)
+                assert reads.paused_sockets >= 1
             assert reads.paused_sockets == 0  # (the block's end resumes them)
             tg.cancel_scope.cancel()
     finally:
@@ -97,7 +98,7 @@ async def test_the_sockets_go_back_on_the_loop_when_the_reader_stops() -> None:
         with reads.watching(pc, lambda: True):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reads.run)
-                await anyio.sleep(BATCH_INTERVAL * 1.5)
+                await anyio.sleep(BATCH_INTERVAL * 2.5)
                 assert all(fd not in loop._selector.get_map() for fd in fds)
                 tg.cancel_scope.cancel()
             assert all(fd in loop._selector.get_map() for fd in fds)
