@@ -103,7 +103,7 @@ def measure(total: int, spread: tuple[str, ...], window: float, tmp: Path) -> Ro
             cpu1 = {name: node.cpu_seconds() for name, node in nodes.items()}
             sent1 = nodes["a"].metrics()["relay"]["packets_in"]
             live = {name: node.metrics()["live"] for name, node in nodes.items()}
-            counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
+            counts = [n for _ in workers for n, _ in _get(results, workers, timeout=60)]
         finally:
             pool.stop()
     cpu = {name: round(100 * (cpu1[name] - cpu0[name]) / window, 1) for name in NODES}

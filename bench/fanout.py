@@ -13,10 +13,12 @@ RSS are differences from it.
 For each mode and N: a fresh server (`python -m relay_app`), a sender streaming a tone
 (`relay_app.client send`), and N receivers spread over worker processes. Receivers count
 and timestamp RTP packets without decoding them; like browsers they take RED whenever the
-relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus).
+relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus;
+`forward+nice` runs the server at nice -10, as on a machine it shares).
 Over a measurement window it records the server's CPU (% of one core, from its /proc
-stats), RSS, packets delivered vs expected (by RTP sequence numbers), and the relay-added
-latency (ingress -> a receiver's sender) from the server's own histogram. A mode stops
+stats), RSS, packets lost (gaps in each receiver's RTP sequence numbers), and the relay-added
+latency (ingress -> a receiver's sender) from the server's own histogram, and what the
+kernel dropped for a full UDP buffer meanwhile (`kdrop`, machine-wide). A mode stops
 growing N once it saturates (loss >= 5 %).
 
 Results: bench/results/fanout-<timestamp>.json and a table on stdout. Not a pass/fail test.
@@ -44,6 +46,16 @@ from relay_app.tools.testing import REPO, ServerProcess, deep_merge, start_clien
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NICE = -10  # `forward+nice`: the server's priority (needs root or CAP_SYS_NICE)
+
+
+def udp_drops() -> dict[str, int]:
+    """The kernel's UDP drop counters (all processes: /proc/net/snmp): a full receive buffer
+    (a receiver that did not read in time) and a full send buffer."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = [line for line in lines if line[0] == "Udp:"][:2]
+    counts = dict(zip(names[1:], map(int, values[1:]), strict=True))
+    return {key: counts[key] for key in ("RcvbufErrors", "SndbufErrors")}
 
 
 # -- the server under test ---------------------------------------------------------------------
@@ -64,6 +76,9 @@ class Server(ServerProcess):
             config["relay"]["red"] = False
         super().__init__(tmp, deep_merge(config, extra or {}))
         self.start()
+        if variant == "nice":  # the server at nice -10, as an operator may run it (`forward+nice`)
+            assert self.proc is not None
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, NICE)
 
     def start_sender(self) -> subprocess.Popen[str]:
         """A tone sender (`relay_app.client send`), returned once its stream is live."""
@@ -142,14 +157,28 @@ def worker_main(
             ready.put(count)
             start_at, end_at = await anyio.to_thread.run_sync(commands.recv)
             await anyio.sleep(max(0.0, end_at - time.time()) + 0.5)
-            # Packets each receiver got in the window (distinct sequence numbers), against how
-            # many the sender sent.
-            results.put(
-                [len({seq for at, seq in log if start_at <= at < end_at}) for log in arrivals]
-            )
+            results.put([window_counts(log, start_at, end_at) for log in arrivals])
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def window_counts(log: list[tuple[float, int]], start: float, end: float) -> tuple[int, int]:
+    """What one receiver got in [start, end): distinct packets, and the span of sequence
+    numbers from its first to its last (unwrapped): span - got = packets lost in between."""
+    numbers: set[int] = set()
+    previous = extended = None
+    for at, sequence in log:
+        if not start <= at < end:
+            continue
+        if previous is None or extended is None:
+            extended = sequence
+        else:
+            delta = (sequence - previous) & 0xFFFF
+            extended += delta - 0x10000 if delta >= 0x8000 else delta
+        previous = sequence
+        numbers.add(extended)
+    return len(numbers), (max(numbers) - min(numbers) + 1 if numbers else 0)
 
 
 class ReceiverPool:
@@ -191,12 +220,19 @@ class Point:
     rss_mb: float
     delivered: int
     expected: int
+    # Packets missing between each receiver's first and last in the window (its sequence
+    # numbers: exact); against the sender's count instead (±1 packet per receiver at the
+    # window's edges, ~0.2 % in 10 s, is the moments the server's counters were read).
     loss_percent: float
     min_receiver_packets: int
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
     setup_seconds: float
+    # Datagrams the kernel dropped in the window, machine-wide: a receiver's buffer full
+    # (RcvbufErrors: the receiving client fell behind), a sender's (SndbufErrors).
+    udp_drops: dict[str, int] | None = None
+    loss_vs_sender_percent: float | None = None
 
 
 def measure(mode: str, receivers: int, window: float, tmp: Path, levels: bool = False) -> Point:
@@ -265,7 +301,8 @@ def janus_points(counts: list[int], window: float, harness: Path) -> list[Point]
             rss_mb=row["server_rss_mb"],
             delivered=0,
             expected=0,
-            loss_percent=row.get("loss_vs_nominal_pct") or 0.0,
+            loss_percent=row.get("seq_gap_loss_pct") or 0.0,
+            loss_vs_sender_percent=row.get("loss_vs_nominal_pct"),
             min_receiver_packets=row.get("min_receiver_pkts_in_window", 0),
             latency_p50_ms=None,  # Janus has no relay-added latency histogram
             latency_p95_ms=None,
@@ -294,13 +331,14 @@ def measure_receivers(
                 pipe.send((start_at, end_at))
             time.sleep(max(0.0, start_at - time.time()))
             cpu0, buckets0 = server.cpu_seconds(), server.latency_buckets()
-            sent0 = server.metrics()["relay"]["packets_in"]
+            sent0, drops0 = server.metrics()["relay"]["packets_in"], udp_drops()
             time.sleep(max(0.0, end_at - time.time()))
             cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
-            sent1 = server.metrics()["relay"]["packets_in"]
+            sent1, drops1 = server.metrics()["relay"]["packets_in"], udp_drops()
             rss = server.metrics()["process"]["rss_mb"]
-            counts = [n for _ in workers for n in _get(results, workers, timeout=60)]
-            delivered = sum(counts)
+            got = [pair for _ in workers for pair in _get(results, workers, timeout=60)]
+            counts = [n for n, _ in got]
+            delivered, spans = sum(counts), max(sum(span for _, span in got), 1)
             # What the sender sent in the window, once per receiver.
             expected = max((sent1 - sent0) * receivers, 1)
             delta = [(b1[0], b1[1] - b0[1]) for b0, b1 in zip(buckets0, buckets1, strict=True)]
@@ -317,12 +355,14 @@ def measure_receivers(
                 rss_mb=round(rss, 1),
                 delivered=delivered,
                 expected=expected,
-                loss_percent=round(100 * max(0, expected - delivered) / expected, 2),
+                loss_percent=round(100 * (spans - delivered) / spans, 2),
+                loss_vs_sender_percent=round(100 * max(0, expected - delivered) / expected, 2),
                 min_receiver_packets=min(counts),
                 latency_p50_ms=ms(quantile(delta, 0.5)),
                 latency_p95_ms=ms(quantile(delta, 0.95)),
                 latency_p99_ms=ms(quantile(delta, 0.99)),
                 setup_seconds=round(setup, 1),
+                udp_drops={key: drops1[key] - drops0[key] for key in drops0},
             )
         finally:
             pool.stop()
@@ -345,7 +385,7 @@ def table(points: list[Point]) -> str:
     """One row per point; the per-receiver columns are differences from that mode's N = 0."""
     header = (
         f"{'system':<15} {'N':>4} {'cpu%':>7} {'+cpu%/rx':>9} {'rss MB':>7} {'+MB/rx':>7} "
-        f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+        f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'kdrop':>6}"
     )
     lines = [header, "-" * len(header)]
     idle = {p.mode: p for p in points if p.receivers == 0}
@@ -362,7 +402,8 @@ def table(points: list[Point]) -> str:
         lines.append(
             f"{p.mode:<15} {p.receivers:>4} {p.cpu_percent:>7.1f} {f(per_cpu, 3):>9} "
             f"{p.rss_mb:>7.1f} {f(per_mb, 3):>7} {p.loss_percent:>6.2f} "
-            f"{f(p.latency_p50_ms):>7} {f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7}"
+            f"{f(p.latency_p50_ms):>7} {f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7} "
+            f"{sum(p.udp_drops.values()) if p.udp_drops else '-':>6}"
         )
     return "\n".join(lines)
 
