@@ -172,6 +172,15 @@ class Guard:
             if request.method not in SAFE_METHODS:
                 self._check_origin(request.headers.get("Origin"), request.host)
             entry = self._enter(door, request.remote_addr or "", request.headers, request.args)
+        except RelayError as error:
+            response = self.render(error)
+            if request.content_length or "Transfer-Encoding" in request.headers:
+                # Refused before its body was read: Hypercorn then closes the connection
+                # without saying so, and a client that reuses it finds it gone ("server
+                # disconnected without a response"). Said in the response, it does not reuse it.
+                response.headers["Connection"] = "close"
+            return response
+        try:
             return await handler(entry, **kwargs)
         except RelayError as error:
             return self.render(error)

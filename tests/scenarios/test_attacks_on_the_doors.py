@@ -96,6 +96,27 @@ async def test_a_cross_site_page_cannot_lock_stop_or_kick_through_the_admin_api(
         assert server.post("/admin/channels/english/lock").status_code == 200
 
 
+def test_a_post_refused_before_its_body_arrives_says_the_connection_closes(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """Refused at the door before its body was read, Hypercorn closes the connection after the
+    answer; unless the answer says so, a keep-alive client sends its next request into a
+    closed connection ("server disconnected without sending a response")."""
+    server = make_forward_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as browser:
+        browser.sendall(
+            b"POST /admin/channels/english/lock HTTP/1.1\r\n"
+            + f"Host: 127.0.0.1:{server.port}\r\n".encode()
+            + b"Origin: http://evil.example\r\nContent-Type: text/plain\r\n"
+            + b"Content-Length: 1\r\n\r\n"  # (the body is never sent)
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += browser.recv(4096)
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 403") and b"\r\nconnection: close" in head, head
+
+
 # 2 ----------------------------------------------------------------------------------------
 async def test_a_lan_client_through_a_local_proxy_gets_no_admin_api_and_its_own_cap(
     make_server: Callable[..., ServerProcess],
