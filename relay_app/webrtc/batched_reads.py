@@ -38,11 +38,11 @@ import anyio
 from aiortc import RTCPeerConnection
 
 from ..core.logs import get_logger
+from .peer import ice_connections
 
 log = get_logger("relay_app.app")
 
 BATCH_INTERVAL = 0.2  # seconds: ten 20 ms packets per wake-up
-_MAX_DATAGRAM = 256 * 1024  # asyncio's datagram transport reads up to this
 _MAX_PER_DRAIN = 1000  # one socket's datagrams per drain, so no peer starves the loop
 
 
@@ -66,8 +66,6 @@ class BatchedReads:
 
     async def run(self) -> None:
         """Drain every `interval` until cancelled; nothing is paused unless this runs."""
-        # The selector loop's own (un)registration, as a transport itself calls it: the
-        # public add_reader/remove_reader refuse a socket a transport owns.
         self._loop = asyncio.get_running_loop()
         self._epoll = select.epoll()
         try:
@@ -115,11 +113,13 @@ class BatchedReads:
         for fd, _ in self._epoll.poll(0):
             transport = self._paused.get(fd)
             if transport is not None and not transport.is_closing():
-                _drain(transport._sock, transport._protocol)
+                _drain(transport)
 
     def _pause(self, watched: _Watched) -> None:
         if self._epoll is None:
             return  # (not running: nobody would read them)
+        # The selector loop's own (un)registration, as a transport calls it itself: the
+        # public add_reader/remove_reader refuse a socket a transport owns.
         for transport in _transports(watched.pc):
             fd = transport._sock_fd
             if transport.is_closing() or fd in self._paused or not self._loop._remove_reader(fd):
@@ -138,7 +138,7 @@ class BatchedReads:
             if transport.is_closing():
                 continue  # (a closed socket left the epoll set by itself)
             self._epoll.unregister(fd)
-            _drain(transport._sock, transport._protocol)
+            _drain(transport)
             self._loop._add_reader(fd, transport._read_ready)
         watched.paused = []
 
@@ -146,23 +146,21 @@ class BatchedReads:
 def _transports(pc: RTCPeerConnection) -> list[Any]:
     """The asyncio datagram transports of the peer connection's ICE sockets."""
     found: list[Any] = []
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.receiver.transport
-        if dtls is None:
-            continue
-        for protocol in dtls.transport._connection._protocols:
-            transport = protocol.transport
-            if transport is not None and transport not in found:
-                found.append(transport)
+    for connection in ice_connections(pc):
+        for protocol in connection._protocols:
+            if protocol.transport is not None and protocol.transport not in found:
+                found.append(protocol.transport)
     return found
 
 
-def _drain(sock: Any, protocol: asyncio.DatagramProtocol) -> None:
-    """Hand every waiting datagram to its protocol, as the event loop would have."""
-    receive: Callable[[int], tuple[bytes, Any]] = sock.recvfrom
+def _drain(transport: Any) -> None:
+    """Hand every waiting datagram to the transport's protocol, as its own read callback
+    would have, one by one from the event loop."""
+    receive: Callable[[int], tuple[bytes, Any]] = transport._sock.recvfrom
+    protocol: asyncio.DatagramProtocol = transport._protocol
     for _ in range(_MAX_PER_DRAIN):
         try:
-            data, address = receive(_MAX_DATAGRAM)
+            data, address = receive(transport.max_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:  # (as asyncio's transport does: the protocol hears of it)

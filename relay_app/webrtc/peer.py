@@ -92,7 +92,8 @@ class Peer:
         return self.last_heard
 
 
-def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+def ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """aioice's connection behind each transceiver (one, when bundled)."""
     connections = []
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport or transceiver.receiver.transport
@@ -130,7 +131,7 @@ async def open_peer(settings: Settings, live: LiveCounts, log: Any) -> AsyncIter
     try:
         yield Peer(pc, log, settings.webrtc.announced_address)
     finally:
-        ice = _ice_connections(pc)
+        ice = ice_connections(pc)
         # Shielded so a cancelled session still closes its transports; bounded because
         # pc.close() has been seen never to return (aiortc issue #283).
         with anyio.move_on_after(settings.relay.teardown_timeout, shield=True) as scope:
