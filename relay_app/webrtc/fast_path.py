@@ -92,7 +92,6 @@ class InPlaceSrtp:
     """
 
     def __init__(self, session: pylibsrtp.Session) -> None:
-        self._session = session
         self._srtp = session._srtp[0]
         self._cdata = session._cdata
         buffer = session._buffer
@@ -101,12 +100,12 @@ class InPlaceSrtp:
         self._room = len(buffer) - _SRTP_MAX_TRAILER
         self._length = _ffi.new("int *")
 
-    def protect(self, header: bytearray, payload: bytes) -> memoryview | bytes:
+    def protect(self, header: bytearray, payload: bytes) -> memoryview:
         """The protected packet of `header` + `payload`: a view valid until the next call."""
         start = len(header)
         size = start + len(payload)
-        if size > self._room:  # (pylibsrtp says why: the packet is too long)
-            return self._session.protect(bytes(header) + payload)
+        if size > self._room:
+            raise ValueError(f"packet is too long for SRTP ({size} bytes)")
         buffer, length = self._buffer, self._length
         buffer[0:start] = header
         buffer[start:size] = payload
@@ -145,8 +144,7 @@ class DirectSender:
         once the track is added and before the connection starts (which starts aiortc's
         loop): aiortc's loop then only waits to be stopped and says goodbye (RTCP BYE).
         """
-        transceiver = next(t for t in self._pc.getTransceivers() if t.kind == "audio")
-        sender: Any = transceiver.sender
+        sender: Any = self._transceiver().sender
 
         async def run_rtcp() -> None:
             getattr(sender, _SENDER + "rtcp_started").set()
@@ -158,12 +156,15 @@ class DirectSender:
 
         sender._run_rtcp = run_rtcp
 
+    def _transceiver(self) -> Any:
+        """The audio transceiver it sends on, whatever the section order: a player that offers
+        video first (answered inactive) must not get Opus under the video's MID/SSRC."""
+        return next(t for t in self._pc.getTransceivers() if t.kind == "audio")
+
     def _resolve(self) -> bool:
         """The receiver's sender, payload type, SSRC, header extensions and socket, once
         connected."""
-        # The audio transceiver it sends on, whatever the section order: a player that
-        # offers video first (answered inactive) must not get Opus under the video's MID/SSRC.
-        transceiver = next(t for t in self._pc.getTransceivers() if t.kind == "audio")
+        transceiver = self._transceiver()
         sender = transceiver.sender
         dtls = sender.transport
         if dtls is None or dtls._state != DtlsState.CONNECTED:
