@@ -139,6 +139,7 @@ class Guard:
         """The Host check before every request, and JSON for every error of `app`."""
         app.before_request(self._check_host)
         app.before_websocket(self._check_host)
+        app.after_request(_close_after_refused_body)
 
         @app.errorhandler(HTTPException)
         async def _http_error(error: HTTPException) -> Response:
@@ -172,15 +173,6 @@ class Guard:
             if request.method not in SAFE_METHODS:
                 self._check_origin(request.headers.get("Origin"), request.host)
             entry = self._enter(door, request.remote_addr or "", request.headers, request.args)
-        except RelayError as error:
-            response = self.render(error)
-            if request.content_length or "Transfer-Encoding" in request.headers:
-                # Refused before its body was read: Hypercorn then closes the connection
-                # without saying so, and a client that reuses it finds it gone ("server
-                # disconnected without a response"). Said in the response, it does not reuse it.
-                response.headers["Connection"] = "close"
-            return response
-        try:
             return await handler(entry, **kwargs)
         except RelayError as error:
             return self.render(error)
@@ -326,6 +318,21 @@ def bearer_token(authorization: str) -> str | None:
     """The token of an `Authorization: Bearer <token>` header; None for anything else."""
     scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _close_after_refused_body(response: Response) -> Response:
+    """An error answer to a request with a body says `Connection: close`.
+
+    Refused before its body was read (at a door, or by a route that does not exist), the
+    request leaves Hypercorn closing the connection after the answer without saying so; a
+    keep-alive client then sends its next request into it and hears "server disconnected
+    without sending a response". Said in the answer, the client opens a new one.
+    """
+    if response.status_code >= 400 and (
+        request.content_length or "Transfer-Encoding" in request.headers
+    ):
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _json(code: int, message: str, name: str | None = None, headers: Any = None) -> Response:

@@ -103,18 +103,23 @@ def test_a_post_refused_before_its_body_arrives_says_the_connection_closes(
     answer; unless the answer says so, a keep-alive client sends its next request into a
     closed connection ("server disconnected without sending a response")."""
     server = make_forward_server()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as browser:
-        browser.sendall(
-            b"POST /admin/channels/english/lock HTTP/1.1\r\n"
-            + f"Host: 127.0.0.1:{server.port}\r\n".encode()
-            + b"Origin: http://evil.example\r\nContent-Type: text/plain\r\n"
-            + b"Content-Length: 1\r\n\r\n"  # (the body is never sent)
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += browser.recv(4096)
-    head = answer.split(b"\r\n\r\n")[0].lower()
-    assert head.startswith(b"http/1.1 403") and b"\r\nconnection: close" in head, head
+    # Refused at the admin API's door (cross-site), and by a route that does not exist.
+    for path, status in ((b"/admin/channels/english/lock", b"403"), (b"/no-such-door", b"404")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as browser:
+            browser.sendall(
+                b"POST "
+                + path
+                + b" HTTP/1.1\r\n"
+                + f"Host: 127.0.0.1:{server.port}\r\n".encode()
+                + b"Origin: http://evil.example\r\nContent-Type: text/plain\r\n"
+                + b"Content-Length: 1\r\n\r\n"  # (the body is never sent)
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += browser.recv(4096)
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 " + status), head
+        assert b"\r\nconnection: close" in head, head
 
 
 # 2 ----------------------------------------------------------------------------------------
