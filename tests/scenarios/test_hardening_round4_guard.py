@@ -1,0 +1,291 @@
+"""Hardening, round 4, the guard: forwarded addresses behind the documented nginx and behind a
+proxy that appends, and a client looping page requests.
+
+The nginx test runs the server block of docs/deployment.md exactly as written there (only its
+upstream and listen ports changed) in Debian's nginx. Attackers connect from 127.0.0.2, the
+proxies from 127.0.0.1 (nginx, as documented) and 127.0.0.4 (a proxy that appends, as HAProxy's
+`option forwardfor` does); `server.trusted_addresses` is emptied, so every per-address rule
+applies. Forged addresses are from the documentation ranges and are only ever written into
+headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import websockets
+from anyio.abc import SocketStream
+
+from relay_app.client import RelayClient, ToneTrack
+from relay_app.tools.testing import REPO, ServerProcess, free_port
+
+from ..helpers import SECRET, assert_no_leaks, finish_server, need, token
+
+pytestmark = pytest.mark.anyio
+
+ATTACKER = "127.0.0.2"
+APPENDING_PROXY = "127.0.0.4"
+CAP = 10  # server.max_connections_per_address, its default
+ATTEMPTS = 15
+DEPLOYMENT = REPO / "docs" / "deployment.md"
+
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    """Doors and addresses: the relay mode does not touch them."""
+    return "forward"
+
+
+def forged(i: int) -> str:
+    return f"198.51.100.{i + 1}"
+
+
+# A raw HTTP/1.1 client: every header line exactly as a proxy writes it ----------------------
+@dataclass
+class Answer:
+    status: int
+    head: str
+    body: bytes
+
+
+async def send_request(
+    port: int, source: str, path: str, headers: list[tuple[str, str]]
+) -> tuple[SocketStream, Answer]:
+    """Connect from `source` to 127.0.0.1:`port`, send one GET with `headers` (repeated names
+    stay separate lines), and read the answer's head (and body, unless it is a 200 that goes
+    on: an Ogg stream). The connection stays open: a listener holds its slot while it lasts."""
+    stream = await anyio.connect_tcp("127.0.0.1", port, local_host=source)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    with anyio.fail_after(15):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive()
+        head, _, body = data.partition(b"\r\n\r\n")
+        text = head.decode("latin-1")
+        status = int(text.split()[1])
+        length = re.search(r"(?im)^content-length:\s*(\d+)", text)
+        if status != 200 and length is not None:
+            while len(body) < int(length.group(1)):
+                body += await stream.receive()
+    return stream, Answer(status, text, body)
+
+
+async def hold_listeners(
+    server: ServerProcess, port: int, source: str, shapes: list[list[tuple[str, str]]]
+) -> tuple[list[SocketStream], list[Answer]]:
+    """One Ogg listener per header shape, all held open at once (each admitted one is counted
+    by the server before the next asks)."""
+    streams, answers = [], []
+    for headers in shapes:
+        stream, answer = await send_request(port, source, "/stream/latest.ogg", headers)
+        streams.append(stream)
+        answers.append(answer)
+        await wait_listeners(server, sum(a.status == 200 for a in answers))
+    return streams, answers
+
+
+async def close_all(streams: list[SocketStream]) -> None:
+    for stream in streams:
+        await stream.aclose()
+
+
+def refusal(answer: Answer) -> str:
+    assert answer.status == 503, answer.head
+    return str(json.loads(answer.body)["message"])
+
+
+# Debian's nginx, running the documented block ------------------------------------------------
+def documented_nginx_block() -> str:
+    """The one ```nginx fence of docs/deployment.md, as written there."""
+    fences = re.findall(r"^```nginx\n(.*?)^```", DEPLOYMENT.read_text(), re.M | re.S)
+    assert len(fences) == 1, f"docs/deployment.md should hold one nginx block, not {len(fences)}"
+    return str(fences[0])
+
+
+def for_this_test(block: str, listen_port: int, upstream_port: int) -> str:
+    """The documented block with only its ports changed: nginx on 127.0.0.1:`listen_port`, the
+    relay on 127.0.0.1:`upstream_port`."""
+    block, listens = re.subn(
+        r"(?m)^(\s*)listen\s+80;", rf"\1listen 127.0.0.1:{listen_port};", block
+    )
+    assert listens == 1, "the documented block should listen on port 80, once"
+    block, upstreams = re.subn(
+        r"proxy_pass http://127\.0\.0\.1:8080;",
+        f"proxy_pass http://127.0.0.1:{upstream_port};",
+        block,
+    )
+    assert upstreams >= 2, "the documented block should proxy / and /ws to 127.0.0.1:8080"
+    return block
+
+
+@contextmanager
+def nginx(tmp_path: Path, upstream_port: int) -> Iterator[int]:
+    """Debian's nginx with its own prefix, config, pid file and logs in `tmp_path`, serving the
+    documented block on a free loopback port (yielded); stopped by its own PID."""
+    debian = Path("/usr/sbin/nginx")  # (not on every PATH)
+    binary = str(debian) if debian.exists() else need("nginx")
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    server_block = for_this_test(documented_nginx_block(), port, upstream_port)
+    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    # As root, nginx's workers would switch to `nobody`, who cannot enter pytest's tmp_path.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    config = prefix / "nginx.conf"
+    config.write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {prefix / 'nginx.pid'};\n"
+        f"error_log {prefix / 'error.log'} warn;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"    access_log {prefix / 'access.log'};\n"
+        + "".join(f"    {name}_temp_path {path};\n" for name, path in temp.items())
+        + server_block
+        + "}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", f"{prefix}/", "-c", str(config), "-e", str(prefix / "error.log")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (prefix / "nginx.pid").exists() or not _accepts(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+                raise RuntimeError(
+                    f"nginx did not start: {proc.stdout and proc.stdout.read()} {log}"
+                )
+            time.sleep(0.05)
+        assert int((prefix / "nginx.pid").read_text()) == proc.pid
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # nginx's fast shutdown
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@asynccontextmanager
+async def speaking(server: ServerProcess) -> AsyncIterator[str]:
+    async with RelayClient.connect(server.ws_url, token=token("send")) as sender:
+        yield await sender.start_sending(ToneTrack(440))
+
+
+# Behind the documented nginx -------------------------------------------------------------------
+@pytest.fixture
+def documented_relay(tmp_path: Path) -> Iterator[ServerProcess]:
+    """The relay configured as docs/deployment.md says for nginx (auth on: its baseline and
+    leak check read /metrics with a metrics token)."""
+    config = {
+        "server": {"trusted_proxies": ["127.0.0.1"], "trusted_addresses": []},
+        "auth": {"secret": SECRET},
+        "relay": {"mode": "forward"},
+        "channels": {"english": {"label": "English"}},
+    }
+    server = ServerProcess(tmp_path, config).start()
+    try:
+        server.headers = {"Authorization": f"Bearer {token('metrics')}"}
+        server.take_baseline()
+        yield server
+        assert_no_leaks(server)
+        finish_server(server)
+    finally:
+        server.stop()
+
+
+async def test_behind_the_documented_nginx_a_forged_forwarded_address_gets_no_extra_slots(
+    documented_relay: ServerProcess, tmp_path: Path
+) -> None:
+    """A client that writes its own `X-Forwarded-For` on each request through the documented
+    nginx is still one address: the cap holds on every location, and the logs name it."""
+    server = documented_relay
+    listen = ("Authorization", f"Bearer {token('receive')}")
+    with nginx(tmp_path, server.port) as port:
+        async with speaking(server):
+            # `location /`: an Ogg listener per request, each naming another address; the
+            # last sends two header lines, the second itself a list: nginx must drop them all.
+            shapes = [[listen, ("X-Forwarded-For", forged(i))] for i in range(ATTEMPTS)]
+            shapes[-1][1:] = [("X-Forwarded-For", forged(20)), ("X-Forwarded-For", "a, b")]
+            streams, answers = await hold_listeners(server, port, ATTACKER, shapes)
+            try:
+                admitted = sum(a.status == 200 for a in answers)
+                assert admitted == CAP, f"{admitted} of {ATTEMPTS} admitted through location /"
+                for answer in answers[CAP:]:
+                    assert f"too many connections from {ATTACKER}" in refusal(answer)
+            finally:
+                await close_all(streams)
+            await wait_listeners(server, 0)
+            # `location /ws`: the same for WebSocket sessions.
+            welcomed = await hold_websockets(f"ws://127.0.0.1:{port}/ws?token={token('receive')}")
+            assert welcomed == CAP, f"{welcomed} of {ATTEMPTS} admitted through location /ws"
+        # A browser's same-origin requests pass the Origin check on both locations.
+        origin = f"http://127.0.0.1:{port}"
+        admin = {"Authorization": f"Bearer {token('admin')}", "Origin": origin}
+        async with httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address=ATTACKER)
+        ) as browser:
+            for action in ("lock", "unlock"):
+                url = f"{origin}/admin/channels/english/{action}"
+                answer = await browser.post(url, headers=admin)
+                assert answer.status_code == 200, answer.text
+        url = f"ws://127.0.0.1:{port}/ws?token={token('receive')}"
+        async with websockets.connect(url, origin=websockets.Origin(origin)) as page:
+            assert json.loads(await page.recv())["type"] == "welcome"
+    # Every line the server logged names the client nginx saw, never what it wrote.
+    remotes = {str(e["remote"]) for e in server.events if "remote" in e}
+    assert not [r for r in remotes if r.startswith("198.51.100.") or r in "ab"], remotes
+    assert len(server.find("http_listener_started", remote=ATTACKER)) == CAP
+    assert len(server.find("client_connected", remote=ATTACKER)) == CAP
+
+
+async def hold_websockets(url: str) -> int:
+    """Open ATTEMPTS WebSockets from ATTACKER at once, each forging another address; how many
+    were welcomed (the rest are told the per-address cap)."""
+    welcomed = 0
+    async with AsyncExitStack() as stack:
+        for i in range(ATTEMPTS):
+            headers = [("X-Forwarded-For", forged(i))]
+            ws = await stack.enter_async_context(
+                websockets.connect(url, local_addr=(ATTACKER, 0), additional_headers=headers)
+            )
+            first = json.loads(await ws.recv())
+            if first["type"] == "welcome":
+                welcomed += 1
+            else:
+                assert f"too many connections from {ATTACKER}" in first["message"], first
+    return welcomed
+
+
+async def wait_listeners(server: ServerProcess, count: int) -> None:
+    """Until the server counts `count` Ogg listeners."""
+    with anyio.fail_after(15):
+        while server.metrics()["live"]["http_listeners"] != count:
+            await anyio.sleep(0.05)
