@@ -301,10 +301,16 @@ class Guard:
 def client_address(peer: str, headers: Any, trusted_proxies: list[str]) -> str:
     """The client's address: the connection's own, or, when it comes from a trusted proxy,
     the last address in `X-Forwarded-For` that is not one of the proxies (what the proxy saw;
-    earlier entries are whatever the client claimed)."""
+    earlier entries are whatever the client claimed).
+
+    Every `X-Forwarded-For` line counts, in order, as one list: a proxy that appends may add
+    its own line after the client's (HAProxy's `option forwardfor`) instead of extending it,
+    and the client may send as many lines as it likes before it.
+    """
     if peer not in trusted_proxies:
         return peer
-    hops = [hop.strip() for hop in headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    lines = headers.getlist("X-Forwarded-For")
+    hops = [hop.strip() for line in lines for hop in line.split(",") if hop.strip()]
     for hop in reversed(hops):
         if hop not in trusted_proxies:
             try:

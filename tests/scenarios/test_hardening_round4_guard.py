@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,10 @@ import httpx
 import pytest
 import websockets
 from anyio.abc import SocketStream
+from werkzeug.datastructures import Headers
 
 from relay_app.client import RelayClient, ToneTrack
+from relay_app.endpoints.guard import client_address
 from relay_app.tools.testing import REPO, ServerProcess, free_port
 
 from ..helpers import SECRET, assert_no_leaks, finish_server, need, token
@@ -194,8 +196,9 @@ def _accepts(port: int) -> bool:
 
 
 @asynccontextmanager
-async def speaking(server: ServerProcess) -> AsyncIterator[str]:
-    async with RelayClient.connect(server.ws_url, token=token("send")) as sender:
+async def speaking(server: ServerProcess, with_token: bool = True) -> AsyncIterator[str]:
+    send = token("send") if with_token else None
+    async with RelayClient.connect(server.ws_url, token=send) as sender:
         yield await sender.start_sending(ToneTrack(440))
 
 
@@ -289,3 +292,59 @@ async def wait_listeners(server: ServerProcess, count: int) -> None:
     with anyio.fail_after(15):
         while server.metrics()["live"]["http_listeners"] != count:
             await anyio.sleep(0.05)
+
+
+# Behind a proxy that appends its own header line -------------------------------------------------
+async def test_behind_a_proxy_that_appends_the_client_is_the_last_address_it_did_not_write(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """HAProxy's `option forwardfor` adds its own `X-Forwarded-For` line after the client's;
+    chained proxies append to a list. The client is the rightmost address, across every
+    line, that no trusted proxy wrote, however many lines the client sent before it."""
+    second = "127.0.0.5"  # a second proxy in the chain, in front of the first
+    server = make_forward_server(
+        {"server": {"trusted_proxies": [APPENDING_PROXY, second], "trusted_addresses": []}}
+    )
+    xff = "X-Forwarded-For"
+    shapes = []
+    for i in range(ATTEMPTS):
+        shapes.append(
+            [
+                # one forged line, then the proxy's
+                [(xff, forged(i)), (xff, ATTACKER)],
+                # a forged list, then the proxy's line
+                [(xff, f"{forged(i)}, {forged(i + 20)}"), (xff, ATTACKER)],
+                # two proxies: the front one wrote the client, the one that connects wrote it
+                [(xff, forged(i)), (xff, f"{ATTACKER}, {second}")],
+            ][i % 3]
+        )
+    async with speaking(server, with_token=False):
+        streams, answers = await hold_listeners(server, server.port, APPENDING_PROXY, shapes)
+        try:
+            admitted = sum(a.status == 200 for a in answers)
+            assert admitted == CAP, f"{admitted} of {ATTEMPTS} admitted"
+            for answer in answers[CAP:]:
+                assert f"too many connections from {ATTACKER}" in refusal(answer)
+        finally:
+            await close_all(streams)
+        await wait_listeners(server, 0)
+    assert len(server.find("http_listener_started", remote=ATTACKER)) == CAP
+    remotes = {str(e["remote"]) for e in server.events if "remote" in e}
+    assert not [r for r in remotes if r.startswith("198.51.100.")], remotes
+
+
+def test_the_client_address_is_read_from_every_forwarded_line() -> None:
+    """`client_address` with the header object the web framework hands the guard."""
+    proxies = ["127.0.0.1", "10.0.0.2"]
+
+    def address(peer: str, *lines: str) -> str:
+        return client_address(peer, Headers([("X-Forwarded-For", line) for line in lines]), proxies)
+
+    assert address("127.0.0.1", "198.51.100.1", "192.0.2.7") == "192.0.2.7"
+    assert address("127.0.0.1", "198.51.100.1, 192.0.2.7", "10.0.0.2") == "192.0.2.7"
+    assert address("127.0.0.1", " 198.51.100.1 ,, ", "192.0.2.7 , 10.0.0.2") == "192.0.2.7"
+    assert address("127.0.0.1", "2001:db8::1") == "2001:db8::1"
+    assert address("127.0.0.1") == "127.0.0.1"  # nothing forwarded: the proxy itself
+    assert address("127.0.0.1", "10.0.0.2") == "127.0.0.1"  # only proxies
+    assert address("127.0.0.1", "192.0.2.7", "garbage") == "127.0.0.1"  # a proxy writing junk
+    assert address("192.0.2.9", "198.51.100.1") == "192.0.2.9"  # not a proxy: ignored
