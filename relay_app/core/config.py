@@ -107,6 +107,21 @@ class ServerSettings(_Section):
         description="Client addresses exempt from the per-address cap: this host (tests, a "
         "reverse proxy such as nginx, whose clients all arrive from it).",
     )
+    page_requests_per_second: float = Field(
+        10.0,
+        ge=0,
+        description="Page requests (the pages, their static files, `/qr.svg`) one client "
+        "address may make per second, after a burst of `page_request_burst`; more are "
+        "answered 429 and counted (`page_rate` in /metrics `errors`). A page load is 5-20 "
+        "requests. `trusted_addresses` are exempt; 0 = no limit. Behind NAT (a whole hall on "
+        "one address) raise both.",
+    )
+    page_request_burst: int = Field(
+        100,
+        ge=1,
+        description="Page requests one client address may make at once before "
+        "`page_requests_per_second` applies (a few page loads and reloads).",
+    )
     max_pending_connections: int = Field(
         16,
         ge=1,

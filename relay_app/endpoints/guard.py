@@ -8,7 +8,8 @@ door it is (`Door`) and the guard does, in this order, what every door needs:
     Origin     browser requests that change state (POST/DELETE/PATCH, and every WebSocket)
     token      `Authorization: Bearer` or `?token=`, parsed once into a `Grant` with its scope
     admission  one table (the registry's pending and open sessions) and one set of rules:
-               max_connections, max_connections_per_address, max_pending_connections
+               max_connections, max_connections_per_address, max_pending_connections;
+               page requests per address and second (page_requests_per_second)
     errors     a `RelayError` raised anywhere in a route becomes its status, a JSON body,
                `WWW-Authenticate` (401) and `Retry-After` (503); on a WebSocket, an `error`
                frame and the error's close code
@@ -23,19 +24,21 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from quart import Quart, Response, has_request_context, jsonify, request, websocket
 from werkzeug.exceptions import HTTPException
 
 from ..core import protocol as p
 from ..core.auth import Grant, Role, verify
 from ..core.config import Settings
-from ..core.errors import AuthError, RelayError, http_error_body
+from ..core.errors import AuthError, LimitError, RelayError, http_error_body
 from ..core.logs import get_logger
 from ..streams.context import RelayContext
 from ..streams.stream import SessionInfo, SessionRole, new_connection_id
@@ -45,6 +48,10 @@ REALM = 'Bearer realm="relay_app"'
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GUARDED = "__relay_door__"  # set on every guarded view function: the URL-map test reads it
 PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
+# Client addresses the page rate remembers at once; past that, the least recently seen go
+# first (an address forgotten starts again with a full burst).
+RATE_ADDRESSES = 4096
+RATE_LOG_INTERVAL = 10.0  # seconds: one `page_rate_limited` line per address at most
 log = get_logger("relay_app.guard")
 
 
@@ -64,9 +71,11 @@ class Door:
     local_without_secret: bool = False
     # What a token of another role is told: "a receive token <denied>".
     denied: str = "may not use this"
+    # Counted against server.page_requests_per_second per client address (429 beyond it).
+    rated: bool = False
 
 
-PAGE = Door("page")
+PAGE = Door("page", rated=True)
 HEALTH = Door("health")
 # A WHIP/WHEP resource's DELETE and PATCH: its unguessable URL is the capability.
 RESOURCE = Door("resource")
@@ -134,6 +143,12 @@ class Guard:
         self.ctx = ctx
         self.settings = ctx.settings
         self._known_hosts = known_hosts(ctx.settings)
+        server = ctx.settings.server
+        self._page_rate = (
+            RateTable(server.page_requests_per_second, server.page_request_burst)
+            if server.page_requests_per_second > 0
+            else None
+        )
 
     def install(self, app: Quart) -> None:
         """The Host check before every request, and JSON for every error of `app`."""
@@ -200,6 +215,8 @@ class Guard:
 
     def _enter(self, door: Door, peer: str, headers: Any, args: Any) -> Entry:
         remote = client_address(peer, headers, self.settings.server.trusted_proxies)
+        if door.rated:
+            self._check_rate(door, remote)
         if door.local_without_secret and self.settings.auth.secret is None:
             self._check_local(door, peer, headers)
         grant, pending = self._grant(door, headers, args)
@@ -234,6 +251,25 @@ class Guard:
         log.warning("origin_refused", origin=origin)
         self.ctx.metrics.count_error("origin")
         raise AuthError(f"origin {origin} is not allowed (server.allowed_origins)")
+
+    def _check_rate(self, door: Door, remote: str) -> None:
+        """LimitError (429) for a client over its page rate: counted every time, logged at
+        most once per RATE_LOG_INTERVAL per address (with the refusals since the last line)."""
+        rate = self._page_rate
+        if rate is None or remote in self.settings.server.trusted_addresses:
+            return
+        wait, to_log = rate.take(remote, anyio.current_time())
+        if not wait:
+            return
+        self.ctx.metrics.count_error("page_rate")
+        if to_log:
+            log.warning("page_rate_limited", remote=remote, door=door.name, refused=to_log)
+        raise LimitError(
+            f"too many page requests from {remote}: {rate.rate:g}/s after a burst of "
+            f"{rate.burst:g} (server.page_requests_per_second); try again in a moment",
+            http_status=429,
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     def _check_local(self, door: Door, peer: str, headers: Any) -> None:
         """Without a secret the admin API trusts only this machine: a direct loopback caller.
@@ -296,6 +332,62 @@ class Guard:
         await websocket.send(p.encode(p.Error(message=error.message)))
         code = int(error.close_code or 1008)
         await websocket.close(code, (error.close_reason or error.message)[:120])
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+    refused: int = 0  # refusals not yet logged
+    logged: float | None = None  # when the last refusal was logged
+
+
+class RateTable:
+    """A token bucket per client address: `rate` requests a second after a burst of `burst`.
+
+    Holds at most `size` addresses. A new one first forgets those whose bucket has refilled
+    (idle for burst/rate seconds: forgetting them changes nothing), then the least recently
+    seen; so an address can only gain by being forgotten while thousands of others are busy.
+    """
+
+    def __init__(self, rate: float, burst: int, size: int = RATE_ADDRESSES) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.size = size
+        self._buckets: dict[str, _Bucket] = {}  # least recently seen first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, address: str, now: float) -> tuple[float, int]:
+        """One request from `address` at `now`: (0, 0) when it may go ahead. Refused: the
+        seconds until it could, and the refusals to log now (this one and those since the
+        last line), or 0 within RATE_LOG_INTERVAL of that line."""
+        bucket = self._buckets.pop(address, None)
+        if bucket is None:
+            self._make_room(now)
+            bucket = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        self._buckets[address] = bucket
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0, 0
+        wait = (1 - bucket.tokens) / self.rate
+        bucket.refused += 1
+        if bucket.logged is not None and now - bucket.logged < RATE_LOG_INTERVAL:
+            return wait, 0
+        refused, bucket.refused, bucket.logged = bucket.refused, 0, now
+        return wait, refused
+
+    def _make_room(self, now: float) -> None:
+        if len(self._buckets) < self.size:
+            return
+        refilled = self.burst / self.rate
+        for address in [a for a, b in self._buckets.items() if now - b.updated >= refilled]:
+            del self._buckets[address]
+        while len(self._buckets) >= self.size:
+            del self._buckets[next(iter(self._buckets))]
 
 
 def client_address(peer: str, headers: Any, trusted_proxies: list[str]) -> str:

@@ -30,7 +30,7 @@ from anyio.abc import SocketStream
 from werkzeug.datastructures import Headers
 
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.endpoints.guard import client_address
+from relay_app.endpoints.guard import RateTable, client_address
 from relay_app.tools.testing import REPO, ServerProcess, free_port
 
 from ..helpers import SECRET, assert_no_leaks, finish_server, need, token
@@ -348,3 +348,94 @@ def test_the_client_address_is_read_from_every_forwarded_line() -> None:
     assert address("127.0.0.1", "10.0.0.2") == "127.0.0.1"  # only proxies
     assert address("127.0.0.1", "192.0.2.7", "garbage") == "127.0.0.1"  # a proxy writing junk
     assert address("192.0.2.9", "198.51.100.1") == "192.0.2.9"  # not a proxy: ignored
+
+
+# A client looping page requests ------------------------------------------------------------------
+# The On air page with a few channels, as Chromium loads it (its /stream/status and WebSocket
+# go through other doors).
+PAGE_LOAD = [
+    "/",
+    "/static/style.css",
+    "/static/index.js",
+    "/static/relay.js",
+    "/static/icons/icon-192.png",
+    "/manifest.webmanifest",
+    *(f"/qr.svg?channel=channel{i}" for i in range(6)),
+    "/listen",
+    "/static/receiver.js",
+    "/static/phone.js",
+]
+BURST, RATE = 100, 10.0  # server.page_request_burst and page_requests_per_second, defaults
+
+
+def http_from(address: str) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(transport=transport, timeout=10)
+
+
+async def test_a_client_looping_page_requests_is_held_to_its_rate_and_others_are_served(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """With the defaults: a few page loads in a row all pass, a loop is refused (429, JSON,
+    Retry-After) beyond the burst at the configured rate, logged once and counted; another
+    address, and another client behind a trusted proxy, are served meanwhile."""
+    server = make_forward_server(
+        {"server": {"trusted_addresses": [], "trusted_proxies": [APPENDING_PROXY]}}
+    )
+    statuses: list[int] = []
+    refused: list[httpx.Response] = []
+    async with http_from(ATTACKER) as attacker, http_from("127.0.0.3") as neighbour:
+        started = time.monotonic()
+        for _ in range(5):  # five loads of the page in a row, as a user reloading would
+            for path in PAGE_LOAD:
+                statuses.append((await attacker.get(server.base_url + path)).status_code)
+        assert statuses == [200] * len(statuses), statuses
+        for i in range(400):  # then a loop
+            answer = await attacker.get(server.base_url + PAGE_LOAD[i % len(PAGE_LOAD)])
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                refused.append(answer)
+        elapsed = time.monotonic() - started
+        admitted = statuses.count(200)
+        assert statuses.count(429) == len(refused) == len(statuses) - admitted
+        assert BURST <= admitted <= BURST + RATE * elapsed + 1, (admitted, elapsed)
+        assert statuses[:BURST] == [200] * BURST
+        body = refused[-1].json()
+        assert body["status"] == 429 and "server.page_requests_per_second" in body["message"]
+        assert f"from {ATTACKER}" in body["message"]
+        assert int(refused[-1].headers["Retry-After"]) >= 1
+        # Nobody else is held up by it.
+        for path in ("/", "/qr.svg"):
+            assert (await neighbour.get(server.base_url + path)).status_code == 200
+        # A rate, not a ban: a moment later the looping client is served again.
+        await anyio.sleep(0.5)
+        assert (await attacker.get(server.base_url + "/")).status_code == 200
+    # Behind a trusted proxy each forwarded client has its own rate.
+    async with http_from(APPENDING_PROXY) as proxy:
+        looping = {"X-Forwarded-For": "192.0.2.10"}
+        for _ in range(BURST + 20):
+            answer = await proxy.get(server.base_url + "/", headers=looping)
+        assert answer.status_code == 429 and "from 192.0.2.10" in answer.json()["message"]
+        other = await proxy.get(server.base_url + "/", headers={"X-Forwarded-For": "192.0.2.11"})
+        assert other.status_code == 200
+    errors = server.metrics()["errors"]
+    assert errors["page_rate"] >= len(refused) + 1, errors
+    lines = server.find("page_rate_limited", remote=ATTACKER)
+    assert len(lines) == 1 and lines[0]["refused"] == 1, lines  # one line, not one a request
+
+
+def test_the_page_rate_table_stays_bounded_and_keeps_refusing_a_busy_address() -> None:
+    table = RateTable(rate=2.0, burst=4, size=3)
+    assert [table.take("a", 0.0) for _ in range(4)] == [(0.0, 0)] * 4  # the burst
+    assert table.take("a", 0.0) == (pytest.approx(0.5), 1)  # refused: logged
+    assert table.take("a", 0.0) == (pytest.approx(0.5), 0)  # refused: not logged again
+    assert table.take("a", 1.0) == (0.0, 0)  # two more a second later
+    for i in range(10_000):  # thousands of other addresses, once each, while "a" loops
+        table.take(f"10.0.{i // 256}.{i % 256}", 1.0)
+        table.take("a", 1.0)
+    assert len(table) == 3
+    wait, to_log = table.take("a", 1.2)
+    assert wait > 0 and to_log == 0  # still refused (never forgotten), no second line yet
+    assert [table.take("a", 20.0)[0] for _ in range(4)] == [0.0] * 4  # refilled
+    wait, to_log = table.take("a", 20.0)
+    assert wait > 0 and to_log > 10_000  # the next line counts every refusal since the last
