@@ -6,17 +6,69 @@ const REFRESH_MS = 2000;
 const STORED = "relay_app.admin_token";
 const $ = (id) => document.getElementById(id);
 
-// An admin link (`/admin#token=...` or `?token=`) stores its token once and leaves the URL.
+// An admin link (`/admin#token=...` or `?token=`): its token leaves the URL at once, and is
+// kept only if the server accepts it (see takeLinkToken).
 const fromLink = new URLSearchParams(location.hash.slice(1)).get("token") || new URLSearchParams(location.search).get("token");
-if (fromLink) {
-  localStorage.setItem(STORED, fromLink);
-  history.replaceState(null, "", "/admin");
+if (fromLink) history.replaceState(null, "", "/admin");
+let offered = null; // a link's working token, waiting for the operator's answer
+let linkRefused = false; // the server refused the link's token (said in the status too)
+const LINK_REFUSED = "The admin token in the link you opened is not accepted here (wrong or expired).";
+
+function say(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = false;
+}
+
+// Whether the server takes `token` for the admin API: true, false (refused), or null (no
+// answer: the server is away, so nothing can be told).
+async function accepted(token) {
+  try {
+    const response = await fetch("/admin/channels", { headers: { Authorization: `Bearer ${token}` } });
+    if (response.status === 401 || response.status === 403) return false;
+    return response.ok ? true : null;
+  } catch {
+    return null;
+  }
+}
+
+// A link's token replaces nothing that works unless the operator says so: anyone can send the
+// operator a link. Refused by the server, it is not kept at all; accepted, it is kept at once
+// only where this device has no token, or one the server refuses; otherwise the operator is
+// asked (#link-token), and the console goes on with the token it has.
+async function takeLinkToken(token) {
+  const current = localStorage.getItem(STORED);
+  if (token === current) return;
+  if ((await accepted(token)) === false) {
+    linkRefused = true;
+    say(current ? `${LINK_REFUSED} This console keeps the admin token it had.` : LINK_REFUSED);
+    return;
+  }
+  if (!current || (await accepted(current)) === false) {
+    localStorage.setItem(STORED, token);
+    return;
+  }
+  offered = token;
+  $("link-token").hidden = false;
+}
+
+function answerLinkToken(use) {
+  if (use && offered) localStorage.setItem(STORED, offered);
+  offered = null;
+  $("link-token").hidden = true;
+  say(use ? "This console now uses the admin token from the link." : "This console kept the admin token it had; the link's token was not stored.");
+  refresh();
 }
 
 function setStatus(state, text) {
   document.body.dataset.state = state;
   $("status").textContent = text;
   $("status").dataset.state = state;
+}
+
+// (Shown alone: the page hides everything else while unauthorized.)
+function unauthorizedText(token) {
+  if (linkRefused) return `${LINK_REFUSED} ${token ? "Nor is the one this device had: paste a new one." : "Paste an admin token to use this console."}`;
+  return token ? "That admin token is not accepted here (wrong or expired). Paste a new one." : "Paste an admin token to use this console.";
 }
 
 async function api(path, options = {}) {
@@ -27,7 +79,7 @@ async function api(path, options = {}) {
     const body = await response.json().catch(() => ({}));
     console.info(`relay: admin API refused: ${body.message || response.status}`);
     $("login").hidden = false;
-    setStatus("unauthorized", token ? "That admin token is not accepted here (wrong or expired). Paste a new one." : "Paste an admin token to use this console.");
+    setStatus("unauthorized", unauthorizedText(token));
     throw new Error("refused");
   }
   if (!response.ok) {
@@ -213,10 +265,23 @@ $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   localStorage.setItem(STORED, $("admin-token").value.trim());
   $("admin-token").value = "";
+  $("notice").hidden = true;
+  linkRefused = false;
   refresh();
 });
+$("link-token").addEventListener("submit", (event) => {
+  event.preventDefault();
+  answerLinkToken(true);
+});
+$("link-token-keep").addEventListener("click", () => answerLinkToken(false));
 $("invite-close").addEventListener("click", () => {
   $("invite").hidden = true;
 });
-refresh();
-setInterval(refresh, REFRESH_MS);
+
+async function start() {
+  if (fromLink) await takeLinkToken(fromLink);
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+}
+
+start();
