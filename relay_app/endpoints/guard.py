@@ -345,9 +345,10 @@ class _Bucket:
 class RateTable:
     """A token bucket per client address: `rate` requests a second after a burst of `burst`.
 
-    Holds at most `size` addresses. A new one first forgets those whose bucket has refilled
-    (idle for burst/rate seconds: forgetting them changes nothing), then the least recently
-    seen; so an address can only gain by being forgotten while thousands of others are busy.
+    Holds at most `size` addresses, least recently seen first: a new one forgets those whose
+    bucket has refilled (idle for burst/rate seconds: forgetting them changes nothing), then,
+    if still full, the least recently seen; so an address can only gain by being forgotten
+    while thousands of others are busy.
     """
 
     def __init__(self, rate: float, burst: int, size: int = RATE_ADDRESSES) -> None:
@@ -381,13 +382,13 @@ class RateTable:
         return wait, refused
 
     def _make_room(self, now: float) -> None:
-        if len(self._buckets) < self.size:
-            return
         refilled = self.burst / self.rate
-        for address in [a for a, b in self._buckets.items() if now - b.updated >= refilled]:
-            del self._buckets[address]
-        while len(self._buckets) >= self.size:
-            del self._buckets[next(iter(self._buckets))]
+        while self._buckets:  # (in the order of `updated`: each take moves its bucket last)
+            oldest = next(iter(self._buckets))
+            full = len(self._buckets) >= self.size
+            if not full and now - self._buckets[oldest].updated < refilled:
+                return
+            del self._buckets[oldest]
 
 
 def client_address(peer: str, headers: Any, trusted_proxies: list[str]) -> str:

@@ -440,3 +440,5 @@ def test_the_page_rate_table_stays_bounded_and_keeps_refusing_a_busy_address() -
     assert [table.take("a", 20.0)[0] for _ in range(4)] == [0.0] * 4  # refilled
     wait, to_log = table.take("a", 20.0)
     assert wait > 0 and to_log > 10_000  # the next line counts every refusal since the last
+    table.take("b", 20.0)
+    assert len(table) == 2  # the others had refilled: forgotten as soon as one more came
