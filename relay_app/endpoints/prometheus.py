@@ -161,6 +161,13 @@ METRICS: tuple[MetricSpec, ...] = (
         ("reason",),
     ),
     MetricSpec(
+        "relay_media_junk_datagrams_total",
+        "counter",
+        "Datagrams dropped at receivers' and unheard senders' media ports before the ICE agent: "
+        "from an address the peer's ICE agent never paired with, or neither STUN, DTLS, RTP nor "
+        "RTCP (a flood at a media port shows here).",
+    ),
+    MetricSpec(
         "relay_client_errors_total",
         "counter",
         "Errors sent to clients, by kind (e.g. idle_timeout, no_stream, limit).",
@@ -255,6 +262,7 @@ class RelayCollector(Collector):
         yield "relay_http_listeners_dropped_total", [((), metrics.http_listeners_dropped)]
         yield "relay_recording_failures_total", [((), metrics.recording_failures)]
         yield "relay_dropped_packets_total", [((r,), n) for r, n in sorted(metrics.drops.items())]
+        yield "relay_media_junk_datagrams_total", [((), ctx.reads.statistics().junk_datagrams)]
         yield "relay_client_errors_total", [((k,), n) for k, n in sorted(metrics.errors.items())]
 
     def _latency(self, spec: MetricSpec) -> Metric:

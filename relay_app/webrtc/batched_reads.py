@@ -20,20 +20,38 @@ STUN (consent), DTLS and RTCP ride on the same sockets and wait as long at most:
 their timers (aioice gives a consent check 500 ms, a browser gives up after 30 s). Meanwhile
 the sender's statistics show a round trip longer by up to that.
 
-Reaches into aioice 0.13 (the connection's protocols) and asyncio's selector loop and
-datagram transport (the socket, its read callback, their registration);
-tests/webrtc/test_batched_reads.py fails loudly if an upgrade moves them.
+A flood. Anyone who reaches a media port can fill its socket: 30,000 junk datagrams a
+second overflow the kernel's buffer (a few hundred small datagrams) long before the next
+batch, the consent answers are dropped with the junk, and aioice closes the connection after
+six missed checks (~30 s). So every datagram read here is first sorted by its first byte
+(RFC 7983: STUN 0-3, DTLS 20-63, RTP/RTCP 128-191) and its source: from an address the
+peer's ICE agent pairs with, STUN, DTLS and RTP/RTCP go on to aioice as before; from any
+other address only what looks like STUN (its magic cookie), a few per batch, since a new
+address must be able to run a check; everything else is junk, counted and dropped before
+aioice, aiortc or SRTP see it. A socket that brings `FLOOD_READS` datagrams to one batch
+(a quiet receiver brings one or two, an unheard sender ten) is *guarded*: back on the event
+loop, each wake-up reading all that waits (up to `_MAX_PER_WAKE`) through the same sorting,
+and its receive buffer raised to `GUARDED_RECEIVE_BUFFER`, so the answers the peer's
+consent needs find room. After `CALM_TICKS` batches' time without a flood it is batched
+again. Quiet peers pay nothing for it; a flooded one costs a recvfrom and a byte test per
+junk datagram (measured in docs/performance.md's terms: ~10 % of a core at 30,000/s).
+
+Reaches into aioice 0.13 (the connection's protocols and its check list's pairs) and
+asyncio's selector loop and datagram transport (the socket, its read callback, their
+registration); tests/webrtc/test_batched_reads.py fails loudly if an upgrade moves them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aioice.ice
 import anyio
 from aiortc import RTCPeerConnection
 
@@ -44,13 +62,45 @@ log = get_logger("relay_app.app")
 
 BATCH_INTERVAL = 0.2  # seconds: ten 20 ms packets per wake-up
 _MAX_PER_DRAIN = 1000  # one socket's datagrams per drain, so no peer starves the loop
+# Datagrams in one batch that mark a socket as flooded: a connected receiver brings one or
+# two per batch, an unheard sender ten (twenty at 10 ms packets).
+FLOOD_READS = 64
+# Batches' time (5 s) a guarded socket spends under FLOOD_READS a batch before it is batched again.
+CALM_TICKS = 25
+_MAX_PER_WAKE = 256  # a guarded socket's datagrams per wake-up of the event loop
+GUARDED_RECEIVE_BUFFER = 1 << 20  # bytes asked for (the kernel caps it at net.core.rmem_max)
+_STRANGER_STUN_PER_TICK = 8  # STUN-like datagrams from unpaired addresses let through, per batch
+_STUN_COOKIE = b"\x21\x12\xa4\x42"
+
+
+@dataclass(eq=False)
+class _Socket:
+    """One of a watched peer's ICE sockets while it is off asyncio's own read callback."""
+
+    transport: Any  # asyncio's datagram transport
+    fd: int
+    connection: Any  # aioice's Connection: whose pairs say which addresses are the peer's
+    sorted: bool  # a plain host socket (not TURN's), whose datagrams are sorted
+    guarded: bool = False  # flooded: on the event loop, drained whole at each wake-up
+    reads: int = 0  # datagrams read since the last tick (guarded)
+    calm: int = 0  # ticks in a row under FLOOD_READS (guarded)
+    known: frozenset[tuple[str, int]] = frozenset()  # the pairs' remote addresses
+    known_tick: int = -1  # the tick `known` was read at
+    stranger_stun: int = 0  # STUN-like datagrams from unpaired addresses let through this tick
+
+
+@dataclass(frozen=True)
+class ReadStatistics:
+    paused_sockets: int  # off asyncio's read callback: batched or guarded
+    guarded_sockets: int  # flooded, drained at each wake-up with junk dropped
+    junk_datagrams: int  # dropped before aioice since the reader started (all sockets)
 
 
 @dataclass(eq=False)
 class _Watched:
     pc: RTCPeerConnection
     batch_when: Callable[[], bool]
-    paused: list[Any] = field(default_factory=list)  # its transports, while batched
+    paused: list[_Socket] = field(default_factory=list)  # its sockets, while batched
     due: int = 0  # consecutive ticks at which batch_when() said yes
 
 
@@ -60,9 +110,11 @@ class BatchedReads:
     def __init__(self, interval: float = BATCH_INTERVAL) -> None:
         self.interval = interval
         self._watched: list[_Watched] = []
-        self._paused: dict[int, Any] = {}  # fd -> transport, for every paused socket
-        self._epoll: Any = None  # while `run` runs: the paused sockets' epoll set
+        self._paused: dict[int, _Socket] = {}  # fd -> every paused socket (batched or guarded)
+        self._epoll: Any = None  # while `run` runs: the batched sockets' epoll set
         self._loop: Any = None
+        self._ticks = 0
+        self.junk_datagrams = 0
 
     async def run(self) -> None:
         """Drain every `interval` until cancelled; nothing is paused unless this runs."""
@@ -97,8 +149,13 @@ class BatchedReads:
     def paused_sockets(self) -> int:
         return len(self._paused)
 
+    def statistics(self) -> ReadStatistics:
+        guarded = sum(1 for sock in self._paused.values() if sock.guarded)
+        return ReadStatistics(len(self._paused), guarded, self.junk_datagrams)
+
     def tick(self) -> None:
         """Pause or resume each watched peer as it now needs, then read what waits."""
+        self._ticks += 1
         for watched in self._watched:
             if watched.batch_when():
                 # Twice in a row before it pauses: a state that lasts a moment (listeners
@@ -110,60 +167,132 @@ class BatchedReads:
                 watched.due = 0
                 if watched.paused:
                     self._resume(watched)
+        for sock in list(self._paused.values()):
+            sock.stranger_stun = 0
+            if sock.guarded:
+                sock.calm = sock.calm + 1 if sock.reads < FLOOD_READS else 0
+                sock.reads = 0
+                if sock.calm >= CALM_TICKS and not sock.transport.is_closing():
+                    self._unguard(sock)
         for fd, _ in self._epoll.poll(0):
-            transport = self._paused.get(fd)
-            if transport is not None and not transport.is_closing():
-                _drain(transport)
+            ready = self._paused.get(fd)
+            if ready is None or ready.guarded or ready.transport.is_closing():
+                continue
+            if self._read(ready, _MAX_PER_DRAIN) >= FLOOD_READS:
+                self._guard(ready)
 
     def _pause(self, watched: _Watched) -> None:
         if self._epoll is None:
             return  # (not running: nobody would read them)
         # The selector loop's own (un)registration, as a transport calls it itself: the
         # public add_reader/remove_reader refuse a socket a transport owns.
-        for transport in _transports(watched.pc):
+        for transport, connection, plain in _transports(watched.pc):
             fd = transport._sock_fd
             if transport.is_closing() or fd in self._paused or not self._loop._remove_reader(fd):
                 continue
             self._epoll.register(fd, select.EPOLLIN)
-            self._paused[fd] = transport
-            watched.paused.append(transport)
+            sock = _Socket(transport, fd, connection, plain)
+            self._paused[fd] = sock
+            watched.paused.append(sock)
 
     def _resume(self, watched: _Watched) -> None:
-        """Read what waits, then put the sockets back on the event loop."""
-        for transport in watched.paused:
-            fd = transport._sock_fd
-            if fd not in self._paused or self._paused[fd] is not transport:
+        """Read what waits, then put the sockets back on asyncio's own read callback."""
+        for sock in watched.paused:
+            fd, transport = sock.fd, sock.transport
+            if self._paused.get(fd) is not sock:
                 continue  # (closed meanwhile, and the number reused: not ours any more)
             del self._paused[fd]
             if transport.is_closing():
-                continue  # (a closed socket left the epoll set by itself)
-            self._epoll.unregister(fd)
-            _drain(transport)
-            self._loop._add_reader(fd, transport._read_ready)
+                continue  # (a closed socket left the epoll set and the loop by itself)
+            if not sock.guarded:
+                self._epoll.unregister(fd)
+            self._read(sock, _MAX_PER_DRAIN)
+            self._loop._add_reader(fd, transport._read_ready)  # (replaces a guarded reader)
         watched.paused = []
 
+    def _guard(self, sock: _Socket) -> None:
+        """A flooded socket: read it at each wake-up of the loop, with room to queue."""
+        self._epoll.unregister(sock.fd)
+        sock.guarded, sock.reads, sock.calm = True, 0, 0
+        _set_receive_buffer(sock.transport, GUARDED_RECEIVE_BUFFER)
+        self._loop._add_reader(sock.fd, self._read_guarded, sock)
+        port = sock.transport.get_extra_info("sockname")[1]
+        log.warning("media_socket_flooded", port=port, junk_datagrams=self.junk_datagrams)
 
-def _transports(pc: RTCPeerConnection) -> list[Any]:
-    """The asyncio datagram transports of the peer connection's ICE sockets."""
-    found: list[Any] = []
+    def _unguard(self, sock: _Socket) -> None:
+        self._loop._remove_reader(sock.fd)
+        sock.guarded = False
+        self._epoll.register(sock.fd, select.EPOLLIN)
+        port = sock.transport.get_extra_info("sockname")[1]
+        log.info("media_socket_calm", port=port, junk_datagrams=self.junk_datagrams)
+
+    def _read_guarded(self, sock: _Socket) -> None:
+        sock.reads += self._read(sock, _MAX_PER_WAKE)
+
+    def _read(self, sock: _Socket, limit: int) -> int:
+        """Hand up to `limit` waiting datagrams to the transport's protocol, as its own read
+        callback would have, one by one from the event loop; junk is counted and dropped.
+        Returns how many were read."""
+        transport = sock.transport
+        receive: Callable[[int], tuple[bytes, Any]] = transport._sock.recvfrom
+        protocol: asyncio.DatagramProtocol = transport._protocol
+        size = transport.max_size
+        for count in range(limit):
+            try:
+                data, address = receive(size)
+            except (BlockingIOError, InterruptedError):
+                return count
+            except OSError as error:  # (as asyncio's transport does: the protocol hears of it)
+                protocol.error_received(error)
+                return count
+            if not sock.sorted or self._wanted(sock, data, address):
+                protocol.datagram_received(data, address)
+            else:
+                self.junk_datagrams += 1
+        return limit
+
+    def _wanted(self, sock: _Socket, data: bytes, address: Any) -> bool:
+        """Whether a datagram may reach aioice: see the module's docstring."""
+        first = data[0] if data else 255
+        source = (address[0], address[1])
+        if sock.known_tick != self._ticks and source not in sock.known:
+            _learn_pairs(sock, self._ticks)  # (at most once a tick: a pair may be new)
+        if source in sock.known or not sock.known:  # (no pairs yet: nothing to judge by)
+            return first < 4 or 19 < first < 64 or 127 < first < 192
+        stun = first < 4 and data[4:8] == _STUN_COOKIE
+        if stun and sock.stranger_stun < _STRANGER_STUN_PER_TICK:
+            sock.stranger_stun += 1
+            sock.known_tick = -1  # (aioice may pair with it: read the pairs again)
+            return True
+        return False
+
+
+def _learn_pairs(sock: _Socket, tick: int) -> None:
+    sock.known = frozenset(pair.remote_addr for pair in sock.connection._check_list)
+    sock.known_tick = tick
+
+
+def _set_receive_buffer(transport: Any, size: int) -> None:
+    try:
+        current = transport._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if current < size:
+            transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:  # (a bigger buffer helps; reading at once is what matters)
+        pass
+
+
+def _transports(pc: RTCPeerConnection) -> list[tuple[Any, Any, bool]]:
+    """The asyncio datagram transports of the peer connection's ICE sockets, each with its
+    aioice connection and whether it is a plain host socket (a TURN client's socket hears
+    from its server, whose address no pair names: its datagrams are not sorted)."""
+    found: list[tuple[Any, Any, bool]] = []
+    seen: set[int] = set()
     for connection in ice_connections(pc):
         for protocol in connection._protocols:
-            if protocol.transport is not None and protocol.transport not in found:
-                found.append(protocol.transport)
+            transport = protocol.transport
+            if transport is None or id(transport) in seen or not hasattr(transport, "_sock_fd"):
+                continue
+            seen.add(id(transport))
+            plain = type(protocol) is aioice.ice.StunProtocol
+            found.append((transport, connection, plain))
     return found
-
-
-def _drain(transport: Any) -> None:
-    """Hand every waiting datagram to the transport's protocol, as its own read callback
-    would have, one by one from the event loop."""
-    receive: Callable[[int], tuple[bytes, Any]] = transport._sock.recvfrom
-    protocol: asyncio.DatagramProtocol = transport._protocol
-    for _ in range(_MAX_PER_DRAIN):
-        try:
-            data, address = receive(transport.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:  # (as asyncio's transport does: the protocol hears of it)
-            protocol.error_received(error)
-            return
-        protocol.datagram_received(data, address)

@@ -93,7 +93,7 @@ async def test_the_sockets_go_back_on_the_loop_when_the_reader_stops() -> None:
     try:
         pc.addTransceiver("audio")
         await pc.setLocalDescription(await pc.createOffer())  # (gathers: the sockets exist)
-        fds = [t._sock_fd for t in _transports(pc)]
+        fds = [transport._sock_fd for transport, _, _ in _transports(pc)]
         assert fds and all(fd in loop._selector.get_map() for fd in fds)
         with reads.watching(pc, lambda: True):
             async with anyio.create_task_group() as tg:
