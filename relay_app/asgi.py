@@ -19,6 +19,7 @@ from hypercorn.config import Config
 from .core.config import ConfigError, Settings, load_settings
 from .core.logs import configure_logging
 from .server.app import create_asgi_app
+from .server.websocket import bound_websocket_streams
 from .webrtc.dtls import use_shared_certificate
 from .webrtc.ice import configure_ice
 
@@ -87,3 +88,6 @@ configure_logging(settings.logging)
 configure_ice(settings.webrtc)
 use_shared_certificate()
 app = create_asgi_app(settings)
+# `python -m relay_app` sets Hypercorn's websocket_max_message_size itself; here it comes from
+# hypercorn.toml (or Hypercorn's 16 MiB default, without one): the app's limit holds either way.
+bound_websocket_streams(2 * settings.server.max_message_bytes)
