@@ -61,12 +61,40 @@ def _tidy_foreign(
     return event_dict
 
 
-_SECRET_PARAMS = re.compile(r"((?:^|&)(?:token|access_token)=)[^&]*", re.IGNORECASE)
+# Every query parameter that carries a token: `/ws?token=`, `?access_token=`, and the
+# `invite` the console and the pages put in `/qr.svg?invite=` (a listener's token).
+SECRET_PARAMS = ("token", "access_token", "invite")
+_SECRET_QUERY = re.compile(
+    rf"((?:^|[?&;\s])(?:{'|'.join(SECRET_PARAMS)})=)[^&;\s\"']*", re.IGNORECASE
+)
+# A signed token wherever else it lands (a header, a URL in an error message): JWTs start
+# with the base64 of '{"'.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
 def redact_query(query: str) -> str:
     """A query string with access tokens replaced: `/ws?token=...` must not land in logs."""
-    return _SECRET_PARAMS.sub(r"\1REDACTED", query)
+    return _JWT.sub("REDACTED", _SECRET_QUERY.sub(r"\1REDACTED", query))
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact_query(value) if ("=" in value or "eyJ" in value) else value
+    if depth < 3 and isinstance(value, dict):
+        return {key: _redact(item, depth + 1) for key, item in value.items()}
+    if depth < 3 and isinstance(value, list | tuple):
+        return [_redact(item, depth + 1) for item in value]
+    return value
+
+
+def _redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The last step before rendering, for every line (ours, Hypercorn's, aiortc's): no
+    token in a query parameter or as a bare JWT survives, whichever field it came in."""
+    for key, value in event_dict.items():
+        event_dict[key] = _redact(value)
+    return event_dict
 
 
 def _http_access(
@@ -179,7 +207,11 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[_http_access, structlog.stdlib.ExtraAdder(), *shared],
         pass_foreign_args=True,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _redact_secrets,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

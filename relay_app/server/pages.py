@@ -3,15 +3,18 @@ headers that keep them to this server."""
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 from urllib.parse import quote, urlsplit
 
 from quart import Quart, Response, request, send_from_directory
 
-from ..core.config import Settings
+from ..core.auth import verify
+from ..core.config import CHANNEL_NAME, Settings
+from ..core.errors import AuthError, ProtocolError
 from ..endpoints.guard import PAGE, Entry, Guard
 from .lan import listen_urls
-from .qr import qr_svg
+from .qr import MAX_TEXT, QrCodes, QrTooLong
 
 # The package's own data, wherever the package is installed or its modules move.
 STATIC = files("relay_app") / "static"
@@ -59,17 +62,6 @@ def page_routes(app: Quart, settings: Settings, guard: Guard) -> None:
     async def _manifest(entry: Entry) -> Response:
         return await page("manifest.webmanifest", "application/manifest+json")
 
-    @app.get("/qr.svg")
-    @guard.door(PAGE)
-    async def _qr(entry: Entry) -> Response:
-        """The Listen page's URL as a QR code (the home page shows it): the address this
-        browser used, unless that is this machine's own (localhost), then the LAN one."""
-        channel = request.args.get("channel") or None
-        url = phone_url(request.host, channel, settings)
-        if invite := request.args.get("invite"):  # an invite's token (the console made it)
-            url += f"?token={quote(invite)}"
-        return Response(qr_svg(url), content_type="image/svg+xml", headers={"X-Url": url})
-
     @app.get("/admin")
     @guard.door(PAGE)  # the page only; everything it shows comes from the admin API
     async def _console(entry: Entry) -> Response:
@@ -85,6 +77,55 @@ def page_routes(app: Quart, settings: Settings, guard: Guard) -> None:
     @guard.door(PAGE)
     async def _listen_page(entry: Entry, channel: str | None = None) -> Response:
         return await page("listen.html")
+
+    qr_route(app, settings, guard)
+
+
+def qr_route(app: Quart, settings: Settings, guard: Guard) -> None:
+    """`/qr.svg`: a phone's way in, as a code (the pages and the console show it)."""
+    codes = QrCodes()  # built in a worker process, cached; the worker stops with the server
+
+    @app.after_serving
+    async def _stop_codes() -> None:
+        codes.close()
+
+    @app.get("/qr.svg")
+    @guard.door(PAGE)
+    async def _qr(entry: Entry) -> Response:
+        """The Listen page's URL as a QR code (the home page shows it): the address this
+        browser used, unless that is this machine's own (localhost), then the LAN one."""
+        channel = request.args.get("channel") or None
+        if channel is not None and _CHANNEL.fullmatch(channel) is None:
+            raise ProtocolError("channel: use letters, digits, - and _ (at most 32)")
+        url = phone_url(request.host, channel, settings)
+        invite = request.args.get("invite")  # an invite's token (the console made it)
+        if invite and (token := checked_invite(invite, channel, settings)):
+            url += f"?token={quote(token)}"
+        svg = await codes.svg(url)
+        return Response(svg, content_type="image/svg+xml", headers={"X-Url": url})
+
+
+_CHANNEL = re.compile(CHANNEL_NAME)
+
+
+def checked_invite(invite: str, channel: str | None, settings: Settings) -> str:
+    """An invite's token, if a phone scanning it could play with it: signed by this
+    server, unexpired, and a listener's for this channel. A code that leads to "this page
+    needs an invitation" helps nobody, and a checked token is one an attacker cannot vary at
+    will to make the server build code after code. With auth off no token is needed: none
+    is encoded."""
+    if len(invite) > MAX_TEXT:
+        raise QrTooLong(f"invite: at most {MAX_TEXT} characters")
+    secret = settings.auth.secret
+    if secret is None:
+        return ""
+    try:
+        grant = verify(secret.get_secret_value(), invite)
+    except AuthError as error:
+        raise ProtocolError(f"invite: {error.message}") from None
+    if not grant.allows_receiving(channel or grant.stream):
+        raise ProtocolError(f"invite: this token does not play {channel or 'streams'}")
+    return invite
 
 
 def phone_url(host_header: str, channel: str | None, settings: Settings) -> str:
