@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -24,6 +25,7 @@ from . import protocol as p
 from .config import Settings
 from .errors import AuthError, RelayError
 from .limits import check_frame
+from .metrics import Metrics
 
 # `node`: another relay node of the cluster opening an upstream (cluster.py); minted by the
 # nodes themselves from the shared auth.secret.
@@ -207,6 +209,35 @@ def session_grant(settings: Settings, token: str) -> Grant:
             f"{article} {grant.role} token cannot open /ws; use a send, receive or both token"
         )
     return grant
+
+
+EXPIRED = "access token expired"
+
+
+async def watch_expiry(
+    door: str,
+    grant: Callable[[], Grant | None],
+    end: Callable[[AuthError], None],
+    metrics: Metrics,
+    log: Callable[[], Any],
+    hint: str = "connect again with a new token",
+) -> None:
+    """The one expiry rule of every long-lived door (/ws, WHIP/WHEP resources, Ogg
+    responses): a connection lives no longer than the token it came in with.
+
+    Run in the connection's own task group. At the `exp` of `grant()` (the grant it holds
+    now: a /ws session's `auth` message replaces it, and the new one is watched instead),
+    the expiry is counted (`errors.auth`), logged (`client_error`, kind `auth`, with the
+    door) and `end` is called with the AuthError: it ends the connection without waiting.
+    Returns at once without a grant (auth off) or for a token without `exp`."""
+    while (current := grant()) is not None and (expires_at := current.expires_at) is not None:
+        await anyio.sleep(max(0.0, expires_at - time.time()))
+        if grant() is current:
+            error = AuthError(f"{EXPIRED}; {hint}")
+            metrics.count_error(error.kind)
+            log().info("client_error", kind=error.kind, error=error.message, door=door)
+            end(error)
+            return
 
 
 def reauthenticate(settings: Settings, token: str) -> tuple[Grant | None, p.ServerMessage]:

@@ -158,9 +158,10 @@ class WhipEndpoints:
         self, entry: Entry, kind: Kind, run: MediaRun, arg: object, claim: Callable[[], Any] | None
     ) -> HttpPeer:
         """Run the resource until it has negotiated; from then on it holds the guard's slot
-        (and releases it when it ends: signaling/http_peers.py)."""
+        (and releases it when it ends, or when its token expires: signaling/http_peers.py)."""
         assert entry.info is not None  # a door that holds a slot
-        peer = await self.peers.open(kind, entry.info, run, arg, claim or (lambda: None))
+        claim = claim or (lambda: None)
+        peer = await self.peers.open(kind, entry.info, run, arg, claim, entry.grant)
         entry.keep()
         return peer
 

@@ -12,11 +12,15 @@ WebSocket session's does, so nobody has to remember to clean up.
     ROOT
     └── HttpPeers._run     one per WHIP/WHEP resource
         └── RESOURCE       its own task group; its cancel scope is what DELETE cancels
+            ├── _watch_media   releases it when its media never connects or goes silent
+            ├── watch_expiry   ends it when its token expires (auth on: core/auth.py, the
+            │                  rule /ws and Ogg listeners share)
             └── run_sender / run_answering_receiver
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +30,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..core import protocol as p
+from ..core.auth import Grant, watch_expiry
 from ..core.config import WebRTCSettings
-from ..core.errors import RelayError, sole_error
+from ..core.errors import AuthError, RelayError, sole_error
 from ..core.logs import get_logger
 from ..media.host import MEDIA_SILENCE_FLOOR, MediaRun, MediaTask, Negotiated
 from ..streams.context import RelayContext
@@ -90,9 +95,16 @@ class HttpPeers:
         self._group = group
 
     async def open(
-        self, kind: Kind, info: SessionInfo, run: MediaRun, arg: object, claim: Callable[[], Any]
+        self,
+        kind: Kind,
+        info: SessionInfo,
+        run: MediaRun,
+        arg: object,
+        claim: Callable[[], Any],
+        grant: Grant | None = None,
     ) -> HttpPeer:
-        """Register `info` as a session, `claim` its role, run its media until negotiated.
+        """Register `info` as a session, `claim` its role, run its media until negotiated;
+        it ends when `grant` (its token's, None with auth off) expires.
 
         RelayError (inside an exception group, from the task group) when it cannot start;
         the session is already released then.
@@ -103,7 +115,7 @@ class HttpPeers:
         log = get_logger(connection_id=info.connection_id, role=role, via=kind)
         peer = HttpPeer(self.ctx, info, kind, log)
         info.kick = lambda reason: peer.delete()  # the admin API's kick: end the resource
-        await self._group.start(self._run, peer, run, arg, claim)
+        await self._group.start(self._run, peer, run, arg, claim, grant)
         return peer
 
     async def _run(
@@ -112,6 +124,7 @@ class HttpPeers:
         run: MediaRun,
         arg: object,
         claim: Callable[[], Any],
+        grant: Grant | None,
         *,
         task_status: TaskStatus[None],
     ) -> None:
@@ -126,6 +139,9 @@ class HttpPeers:
             async with anyio.create_task_group() as resource:
                 peer.scope = resource.cancel_scope
                 resource.start_soon(_watch_media, peer, media, self.ctx.settings.webrtc)
+                expired = functools.partial(_expired, peer, media)
+                metrics, log = self.ctx.metrics, lambda: peer.log
+                resource.start_soon(watch_expiry, peer.kind, lambda: grant, expired, metrics, log)
                 await run(peer, media, arg, task_status=Negotiated(media, task_status))
                 resource.cancel_scope.cancel()  # the media ended: so does its watchdog
         except* Exception as group:
@@ -145,6 +161,15 @@ class HttpPeers:
             media.close()
             peer.done.set()
             peer.log.info("connection_cleanup", reason=peer.ended or "resource ended")
+
+
+def _expired(peer: HttpPeer, media: MediaTask, error: AuthError) -> None:
+    """Its token expired (watch_expiry has counted and logged it): the resource ends; before
+    it has negotiated, the POST is answered with the error instead."""
+    if not media.negotiated:
+        raise error
+    peer.ended = error.message
+    peer.delete()
 
 
 async def _watch_media(peer: HttpPeer, media: MediaTask, webrtc: WebRTCSettings) -> None:

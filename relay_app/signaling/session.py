@@ -25,14 +25,13 @@ is closed (`NotReading`), so a close never hangs behind a client that does not r
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ..core import protocol as p
-from ..core.auth import Grant, authenticate, reauthenticate
+from ..core.auth import Grant, authenticate, reauthenticate, watch_expiry
 from ..core.config import Settings
 from ..core.errors import (
     AuthError,
@@ -297,13 +296,14 @@ class PeerSession:
             await anyio.sleep(min(deadline - now, WATCHDOG_CAP))  # (activity only delays it)
 
     async def _expire_grant(self) -> None:
-        """Close the session when its token expires, unless an `auth` message renewed it."""
-        while (grant := self.grant) is not None and (expires_at := grant.expires_at) is not None:
-            await anyio.sleep(max(0.0, expires_at - time.time()))
-            if self.grant is grant:
-                hint = "send auth with a new token before the old one expires"
-                self.refuse(AuthError(f"access token expired; {hint}"))
-                return
+        """Close the session when its token expires unless `auth` renewed it (watch_expiry)."""
+
+        def close(error: AuthError) -> None:  # (watch_expiry counted and logged it)
+            self.send(p.Error(message=error.message))
+            self.request_close(CloseCode.POLICY_VIOLATION, error.message)
+
+        hint, log = "send auth with a new token before the old one expires", lambda: self.log
+        await watch_expiry("ws", lambda: self.grant, close, self.ctx.metrics, log, hint)
 
     async def _close_on_shutdown(self) -> None:
         if self.ctx.shutting_down is None:
