@@ -42,7 +42,8 @@ class Listener:
     # Ends its response at once, stuck writes and all (a listener dropped as too slow is
     # most likely one whose client stopped reading: its connection must not stay open).
     abort: Callable[[], None] = lambda: None
-    ended: str = ""  # why it left the fan-out ("stream ended", "too slow", "client left")
+    # Why it left the fan-out: "stream ended", "too slow", "client left", "token expired".
+    ended: str = ""
 
 
 def own_page(listener: Listener, data: bytes) -> bytes:
@@ -106,13 +107,13 @@ class HttpAudio:
             try:
                 listener.inbox.send_nowait(page)
             except anyio.WouldBlock:
-                self._drop(listener, "too slow")
+                self.drop(listener, "too slow")
                 self.metrics.http_listeners_dropped += 1
                 listener.abort()
 
-    def _drop(self, listener: Listener, reason: str) -> None:
-        """Out of the fan-out, once: logged now, even if its response is still stuck writing
-        to a client that does not read (it ends when that client goes)."""
+    def drop(self, listener: Listener, reason: str) -> None:
+        """Out of the fan-out, once, logged now (its response is ended by whoever dropped
+        it: `abort` for one too slow, which cuts its connection, stuck writes and all)."""
         if listener in self.listeners:
             listener.ended = reason
             self.listeners.discard(listener)
@@ -127,7 +128,7 @@ class HttpAudio:
         if self.listeners:
             self._publish((self.muxer.end(), time.monotonic()))
         for listener in list(self.listeners):
-            self._drop(listener, "stream ended")
+            self.drop(listener, "stream ended")
 
     @asynccontextmanager
     async def listen(
@@ -144,10 +145,10 @@ class HttpAudio:
         self.metrics.live.http_listeners += 1
         log.info("http_listener_started")
         if self.closed:
-            self._drop(listener, "stream ended")
+            self.drop(listener, "stream ended")
         try:
             yield listener
         finally:
-            self._drop(listener, "client left")
+            self.drop(listener, "client left")
             pages.close()
             self.metrics.live.http_listeners -= 1

@@ -1,28 +1,33 @@
 """`GET :8081/stream/<stream_id>.ogg`: a live stream as plain HTTP Ogg/Opus, for players
 without WebRTC (VLC, ffplay, mpv, a media box, `ffmpeg -i URL out.opus`).
 
-The response is one listener of the stream's shared pages (http_audio.py): its lifetime is
-this request's, so a client that leaves, a stream that ends, or a listener dropped as too slow
-each end it, and the listener is unregistered when the body's `async with` exits.
-`latest.ogg` is whichever stream is newest when the request arrives, so a player can keep one
-URL and simply reconnect after a stream ends. A channel's listener stays on: the channel's next
-sender goes on in the same logical Ogg stream (http_audio.ChannelPages), until the channel has
-been empty for streams.channel_wait_timeout.
+The response is one listener of the stream's shared pages (http_audio.py), a session with its
+own task group (`OggListener`): a client that leaves, a stream that ends, a listener dropped
+as too slow or a token that expires each end it, and everything it held is released when
+its body's `async with` exits. `latest.ogg` is whichever stream is newest when the request
+arrives, so a player can keep one URL and simply reconnect after a stream ends. A channel's
+listener stays on: the channel's next sender goes on in the same logical Ogg stream
+(http_audio.ChannelPages), until the channel has been empty for
+streams.channel_wait_timeout. streams.max_http_listeners counts a channel's listeners
+across its senders (the registry holds the count).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from quart import Quart, Response, request
+from quart.wrappers.response import ResponseBody
 
 from ..audio.http_audio import ChannelPages, Listener, own_page
-from ..core.errors import CapacityError, LimitError, NoStreamError
+from ..core.auth import Grant, watch_expiry
+from ..core.errors import AuthError, CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
-from ..core.metrics import Metrics
 from ..core.protocol import NO_STREAM_MESSAGE
 from ..streams.context import RelayContext
 from ..streams.finder import next_on_channel
@@ -31,21 +36,31 @@ from .guard import LISTEN, Entry, Guard
 
 LATEST = "latest"
 ABORT = "relay_app.abort"  # the ASGI scope key of a request's Abort (server/dispatch.py)
+log = get_logger("relay_app.listen")
 
 
 class Abort:
     """Ends an HTTP response from the server's side, even while a write to a client that
     stopped reading is stuck: the request's `receive` then reports a disconnect, so Quart
-    cancels the handler (as when a client leaves) and Hypercorn closes the connection."""
+    cancels the handler (as when a client leaves), and the connection is cut at once.
 
-    def __init__(self) -> None:
+    Cut, not closed (`cut`, given by the server: server/connection.py): Hypercorn closes a
+    connection by flushing what it has buffered first, which for a client that keeps its
+    window shut is never (the kernel cuts it only after server.dead_peer_timeout)."""
+
+    def __init__(self, cut: Callable[[], bool] | None = None) -> None:
         self.requested = False
         self._waiting: anyio.CancelScope | None = None
+        self._cut = cut  # resets the connection; False when it cannot (server/connection.py)
 
     def __call__(self) -> None:
+        if self.requested:
+            return
         self.requested = True
         if self._waiting is not None:
             self._waiting.cancel()
+        if self._cut is not None and not self._cut():
+            log.warning("connection_abort_unavailable")
 
     def wrap(self, receive: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         async def receive_or_abort() -> Any:
@@ -58,7 +73,7 @@ class Abort:
 
 
 def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
-    settings, registry = ctx.settings, ctx.registry
+    registry = ctx.registry
 
     @app.get("/stream/<stream_id>.ogg")
     @guard.door(LISTEN)
@@ -67,18 +82,20 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         if entry.grant is not None:  # a scoped token's "latest" is its own stream
             wanted = entry.grant.check_receiving(wanted)
         stream = registry.find_stream(wanted)
-        http = stream.http
-        if stream.ended.is_set() or http is None:
+        if stream.ended.is_set() or stream.http is None:
             raise NoStreamError(f"{NO_STREAM_MESSAGE} ({stream.stream_id} has ended)")
-        limit = settings.streams.max_http_listeners
-        if len(http.listeners) >= limit:
-            message = f"{stream.stream_id} already has {limit} HTTP listeners"
-            raise LimitError(f"{message} (streams.max_http_listeners)")
+        registry.check_http_listener(stream.stream_id)  # 503 (streams.max_http_listeners)
         assert entry.info is not None
-        log = get_logger(stream_id=stream.stream_id, remote=entry.remote, role="http_listener")
+        listener_log = get_logger(
+            connection_id=entry.info.connection_id,
+            role="http_listener",
+            stream_id=stream.stream_id,
+            remote=entry.remote,
+        )
         found = request.scope.get(ABORT)  # (only under the port dispatcher)
         abort = found if isinstance(found, Abort) else None
-        response = Response(_pages(ctx, stream, entry.info, log, abort), content_type="audio/ogg")
+        body = OggListener(ctx, stream, entry.info, entry.grant, listener_log, abort)
+        response = Response(body, content_type="audio/ogg")
         response.headers["Cache-Control"] = "no-store"
         # Web players on the main port (or anywhere) may analyse it with WebAudio.
         response.headers["Access-Control-Allow-Origin"] = "*"
@@ -86,63 +103,134 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         return response
 
 
-async def _pages(
-    ctx: RelayContext, stream: Stream, info: SessionInfo, log: Any, abort: Abort | None
-) -> AsyncIterator[bytes]:
-    """The response body: a session from its first page to its last. (The guard admitted
-    it and released its pending slot when the handler returned; a body that never
-    starts holds nothing.)"""
-    assert stream.http is not None
-    registry, metrics = ctx.registry, ctx.metrics
-    try:
-        registry.open_session(info)
-    except CapacityError as error:
-        log.info("connection_refused", kind=error.kind, error=error.message)
-        return
-    try:
-        if stream.channel is None:
-            async for data in _one_stream(metrics, stream, log, abort, own_page, headers=True):
+class OggListener(ResponseBody):
+    """One Ogg listener's session: the response body, run in a task group of its own.
+
+    Quart sends a body as `async with body as pages: async for page in pages: send(page)`,
+    so the group opened by `__aenter__` spans the whole response, its writes included: the
+    expiry watch (core/auth.watch_expiry, the rule /ws and WHEP share) runs in it beside the
+    pages. From its first page to its end it holds a session slot (the guard admitted it and
+    released its pending slot when the handler returned: a body that never starts holds
+    nothing) and a place among its stream's, a channel's, HTTP listeners."""
+
+    def __init__(
+        self,
+        ctx: RelayContext,
+        stream: Stream,
+        info: SessionInfo,
+        grant: Grant | None,
+        log: Any,
+        abort: Abort | None,
+    ) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.info = info
+        self.grant = grant  # (None with auth off)
+        self.log = log
+        self.abort = abort
+        self._place = stream.stream_id  # (a channel's name: the same for each next sender)
+        self._group: TaskGroup | None = None
+        self._pages: AsyncGenerator[bytes] | None = None
+        self._listener: Listener | None = None  # in the current sender's fan-out
+
+    async def __aenter__(self) -> AsyncGenerator[bytes]:
+        registry, connection_id = self.ctx.registry, self.info.connection_id
+        try:
+            registry.open_session(self.info)
+            registry.add_http_listener(self._place, connection_id)
+        except (CapacityError, LimitError) as error:
+            self.log.info("connection_refused", kind=error.kind, error=error.message)
+            self._pages = _nothing()
+            return self._pages
+        self._group = group = anyio.create_task_group()
+        await group.__aenter__()
+        metrics, grant = self.ctx.metrics, lambda: self.grant
+        metrics.live.session_task_groups += 1
+        group.start_soon(watch_expiry, "ogg", grant, self._expired, metrics, lambda: self.log)
+        self._pages = self._all_pages()
+        return self._pages
+
+    # (Quart types it `-> None`; True says the group's own cancellation, the watch's, ended
+    # the response: Quart then finishes it as usual.)
+    async def __aexit__(  # type: ignore[override]
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            if self._pages is not None:  # (out of its fan-out, if a write was what stopped)
+                with anyio.move_on_after(self.ctx.settings.relay.teardown_timeout, shield=True):
+                    await self._pages.aclose()
+            if self._group is None:
+                return None
+            self._group.cancel_scope.cancel()  # the pages are done: so is the watch
+            try:
+                return await self._group.__aexit__(kind, error, tb)
+            finally:
+                self.ctx.metrics.live.session_task_groups -= 1
+        finally:
+            self.ctx.registry.remove_http_listener(self._place, self.info.connection_id)
+            self.ctx.registry.close_session(self.info.connection_id)
+
+    def _expired(self, error: AuthError) -> None:
+        """Its token expired (watch_expiry counted and logged it): out of the fan-out, and the
+        response ends at once wherever it waits (a stuck write too: `abort`)."""
+        http = self.stream.http
+        if self._listener is not None and http is not None:
+            http.drop(self._listener, "token expired")
+        if self.abort is not None:
+            self.abort()
+        elif self._group is not None:
+            self._group.cancel_scope.cancel()
+
+    async def _all_pages(self) -> AsyncGenerator[bytes]:
+        """A stream's pages; a channel's, across its senders, as one logical stream."""
+        if self.stream.channel is None:
+            async for data in self._one_stream(own_page, headers=True):
                 yield data
             return
-        # A channel: one logical stream across its senders, while the client listens.
-        pages, channel, first = ChannelPages(), stream.channel, True
+        pages, channel, first = ChannelPages(), self.stream.channel, True
         while True:
-            assert stream.http is not None
-            pages.follow(stream.http)
-            async for data in _one_stream(
-                metrics, stream, log, abort, lambda _, page: pages.page(page), headers=first
-            ):
+            assert self.stream.http is not None
+            pages.follow(self.stream.http)
+
+            def renumber(_: Listener, page: bytes) -> bytes:
+                return pages.page(page)
+
+            async for data in self._one_stream(renumber, headers=first):
                 yield data
             first = False
-            if not stream.ended.is_set() or (abort is not None and abort.requested):
-                return  # the client left, or was dropped as too slow: not a handover
-            with anyio.move_on_after(ctx.settings.streams.channel_wait_timeout):
-                stream = await next_on_channel(ctx, channel)
-                log = log.bind(stream_id=stream.stream_id)
-                log.info("http_listener_followed", channel=channel)
+            if not self.stream.ended.is_set() or (self.abort is not None and self.abort.requested):
+                return  # the client left, or was dropped: not a handover
+            with anyio.move_on_after(self.ctx.settings.streams.channel_wait_timeout):
+                self.stream = await next_on_channel(self.ctx, channel)
+                self.log = self.log.bind(stream_id=self.stream.stream_id)
+                self.log.info("http_listener_followed", channel=channel)
                 continue
             yield pages.last()  # nobody spoke for channel_wait_timeout: the end
             return
-    finally:
-        registry.close_session(info.connection_id)
+
+    async def _one_stream(
+        self, own: Callable[[Listener, bytes], bytes], headers: bool
+    ) -> AsyncIterator[bytes]:
+        """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
+        http, metrics = self.stream.http, self.ctx.metrics
+        assert http is not None
+        async with http.listen(self.log, self.abort) as listener:  # logs its start and end
+            self._listener = listener
+            if headers:
+                yield listener.headers
+            async for shared, arrival in listener.pages:
+                page = own(listener, shared)
+                yield page
+                metrics.http_page_latency.observe(time.monotonic() - arrival)
+                listener.sent_bytes += len(page)
+                metrics.http_sent_bytes += len(page)
+        self._listener = None
 
 
-async def _one_stream(
-    metrics: Metrics,
-    stream: Stream,
-    log: Any,
-    abort: Abort | None,
-    own: Callable[[Listener, bytes], bytes],
-    headers: bool,
-) -> AsyncIterator[bytes]:
-    """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
-    assert stream.http is not None
-    async with stream.http.listen(log, abort) as listener:  # logs its start and its end
-        if headers:
-            yield listener.headers
-        async for shared, arrival in listener.pages:
-            page = own(listener, shared)
-            yield page
-            metrics.http_page_latency.observe(time.monotonic() - arrival)
-            listener.sent_bytes += len(page)
-            metrics.http_sent_bytes += len(page)
+async def _nothing() -> AsyncGenerator[bytes]:
+    """The body of a listener refused as its first page was due (a full server or stream)."""
+    return
+    yield

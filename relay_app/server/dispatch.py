@@ -9,6 +9,7 @@ from quart import Quart
 
 from ..endpoints.guard import refuse_malformed_host
 from ..endpoints.listen import ABORT, Abort
+from .connection import cut
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -32,6 +33,6 @@ class PortDispatcher:
         if scope["type"] == "http":
             # A response that must end now, however stuck its writes are (an Ogg listener
             # dropped as too slow): the route aborts, Quart sees a disconnect.
-            abort = scope[ABORT] = Abort()
+            abort = scope[ABORT] = Abort(lambda: cut(send))  # (it resets the connection)
             receive = abort.wrap(receive)
         await app(scope, receive, send)  # type: ignore[arg-type]

@@ -13,7 +13,14 @@ from typing import Any, Protocol
 import anyio
 
 from ..core.config import Settings
-from ..core.errors import CapacityError, ChannelBusy, ChannelError, NoStreamError, SessionStateError
+from ..core.errors import (
+    CapacityError,
+    ChannelBusy,
+    ChannelError,
+    LimitError,
+    NoStreamError,
+    SessionStateError,
+)
 from ..core.limits import check_receiver_limit, check_stream_limit
 from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
 from .stream import UNNAMED_PREFIX, ChannelClock, SendOrDrop, SessionInfo, Stream
@@ -86,6 +93,11 @@ class StreamRegistry:
         self._clocks: dict[str, ChannelClock] = {}
         self.cluster: ClusterView | None = None
         self._speakers = 0  # unnamed streams labelled so far ("Speaker N")
+        # Plain-HTTP (Ogg) listeners' connection ids by the stream id they came for, which
+        # is the channel's name on a channel: a listener holds its place from its first page
+        # to its end, across the channel's senders, so streams.max_http_listeners counts
+        # the channel, not one sender's stream (a takeover's new stream is counted with it).
+        self.http_listeners: dict[str, set[str]] = {}
 
     # Connections and sessions ---------------------------------------------------------------
     def admit(self, info: SessionInfo, authenticating: bool) -> None:
@@ -324,6 +336,29 @@ class StreamRegistry:
     def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
         stream.receivers.pop(info.connection_id, None)
         stream.links.discard(info.connection_id)
+
+    # Plain-HTTP listeners --------------------------------------------------------------------
+    def check_http_listener(self, stream_id: str) -> None:
+        """LimitError when `stream_id` (a channel, across its senders) has its
+        streams.max_http_listeners."""
+        limit = self._streams_settings.max_http_listeners
+        if len(self.http_listeners.get(stream_id, ())) >= limit:
+            raise LimitError(
+                f"{stream_id} already has {limit} HTTP listeners (streams.max_http_listeners)"
+            )
+
+    def add_http_listener(self, stream_id: str, connection_id: str) -> None:
+        """Hold a place among `stream_id`'s HTTP listeners, within the limit (LimitError)."""
+        self.check_http_listener(stream_id)
+        self.http_listeners.setdefault(stream_id, set()).add(connection_id)
+
+    def remove_http_listener(self, stream_id: str, connection_id: str) -> None:
+        """Give the place back; idempotent."""
+        held = self.http_listeners.get(stream_id)
+        if held is not None:
+            held.discard(connection_id)
+            if not held:
+                del self.http_listeners[stream_id]
 
     @property
     def receiver_count(self) -> int:

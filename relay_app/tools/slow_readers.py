@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/slow_readers.py                      # 50 clients for 60 s
     .venv/bin/python bench/slow_readers.py --clients 10 --seconds 10
+    .venv/bin/python bench/slow_readers.py --ogg --clients 10   # stalled Ogg listeners
 
 Each client connects with a small receive buffer, reads its `welcome` and nothing more, and
 sends empty binary frames as fast as the server takes them; when the server closes it, it
@@ -11,14 +12,23 @@ going. Measured: how long each flooding session lived (server log: `client_conne
 `relay.teardown_timeout`, the server's RSS growth, how much audio the receiver heard, and that
 every live count returns to zero. Results go to bench/results/slow-readers-<timestamp>.json;
 `tests/scenarios/test_hardening.py` runs a short version.
+
+The same for plain-HTTP (Ogg) listeners, `ogg_slow_readers`: listeners of a fast stream
+(`BulkOpusTrack`, ~500 KB/s) that never read, each with a 4 KiB receive buffer, so the
+server drops them as too slow within a second or two; measured: how long after its drop each
+one's TCP connection is still held by the server (its socket, from /proc/net/tcp), watched
+for `--seconds`. Results: bench/results/slow-readers-ogg-<timestamp>.json;
+`tests/scenarios/test_hardening_round4_doors.py` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import fractions
 import json
 import math
+import os
 import socket
 import tempfile
 import time
@@ -27,7 +37,10 @@ from typing import Any
 
 import anyio
 import websockets
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.packet import Packet
 
+from relay_app.client import RelayClient
 from relay_app.tools.testing import REPO, ServerProcess, start_client
 from relay_app.webrtc.ice import use_host_addresses
 
@@ -147,24 +160,135 @@ async def _aftermath(server: ServerProcess, drain_wait: float) -> tuple[float, f
     return settle, rss_flood_end, connections_gone, after
 
 
+class BulkOpusTrack(MediaStreamTrack):
+    """Fake "Opus" at `bytes_per_second` (500 KB/s by default, some 60 times a voice's):
+    2.5 ms packets of random bytes behind a CELT TOC byte (at most ~1,400 bytes each: SRTP
+    buffers are 1,500), handed to aiortc already encoded (it sends an `av.Packet` as it
+    is). The server pages it like any Opus (forward mode; with visualization off nothing
+    decodes it): the quick way to fill a stalled listener's buffers."""
+
+    kind = "audio"
+    PACKET_SECONDS = 0.0025
+    TOC = bytes([28 << 3])  # config 28: CELT, fullband, 2.5 ms; mono; one frame
+
+    def __init__(self, bytes_per_second: int = 500_000) -> None:
+        super().__init__()
+        self.size = min(1400, max(2, round(bytes_per_second * self.PACKET_SECONDS)))
+        self._start: float | None = None
+        self._sent = 0
+
+    async def recv(self) -> Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        wait = self._start + self._sent * self.PACKET_SECONDS - now
+        if wait > 0:
+            await anyio.sleep(wait)
+        packet = Packet(self.TOC + os.urandom(self.size - 1))
+        packet.pts = self._sent * 120
+        packet.time_base = fractions.Fraction(1, 48000)
+        self._sent += 1
+        return packet
+
+
+def stalled_ogg_listener(port: int, path: str) -> socket.socket:
+    """A plain-HTTP listener that asks for `path` and never reads a byte (4 KiB receive
+    buffer): its window closes at once and stays shut, while its kernel keeps answering."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def server_held(server_port: int, client_ports: set[int]) -> set[int]:
+    """Which of these client ports the server still holds a TCP connection with (its side of
+    it, in any state but TIME_WAIT, read from /proc/net/tcp)."""
+    ours = f":{server_port:04X}"
+    held = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if local.endswith(ours) and state != "06":  # 06: TIME_WAIT, nothing held
+            port = int(remote.rsplit(":", 1)[1], 16)
+            if port in client_ports:
+                held.add(port)
+    return held
+
+
+async def ogg_slow_readers(
+    server: ServerProcess, clients: int = 10, watch: float = 60.0
+) -> dict[str, Any]:
+    """`clients` stalled Ogg listeners of a fast stream, dropped as too slow within a second
+    or two; how long after the last drop the server still held each one's connection (None:
+    still held `watch` seconds after the drops)."""
+    use_host_addresses(["127.0.0.1"])
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(BulkOpusTrack())
+        path = f"/stream/{stream_id}.ogg"
+        sockets = [stalled_ogg_listener(server.audio_port, path) for _ in range(clients)]
+        ports = {sock.getsockname()[1] for sock in sockets}
+        try:
+            for _ in range(150):  # (30 s at most; it takes a second or two)
+                if len(_dropped(server, stream_id)) == clients:
+                    break
+                await anyio.sleep(0.2)
+            drops = _dropped(server, stream_id)
+            gone: dict[int, float] = {}
+            deadline = time.time() + watch
+            while time.time() < deadline and len(gone) < len(ports):
+                now = time.time()
+                for port in ports - server_held(server.audio_port, ports) - gone.keys():
+                    gone[port] = now
+                await anyio.sleep(0.2)
+        finally:
+            for sock in sockets:
+                sock.close()
+    # (A drop's log line names the client's address, not its port: timed from the last.)
+    last_drop = max(drops, default=time.time())
+    held_s = [
+        max(0.0, round(gone[port] - last_drop, 1)) if port in gone else None for port in ports
+    ]
+    return {
+        "clients": clients,
+        "dropped_too_slow": len(drops),
+        "first_to_last_drop_s": round(last_drop - min(drops, default=last_drop), 1),
+        "held_after_last_drop_s": sorted(held_s, key=lambda s: (s is None, s or 0)),
+        "still_held": sum(1 for s in held_s if s is None),
+        "watched_s": watch,
+    }
+
+
+def _dropped(server: ServerProcess, stream_id: str) -> list[float]:
+    """When each of the stream's Ogg listeners was dropped as too slow (server clock)."""
+    found = server.find("http_listener_ended", stream_id=stream_id, reason="too slow")
+    return [_at(event) for event in found]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--ogg", action="store_true", help="stalled Ogg listeners instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = {
+        config: dict[str, Any] = {
             "server": {"max_connections": args.clients + 10},
             "relay": {"memory_trim_interval": 1.0},
+            "visualization": {"enabled": not args.ogg},  # (nothing decodes the fake Opus)
         }
         server = ServerProcess(Path(tmp), config).start()
         try:
             server.take_baseline()
-            result = anyio.run(slow_readers, server, args.clients, args.seconds)
+            soak = ogg_slow_readers if args.ogg else slow_readers
+            result = anyio.run(soak, server, args.clients, args.seconds)
         finally:
             server.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"slow-readers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    kind = "slow-readers-ogg" if args.ogg else "slow-readers"
+    path = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"results: {path.relative_to(REPO)}")

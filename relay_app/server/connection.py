@@ -1,0 +1,50 @@
+"""Cutting an HTTP response's TCP connection from the app: what Hypercorn cannot be asked for.
+
+Hypercorn closes a connection by flushing what it has buffered first. For a client that keeps
+its TCP window shut (an Ogg player that stopped reading) that is never: the app's handler
+ends, but the connection, its buffers and its unsent data stay until the kernel gives up
+after server.dead_peer_timeout (30 s), in FIN-WAIT-1 as an orphan once Hypercorn lets go.
+
+`cut` resets it at once instead. It reaches into Hypercorn 0.18's asyncio worker (HTTP/1.1
+and HTTP/2) in one place: tests/scenarios/test_hardening_round4_doors.py fails by name, and
+the server logs `connection_abort_unavailable`, when that reach no longer finds the
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Any
+
+
+def connection_transport(send: Any) -> Any:
+    """The asyncio transport of the connection an ASGI `send` writes to, or None.
+
+    Hypercorn's `send` for an HTTP request is `HTTPStream.app_send`; the stream writes
+    through its protocol's `stream_send` (H11Protocol or H2Protocol), which writes through
+    `TCPServer.protocol_send`, which owns the `StreamWriter` and so the transport.
+    """
+    try:
+        protocol = send.__self__.send.__self__
+        server = protocol.send.__self__
+        transport = server.writer.transport
+    except AttributeError:
+        return None
+    return transport if callable(getattr(transport, "abort", None)) else None
+
+
+def cut(send: Any) -> bool:
+    """Reset the TCP connection under `send` now: SO_LINGER 0, then the transport aborted,
+    so the kernel keeps nothing unsent and the client gets a RST. False when the connection
+    cannot be found."""
+    transport = connection_transport(send)
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
