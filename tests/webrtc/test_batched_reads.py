@@ -39,7 +39,10 @@ def test_what_batched_reads_uses_is_where_it_was() -> None:
     loop_source = inspect.getsource(asyncio.selector_events.BaseSelectorEventLoop)
     assert "def _add_reader(self, fd, callback, *args)" in loop_source
     assert "def _remove_reader(self, fd)" in loop_source
-    assert "self._protocols: list[StunProtocol] = []" in inspect.getsource(aioice.ice.Connection)
+    connection_source = inspect.getsource(aioice.ice.Connection)
+    assert "self._protocols: list[StunProtocol] = []" in connection_source
+    assert "self._check_list: list[CandidatePair] = []" in connection_source
+    assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
 
 
 async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_again() -> None:
