@@ -199,7 +199,14 @@ class StreamRegistry:
         holder.stream_id = None
 
     def set_idle(self, info: SessionInfo) -> None:
-        info.role, info.stream_id = "idle", None
+        channel, info.role, info.stream_id = info.stream_id, "idle", None
+        # A takeover that never reached its first packet (its offer failed, it left while
+        # connecting): the speaker it was taking over plays on, and holds the name again.
+        live = self.streams.get(channel) if channel is not None else None
+        if live is not None and not live.ended.is_set() and live.sender_id != info.connection_id:
+            holder = self.sessions.get(live.sender_id)
+            if holder is not None and holder.role == "sender" and holder.stream_id is None:
+                holder.stream_id = channel
 
     # Streams --------------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:

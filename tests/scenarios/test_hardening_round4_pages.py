@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack
+from relay_app.core import protocol as p
 from relay_app.tools.testing import ServerProcess
 from relay_app.webrtc.rtp_tap import tap_receiver
 
@@ -193,3 +194,26 @@ async def test_no_invite_or_token_reaches_a_log_line(secure_server: ServerProces
     assert invite not in lines and invite.split(".")[1] not in lines
     assert "not-a-token-secret" not in lines
     assert "invite=REDACTED" in lines
+
+
+async def test_a_takeover_whose_offer_fails_leaves_the_live_speaker_named_in_the_console(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"channels": CHANNELS})
+    async with (
+        RelayClient.connect(server.ws_url) as speaker,
+        RelayClient.connect(server.ws_url) as intruder,
+    ):
+        await speaker.start_sending(ToneTrack(440), channel="english")
+        bad = p.StartSending(sdp="v=0\r\nnot an offer\r\n", channel="english", takeover=True)
+        await intruder.send(bad)
+        refused = await intruder.receive(p.Error)
+        assert "offer" in refused.message
+        sessions = server.get("/admin/sessions").json()["sessions"]
+        rows = {row["connection_id"]: row for row in sessions}
+        assert rows[speaker.connection_id]["stream_id"] == "english"
+        assert rows[speaker.connection_id]["channel"] == "english"
+        assert rows[intruder.connection_id]["role"] == "idle"
+        # The speaker plays on and its channel is still its own: a plain start is busy.
+        await intruder.send(p.StartSending(sdp=bad.sdp, channel="english"))
+        assert "busy" in (await intruder.receive(p.Error)).message
