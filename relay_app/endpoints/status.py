@@ -23,6 +23,9 @@ def health_view(ctx: RelayContext) -> tuple[dict[str, Any], int]:
         "active_streams": len(registry.live_streams()),
         "connected_clients": len(registry.sessions),
         "uptime_seconds": round(ctx.metrics.uptime_seconds),
+        # Whether /ws and the listening doors want a token (auth.secret is set): what
+        # `relay_app token|invite|qr` ask before printing something the server would refuse.
+        "auth_required": ctx.settings.auth.secret is not None,
     }
     if ctx.cluster is not None:  # Redis away is not unhealthy: local service goes on
         view = ctx.cluster.view()
