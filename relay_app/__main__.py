@@ -20,12 +20,12 @@ from pathlib import Path
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-from .core.auth import ROLES, mint, parse_ttl
+from .core.auth import ROLES
 from .core.config import ConfigError, Settings, load_settings
 from .core.logs import configure_logging, get_logger
 from .server.app import PortDispatcher, create_asgi_app
 from .server.lan import listen_urls
-from .server.qr import terminal_qr
+from .tools.handout import Refused, make_link, make_token, print_handout, print_warnings
 from .webrtc.dtls import use_shared_certificate
 from .webrtc.ice import configure_ice
 
@@ -35,6 +35,13 @@ RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 # dropped once its buffers are full: minutes of audio. Fixed, that is ~32 KB here plus
 # Hypercorn's 64 KB and 5 s of pages.
 AUDIO_SEND_BUFFER_BYTES = 16 * 1024
+CONFIG_HELP = "config.json path (default: $RELAY_CONFIG, else built-in)"
+HANDOUT_DESCRIPTION = (
+    "Reads the server's configuration as the server does (--config, $RELAY_CONFIG, the "
+    "RELAY_... environment, e.g. RELAY_SERVER__PORT and RELAY_AUTH__SECRET), asks the server "
+    "at that address whether it requires tokens, and refuses (exit 1, saying why) to print "
+    "what it would refuse. When no server answers it prints anyway, with a warning."
+)
 
 
 def _bind(
@@ -133,60 +140,51 @@ def _cert(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
-
-    secret = settings.auth.secret
-    if secret is None:
-        print("relay_app: auth.secret is not set: tokens are not needed", file=sys.stderr)
-        return 2
-    try:
-        ttl = parse_ttl(args.ttl)
-    except ValueError as error:
-        print(f"relay_app: --ttl: {error}", file=sys.stderr)
-        return 2
-    print(mint(secret.get_secret_value(), args.role, ttl, stream=args.stream, subject=args.sub))
+    """A token signed with the server's secret, once the server has said it wants one."""
+    token, warnings = make_token(
+        settings, args.role, args.ttl, stream=args.stream, subject=args.sub
+    )
+    print(token, flush=True)
+    print_warnings(warnings)
     return 0
 
 
 def _qr(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a QR code of the Listen page's LAN URL, for phones in the room to scan."""
-    urls = [args.url] if args.url else listen_urls(settings, args.channel)
-    print(terminal_qr(urls[0], colour=sys.stdout.isatty()), end="")
-    for url in urls:
-        print(url)
+    """A QR code of the Listen page's LAN URL, for phones in the room to scan: with an invite
+    for --channel when the server wants tokens."""
+    print_handout(make_link(settings, args.channel, args.url, args.ttl, invite=False))
     return 0
 
 
 def _invite(args: argparse.Namespace, settings: Settings) -> int:
     """A Listen link that carries a receive token for one channel, and its QR code: what the
     people in the hall scan (a phone opens it and plays with one tap)."""
-    secret = settings.auth.secret
-    try:
-        ttl = parse_ttl(args.ttl)
-    except ValueError as error:
-        print(f"relay_app: --ttl: {error}", file=sys.stderr)
-        return 2
-    urls = [args.url] if args.url else listen_urls(settings, args.channel)
-    if secret is not None:
-        token = mint(
-            secret.get_secret_value(), "receive", ttl, stream=args.channel, subject="invite"
-        )
-        urls = [f"{url}?token={token}" for url in urls]
-    print(terminal_qr(urls[0], colour=sys.stdout.isatty()), end="")
-    for url in urls:
-        print(url)
+    print_handout(make_link(settings, args.channel, args.url, args.ttl, invite=True))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+HANDOUTS = {"token": _token, "qr": _qr, "invite": _invite}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m relay_app", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="config.json path (default: $RELAY_CONFIG, else built-in)")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # The same option after the command too (`relay_app invite --config ...`): the
+    # subcommands' copy leaves the value alone unless it is given there.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="serve :8080 and :8081 (the default)")
+    sub.add_parser("serve", parents=[config], help="serve :8080 and :8081 (the default)")
     cert = sub.add_parser("cert", help="write a self-signed cert.pem/key.pem for LAN HTTPS")
     cert.add_argument("--host", action="append", required=True, help="LAN IP or name (repeatable)")
     cert.add_argument("--out-dir", default=".", help="where to write cert.pem and key.pem")
     cert.add_argument("--days", type=int, default=825, help="validity (days)")
-    token = sub.add_parser("token", help="mint an access token signed with auth.secret")
+    token = sub.add_parser(
+        "token",
+        parents=[config],
+        help="mint an access token signed with the server's auth.secret",
+        description=HANDOUT_DESCRIPTION,
+    )
     token.add_argument("--role", choices=ROLES, required=True)
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     token.add_argument(
@@ -194,17 +192,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only this stream_id: what a receiver may play, the channel a sender may "
         "send on and take over",
     )
-    token.add_argument("--sub", help="who it is for (logged)")
-    qr = sub.add_parser("qr", help="print a QR code of the Listen page's LAN URL")
+    token.add_argument(
+        "--sub", "--name", dest="sub", help="who it is for, e.g. a speaker's name (logged)"
+    )
+    qr = sub.add_parser(
+        "qr",
+        parents=[config],
+        help="print a QR code of the Listen page's LAN URL (with an invite when the server "
+        "wants tokens)",
+        description=HANDOUT_DESCRIPTION,
+    )
     qr.add_argument("--channel", help="link straight to this channel (/listen/<channel>)")
     qr.add_argument("--url", help="encode this URL instead (e.g. behind a reverse proxy)")
+    qr.add_argument(
+        "--ttl", default="8h", help="how long its invite works: 90m, 8h, 2d (default 8h)"
+    )
     invite = sub.add_parser(
-        "invite", help="print a Listen link for one channel, with its token, and its QR code"
+        "invite",
+        parents=[config],
+        help="print a Listen link for one channel, with its token, and its QR code",
+        description=HANDOUT_DESCRIPTION,
     )
     invite.add_argument("--channel", required=True, help="the channel it plays")
     invite.add_argument("--ttl", default="8h", help="how long it works: 90m, 8h, 2d (default 8h)")
     invite.add_argument("--url", help="the Listen page's URL to use (e.g. behind a proxy)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "cert":
         return _cert(args)
     try:
@@ -212,12 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"relay_app: {error}", file=sys.stderr)
         return 2
-    if args.command == "token":
-        return _token(args, settings)
-    if args.command == "qr":
-        return _qr(args, settings)
-    if args.command == "invite":
-        return _invite(args, settings)
+    if args.command in HANDOUTS:
+        try:
+            return HANDOUTS[args.command](args, settings)
+        except Refused as refused:
+            print(f"relay_app: {refused.message}", file=sys.stderr)
+            return refused.code
     configure_logging(settings.logging)
     configure_ice(settings.webrtc)
     use_shared_certificate()
