@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,8 @@ from relay_app.core.config import Settings, load_settings
 from relay_app.core.logs import LEGACY_MESSAGES
 from relay_app.tools.docs import configuration_markdown, example_config
 from relay_app.tools.testing import REPO, free_port
+
+from .qr_reader import read_terminal_qr
 
 
 def test_configuration_doc_matches_the_settings_model() -> None:
@@ -103,49 +104,83 @@ def test_every_cluster_and_upstream_event_is_documented() -> None:
     assert not missing, missing
 
 
-def test_the_readmes_token_steps_work_as_written(tmp_path: Path) -> None:
-    """The README's "On a shared LAN" block, run by bash as a user types it (on free ports):
-    the token it prints opens the server it started."""
+def _readme_section(title: str) -> str:
     readme = (REPO / "README.md").read_text()
-    block = readme.split("## On a shared LAN")[1].split("```bash\n")[1].split("```")[0]
-    assert "export RELAY_AUTH__SECRET" in block and "make run &" in block
+    return readme.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_the_readmes_shared_lan_steps_work_as_typed_in_the_shells_they_name(
+    tmp_path: Path,
+) -> None:
+    """The README's "On a shared LAN" steps, run by bash as a user types them (on free ports,
+    config.json in a temporary folder): the first terminal's server, then, once it has
+    logged server_listening, the second terminal's commands. They print a token and an invite
+    that open that server, and nothing on stderr (no warning, no refusal)."""
+    section = _readme_section("On a shared LAN")
+    first, second = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[:2]
+    assert section.index("In a first terminal") < section.index(first)
+    assert section.index(first) < section.index("In a second terminal") < section.index(second)
+    assert "make run" in first and not re.search(r"make run[^\n]*&", section)
+    config = str(tmp_path / "config.json")
+    first, second = first.replace("config.json", config), second.replace("config.json", config)
     port, audio_port = free_port(), free_port()
-    env = {
-        **os.environ,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | {
         "RELAY_SERVER__PORT": str(port),
         "RELAY_SERVER__AUDIO_PORT": str(audio_port),
         "RELAY_WEBRTC__ICE_ADDRESSES": '["127.0.0.1"]',
     }
-    script = subprocess.Popen(
-        ["bash", "-c", block],
+    server = subprocess.Popen(
+        ["bash", "-c", first],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        start_new_session=True,  # `make run &` lives on in this group: stopped below
+        start_new_session=True,  # `make run` and its server: stopped below as a group
     )
     try:
-        token = ""
-        assert script.stdout is not None
-        for line in script.stdout:
-            if line.count(".") == 2 and line.startswith("ey"):
-                token = line.strip()
+        assert server.stdout is not None
+        for line in server.stdout:
+            if '"server_listening"' in line:
                 break
-        assert token, "the token command printed no token"
-        # The server's log lines go on into the same pipe: keep reading them.
-        threading.Thread(target=script.stdout.read, daemon=True).start()
+        else:
+            raise AssertionError("the first terminal's server never logged server_listening")
+        # Its log lines go on into the pipe: keep reading them.
+        threading.Thread(target=server.stdout.read, daemon=True).start()
+        typed = subprocess.run(
+            ["bash", "-e", "-c", second],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert typed.returncode == 0 and typed.stderr == "", typed.stderr
+        lines = typed.stdout.splitlines()
+        token = lines[0]
+        assert token.count(".") == 2 and token.startswith("ey"), lines[0]
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{base}/stream/status", headers=headers).status_code == 200
         assert httpx.get(f"{base}/stream/status").status_code == 401  # the secret is on
+        assert lines[1].startswith("Invite to English, works until "), lines[1]
+        link = lines[-1]
+        assert f":{port}/listen/english?token=" in link, link
+        assert read_terminal_qr(typed.stdout) == link
+        invite = link.split("?token=")[1]
+        status = httpx.get(f"{base}/stream/status", headers={"Authorization": f"Bearer {invite}"})
+        assert [c["label"] for c in status.json()["channels"]] == ["English"]
     finally:
-        os.killpg(script.pid, signal.SIGTERM)
-        script.wait(timeout=20)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+
+
+def test_the_readme_names_every_package_the_tests_need_and_ci_installs() -> None:
+    """What `make test` needs, in the README, is what .ci/run installs (as root)."""
+    ci = (REPO / ".ci" / "run").read_text()
+    packages = re.findall(r"\|\| missing\+=\(([^) ]+)", ci)
+    assert "zbar-tools" in packages and len(packages) >= 10, packages
+    said = _readme_section("Two commands")
+    missing = [package for package in packages if package not in said]
+    assert not missing, missing
+    assert "sudo .ci/run" in said
