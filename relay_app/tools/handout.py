@@ -56,7 +56,7 @@ class Server:
 
     base: str
     answered: bool = False
-    why_not: str = ""  # when it did not answer: what went wrong, in words
+    why_not: str = ""  # when it did not answer (or say): a clause saying what happened
     auth_required: bool | None = None  # None: no answer, or one without the field
     secret_refused: str | None = None  # the server's reason for refusing our check token
     labels: dict[str, str] | None = None  # channel name -> label, when it listed them
@@ -82,23 +82,23 @@ def server_base(settings: Settings, url: str | None = None) -> str:
     return f"{scheme}://{host}:{server.port}"
 
 
-def _tls(settings: Settings) -> ssl.SSLContext:
-    """Trust the server's own certificate (self-signed for its LAN names, so the host name is
-    not checked: we may be asking it on loopback) and the usual authorities."""
+def _tls(settings: Settings, own: bool) -> ssl.SSLContext:
+    """The usual authorities, and the server's own certificate: self-signed for its LAN
+    names, so on its own address (`own`, perhaps loopback) the name is not checked."""
     context = ssl.create_default_context()
     if settings.server.certfile:
         context.load_verify_locations(cafile=settings.server.certfile)
-        context.check_hostname = False
+        context.check_hostname = not own
     return context
 
 
-def _get(url: str, settings: Settings, token: str | None = None) -> tuple[int, Any]:
+def _get(url: str, settings: Settings, own: bool, token: str | None = None) -> tuple[int, Any]:
     """Status and JSON body of a GET (an HTTP error's too); OSError when nothing answers."""
     headers = {"Accept": "application/json", "User-Agent": "relay_app-cli"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
-    context = _tls(settings) if url.startswith("https:") else None
+    context = _tls(settings, own) if url.startswith("https:") else None
     try:
         with urllib.request.urlopen(request, timeout=ASK_TIMEOUT, context=context) as reply:
             status, text = reply.status, reply.read(65536)
@@ -110,15 +110,19 @@ def _get(url: str, settings: Settings, token: str | None = None) -> tuple[int, A
         return status, None
 
 
-def _reason(error: BaseException) -> str:
-    """Why nothing answered, in words (urllib wraps the socket's error in a URLError)."""
+def _silence(base: str, error: BaseException) -> str:
+    """Why no answer came, in words (urllib wraps the socket's error in a URLError)."""
     if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
         error = error.reason
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the server at {base} has a certificate this shell does not trust ({error})"
     if isinstance(error, TimeoutError):
-        return "no answer within 2 s"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    return str(error) or type(error).__name__
+        reason = f"no answer within {ASK_TIMEOUT:g} s"
+    elif isinstance(error, ConnectionRefusedError):
+        reason = "connection refused"
+    else:
+        reason = str(error) or type(error).__name__
+    return f"no server answers at {base} ({reason})"
 
 
 def ask(settings: Settings, url: str | None = None) -> Server:
@@ -126,25 +130,27 @@ def ask(settings: Settings, url: str | None = None) -> Server:
     secret; never raises for a server that is not there."""
     server = Server(server_base(settings, url))
     if urlsplit(server.base).port == 0:
-        server.why_not = "server.port is 0 (any free port) in this configuration"
+        server.why_not = "no server to ask: server.port is 0 (any free port) in this configuration"
         return server
     try:
-        status, body = _get(f"{server.base}/health", settings)
+        status, body = _get(f"{server.base}/health", settings, own=url is None)
     except (OSError, ValueError) as error:  # ValueError: a URL urllib cannot open
-        server.why_not = _reason(error)
+        server.why_not = _silence(server.base, error)
         return server
     if not isinstance(body, dict) or "status" not in body:
-        server.why_not = f"it answered /health with HTTP {status}, not as relay_app does"
+        server.why_not = f"{server.base} answered /health with HTTP {status}, not as relay_app does"
         return server
     server.answered = True
     required = body.get("auth_required")
     server.auth_required = required if isinstance(required, bool) else None
+    if server.auth_required is None:
+        server.why_not = f"{server.where()} did not say whether it requires tokens"
     secret = settings.auth.secret
     check = None
     if secret is not None:
         check = mint(secret.get_secret_value(), "metrics", CHECK_TTL, subject="relay_app cli")
     try:
-        status, body = _get(f"{server.base}/stream/status", settings, token=check)
+        status, body = _get(f"{server.base}/stream/status", settings, url is None, check)
     except (OSError, ValueError):
         return server
     if status == 401 and check is not None and isinstance(body, dict):
@@ -198,8 +204,8 @@ def require_secret(settings: Settings, server: Server) -> str | None:
             else "if it requires tokens, what is printed here will not work"
         )
         server.warnings.append(
-            f"no server answers at {server.base} ({server.why_not}): {consequence}; if it runs "
-            "elsewhere, use the same --config or RELAY_SERVER__PORT as the server"
+            f"{server.why_not}: {consequence}; if it runs elsewhere, use the same --config or "
+            "RELAY_SERVER__PORT as the server"
         )
     elif secret is not None and server.auth_required is False:
         server.warnings.append(
@@ -264,13 +270,9 @@ def make_token(
             "auth.secret); to require them, restart it with auth.secret set"
         )
     if settings.auth.secret is None and not server.auth_required:
-        where = (
-            f"{server.where()} did not say whether it needs one"
-            if server.answered
-            else f"no server answers at {server.base} ({server.why_not}) to say if it needs one"
-        )
         raise Refused(
-            f"this shell has no auth.secret to sign a token with ({where}): {SECRET_HINT}"
+            "this shell has no auth.secret to sign a token with, and nothing says whether one "
+            f"is needed ({server.why_not}): {SECRET_HINT}"
         )
     secret = require_secret(settings, server)
     assert secret is not None

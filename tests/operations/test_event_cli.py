@@ -11,10 +11,12 @@ import json
 import os
 import selectors
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,9 +26,10 @@ import jwt
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.server.tls import make_self_signed
 from relay_app.tools.testing import REPO, ServerProcess, free_port
 
-from ..helpers import SECRET, assert_no_leaks, serving, token
+from ..helpers import SECRET, assert_no_leaks, finish_server, serving, token
 from .qr_reader import read_terminal_qr
 
 CHANNELS = {"english": {"label": "English"}, "francais": {"label": "Français"}}
@@ -198,6 +201,44 @@ def test_nothing_is_printed_that_the_server_would_refuse(hall: ServerProcess) ->
     assert "is not a channel name" in bad
     late = relay_app("invite", "--channel", "english", "--ttl", "soon", env=shell(hall, SECRET))
     assert "--ttl: bad duration 'soon'" in refused(late, 2)
+
+
+def test_an_https_servers_invite_is_checked_with_its_own_certificate(tmp_path: Path) -> None:
+    """Phones need HTTPS: the server's certificate is made for its LAN address, and the
+    command asks it on loopback, trusting that certificate (and no other)."""
+    cert, key = make_self_signed(["192.0.2.50"], tmp_path)
+    config = {
+        "server": {"port": free_port(), "certfile": str(cert), "keyfile": str(key)},
+        "auth": {"secret": SECRET},
+        "channels": CHANNELS,
+    }
+    secure = ServerProcess(tmp_path, config)
+    # (The harness, too, reaches it on loopback with a certificate for another address.)
+    secure.verify = ssl.create_default_context(cafile=str(cert))
+    secure.verify.check_hostname = False
+    secure.headers = {"Authorization": f"Bearer {token('metrics')}"}
+    try:
+        secure.start().take_baseline()
+        result = relay_app("--config", str(secure.config_path), "invite", "--channel", "english")
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        link = result.stdout.splitlines()[-1]
+        assert link.startswith(f"https://127.0.0.1:{secure.port}/listen/english?token="), link
+        assert result.stdout.startswith("Invite to English")
+        other, _ = make_self_signed(["127.0.0.1"], tmp_path / "other")
+        env = shell(secure, SECRET) | {
+            "RELAY_SERVER__CERTFILE": str(other),
+            "RELAY_SERVER__KEYFILE": str(key),
+        }
+        doubt = relay_app("invite", "--channel", "english", env=env)
+        assert doubt.returncode == 0, doubt.stderr
+        assert doubt.stderr.startswith(
+            f"relay_app: warning: the server at https://127.0.0.1:{secure.port} has a "
+            "certificate this shell does not trust ([SSL: CERTIFICATE_VERIFY_FAILED]"
+        ), doubt.stderr
+        secure.wait_idle()
+        finish_server(secure)
+    finally:
+        secure.stop()
 
 
 def test_tokens_from_the_servers_config_open_its_doors(hall: ServerProcess) -> None:
