@@ -245,6 +245,15 @@ class StreamSettings(_Section):
     stale_after: float = Field(
         15.0, gt=0, description="A stream with no audio for this many seconds is stale."
     )
+    speaker_lost_after: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds without a packet from a speaker who was sending (a laptop that "
+        "froze or left the Wi-Fi, a WHIP publisher that vanished) before its stream ends and "
+        "the channel is free for the next speaker; its listeners are told after 1 s "
+        "(`speaker_lost`) and stay on the channel. Watched per stream, from its first packet "
+        "(before that, stale_after applies).",
+    )
     max_streams: int = Field(20, ge=1, description="Senders streaming at once.")
     max_receivers: int = Field(
         30,
