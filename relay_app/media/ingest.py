@@ -24,6 +24,7 @@ from ..core.metrics import Metrics
 from ..streams.stream import Stream
 from ..webrtc.fanout import Fanout
 from ..webrtc.peer import Peer
+from ..webrtc.rebase import Rebase
 from ..webrtc.red import Repair
 from ..webrtc.rtp_tap import (
     OPUS_CLOCK_RATE,
@@ -80,15 +81,22 @@ def tap_stream(
     peer: Peer | None = None,
     sparse: SparseDecoder | None = None,
 ) -> None:
-    """Feed `stream` from `receiver`'s packets: repaired (red.Repair), then `packet_handler`.
+    """Feed `stream` from `receiver`'s packets: rebased (rebase.Rebase: the sender's jumps
+    never reach a listener's numbers), repaired (red.Repair), then `packet_handler`.
 
     Forward mode needs no PCM but the level meter's: aiortc's jitter buffer and per-packet
     decode are skipped, and `sparse` decodes one packet in N while levels are wanted.
     """
     forward = settings.mode == "forward"
     stream.repair = repair = Repair(metrics, opus, red)
+    rebase = Rebase()
+
+    def rebased_and_repaired(rtp: RtpPacket) -> list[RtpPacket]:
+        # (after the tap has counted it for our reports to the sender, in its own numbers)
+        return repair(rtp, rebase(rtp, time.monotonic()))
+
     handler = packet_handler(metrics, stream, peer, sparse if forward else None)
-    tap_receiver(receiver, handler, then_aiortc=not forward, repair=repair)
+    tap_receiver(receiver, handler, then_aiortc=not forward, repair=rebased_and_repaired)
 
 
 def direct_fan_out(metrics: Metrics, stream: Stream) -> Callable[[RtpPacket, int, float], None]:

@@ -15,9 +15,14 @@ What a copy costs is what runs per receiver, so only the receiver's own work run
 relay's counters and the latency histogram are read once per packet by the fan-out
 (ingest.py).
 
-Each receiver gets the speaker's sequence numbers plus its own offset, never a renumbering:
-a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). A
-receiver that negotiated RED gets the packet with its redundancy, built once per packet
+Each receiver gets the stream's sequence numbers plus its own offset, never a renumbering:
+a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). The
+stream's numbers are the speaker's rebased once per packet as they arrive (rebase.py): what a
+speaker does with its numbers, a jump, a wrap, timestamps racing ahead, never reaches a
+receiver's numbers, which libsrtp (the relay's own, then the receiver's) would refuse as
+"index too old" after a jump of 32,768 or more. Where a receiver's numbers go on from another
+run (its first packet, a channel's handover: `follow`), rebase.continuing gives its offset.
+A receiver that negotiated RED gets the packet with its redundancy, built once per packet
 for all of them (red.Outgoing).
 
 Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
@@ -50,6 +55,7 @@ from pylibsrtp._binding import lib as _lib
 
 from ..core.metrics import Metrics
 from .peer import Peer
+from .rebase import continuing
 from .red import Outgoing
 from .rtp_tap import OPUS_CLOCK_RATE, negotiated_opus_payload_type
 
@@ -226,7 +232,7 @@ class DirectSender:
             return 0
         if self._follow:
             self._follow = False
-            self._offset = (self._sent + 1 - packet.sequence) & 0xFFFF
+            self._offset = continuing(self._sent, packet.sequence)
         header = self._header
         self._sent = sequence = (packet.sequence + self._offset) & 0xFFFF
         _SEQUENCE_AND_TIMESTAMP.pack_into(

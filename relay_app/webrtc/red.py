@@ -11,9 +11,10 @@ inside each packet, so a lost packet is rebuilt from the next one that arrives. 
 - `Redundancy`, per stream: RED for the listeners that negotiated it, built from the relay's
   own short history once per packet for the whole fan-out, whatever the speaker sent.
 
-Sequence numbers are the speaker's (each listener adds its own offset): a packet that is lost
-and cannot be rebuilt stays a gap, so a listener's jitter buffer knows it is missing (and can
-use the Opus in-band FEC of the next packet) and its loss statistics see it.
+Sequence numbers are the stream's, the speaker's rebased (rebase.py: a jump is a restart, not
+loss), and each listener adds its own offset: a packet that is lost and cannot be rebuilt
+stays a gap, so a listener's jitter buffer knows it is missing (and can use the Opus in-band
+FEC of the next packet) and its loss statistics see it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MAX_OFFSET = 0x3FFF  # a redundant block's timestamp offset: 14 bits (RFC 2198)
 MAX_BLOCK = 0x3FF  # a redundant block's length: 10 bits
 MAX_RED_PAYLOAD = 1000  # bytes: RED never grows a packet past what fits one datagram easily
 WINDOW = 64  # sequence numbers remembered (~1.3 s of 20 ms packets) to spot duplicates and loss
-RESTART = 3000  # a jump this far (a minute of packets) is a new sequence, not loss
+RESTART = 3000  # a jump this far is a new sequence, not loss (where nothing rebased it first)
 HIGH_LOSS = 13  # /256, ~5 %: listeners reporting more get two packets of redundancy
 LOW_LOSS = 5  # /256, ~2 %: back to one below this (hysteresis, reports are noisy)
 
@@ -103,7 +104,10 @@ class Repair:
         self.lost = 0
         self.repaired = 0
 
-    def __call__(self, rtp: RtpPacket) -> list[RtpPacket]:
+    def __call__(self, rtp: RtpPacket, fresh: bool = False) -> list[RtpPacket]:
+        """The Opus packets `rtp` brings: its own, after those of the packets right before it
+        that never came, rebuilt from its RED blocks. `fresh`: it starts a new run of numbers
+        (rebase.py), so what its blocks carry is not this stream's."""
         if rtp.payload_type == self._opus:
             return [rtp] if self._passes(rtp.sequence_number) else []
         if rtp.payload_type != self._red or self._red is None:
@@ -115,8 +119,8 @@ class Repair:
             return []
         out = []
         count = len(blocks)
-        if self._highest is None:
-            blocks, index0 = blocks[-1:], count - 1  # what came before the first is not ours
+        if self._highest is None or fresh:  # what came before the first (or a restart)
+            blocks, index0 = blocks[-1:], count - 1  # is not ours
         else:
             index0 = 0
         for index, block in enumerate(blocks, index0):

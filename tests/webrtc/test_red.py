@@ -84,6 +84,17 @@ def test_plain_opus_keeps_its_numbers_across_wraparound_and_drops_duplicates() -
     assert repair(RtpPacket(payload_type=RED, sequence_number=2, payload=b"x")) == []
 
 
+def test_a_packet_that_starts_a_new_run_brings_only_its_own_audio() -> None:
+    """After a restart (rebase.py numbered it on from the newest), its RED blocks are of
+    packets from before the restart: not this stream's, never 'repairs'."""
+    repair = Repair(Metrics(), OPUS, RED)
+    repair(red_packet(1))
+    repair(red_packet(4))  # 2 and 3 are missing (3 rebuilt)
+    out = repair(red_packet(5, distance=2), fresh=True)
+    assert [p.sequence_number for p in out] == [5]
+    assert repair.repaired == 1
+
+
 def test_listeners_get_the_packet_before_each_or_two_while_they_report_heavy_loss() -> None:
     redundancy = Redundancy()
     sent = [redundancy.next(n, 960 * n, opus(n)) for n in range(1, 4)]
