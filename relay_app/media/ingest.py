@@ -115,9 +115,10 @@ def direct_fan_out(metrics: Metrics, stream: Stream) -> Callable[[RtpPacket, int
         metrics.packets_out += copies
         metrics.bytes_out += sent
         metrics.relay_latency.observe(time.monotonic() - arrival)
-        if adapt():
-            red = [send.reported_loss for send in direct.values() if send.red]
-            redundancy.adapt(max(red, default=0))
+        if adapt():  # each RED listener's redundancy from its own loss reports
+            for send in direct.values():
+                if send.red:
+                    send.adapt_redundancy()
 
     return fan_out
 

@@ -23,7 +23,7 @@ receiver's numbers, which libsrtp (the relay's own, then the receiver's) would r
 "index too old" after a jump of 32,768 or more. Where a receiver's numbers go on from another
 run (its first packet, a channel's handover: `follow`), rebase.continuing gives its offset.
 A receiver that negotiated RED gets the packet with its redundancy, built once per packet
-for all of them (red.Outgoing).
+for all of them (red.Outgoing), one or two packets back as its own loss reports ask.
 
 Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
 `tests/webrtc/test_fast_path.py` fails loudly if an upgrade moves what it uses.
@@ -56,7 +56,7 @@ from pylibsrtp._binding import lib as _lib
 from ..core.metrics import Metrics
 from .peer import Peer
 from .rebase import continuing
-from .red import Outgoing
+from .red import Outgoing, distance_for, red_key
 from .rtp_tap import OPUS_CLOCK_RATE, negotiated_opus_payload_type
 
 _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
@@ -137,6 +137,8 @@ class DirectSender:
         self._origin = random.getrandbits(32)
         self._opus = 0
         self.red = False  # whether this receiver negotiated RED (known once connected)
+        self._distance = 1  # packets of redundancy it gets (red.distance_for), and what
+        self._red_key = 0  # it asks each packet for: red.red_key(Opus payload type, that)
         self._packets = 0  # sent, and payload bytes sent: what its sender reports say
         self._octets = 0
         self._report_at = 0  # the pts from which its next sender report is due
@@ -182,6 +184,7 @@ class DirectSender:
         # The header is the same for every packet but for sequence number and timestamp: made
         # once by aiortc's own serializer (with the MID extension), patched per packet.
         self._opus = negotiated_opus_payload_type(self._pc)
+        self._red_key = red_key(self._opus, self._distance)
         red = self._peer.red_payload_type
         self.red = red is not None
         template = RtpPacket(
@@ -208,6 +211,14 @@ class DirectSender:
         last one sent, so the receiver sees one stream with a pause (the channel's timeline,
         ingest.py, moves the timestamps on by the real gap)."""
         self._follow = True
+
+    def adapt_redundancy(self) -> None:
+        """Its RED distance from its own newest loss report (a listener on a bad link gets
+        two packets back; the stream's other listeners keep what their own links need)."""
+        distance = distance_for(self.reported_loss, self._distance)
+        if distance != self._distance:
+            self._distance = distance
+            self._red_key = red_key(self._opus, distance)
 
     @property
     def reported_loss(self) -> int:
@@ -238,7 +249,7 @@ class DirectSender:
         _SEQUENCE_AND_TIMESTAMP.pack_into(
             header, 2, sequence, (self._origin + packet.pts) & 0xFFFFFFFF
         )
-        payload = packet.red(self._opus) if self.red else packet.payload
+        payload = packet.red(self._red_key) if self.red else packet.payload
         try:
             self._sendto(self._srtp.protect(header, payload), self._address)
         except OSError:  # closed under us, or the kernel's buffer is full: this copy is lost

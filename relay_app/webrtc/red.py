@@ -9,12 +9,18 @@ inside each packet, so a lost packet is rebuilt from the next one that arrives. 
   consumer (aiortc clients, Ogg listeners, recordings, transcode, other nodes) hears the
   repaired stream; duplicates are dropped and what stays lost is counted.
 - `Redundancy`, per stream: RED for the listeners that negotiated it, built from the relay's
-  own short history once per packet for the whole fan-out, whatever the speaker sent.
+  own short history once per packet (and per distance listeners use) for the whole fan-out,
+  whatever the speaker sent. Each listener gets the distance its own loss reports ask for.
 
 Sequence numbers are the stream's, the speaker's rebased (rebase.py: a jump is a restart, not
 loss), and each listener adds its own offset: a packet that is lost and cannot be rebuilt
 stays a gap, so a listener's jitter buffer knows it is missing (and can use the Opus in-band
 FEC of the next packet) and its loss statistics see it.
+
+Redundancy is taken for what it can be, not for what a packet says: a browser sends the one
+or two packets before each (distance 1-2), so only the MAX_DISTANCE blocks right before the
+primary can rebuild anything, and only packets that really never came. One packet in is at
+most 1 + MAX_DISTANCE out, whatever it carries.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from dataclasses import dataclass
 from aiortc.rtp import RtpPacket
 
 from ..core.metrics import Metrics
+from .rebase import MAX_FRAME
 
 MAX_OFFSET = 0x3FFF  # a redundant block's timestamp offset: 14 bits (RFC 2198)
 MAX_BLOCK = 0x3FF  # a redundant block's length: 10 bits
 MAX_RED_PAYLOAD = 1000  # bytes: RED never grows a packet past what fits one datagram easily
 WINDOW = 64  # sequence numbers remembered (~1.3 s of 20 ms packets) to spot duplicates and loss
 RESTART = 3000  # a jump this far is a new sequence, not loss (where nothing rebased it first)
-HIGH_LOSS = 13  # /256, ~5 %: listeners reporting more get two packets of redundancy
+MAX_DISTANCE = 2  # packets back a RED block can rebuild, and listeners get (browsers send 1-2)
+HIGH_LOSS = 13  # /256, ~5 %: a listener reporting more gets two packets of redundancy
 LOW_LOSS = 5  # /256, ~2 %: back to one below this (hysteresis, reports are noisy)
 
 
@@ -93,6 +101,8 @@ class Repair:
 
     `lost` counts the speaker's packets that never arrived; `repaired` those of them rebuilt.
     A packet is given up as lost when it leaves the window (~1.3 s) without having come.
+    Only the MAX_DISTANCE blocks before a packet's own can rebuild one, each only where its
+    timestamp offset fits that distance: a packet is never more than 1 + MAX_DISTANCE out.
     """
 
     def __init__(self, metrics: Metrics, opus: int, red: int | None = None) -> None:
@@ -117,20 +127,20 @@ class Repair:
         if blocks is None:
             self._metrics.count_drop("malformed_red")
             return []
+        # What came before the first packet (or a restart) is not ours; further back than
+        # MAX_DISTANCE nothing is really within RED's reach.
+        reach = 0 if self._highest is None or fresh else MAX_DISTANCE
         out = []
-        count = len(blocks)
-        if self._highest is None or fresh:  # what came before the first (or a restart)
-            blocks, index0 = blocks[-1:], count - 1  # is not ours
-        else:
-            index0 = 0
-        for index, block in enumerate(blocks, index0):
+        for back in range(min(reach, len(blocks) - 1), -1, -1):
+            block = blocks[-1 - back]
             if block.payload_type != self._opus or not block.payload:
                 continue
-            sequence = (rtp.sequence_number - (count - 1 - index)) & 0xFFFF
+            if back and not 0 < block.offset <= back * MAX_FRAME:
+                continue  # not the packet `back` before this one
+            sequence = (rtp.sequence_number - back) & 0xFFFF
             if not self._passes(sequence):
                 continue
-            primary = index == count - 1
-            if not primary:
+            if back:
                 self.repaired += 1
                 self.lost += 1
                 self._metrics.ingress_repaired += 1
@@ -138,7 +148,7 @@ class Repair:
             out.append(
                 RtpPacket(
                     payload_type=self._opus,
-                    marker=rtp.marker if primary else 0,
+                    marker=0 if back else rtp.marker,
                     sequence_number=sequence,
                     timestamp=(rtp.timestamp - block.offset) & 0xFFFFFFFF,
                     ssrc=rtp.ssrc,
@@ -181,10 +191,27 @@ class Repair:
         return True
 
 
+def red_key(opus: int, distance: int) -> int:
+    """What a listener asks `Outgoing.red` for: RED whose blocks name Opus as `opus` (a
+    payload type, 7 bits), with up to `distance` (1..MAX_DISTANCE) packets before each."""
+    return distance << 7 | opus
+
+
+def distance_for(loss: int, distance: int) -> int:
+    """A listener's redundancy after it reported `loss` (RTCP fraction lost, /256): two
+    packets above ~5 %, one below ~2 %, and between them what it had (reports are noisy)."""
+    if loss > HIGH_LOSS:
+        return 2
+    if loss < LOW_LOSS:
+        return 1
+    return distance
+
+
 @dataclass(slots=True)
 class Outgoing:
-    """One packet for the whole fan-out: its Opus payload, and RED built once per Opus
-    payload type the listeners use (a RED block names the Opus payload type)."""
+    """One packet for the whole fan-out: its Opus payload, the packets right before it (up to
+    MAX_DISTANCE, oldest first), and RED built once per kind its listeners take: per Opus
+    payload type (a RED block names it) and per distance (each listener's own)."""
 
     sequence: int
     pts: int
@@ -192,28 +219,29 @@ class Outgoing:
     older: list[tuple[int, bytes]]
     _red: dict[int, bytes]
 
-    def red(self, opus: int) -> bytes:
-        red = self._red.get(opus)
+    def red(self, key: int) -> bytes:
+        """The RED payload for `key` (`red_key(opus, distance)`)."""
+        red = self._red.get(key)
         if red is None:
-            red = self._red[opus] = build(opus, self.payload, self.older)
+            older = self.older[-(key >> 7) :]
+            red = self._red[key] = build(key & 0x7F, self.payload, older)
         return red
 
 
 class Redundancy:
-    """Each packet with the ones before it, for RED listeners: `distance` packets of them
-    (1, or 2 while listeners report heavy loss), only a run that ends right before it, and
-    never past MAX_RED_PAYLOAD."""
+    """Each packet with the ones before it, for RED listeners: up to MAX_DISTANCE of them (a
+    listener takes one, or two while it reports heavy loss: `distance_for`), only a run that
+    ends right before it, and never past MAX_RED_PAYLOAD."""
 
     def __init__(self) -> None:
-        self.distance = 1
-        self._history: deque[tuple[int, int, bytes]] = deque(maxlen=2)
+        self._history: deque[tuple[int, int, bytes]] = deque(maxlen=MAX_DISTANCE)
 
     def next(self, sequence: int, pts: int, payload: bytes) -> Outgoing:
         older: list[tuple[int, bytes]] = []
         history = self._history
         if history and (sequence - history[-1][0]) & 0xFFFF == 1:
             budget = MAX_RED_PAYLOAD - len(payload) - 1
-            for back in range(1, min(self.distance, len(history)) + 1):
+            for back in range(1, len(history) + 1):
                 seq, past, block = history[-back]
                 offset = pts - past
                 if (sequence - seq) & 0xFFFF != back or not 0 < offset <= MAX_OFFSET:
@@ -226,10 +254,3 @@ class Redundancy:
         elif not history or 0 < (sequence - history[-1][0]) & 0xFFFF < 0x8000:
             history.append((sequence, pts, payload))  # after a gap: a new run starts
         return Outgoing(sequence, pts, payload, older, {})
-
-    def adapt(self, worst_loss: int) -> None:
-        """Follow the listeners' reported loss (RTCP fraction lost, /256)."""
-        if worst_loss > HIGH_LOSS:
-            self.distance = 2
-        elif worst_loss < LOW_LOSS:
-            self.distance = 1

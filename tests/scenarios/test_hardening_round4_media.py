@@ -316,3 +316,82 @@ async def test_after_a_speakers_jump_the_next_speaker_is_heard_on_the_same_conne
                 listener.assert_one_stream(jumped, "across the jump and the handover")
             for listener in (one, two):
                 assert_tone(listener, 660)
+
+
+async def test_red_blocks_far_ahead_are_not_rebuilt_and_do_not_multiply_at_listeners(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """30 RED datagrams, each 64 sequence numbers after the one before with 63 "older"
+    blocks: at most what RED really reaches (two packets back, what a browser sends) is
+    rebuilt, one packet in is at most three out, and the loss counts stay put. Before, each
+    became 64 packets at every listener and packets_repaired went from 0 to 1,890."""
+    server = make_forward_server()
+    async with (
+        RelayClient.connect(server.ws_url) as speaker,
+        RelayClient.connect(server.ws_url) as plain,
+        RelayClient.connect(server.ws_url) as with_red,
+    ):
+        red, opus = await start_red_speaker(speaker, ToneTrack(440))
+        assert speaker.pc is not None
+        forger = Forger(speaker.pc)
+        with_red.red = True
+        heard = []
+        for listener in (plain, with_red):
+            await listener.start_receiving()
+            assert listener.pc is not None
+            heard.append(Heard(listener.pc))
+        for listener in (plain, with_red):
+            await listener.wait_audio(1.0)
+        forger.held = True
+        await anyio.sleep(0.5)  # what was sent before has reached every listener
+        before = server.metrics()["relay"]
+        forger.red_far_ahead(30, red, opus)
+        forger.held = False
+        with anyio.fail_after(5):
+            while not forger.held:  # (set again after the 30th)
+                await anyio.sleep(0.05)
+        await anyio.sleep(1.0)
+        after = server.metrics()["relay"]
+        counts = ("packets_in", "packets_out", "packets_repaired", "packets_lost")
+        delta = {name: after[name] - before[name] for name in counts}
+        print("30 RED datagrams 64 ahead, at the relay:", delta)
+        assert delta["packets_in"] <= 30 * 3, delta
+        assert delta["packets_out"] <= 2 * 30 * 3, delta
+        assert delta["packets_repaired"] <= 30 * 2, delta
+        assert delta["packets_lost"] <= 30 * 2, delta
+        forger.held = False  # the speaker goes on as before: every listener hears it
+        moment = time.monotonic()
+        for listener in heard:
+            await listener.wait_packets(moment, 100, "after the RED datagrams")
+            listener.assert_one_stream(moment, "after the RED datagrams")
+
+
+async def test_red_for_a_listener_on_a_bad_link_does_not_double_every_other_listeners(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """One RED listener reports ~25 % loss: it gets two packets of redundancy, the other RED
+    listener of the stream, which loses nothing, keeps getting one. Before, the worst
+    listener's loss set the redundancy of all."""
+    server = make_forward_server()
+    async with (
+        RelayClient.connect(server.ws_url) as speaker,
+        RelayClient.connect(server.ws_url) as clean,
+        RelayClient.connect(server.ws_url) as lossy,
+    ):
+        await speaker.start_sending(ToneTrack(440))
+        clean.red = lossy.red = True
+        await clean.start_receiving()
+        await lossy.start_receiving()
+        assert clean.pc is not None and lossy.pc is not None
+        red = red_payload_type(clean.pc.remoteDescription.sdp)
+        assert red is not None
+        heard_clean, heard_lossy = Heard(clean.pc, red), LossyHeard(lossy.pc, red)
+        await clean.wait_audio(1.0)
+        with anyio.fail_after(15):  # its reports (every ~1 s) reach the relay
+            while not any(older == 2 for *_, older in heard_lossy.packets[-10:]):
+                await anyio.sleep(0.1)
+        moment = time.monotonic()
+        await heard_clean.wait_packets(moment, 100, "beside a lossy listener")
+        blocks = {older for *_, older in heard_clean.since(moment)}
+        assert blocks == {1}, f"older blocks per packet where nothing is lost: {blocks}"
+        assert_tone(clean, 440)

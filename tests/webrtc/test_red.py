@@ -14,7 +14,17 @@ from aiortc.rtp import RtpPacket
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core.metrics import Metrics
 from relay_app.tools.testing import ServerProcess
-from relay_app.webrtc.red import MAX_RED_PAYLOAD, WINDOW, Redundancy, Repair, build, split
+from relay_app.webrtc.red import (
+    MAX_DISTANCE,
+    MAX_RED_PAYLOAD,
+    WINDOW,
+    Redundancy,
+    Repair,
+    build,
+    distance_for,
+    red_key,
+    split,
+)
 
 OPUS, RED = 111, 63
 
@@ -24,8 +34,9 @@ def opus(n: int) -> bytes:
 
 
 def red_packet(sequence: int, distance: int = 1) -> RtpPacket:
-    """What a browser sends: packet `sequence` with the `distance` packets before it."""
-    older = [(960 * back, opus(sequence - back)) for back in range(distance, 0, -1)]
+    """What a browser sends: packet `sequence` with the `distance` packets before it (offsets
+    past RED's 14 bits, from the 18th packet back, as far as they go)."""
+    older = [(min(960 * back, 0x3FFF), opus(sequence - back)) for back in range(distance, 0, -1)]
     return RtpPacket(
         payload_type=RED,
         sequence_number=sequence & 0xFFFF,
@@ -84,6 +95,35 @@ def test_plain_opus_keeps_its_numbers_across_wraparound_and_drops_duplicates() -
     assert repair(RtpPacket(payload_type=RED, sequence_number=2, payload=b"x")) == []
 
 
+def test_a_red_packet_rebuilds_at_most_the_two_before_it_whatever_it_carries() -> None:
+    """A packet 64 ahead carrying 63 "older" blocks: only the two right before it (what a
+    browser sends, and all RED really reaches) can be rebuilt; one packet in, three out."""
+    metrics = Metrics()
+    repair = Repair(metrics, OPUS, RED)
+    repair(red_packet(1))
+    out = repair(red_packet(65, distance=63))
+    assert [p.sequence_number for p in out] == [63, 64, 65]
+    assert [p.payload for p in out] == [opus(63), opus(64), opus(65)]
+    assert (repair.repaired, metrics.ingress_repaired) == (2, 2)
+    assert len(out) <= 1 + MAX_DISTANCE
+
+
+def test_blocks_that_are_not_the_packets_before_it_rebuild_nothing() -> None:
+    repair = Repair(Metrics(), OPUS, RED)
+    repair(red_packet(1))
+    # A block claiming to be the packet before, but 341 ms away (or not before at all).
+    for offset in (0x3FFF, 0):
+        sequence = 3 if offset else 5
+        packet = RtpPacket(
+            payload_type=RED,
+            sequence_number=sequence,
+            timestamp=960 * sequence,
+            payload=build(OPUS, opus(sequence), [(offset, opus(sequence - 1))]),
+        )
+        assert [p.sequence_number for p in repair(packet)] == [sequence]
+    assert repair.repaired == 0
+
+
 def test_a_packet_that_starts_a_new_run_brings_only_its_own_audio() -> None:
     """After a restart (rebase.py numbered it on from the newest), its RED blocks are of
     packets from before the restart: not this stream's, never 'repairs'."""
@@ -95,19 +135,22 @@ def test_a_packet_that_starts_a_new_run_brings_only_its_own_audio() -> None:
     assert repair.repaired == 1
 
 
-def test_listeners_get_the_packet_before_each_or_two_while_they_report_heavy_loss() -> None:
+def test_listeners_get_the_packet_before_each_or_two_as_their_own_loss_asks() -> None:
     redundancy = Redundancy()
     sent = [redundancy.next(n, 960 * n, opus(n)) for n in range(1, 4)]
     assert sent[0].older == []  # nothing before the first
-    assert sent[2].older == [(960, opus(2))]
-    assert split(sent[2].red(OPUS)) is not None
-    redundancy.adapt(26)  # a listener reports 10 % lost
-    assert redundancy.next(4, 960 * 4, opus(4)).older == [(1920, opus(2)), (960, opus(3))]
-    redundancy.adapt(8)  # between the thresholds: stays
-    assert redundancy.distance == 2
-    redundancy.adapt(0)
-    assert redundancy.next(5, 960 * 5, opus(5)).older == [(960, opus(4))]
+    assert sent[2].older == [(1920, opus(1)), (960, opus(2))]  # what either distance takes
+    one, two = red_key(OPUS, 1), red_key(OPUS, 2)
+    blocks = split(sent[2].red(one))
+    assert blocks is not None and [b.payload for b in blocks] == [opus(2), opus(3)]
+    blocks = split(sent[2].red(two))
+    assert blocks is not None and [b.payload for b in blocks] == [opus(1), opus(2), opus(3)]
+    # Each listener's distance follows its own reports (fraction lost /256), with hysteresis.
+    assert distance_for(26, 1) == 2  # 10 % lost
+    assert distance_for(8, 2) == 2 and distance_for(8, 1) == 1  # between the thresholds
+    assert distance_for(0, 2) == 1
     # After a gap there is nothing right before it to repeat.
+    redundancy.next(4, 960 * 4, opus(4))
     assert redundancy.next(7, 960 * 7, opus(7)).older == []
     # Never past the packet size bound.
     big = bytes(MAX_RED_PAYLOAD - 100)
@@ -115,13 +158,13 @@ def test_listeners_get_the_packet_before_each_or_two_while_they_report_heavy_los
     assert redundancy.next(9, 960 * 9, big).older == []
 
 
-def test_red_is_built_once_per_opus_payload_type_for_the_whole_fanout() -> None:
+def test_red_is_built_once_per_opus_payload_type_and_distance_for_the_whole_fanout() -> None:
     redundancy = Redundancy()
     redundancy.next(1, 960, opus(1))
     packet = redundancy.next(2, 1920, opus(2))
-    first = packet.red(OPUS)
-    assert packet.red(OPUS) is first  # the second listener gets the same bytes
-    other = packet.red(96)  # a listener whose Opus is 96 (aiortc's offers)
+    first = packet.red(red_key(OPUS, 1))
+    assert packet.red(red_key(OPUS, 1)) is first  # the second listener gets the same bytes
+    other = packet.red(red_key(96, 1))  # a listener whose Opus is 96 (aiortc's offers)
     assert other[0] == 0x80 | 96 and first[0] == 0x80 | OPUS
 
 
