@@ -105,7 +105,7 @@ def direct_fan_out(metrics: Metrics, stream: Stream) -> Callable[[RtpPacket, int
     adapt = EveryNth(ADAPT_EVERY)
 
     def fan_out(rtp: RtpPacket, pts: int, arrival: float) -> None:
-        outgoing = redundancy.next(rtp.sequence_number, pts, rtp.payload)
+        outgoing = redundancy.next(rtp.sequence_number, pts, rtp.payload, arrival)
         copies = sent = 0
         for send in direct.values():  # sync: nobody joins or leaves meanwhile
             if size := send(outgoing):

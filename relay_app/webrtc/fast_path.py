@@ -57,7 +57,7 @@ from ..core.metrics import Metrics
 from .peer import Peer
 from .rebase import continuing
 from .red import Outgoing, distance_for, red_key
-from .rtp_tap import OPUS_CLOCK_RATE, negotiated_opus_payload_type
+from .rtp_tap import negotiated_opus_payload_type
 
 _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
 _UNRESOLVED = object()
@@ -65,7 +65,7 @@ _SRTP_MAX_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 # RTCRtpSender's name-mangled private attributes (its report loop's, its statistics').
 _SENDER = "_RTCRtpSender__"
-REPORT_SAMPLES = 5 * OPUS_CLOCK_RATE  # ~5 s of audio between sender reports (browsers' too)
+REPORT_INTERVAL = 5.0  # seconds between sender reports (browsers' for audio), x 0.5-1.5
 
 
 class Placeholder(MediaStreamTrack):
@@ -141,7 +141,9 @@ class DirectSender:
         self._red_key = 0  # it asks each packet for: red.red_key(Opus payload type, that)
         self._packets = 0  # sent, and payload bytes sent: what its sender reports say
         self._octets = 0
-        self._report_at = 0  # the pts from which its next sender report is due
+        # When (time.monotonic(), a packet's arrival) its next sender report is due: by the
+        # clock, so timestamps a speaker races ahead cannot make one due per packet.
+        self._report_due = 0.0
 
     def take_reports(self) -> None:
         """This receiver's sender reports come from here, not from aiortc's loop.
@@ -260,15 +262,17 @@ class DirectSender:
             return 0
         self._octets += len(payload)
         self._packets += 1
-        if packet.pts >= self._report_at:
-            self._report(packet.pts)
+        if packet.arrival >= self._report_due:
+            self._report(packet)
         return len(payload)
 
-    def _report(self, pts: int) -> None:
-        """A sender report (and our CNAME) right after the packet at `pts` went out (the first
-        packet, then every ~5 s): its RTP timestamp with the wall clock it goes with (now),
-        and the counts so far."""
-        self._report_at = pts + round(REPORT_SAMPLES * (0.5 + random.random()))  # (RFC 3550)
+    def _report(self, packet: Outgoing) -> None:
+        """A sender report (and our CNAME) right after `packet` went out (the first packet,
+        then every ~5 s): its RTP timestamp with the wall clock it goes with (now), and the
+        counts so far."""
+        interval = REPORT_INTERVAL * (0.5 + random.random())  # (RFC 3550)
+        self._report_due = packet.arrival + interval
+        pts = packet.pts
         sender = self._sender
         ntp = aiortc_clock.current_ntp_time()
         info = RtcpSenderInfo(

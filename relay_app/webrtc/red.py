@@ -215,6 +215,7 @@ class Outgoing:
 
     sequence: int
     pts: int
+    arrival: float  # when it reached the relay (time.monotonic())
     payload: bytes
     older: list[tuple[int, bytes]]
     _red: dict[int, bytes]
@@ -236,7 +237,7 @@ class Redundancy:
     def __init__(self) -> None:
         self._history: deque[tuple[int, int, bytes]] = deque(maxlen=MAX_DISTANCE)
 
-    def next(self, sequence: int, pts: int, payload: bytes) -> Outgoing:
+    def next(self, sequence: int, pts: int, payload: bytes, arrival: float = 0.0) -> Outgoing:
         older: list[tuple[int, bytes]] = []
         history = self._history
         if history and (sequence - history[-1][0]) & 0xFFFF == 1:
@@ -253,4 +254,4 @@ class Redundancy:
             history.append((sequence, pts, payload))
         elif not history or 0 < (sequence - history[-1][0]) & 0xFFFF < 0x8000:
             history.append((sequence, pts, payload))  # after a gap: a new run starts
-        return Outgoing(sequence, pts, payload, older, {})
+        return Outgoing(sequence, pts, arrival, payload, older, {})

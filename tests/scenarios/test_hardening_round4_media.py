@@ -366,6 +366,35 @@ async def test_red_blocks_far_ahead_are_not_rebuilt_and_do_not_multiply_at_liste
             listener.assert_one_stream(moment, "after the RED datagrams")
 
 
+async def test_timestamps_jumping_half_their_range_per_packet_bring_no_report_per_packet(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """Each of the speaker's timestamps is 2**31 - 960 after the one before (just under half
+    their range: ahead, not behind): a listener's timestamps still go on plausibly, and its
+    sender reports stay one every few seconds. Before, the relay's timeline ran 2**31 ahead per
+    packet, and every packet brought every listener a sender report too."""
+    server = make_forward_server()
+    async with (
+        RelayClient.connect(server.ws_url) as speaker,
+        RelayClient.connect(server.ws_url) as listener,
+    ):
+        await speaker.start_sending(ToneTrack(440))
+        assert speaker.pc is not None
+        forger = Forger(speaker.pc)
+        await listener.start_receiving()
+        assert listener.pc is not None
+        heard, reports = Heard(listener.pc), SenderReports(listener.pc)
+        await listener.wait_audio(1.0)
+        moment = time.monotonic()
+        forger.timestamp_step = 2**31 - 2 * FRAME  # (each packet's own 20 ms on top)
+        await heard.wait_packets(moment, 100, "timestamps jumping")
+        forger.timestamp_step = 0
+        heard.assert_one_stream(moment, "timestamps jumping")
+        during = [at for at in reports.at if at >= moment]
+        assert len(during) <= 2, f"{len(during)} sender reports in 100 packets"
+        assert_tone(listener, 440)
+
+
 async def test_red_for_a_listener_on_a_bad_link_does_not_double_every_other_listeners(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:
