@@ -1,5 +1,5 @@
-"""The web client: Home, Speak and Listen pages, their static files and QR code, and the
-headers that keep them to this server."""
+"""The web client: On air, Speak, Listen, the console and the entrance display, their static
+files and QR code, and the headers that keep them to this server."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def page_routes(app: Quart, settings: Settings, guard: Guard) -> None:
     @guard.door(PAGE)  # the page only; everything it shows comes from the admin API
     async def _console(entry: Entry) -> Response:
         return await page("admin.html")
+
+    @app.get("/entrance")
+    @guard.door(PAGE)  # the page only; its codes' invites come from the admin API
+    async def _entrance(entry: Entry) -> Response:
+        return await page("entrance.html")
 
     @app.get("/send")
     @guard.door(PAGE)

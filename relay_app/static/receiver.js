@@ -1,7 +1,7 @@
 // Receiver page: relay -> WebRTC -> speakers. Waits, retries and rejoins on its own.
 import { LevelMeter, Signaling, clockTime, gatheringComplete, newPeerConnection, stateReporter, streamName, tokenFromUrl } from "./relay.js";
 import { PhoneListening, watchBackgroundStall } from "./phone.js";
-import { NEEDS_INVITE } from "./relay.js";
+import { NEEDS_INVITE, keepInvite } from "./relay.js";
 
 const RETRY_MS = 2000; // the guide's auto-retry on "No audio stream available"
 const SPEAKER_STOPPED = "The speaker has stopped; this page will play the next one.";
@@ -27,6 +27,7 @@ const backgroundButton = $("background");
 const phone = new PhoneListening(audio, { onPlay: play, onPause: () => audio.pause() });
 
 const signaling = new Signaling({ onMessage, onState, token: tokenFromUrl() });
+keepInvite(); // the header's links keep this page's invite
 
 function onState(state, text) {
   if (state === "disconnected" || state === "unauthorized") {

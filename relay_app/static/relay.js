@@ -156,3 +156,54 @@ export function clockTime(unixSeconds) {
 export function streamName(stream) {
   return stream.label || (stream.channel ? stream.channel : "A speaker");
 }
+
+/**
+ * A token's claims ({role, stream, exp}), read without checking its signature: the server
+ * checks every token it is given; a page only decides what it offers (a link or a QR code
+ * that its token cannot open helps nobody). null when it is no token.
+ */
+export function tokenClaims(token) {
+  const part = (token || "").split(".")[1];
+  if (!part) return null;
+  try {
+    const text = atob(part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "="));
+    const claims = JSON.parse(text);
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `token` plays `channel` (null: whatever its holder picks): a receive (or both)
+ * token for that channel or for all, not expired. */
+export function tokenPlays(token, channel = null) {
+  const claims = tokenClaims(token);
+  if (!claims || !["receive", "both"].includes(claims.role)) return false;
+  if (claims.exp && claims.exp * 1000 <= Date.now()) return false;
+  return !claims.stream || channel === null || claims.stream === channel;
+}
+
+/** `path` with `token` as its ?token= (none given: the path as it is). */
+export function withToken(path, token) {
+  return token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
+}
+
+// Which pages a token's role opens: On air reads the listing (a speaker's token gets a note
+// there that points back to Speak), Listen plays, Speak sends.
+const OPENS = { "/": ["receive", "both", "send"], "/listen": ["receive", "both"], "/send": ["send", "both"] };
+
+/**
+ * The header's links to On air, Listen and Speak keep the page's invite (`?token=`), and a
+ * link its token cannot open is hidden. Without a token they stay as they are (an open server;
+ * with auth on, a page without a token hides them: see style.css).
+ */
+export function keepInvite(token = tokenFromUrl()) {
+  if (!token) return;
+  const role = (tokenClaims(token) || {}).role;
+  for (const link of document.querySelectorAll("header nav a")) {
+    const roles = OPENS[link.pathname];
+    if (!roles) continue;
+    if (roles.includes(role)) link.href = withToken(link.pathname, token);
+    else link.hidden = true;
+  }
+}

@@ -1,5 +1,5 @@
 // Sender page: microphone -> WebRTC -> relay.
-import { LevelMeter, NEEDS_INVITE, Signaling, gatheringComplete, newPeerConnection, stateReporter, tokenFromUrl } from "./relay.js";
+import { LevelMeter, NEEDS_INVITE, Signaling, gatheringComplete, newPeerConnection, keepInvite, stateReporter, tokenFromUrl } from "./relay.js";
 
 const NEEDS_HTTPS =
   "To use your microphone this page must be opened with https:// (ask the organiser for the secure address). Listening works as it is.";
@@ -40,6 +40,7 @@ let micStream = null;
 let wantSending = false; // the user pressed Start and not Stop: resume after a reconnect
 
 const signaling = new Signaling({ onMessage, onState: setState, token: tokenFromUrl() });
+keepInvite(); // the header's links keep this page's invite
 
 function constraintsFrom(welcome) {
   const c = (welcome && welcome.config && welcome.config.audio_constraints) || {};
