@@ -21,7 +21,15 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..core.metrics import Metrics
-from .ogg import OPUS_RATE, OggOpusMuxer, page, page_granule, page_sequence, renumber
+from .ogg import (
+    OPUS_RATE,
+    OggOpusMuxer,
+    page,
+    page_granule,
+    page_samples,
+    page_sequence,
+    renumber,
+)
 
 LISTENER_PAGES = 50  # 5 s of 100 ms pages: a player that stops reading longer is dropped
 
@@ -39,6 +47,9 @@ class Listener:
     # The stream's sequence number of this listener's first audio page: its own pages are
     # numbered 2, 3, ... after its own headers (0, 1), whenever it joined.
     first_sequence: int = 2
+    # What its pages' granule positions are moved by, so that its own first audio page holds
+    # just its own samples (as a file's does); set by that page (`own_page`).
+    granule_offset: int | None = None
     # Ends its response at once, stuck writes and all (a listener dropped as too slow is
     # most likely one whose client stopped reading: its connection must not stay open).
     abort: Callable[[], None] = lambda: None
@@ -47,18 +58,25 @@ class Listener:
 
 
 def own_page(listener: Listener, data: bytes) -> bytes:
-    """The shared page as part of this listener's own logical stream (see Listener)."""
-    if listener.first_sequence == 2:
-        return data  # there from the start: the stream's numbers are its own
-    return renumber(data, page_sequence(data) - listener.first_sequence + 2)
+    """The shared page as part of this listener's own logical stream (see Listener): page
+    numbers from 2 and granule positions from 0 whenever it joined. A stream's granules count
+    from its sender's first packet; a player told that its first page is 40 s in counts its
+    play time from there (VLC's `--run-time 8` stopped such a listener at once)."""
+    if listener.granule_offset is None:
+        listener.granule_offset = page_samples(data) - page_granule(data)
+    if listener.first_sequence == 2 and listener.granule_offset == 0:
+        return data  # there from the stream's first page: its numbers are its own
+    sequence = page_sequence(data) - listener.first_sequence + 2
+    return renumber(data, sequence, listener.granule_offset)
 
 
 class ChannelPages:
     """One listener's single logical Ogg stream across a channel's senders: each sender's
     pages get the first sender's serial number, page numbers that go on, and granule
-    positions moved on so that the pause between two senders counts as the time it lasted
-    (players play through it as a gap in the timestamps). The end-of-stream flag comes only
-    when the listener is let go (`last`)."""
+    positions from 0 at the listener's first page (as `own_page`), moved on at each next
+    sender so that the pause between two senders counts as the time it lasted (players play
+    through it as a gap in the timestamps). The end-of-stream flag comes only when the
+    listener is let go (`last`)."""
 
     def __init__(self) -> None:
         self.serial: int | None = None
@@ -76,7 +94,9 @@ class ChannelPages:
         self._offset = self._granule + gap - http.muxer.granule
 
     def page(self, data: bytes) -> bytes:
-        out = renumber(data, self._sequence, self.serial, self._offset)
+        if self._sent_at is None:  # its first audio page: its granules start from it
+            self._offset = page_samples(data) - page_granule(data)
+        out = renumber(data, self._sequence, self._offset, self.serial)
         self._sequence += 1
         self._granule, self._sent_at = page_granule(out), time.monotonic()
         return out
