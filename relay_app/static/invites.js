@@ -14,16 +14,11 @@ export function storedAdminToken() {
   return localStorage.getItem(ADMIN_TOKEN_KEY);
 }
 
-/**
- * Whether the server wants tokens (auth.secret set). `/stream/status` answers 401 without
- * one (auth.protect_metrics, the default); when it answers anyway, `/qr.svg` tells: it
- * refuses an invite that is not a valid token (400) only while tokens are checked.
- */
+/** Whether the server wants tokens (auth.secret set): `/health` says so, to anyone. */
 export async function authRequired() {
-  const listing = await fetch("/stream/status");
-  if (listing.status === 401 || listing.status === 403) return true;
-  const probe = await fetch("/qr.svg?invite=-", { method: "HEAD" });
-  return probe.status === 400;
+  const health = await fetch("/health");
+  const body = health.ok ? await health.json() : {};
+  return body.auth_required !== false; // unknown: assume the stricter
 }
 
 /**
