@@ -36,6 +36,7 @@ RECEIVE_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 # Hypercorn's 64 KB and 5 s of pages.
 AUDIO_SEND_BUFFER_BYTES = 16 * 1024
 CONFIG_HELP = "config.json path (default: $RELAY_CONFIG, else built-in)"
+NAME_HELP = "who uses it, as the operator's console and the speakers' messages name them (Marie)"
 HANDOUT_DESCRIPTION = (
     "Reads the server's configuration as the server does (--config, $RELAY_CONFIG, the "
     "RELAY_... environment, e.g. RELAY_SERVER__PORT and RELAY_AUTH__SECRET), asks the server "
@@ -142,7 +143,7 @@ def _cert(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace, settings: Settings) -> int:
     """A token signed with the server's secret, once the server has said it wants one."""
     token, warnings = make_token(
-        settings, args.role, args.ttl, stream=args.stream, subject=args.sub
+        settings, args.role, args.ttl, stream=args.stream, subject=args.sub, name=args.name
     )
     print(token, flush=True)
     print_warnings(warnings)
@@ -159,7 +160,7 @@ def _qr(args: argparse.Namespace, settings: Settings) -> int:
 def _invite(args: argparse.Namespace, settings: Settings) -> int:
     """A Listen link that carries a receive token for one channel, and its QR code: what the
     people in the hall scan (a phone opens it and plays with one tap)."""
-    print_handout(make_link(settings, args.channel, args.url, args.ttl, invite=True))
+    print_handout(make_link(settings, args.channel, args.url, args.ttl, True, args.name))
     return 0
 
 
@@ -192,9 +193,8 @@ def _parser() -> argparse.ArgumentParser:
         help="only this stream_id: what a receiver may play, the channel a sender may "
         "send on and take over",
     )
-    token.add_argument(
-        "--sub", "--name", dest="sub", help="who it is for, e.g. a speaker's name (logged)"
-    )
+    token.add_argument("--sub", help="who it is for, in the server's log")
+    token.add_argument("--name", help=NAME_HELP)
     qr = sub.add_parser(
         "qr",
         parents=[config],
@@ -216,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--channel", required=True, help="the channel it plays")
     invite.add_argument("--ttl", default="8h", help="how long it works: 90m, 8h, 2d (default 8h)")
     invite.add_argument("--url", help="the Listen page's URL to use (e.g. behind a proxy)")
+    invite.add_argument("--name", help=NAME_HELP)
     return parser
 
 

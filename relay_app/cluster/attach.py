@@ -15,7 +15,9 @@ def attach_cluster(ctx: RelayContext) -> None:
     UpstreamOpener; the directory ends a relayed stream here when its origin's goes."""
     secret = ctx.settings.auth.secret
     signing = secret.get_secret_value() if secret is not None else None
-    cluster = Cluster(ctx.settings.cluster, ctx.registry, secret=signing)
+    cluster = Cluster(
+        ctx.settings.cluster, ctx.registry, secret=signing, revocations=ctx.revocations
+    )
     if signing is None:
         cluster.log.warning(
             "cluster_records_unsigned",

@@ -8,8 +8,12 @@ that dies without a word disappears within `cluster.node_ttl`:
     relay_app:node:<node_id>      {node_id, advertise_url, started_at, receivers: {stream: n}}
     relay_app:stream:<stream_id>  {stream_id, node_id, advertise_url, started_at, channel}
                                   written, refreshed and deleted by the stream's own node
-    relay_app:events              pub/sub: {"event": "stream_started"|"stream_ended", ...}
-                                  so the other nodes look again at once, not at their next beat
+    relay_app:revoked:<token_id>  {token_id, until}: a token an operator withdrew (Remove) on
+                                  any node, expiring with the token; each node adds what it
+                                  reads to its own Revocations and ends who holds it
+    relay_app:events              pub/sub: {"event": "stream_started"|"stream_ended"|"revoked",
+                                  ...} so the other nodes look again at once, not at their
+                                  next beat
 
     ROOT
     └── Cluster.run          reconnects with backoff while Redis is away
@@ -20,7 +24,9 @@ that dies without a word disappears within `cluster.node_ttl`:
 
 Local service never waits for Redis: without it the cluster view is this node's own streams
 and `/health` says `"redis": "unreachable"` (still 200). On its return the next beat writes
-this node's streams again.
+this node's streams again, and every withdrawal it knows of (a Redis that lost its data
+learns them back). A withdrawal once read is kept by the node until the token expires,
+whatever becomes of Redis.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import anyio
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..core.auth import Revocations
 from ..core.config import ClusterSettings
 from ..core.logs import get_logger
 from ..core.protocol import StreamInfo
@@ -49,6 +56,7 @@ PREFIX = "relay_app:"
 EVENTS = PREFIX + "events"
 NODE_KEY = PREFIX + "node:"
 STREAM_KEY = PREFIX + "stream:"
+REVOKED_KEY = PREFIX + "revoked:"
 MAX_BACKOFF = 5.0
 
 # Deletes a stream's record only while it is still the one this node wrote (a sender that
@@ -94,10 +102,21 @@ class Cluster:
     _written: dict[str, str] = field(default_factory=dict)  # stream_id -> the record we wrote
     _started_at: float = field(default_factory=time.time)
     _rejected: set[str] = field(default_factory=set)  # keys already logged as forged
+    # The context's withdrawn tokens (attach.py): this node's are written to Redis, the
+    # other nodes' read from it. Those still to write: token id -> until.
+    revocations: Revocations = field(default_factory=Revocations)
+    _unwritten: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.node_id = self.settings.node_id or self.node_id
         self.log = get_logger(node_id=self.node_id)
+        self.revocations.listeners.append(self._withdrawn)
+
+    def _withdrawn(self, ids: dict[str, float], origin: str) -> None:
+        """An operator withdrew tokens here: written at once (the next beat, woken now)."""
+        if origin == "local":
+            self._unwritten.update(ids)
+            self.streams_changed()
 
     # The registry's ClusterView -----------------------------------------------------------
     @property
@@ -192,6 +211,7 @@ class Cluster:
         self.redis_up = False
         self.remote, self.nodes = {}, {}
         self._written.clear()
+        self._unwritten = self.revocations.items()  # all of them again, once it is back
 
     async def _beat_forever(self, client: aioredis.Redis) -> None:
         while True:
@@ -230,10 +250,21 @@ class Cluster:
         for stream_id in ended:
             pipe.eval(_DELETE_IF_OURS, 1, STREAM_KEY + stream_id, self._written[stream_id])
             events.append({"event": "stream_ended", "stream_id": stream_id})
+        revoked, now = dict(self._unwritten), time.time()
+        for token_id, until in revoked.items():
+            if (left := int((until - now) * 1000)) > 0:
+                withdrawal = {"token_id": token_id, "until": until}
+                key = REVOKED_KEY + token_id
+                pipe.set(key, self._sign(key, withdrawal), px=left)
+        if revoked:
+            events.append({"event": "revoked"})
         for event in events:
             pipe.publish(EVENTS, json.dumps({**event, "node_id": self.node_id}))
         await pipe.execute()
         self._written = records
+        for token_id in revoked:  # (withdrawn meanwhile: written at the next beat)
+            if self._unwritten.get(token_id) == revoked[token_id]:
+                del self._unwritten[token_id]
         await self._read(client)
 
     def _record(self, stream: Stream) -> str:
@@ -273,6 +304,7 @@ class Cluster:
         values = await client.mget(keys) if keys else []
         nodes: dict[str, dict[str, Any]] = {}
         remote: dict[str, RemoteStream] = {}
+        revoked: list[tuple[str, float]] = []
         for key, value in zip(keys, values, strict=True):
             if value is None:  # expired between SCAN and MGET
                 continue
@@ -291,6 +323,8 @@ class Cluster:
                         started_at=float(record["started_at"]),
                         channel=record.get("channel"),
                     )
+                elif name.startswith(REVOKED_KEY):
+                    revoked.append((str(record["token_id"]), float(record["until"])))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # not one of our records (another program's key under the prefix)
         gone = [
@@ -300,6 +334,9 @@ class Cluster:
         ]
         left = sorted(self.nodes.keys() - nodes.keys())
         self.remote, self.nodes = remote, nodes
+        for token_id, until in revoked:  # (those known already change nothing)
+            if self.revocations.revoke([token_id], until, origin="cluster"):
+                self.log.info("cluster_token_withdrawn", token_id=token_id[:8], until=until)
         for node_id in left:
             self.log.warning("cluster_node_gone", gone_node=node_id)
         for stream_id, was in gone:

@@ -8,13 +8,23 @@ first message, `{"type": "auth", "token": "..."}`. Mint one with
     python -m relay_app token --role receive --stream stream_ab12cd34-ef56 --ttl 8h
     python -m relay_app token --role send --stream english --ttl 8h   # may take over english
     python -m relay_app token --role admin --ttl 1h                   # /admin/...
+    python -m relay_app token --role send --stream english --name Marie  # named on the console
+
+Every token carries a random id (`jti`), so that an operator can withdraw it (the console's
+Remove: `Revocations`) for the rest of its lifetime; tokens made before ids were added are
+known by a hash of the token itself. An invite (`inv`: a link or QR code many people use) is
+exchanged by each page that opens it for a personal token of its own (`personal_pass`: same
+role, channel and expiry, its `par` the invite's id), so Remove withdraws one device's pass,
+or, when the operator asks, the invite and every pass made from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -26,6 +36,7 @@ from .config import Settings
 from .errors import AuthError, RelayError
 from .limits import check_frame
 from .metrics import Metrics
+from .people import MAX_NAME, clean_name
 
 # `node`: another relay node of the cluster opening an upstream (cluster.py); minted by the
 # nodes themselves from the shared auth.secret.
@@ -48,6 +59,19 @@ class Grant:
     expires_at: float | None = None  # the token's `exp` (Unix time)
     # A node token's addressee: the one node it may open an upstream on (its `to` claim).
     to: str | None = None
+    # Who it is for (`name`: `token --name`, an invite's name), shown on the console.
+    name: str | None = None
+    # What an operator withdraws: the token's `jti`, or a hash of an older token without one.
+    token_id: str | None = None
+    # An invite (`inv`): a link or code shared by many, exchanged for a personal pass.
+    invite: bool = False
+    # A personal pass's invite (`par`: the invite's id): withdrawing the invite withdraws it.
+    parent: str | None = None
+
+    @property
+    def revocation_ids(self) -> tuple[str, ...]:
+        """The ids whose withdrawal ends this grant: its own, and its invite's."""
+        return tuple(i for i in (self.token_id, self.parent) if i is not None)
 
     def check_unexpired(self) -> None:
         """Tokens are checked when used, not only at connect: a session outlives its token."""
@@ -110,14 +134,26 @@ def mint(
     stream: str | None = None,
     subject: str | None = None,
     to: str | None = None,
+    name: str | None = None,
+    invite: bool = False,
+    parent: str | None = None,
+    expires_at: float | None = None,
 ) -> str:
+    """A signed token; `expires_at` (Unix time) instead of now + `ttl_seconds` when given."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "aud": AUDIENCE,
         "role": role,
         "iat": now,
-        "exp": now + int(ttl_seconds),
+        "exp": int(expires_at) if expires_at is not None else now + int(ttl_seconds),
+        "jti": secrets.token_urlsafe(12),
     }
+    if name is not None and (name := clean_name(name)[:MAX_NAME]):
+        claims["name"] = name
+    if invite:
+        claims["inv"] = True
+    if parent is not None:
+        claims["par"] = parent
     if stream is not None:
         claims["stream"] = stream
     if subject is not None:
@@ -155,7 +191,102 @@ def verify(secret: str, token: str) -> Grant:
     if to is not None and not isinstance(to, str):
         raise AuthError("access token's `to` must be a string")
     subject = claims.get("sub")
-    return Grant(role=role, stream=stream, subject=subject, expires_at=claims["exp"], to=to)
+    name = claims.get("name")
+    name = clean_name(name)[:MAX_NAME] or None if isinstance(name, str) else None
+    jti, parent = claims.get("jti"), claims.get("par")
+    if not isinstance(jti, str | None) or not isinstance(parent, str | None):
+        raise AuthError("access token's `jti` and `par` must be strings")
+    return Grant(
+        role=role,
+        stream=stream,
+        subject=subject,
+        expires_at=claims["exp"],
+        to=to,
+        name=name,
+        token_id=jti or "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:32],
+        invite=claims.get("inv") is True,
+        parent=parent,
+    )
+
+
+WITHDRAWN = "This invitation was withdrawn by the operator"
+MAX_REVOCATIONS = 100_000  # withdrawn ids remembered at once (each only until its expiry)
+
+
+class Revocations:
+    """Token ids an operator withdrew (POST /admin/sessions/<id>/remove), each until the
+    token it names would have expired: then it is forgotten, since the token is refused
+    anyway. Sync and never awaits (the guard asks at every door).
+
+    In cluster mode the directory (cluster/directory.py) writes this node's withdrawals to
+    Redis and adds the other nodes' (`origin` "cluster"); `listeners` hear every new id,
+    whatever its origin: the guard ends the connections that hold one, the directory
+    writes the local ones.
+    """
+
+    def __init__(self, limit: int = MAX_REVOCATIONS) -> None:
+        self.limit = limit
+        self._until: dict[str, float] = {}  # id -> when its token expires (oldest first)
+        self.listeners: list[Callable[[dict[str, float], str], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def revoke(self, ids: Iterable[str], until: float, origin: str = "local") -> set[str]:
+        """Withdraw `ids` until `until` (Unix time); the ids that were not withdrawn yet."""
+        now = time.time()
+        self._forget_expired(now)
+        new = {i: until for i in ids if until > now and self._until.get(i, 0.0) < until}
+        if not new:
+            return set()
+        for token_id, expiry in new.items():
+            self._until.pop(token_id, None)
+            self._until[token_id] = expiry
+        while len(self._until) > self.limit:  # the soonest to expire go first
+            del self._until[min(self._until, key=self._until.__getitem__)]
+        for listener in self.listeners:
+            listener(new, origin)
+        return set(new)
+
+    def withdrawn(self, grant: Grant | None) -> bool:
+        """Whether an operator withdrew this grant's token, or the invite it came from."""
+        if grant is None:
+            return False
+        now = time.time()
+        return any(self._until.get(i, 0.0) > now for i in grant.revocation_ids)
+
+    def check(self, grant: Grant | None) -> None:
+        """AuthError (403) in plain words for a withdrawn grant."""
+        if self.withdrawn(grant):
+            raise AuthError(f"{WITHDRAWN}.", http_status=403)
+
+    def items(self) -> dict[str, float]:
+        """Every id withdrawn now, with its expiry."""
+        self._forget_expired(time.time())
+        return dict(self._until)
+
+    def _forget_expired(self, now: float) -> None:
+        expired = [i for i, until in self._until.items() if until <= now]
+        for token_id in expired:
+            del self._until[token_id]
+
+
+def personal_pass(secret: str, grant: Grant) -> tuple[str, Grant] | None:
+    """For an invite's grant: a token for this device alone (same role, channel, name and
+    expiry; its `par` the invite's id) and its grant. None for any other token."""
+    if not grant.invite or grant.expires_at is None:
+        return None
+    token = mint(
+        secret,
+        grant.role,
+        0,
+        stream=grant.stream,
+        subject=grant.subject,
+        name=grant.name,
+        parent=grant.token_id,
+        expires_at=grant.expires_at,
+    )
+    return token, verify(secret, token)
 
 
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -176,9 +307,12 @@ class FirstMessage(Protocol):
     async def receive(self) -> str | bytes | None: ...
 
 
-async def authenticate(ws: FirstMessage, settings: Settings, log: Any) -> Grant:
+async def authenticate(
+    ws: FirstMessage, settings: Settings, log: Any, revoked: Revocations | None = None
+) -> Grant:
     """The grant of a WebSocket's first message, `{"type": "auth", "token": ...}` (the guard
-    has found no token in its URL or headers and auth.secret is set)."""
+    has found no token in its URL or headers and auth.secret is set); AuthError for a token
+    in `revoked`."""
     hint = 'send {"type": "auth", "token": "..."} first, or add ?token=... to the URL'
     token = None
     with anyio.move_on_after(settings.auth.timeout):
@@ -194,15 +328,18 @@ async def authenticate(ws: FirstMessage, settings: Settings, log: Any) -> Grant:
         token = message.token
     if token is None:
         raise AuthError(f"authentication timed out: {hint}")
-    grant = session_grant(settings, token)
+    grant = session_grant(settings, token, revoked)
     log.info("client_authenticated", role=grant.role, stream=grant.stream, subject=grant.subject)
     return grant
 
 
-def session_grant(settings: Settings, token: str) -> Grant:
-    """A token's grant for a /ws session: a `metrics` token only reads /metrics."""
+def session_grant(settings: Settings, token: str, revoked: Revocations | None = None) -> Grant:
+    """A token's grant for a /ws session: a `metrics` token only reads /metrics, a
+    withdrawn one nothing."""
     assert settings.auth.secret is not None
     grant = verify(settings.auth.secret.get_secret_value(), token)
+    if revoked is not None:
+        revoked.check(grant)
     if grant.role in HTTP_ONLY_ROLES:
         article = "an" if grant.role[0] in "aeiou" else "a"
         raise AuthError(
@@ -240,9 +377,11 @@ async def watch_expiry(
             return
 
 
-def reauthenticate(settings: Settings, token: str) -> tuple[Grant | None, p.ServerMessage]:
+def reauthenticate(
+    settings: Settings, token: str, revoked: Revocations | None = None
+) -> tuple[Grant | None, p.ServerMessage]:
     """`auth` mid-session: the refreshed grant (a new token before the old one expires)."""
     if settings.auth.secret is None:
         return None, p.Authenticated(role="both")  # open server: anything goes
-    grant = session_grant(settings, token)
+    grant = session_grant(settings, token, revoked)
     return grant, p.Authenticated(role=grant.role, stream=grant.stream)

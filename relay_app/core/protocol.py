@@ -34,6 +34,8 @@ class StartSending(_ClientMessage):
     channel: str | None = Field(None, pattern=CHANNEL_PATTERN)
     # Replace the channel's live sender (auth on: needs a send token scoped to the channel).
     takeover: bool = False
+    # Who speaks, when their token names nobody (cut to 40 characters for people).
+    name: str | None = Field(None, max_length=200)
 
 
 class StartReceiving(_ClientMessage):
@@ -44,6 +46,8 @@ class StartReceiving(_ClientMessage):
     # Another relay node of the cluster relaying this stream to its own receivers (cluster.py);
     # needs a node token when auth is on, and is served from this node's own streams only.
     upstream: bool = False
+    # Who listens, when their token names nobody (the console shows it; cut to 40).
+    name: str | None = Field(None, max_length=200)
 
 
 class Answer(_ClientMessage):
@@ -117,6 +121,10 @@ class Welcome(_ServerMessage):
     type: Literal["welcome"] = "welcome"
     connection_id: str
     config: dict[str, Any]
+    # For a page that came with an invite (a link or code many share): a token for this
+    # device alone, made from it (same channel, same expiry). Pages use it from then on, so
+    # that the operator's Remove withdraws this device, not everyone's invite.
+    personal_token: str | None = None
 
 
 class AnswerOut(_ServerMessage):
@@ -197,6 +205,16 @@ class Error(_ServerMessage):
     message: str
 
 
+class Disconnected(_ServerMessage):
+    """The operator ended this connection (the console's Disconnect, or Remove: its token is
+    withdrawn too). Sent just before the close (1000, or 1008 when removed); pages show
+    `message` and do not reconnect by themselves."""
+
+    type: Literal["disconnected"] = "disconnected"
+    reason: Literal["disconnected", "removed"]
+    message: str
+
+
 ServerMessage = (
     Welcome
     | AnswerOut
@@ -209,6 +227,7 @@ ServerMessage = (
     | Visualization
     | Authenticated
     | Error
+    | Disconnected
 )
 
 

@@ -1,5 +1,5 @@
-"""The admin API (`/admin/...` on the main port, JSON): who is connected, kick, stop, lock, and
-the recordings.
+"""The admin API (`/admin/...` on the main port, JSON): who is connected, Disconnect and
+Remove, stop, lock, invites, and the recordings.
 
 Who may call it is the guard's ADMIN door (endpoints/guard.py): with `auth.secret`, a token
 of role `admin` (401 without a valid token, 403 with another role); without a secret, only
@@ -9,8 +9,10 @@ Every action that changes something is logged as its own event with who did it (
 token's subject, or the loopback address) and from where.
 
 Nothing here keeps state of its own: it reads and changes the StreamRegistry, and asks a
-session to close through the registry's record of it (`SessionInfo.kick`), so a kicked
-session ends the way every session ends, by its task group exiting.
+session to close through the registry's record of it (`SessionInfo.kick`), so a disconnected
+session ends the way every session ends, by its task group exiting. Remove withdraws the
+token the session holds (the context's Revocations, shared through Redis in cluster mode):
+the guard refuses it at every door from then on, and ends every connection holding it.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from typing import Any
 from quart import Quart, jsonify, request, send_file
 
 from ..audio.recording import RECORDING_NAME, list_recordings
-from ..core.auth import mint, parse_ttl
+from ..core.auth import Grant, mint, parse_ttl
 from ..core.config import CHANNEL_NAME
 from ..core.errors import RelayError
 from ..core.logs import get_logger
+from ..core.people import MAX_NAME, clean_name
+from ..core.protocol import Disconnected
 from ..streams.context import RelayContext
 from ..streams.stream import UNNAMED_PREFIX, EndCause, SessionInfo
-from .guard import ADMIN, Entry, Guard
+from .guard import ADMIN, REMOVED_WORDS, Entry, Guard
 
 log = get_logger("relay_app.admin")
 
@@ -42,7 +46,21 @@ class NotFound(RelayError):
     http_status = 404
 
 
+class NothingToWithdraw(RelayError):
+    kind = "not_removable"
+    http_status = 409
+
+
 MAX_REASON = 100  # a close frame's reason holds 123 bytes, with our prefix
+# What the operator's Disconnect tells a person (their page then stays off until reloaded).
+DISCONNECTED_WORDS = "The operator disconnected you{why}. Reload this page to connect again."
+# What each role is doing now, in the console's words.
+WHAT = {
+    "sender": "speaking",
+    "waiting": "waiting to speak",
+    "receiver": "listening",
+    "listener": "listening",
+}
 CHANNEL_NAME_RE = re.compile(CHANNEL_NAME)
 
 
@@ -62,18 +80,28 @@ class Caller:
 
 def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
     stream = ctx.registry.streams.get(info.stream_id) if info.stream_id else None
+    channel = (
+        info.stream_id if info.stream_id and not info.stream_id.startswith(UNNAMED_PREFIX) else None
+    )
+    configured = ctx.settings.channels.get(channel) if channel is not None else None
+    label = configured.label if configured is not None else stream.label if stream else channel
     row: dict[str, Any] = {
         "connection_id": info.connection_id,
         "remote": info.remote,
         "role": info.role,
         "stream_id": info.stream_id,
-        "channel": info.stream_id
-        if info.stream_id and not info.stream_id.startswith(UNNAMED_PREFIX)
-        else None,
+        "channel": channel,
         "since": info.since,
         "bytes_in": info.bytes_in,
         "bytes_out": info.bytes_out,
         "user_agent": info.user_agent,
+        # Who, what, where, on what (the console's words).
+        "name": info.name,
+        "what": "relaying to another node" if info.node_link else WHAT.get(info.role, "connected"),
+        "channel_label": label or None,
+        "device": info.device or None,
+        "via": info.via,
+        "token": token_row(info, ctx),
     }
     if info.role == "sender":
         row["audio_bytes_in"] = stream.audio_bytes if stream is not None else 0
@@ -85,6 +113,30 @@ def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
         # What it last reported losing of our packets (RTCP; fast-path listeners).
         row["loss"] = round(stream.listener_loss(info.connection_id), 3) if stream else 0.0
     return row
+
+
+def token_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any] | None:
+    """What Remove would withdraw from this session, and who else holds it (None: nothing,
+    as on a server without auth.secret).
+
+    kind: "pass" (a device's own, made from an invite), "invite" (a link or code itself, as
+    a Python client uses it), "token" (a personal token); `connections`: the connections
+    holding the same token (this one included); `invite_connections`: those that came in
+    with the same invite (with a pass of their own, or with the invite itself)."""
+    grant = info.grant
+    if grant is None or grant.role == "node" or info.node_link:
+        return None
+    invite = grant.parent if grant.parent is not None else grant.token_id if grant.invite else None
+    holders = [s.grant for s in ctx.registry.sessions.values() if s.grant is not None]
+    return {
+        "kind": "pass" if grant.parent is not None else "invite" if grant.invite else "token",
+        "name": grant.name,
+        "expires_at": grant.expires_at,
+        "connections": sum(1 for g in holders if g.token_id == grant.token_id),
+        "invite_connections": None
+        if invite is None
+        else sum(1 for g in holders if invite in g.revocation_ids),
+    }
 
 
 def _admin_only(guard: Guard) -> Callable[[Handler], Handler]:
@@ -106,28 +158,6 @@ Handler = Callable[..., Awaitable[Any]]
 def admin_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     registry = ctx.registry
 
-    @app.get("/admin/sessions")
-    @_admin_only(guard)
-    async def _sessions(caller: Caller) -> Any:
-        rows = [
-            session_row(info, ctx)
-            for info in registry.sessions.values()
-            if info.role != "admin"  # (admin calls hold a slot only while they run)
-        ]
-        return jsonify({"sessions": sorted(rows, key=lambda row: row["since"])})
-
-    @app.post("/admin/sessions/<connection_id>/kick")
-    @_admin_only(guard)
-    async def _kick(caller: Caller, connection_id: str) -> Any:
-        info = registry.sessions.get(connection_id)
-        if info is None or info.kick is None:
-            raise NotFound(f"no session {connection_id!r}")
-        body = await request.get_json(force=True, silent=True) or {}
-        reason = str(body.get("reason", "")).strip()[:MAX_REASON] if isinstance(body, dict) else ""
-        info.kick(reason)
-        _log(caller, "admin_session_kicked", kicked=connection_id, reason=reason or None)
-        return jsonify({"kicked": connection_id, "reason": reason})
-
     @app.post("/admin/streams/<stream_id>/stop")
     @_admin_only(guard)
     async def _stop(caller: Caller, stream_id: str) -> Any:
@@ -138,9 +168,131 @@ def admin_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         _log(caller, "admin_stream_stopped", stream_id=stream_id, sender=stream.sender_id)
         return jsonify({"stopped": stream_id})
 
+    _session_routes(app, ctx, guard)
     _channel_routes(app, ctx, guard)
     _invite_routes(app, ctx, guard)
     _recording_routes(app, ctx, guard)
+
+
+def _session_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
+    """Who is connected; Disconnect; Remove."""
+    registry = ctx.registry
+
+    @app.get("/admin/sessions")
+    @_admin_only(guard)
+    async def _sessions(caller: Caller) -> Any:
+        rows = [
+            session_row(info, ctx)
+            for info in registry.sessions.values()
+            if info.role != "admin"  # (admin calls hold a slot only while they run)
+        ]
+        return jsonify({"sessions": sorted(rows, key=lambda row: row["since"])})
+
+    @app.post("/admin/sessions/<connection_id>/disconnect")
+    @app.post("/admin/sessions/<connection_id>/kick")  # (its old name)
+    @_admin_only(guard)
+    async def _disconnect(caller: Caller, connection_id: str) -> Any:
+        """Tell them and close: their page stays off until it is reloaded. A device's other
+        connections (its pass's: a Listen page's plain-audio stream) end with it."""
+        info = _connected(registry.sessions, connection_id)
+        reason = clean_name(str((await _body()).get("reason", "")))[:MAX_REASON]
+        why = f" ({reason})" if reason else ""
+        farewell = Disconnected(reason="disconnected", message=DISCONNECTED_WORDS.format(why=why))
+        ended = _end(_device_sessions(registry.sessions, info), farewell)
+        fields = {"name": info.name, "reason": reason or None, "connections": len(ended)}
+        _log(caller, "admin_session_disconnected", disconnected=connection_id, **fields)
+        return jsonify({"disconnected": ended, "reason": reason, "message": farewell.message})
+
+    @app.post("/admin/sessions/<connection_id>/remove")
+    @_admin_only(guard)
+    async def _remove(caller: Caller, connection_id: str) -> Any:
+        """Disconnect, and withdraw what they came in with for the rest of its lifetime:
+        their pass (a device's own token made from an invite), or their token; with
+        `{"invite": true}` the invite itself, and with it every device that used it."""
+        info = _connected(registry.sessions, connection_id)
+        token_id, withdrawn = _withdrawing(info, (await _body()).get("invite") is True)
+        grant = info.grant
+        assert grant is not None
+        until = grant.expires_at if grant.expires_at is not None else time.time() + 86400
+        holders = [
+            s
+            for s in registry.sessions.values()
+            if s.grant is not None and token_id in s.grant.revocation_ids
+        ]
+        ctx.revocations.revoke([token_id], until)  # the guard ends whoever holds it...
+        farewell = Disconnected(reason="removed", message=REMOVED_WORDS)
+        removed = _end(holders, farewell)  # ...and a second time is nothing (withdrawn before?)
+        fields = {"withdrawn": withdrawn, "until": until, "connections": len(removed)}
+        _log(caller, "admin_session_removed", removed=connection_id, name=info.name, **fields)
+        return jsonify({"removed": removed, **fields, "message": farewell.message})
+
+
+def _end(sessions: list[SessionInfo], farewell: Disconnected) -> list[str]:
+    """Each of `sessions` told `farewell` and closed; their connection ids."""
+    for session in sessions:
+        if session.kick is not None:
+            session.kick(farewell)
+    return [session.connection_id for session in sessions]
+
+
+def _withdrawing(info: SessionInfo, invite: bool) -> tuple[str, str]:
+    """The token id Remove withdraws from `info`, and what it is: "pass", "token", or (asked
+    for) "invite"; a plain-words RelayError when there is none."""
+    grant = _removable(info)
+    assert grant.token_id is not None  # (verify gives every grant one)
+    if not invite:
+        return grant.token_id, "pass" if grant.parent is not None else "token"
+    if grant.parent is None and not grant.invite:
+        raise RelayError(
+            f"{info.name} did not come in with an invite (a link or code others share); "
+            "Remove withdraws their own token"
+        )
+    return grant.parent or grant.token_id, "invite"
+
+
+def _connected(sessions: dict[str, SessionInfo], connection_id: str) -> SessionInfo:
+    info = sessions.get(connection_id)
+    if info is None or info.kick is None or info.role == "admin":
+        raise NotFound(
+            f"Nobody is connected as {connection_id[:40]!r} now: they may have left already "
+            "(the list refreshes every 2 seconds)."
+        )
+    return info
+
+
+async def _body() -> dict[str, Any]:
+    """The request's JSON object ({} for none); bad JSON or another type is a plain 400."""
+    if not await request.get_data():
+        return {}
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise RelayError('the body must be a JSON object, e.g. {"reason": "..."}')
+    return body
+
+
+def _device_sessions(sessions: dict[str, SessionInfo], info: SessionInfo) -> list[SessionInfo]:
+    """`info` and the device's other connections: those holding the same personal pass."""
+    grant = info.grant
+    if grant is None or grant.parent is None:
+        return [info]
+    mine = grant.token_id
+    same = [s for s in sessions.values() if s.grant is not None and s.grant.token_id == mine]
+    return [info, *(s for s in same if s is not info)]
+
+
+def _removable(info: SessionInfo) -> Grant:
+    """The grant Remove withdraws; NothingToWithdraw, in plain words, when there is none."""
+    if info.node_link or (info.grant is not None and info.grant.role == "node"):
+        raise NothingToWithdraw(
+            "That is another relay node's link, not a person: it ends when its node stops."
+        )
+    if info.grant is None:
+        raise NothingToWithdraw(
+            "There is nothing to withdraw: this server runs without access tokens "
+            "(auth.secret is not set), so anyone on the network can connect again. "
+            "Use Disconnect, or set auth.secret."
+        )
+    return info.grant
 
 
 def _channel_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
@@ -179,22 +331,30 @@ def _invite_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     @_admin_only(guard)
     async def _invite(caller: Caller) -> Any:
         """A receive token for one channel, for an invite link (the console shows it as a
-        Listen URL and a QR code); `{"channel", "ttl"}` in, `{"token", "expires_at"}` out."""
-        body = await request.get_json(force=True, silent=True) or {}
-        channel = str(body.get("channel", "")) if isinstance(body, dict) else ""
+        Listen URL and a QR code); `{"channel", "ttl", "name"?}` in, `{"token",
+        "expires_at"}` out. Each page that opens it exchanges it for a pass of its own
+        (core/auth.personal_pass); `name` names whoever uses it on the console."""
+        body = await _body()
+        channel = str(body.get("channel", ""))
         if CHANNEL_NAME_RE.fullmatch(channel) is None:
             raise RelayError(f"{channel!r} is not a channel name (letters, digits, -, _)")
         try:
             ttl = parse_ttl(str(body.get("ttl", "8h")))
         except ValueError as error:
             raise RelayError(str(error)) from None
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or len(clean_name(name)) > MAX_NAME):
+            raise RelayError(f'name: a text of at most {MAX_NAME} characters, e.g. "Press"')
+        name = clean_name(name) or None if name is not None else None
         secret = ctx.settings.auth.secret
         token = None
         if secret is not None:  # an open server needs no token: the link is the invite
-            key = secret.get_secret_value()
-            token = mint(key, "receive", ttl, stream=channel, subject=f"invite by {caller.by}")
-        _log(caller, "admin_invite_made", channel=channel, ttl_seconds=ttl)
-        return jsonify({"channel": channel, "token": token, "expires_at": time.time() + ttl})
+            key, by = secret.get_secret_value(), f"invite by {caller.by}"
+            token = mint(key, "receive", ttl, stream=channel, subject=by, name=name, invite=True)
+        _log(caller, "admin_invite_made", channel=channel, ttl_seconds=ttl, name=name)
+        return jsonify(
+            {"channel": channel, "token": token, "name": name, "expires_at": time.time() + ttl}
+        )
 
 
 def _recording_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:

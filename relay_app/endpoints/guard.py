@@ -6,7 +6,8 @@ door it is (`Door`) and the guard does, in this order, what every door needs:
 
     Host       server.allowed_hosts (DNS rebinding): every request, before any route
     Origin     browser requests that change state (POST/DELETE/PATCH, and every WebSocket)
-    token      `Authorization: Bearer` or `?token=`, parsed once into a `Grant` with its scope
+    token      `Authorization: Bearer` or `?token=`, parsed once into a `Grant` with its scope;
+               a token the operator withdrew (Remove) is refused here, at every door
     admission  one table (the registry's pending and open sessions) and one set of rules:
                max_connections, max_connections_per_address, max_pending_connections;
                page requests per address and second (page_requests_per_second)
@@ -40,10 +41,17 @@ from ..core.auth import Grant, Role, verify
 from ..core.config import Settings
 from ..core.errors import AuthError, LimitError, RelayError, http_error_body
 from ..core.logs import get_logger
+from ..core.people import short_device
+from ..core.protocol import Disconnected
 from ..streams.context import RelayContext
 from ..streams.stream import SessionInfo, SessionRole, new_connection_id
 
 RETRY_AFTER = "5"
+# What a person is told when the operator removes them (their token is withdrawn).
+REMOVED_WORDS = (
+    "The operator removed you from this event: your invitation no longer works. "
+    "Ask the organiser if you think this is a mistake."
+)
 REALM = 'Bearer realm="relay_app"'
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GUARDED = "__relay_door__"  # set on every guarded view function: the URL-map test reads it
@@ -149,6 +157,7 @@ class Guard:
             if server.page_requests_per_second > 0
             else None
         )
+        ctx.revocations.listeners.append(self._end_withdrawn)
 
     def install(self, app: Quart) -> None:
         """The Host check before every request, and JSON for every error of `app`."""
@@ -224,8 +233,11 @@ class Guard:
         if door.holds is not None:
             user_agent = headers.get("User-Agent", "")[:200]
             info = SessionInfo(new_connection_id(), remote, user_agent=user_agent, via=door.name)
+            info.grant, info.device = grant, short_device(user_agent)
             if door.holds in ("listener", "admin"):  # (the others take a role as they start)
                 info.role = door.holds
+            if door.holds != "admin":  # (people only: "Listener 7")
+                info.number = self.ctx.names.number(grant)
             self.ctx.registry.admit(info, authenticating=pending)
             entry.info = info
             if door.holds == "admin":  # a call: it holds its slot exactly while it runs
@@ -312,7 +324,19 @@ class Guard:
         if grant.role not in door.roles:
             article = "an" if grant.role[0] in "aeiou" else "a"
             raise AuthError(f"{article} {grant.role} token {door.denied}")
+        self.ctx.revocations.check(grant)  # 403: "This invitation was withdrawn..."
         return grant, False
+
+    def _end_withdrawn(self, ids: dict[str, float], origin: str) -> None:
+        """Tokens were just withdrawn (here, or on another node of the cluster): every
+        connection holding one ends now, told why (`disconnected`, reason "removed")."""
+        held = set(ids)
+        for info in [*self.ctx.registry.sessions.values()]:
+            grant = info.grant
+            if grant is None or info.kick is None or held.isdisjoint(grant.revocation_ids):
+                continue
+            log.info("session_removed", connection_id=info.connection_id, origin=origin)
+            info.kick(Disconnected(reason="removed", message=REMOVED_WORDS))
 
     # Errors --------------------------------------------------------------------------------
     def render(self, error: RelayError) -> Response:

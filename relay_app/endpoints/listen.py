@@ -147,6 +147,7 @@ class OggListener(ResponseBody):
         metrics, grant = self.ctx.metrics, lambda: self.grant
         metrics.live.session_task_groups += 1
         group.start_soon(watch_expiry, "ogg", grant, self._expired, metrics, lambda: self.log)
+        self.info.kick = lambda farewell: self._end(f"{farewell.reason} by the operator")
         self._pages = self._all_pages()
         return self._pages
 
@@ -174,11 +175,15 @@ class OggListener(ResponseBody):
             self.ctx.registry.close_session(self.info.connection_id)
 
     def _expired(self, error: AuthError) -> None:
-        """Its token expired (watch_expiry counted and logged it): out of the fan-out, and the
-        response ends at once wherever it waits (a stuck write too: `abort`)."""
+        """Its token expired (watch_expiry counted and logged it)."""
+        self._end("token expired")
+
+    def _end(self, reason: str) -> None:
+        """Out of the fan-out, and the response ends at once wherever it waits (a stuck
+        write too: `abort`): its token expired, or the operator disconnected it."""
         http = self.stream.http
         if self._listener is not None and http is not None:
-            http.drop(self._listener, "token expired")
+            http.drop(self._listener, reason)
         if self.abort is not None:
             self.abort()
         elif self._group is not None:

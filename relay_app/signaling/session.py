@@ -25,19 +25,19 @@ is closed (`NotReading`), so a close never hangs behind a client that does not r
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ..core import protocol as p
-from ..core.auth import Grant, authenticate, reauthenticate, watch_expiry
+from ..core.auth import Grant, watch_expiry
 from ..core.config import Settings
 from ..core.errors import (
     AuthError,
     CloseCode,
     IdleTimeout,
-    Kicked,
     NotReading,
     RelayError,
     SessionStateError,
@@ -59,6 +59,7 @@ from ..media.sender import run_sender
 from ..streams.context import RelayContext
 from ..streams.finder import stream_to_play
 from ..streams.stream import SessionInfo
+from .identity import dismiss, first_message_grant, reauthenticated, take_name, welcome
 
 OUTBOX_SIZE = 64
 # The longest the idle watchdog sleeps between looks (seconds): activity only moves its
@@ -109,7 +110,7 @@ class PeerSession:
         self.settings = ctx.settings
         self.info = info
         self.connection_id = info.connection_id
-        self.info.kick = lambda reason: self.refuse(Kicked(reason))  # the admin API's kick
+        self.info.kick = functools.partial(dismiss, self)  # the console's Disconnect, Remove
         self.grant = grant
         self._pending = pending
         self._idle_log = get_logger(connection_id=self.connection_id, role="idle")
@@ -148,8 +149,7 @@ class PeerSession:
                     tg.start_soon(self._idle_watchdog)
                     tg.start_soon(self._close_on_shutdown)
                     tg.start_soon(self._expire_grant)
-                    config = welcome_config(self.settings)
-                    self.send(p.Welcome(connection_id=self.connection_id, config=config))
+                    self.send(welcome(self, welcome_config(self.settings)))
                     await self._receive_loop()
             finally:
                 live.session_task_groups -= 1
@@ -171,7 +171,7 @@ class PeerSession:
         becomes a session."""
         try:
             if self._pending:
-                self.grant = await authenticate(self.ws, self.settings, self.log)
+                self.grant = await first_message_grant(self)
             elif (grant := self.grant) is not None:  # its token came with the request
                 fields = {"role": grant.role, "stream": grant.stream, "subject": grant.subject}
                 self.log.info("client_authenticated", **fields)
@@ -328,6 +328,7 @@ class PeerSession:
                     return
 
     async def _dispatch(self, message: p.ClientMessage) -> None:
+        take_name(self.info, getattr(message, "name", None))  # (start_sending, -_receiving...)
         match message:
             case p.Ping():
                 self.send(p.Pong())
@@ -349,8 +350,7 @@ class PeerSession:
                 self.info.node_link = link
                 await self._start_media("receiver", run_receiver, Listen(stream, levels))
             case p.Auth(token=token):
-                self.grant, reply = reauthenticate(self.settings, token)
-                self.send(reply)
+                self.send(reauthenticated(self, token))
             case p.Answer(sdp=sdp):
                 check_sdp_size(sdp, self.settings.webrtc.max_sdp_bytes)
                 if self._media is None or not self._media.deliver_answer(message):

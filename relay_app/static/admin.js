@@ -91,11 +91,12 @@ async function api(path, options = {}) {
 
 const post = (path, body) => api(path, { method: "POST", body: JSON.stringify(body || {}) });
 
-function button(text, label, onClick) {
+function button(text, label, onClick, describedBy = null) {
   const b = document.createElement("button");
   b.type = "button";
   b.textContent = text;
   b.setAttribute("aria-label", label);
+  if (describedBy) b.setAttribute("aria-describedby", describedBy); // what it does, in words
   b.addEventListener("click", async () => {
     b.disabled = true;
     try {
@@ -189,35 +190,133 @@ function showChannels(channels) {
   $("channels").replaceChildren(...rows);
 }
 
-function who(session) {
-  if (session.role === "sender") return "Speaker";
-  if (session.role === "receiver") return session.waiting ? "Listener (waiting)" : "Listener";
-  if (session.role === "listener") return "Listener (plain audio)";
-  return "Connected";
+// What someone is doing, in the console's words (the server says "speaking", "waiting to
+// speak", "listening" or "connected").
+function doing(session) {
+  const what = session.what || "connected";
+  const words = what.charAt(0).toUpperCase() + what.slice(1);
+  if (session.role === "receiver" && session.waiting) return `${words} (waiting for a speaker)`;
+  if (session.via === "ogg") return `${words} (plain audio)`;
+  return words;
+}
+
+function plural(count, one, many = `${one}s`) {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+// How they came in, when others share it: an invite (a link or code many use), a token.
+function tokenNote(session) {
+  const token = session.token;
+  if (!token) return "";
+  if (token.kind === "pass" || token.kind === "invite") {
+    const others = (token.invite_connections || 1) - token.connections;
+    return others > 0 ? `came with an invite that ${plural(others, "other connection")} use${others === 1 ? "s" : ""}` : "came with an invite";
+  }
+  return token.connections > 1 ? `their token is used by ${plural(token.connections, "connection")}` : "";
 }
 
 function kb(bytes) {
   return bytes > 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.round(bytes / 1e3)} kB`;
 }
 
+function whoCell(row, session) {
+  const td = cell(row, "");
+  td.className = "who";
+  td.append(Object.assign(document.createElement("strong"), { textContent: session.name || "Someone" }));
+  const note = tokenNote(session);
+  if (note) td.append(Object.assign(document.createElement("small"), { className: "note", textContent: note }));
+  // (on a phone the Device column is left out: the device goes under the name)
+  td.append(Object.assign(document.createElement("small"), { className: "note phone-only", textContent: session.device || "Unknown device" }));
+}
+
+function deviceCell(row, session) {
+  const td = cell(row, session.device || "Unknown device");
+  td.className = "extra";
+  td.append(Object.assign(document.createElement("small"), { className: "note", textContent: session.remote }));
+}
+
 function showSessions(sessions) {
   // (bytes change all the time: they alone do not rebuild the table)
-  if (!changed("sessions", sessions.map(({ bytes_in, bytes_out, audio_bytes_in, ...rest }) => rest))) return;
+  if (!changed("sessions", sessions.map(({ bytes_in, bytes_out, audio_bytes_in, loss, ...rest }) => rest))) return;
   const rows = sessions.map((session) => {
     const row = document.createElement("tr");
     row.dataset.connection = session.connection_id;
     row.dataset.role = session.role;
-    cell(row, who(session));
-    cell(row, session.channel || "—");
-    cell(row, session.remote);
+    const name = session.name || "Someone";
+    whoCell(row, session);
+    cell(row, doing(session));
+    cell(row, session.channel_label || "—");
+    deviceCell(row, session);
     cell(row, clockTime(session.since)).className = "extra";
     cell(row, kb((session.bytes_in || 0) + (session.bytes_out || 0) + (session.audio_bytes_in || 0))).className = "extra";
-    cell(row, (session.user_agent || "—").slice(0, 60)).className = "extra";
-    const label = `${who(session)} from ${session.remote}${session.channel ? ` on ${session.channel}` : ""}`;
-    cell(row, button("Disconnect", `Disconnect ${label}`, () => post(`/admin/sessions/${session.connection_id}/kick`, { reason: "disconnected by the operator" })));
+    const actions = cell(row, "");
+    actions.append(button("Disconnect", `Disconnect ${name}`, () => disconnect(session), "help-disconnect"));
+    if (session.token) {
+      actions.append(button("Remove", `Remove ${name}`, () => askRemove(session), "help-remove"));
+    }
     return row;
   });
   $("sessions").replaceChildren(...rows);
+}
+
+async function disconnect(session) {
+  const answer = await (await post(`/admin/sessions/${encodeURIComponent(session.connection_id)}/disconnect`)).json();
+  const others = answer.disconnected.length - 1;
+  const also = others > 0 ? ` (with ${plural(others, "other connection")} of the same device)` : "";
+  say(`${session.name} was disconnected${also} and told so. Their page stays off until they reload it.`);
+}
+
+// Remove asks first, and says what it withdraws and who else holds it.
+let removing = null; // the session the dialog is about
+
+function until(session) {
+  const expires = session.token && session.token.expires_at;
+  return expires ? ` until ${clockTime(expires)}, when it would have expired` : "";
+}
+
+function askRemove(session) {
+  removing = session;
+  const { name, token } = session;
+  const others = (token.invite_connections || 1) - token.connections;
+  $("remove-title").textContent = `Remove ${name}?`;
+  $("remove-confirm").textContent = `Remove ${name}`;
+  let text;
+  if (token.kind === "pass") {
+    text = `${name} is disconnected and told so, and this device's own pass is withdrawn${until(session)}: reloading the page does not bring them back.`;
+  } else if (token.kind === "invite") {
+    text = `${name} uses a shared invite itself, not a pass of its own: Remove withdraws that invite${until(session)}, for everyone who came with it (${plural(token.invite_connections, "connection")} now).`;
+  } else {
+    text = `${name} is disconnected and told so, and their token is withdrawn${until(session)}: reloading the page does not bring them back.${token.connections > 1 ? ` ${plural(token.connections, "connection")} use this token: all of them are removed.` : ""}`;
+  }
+  $("remove-text").textContent = text;
+  const shared = token.kind === "pass";
+  $("remove-shared").hidden = !shared;
+  $("remove-invite").hidden = !shared;
+  if (shared) {
+    $("remove-shared").textContent = others > 0
+      ? `They came in with an invite (a link or code) that ${plural(others, "other connection")} use${others === 1 ? "s" : ""}; those stay, and anyone can still scan that invite again. To keep everyone with that invite out, withdraw the invite instead.`
+      : "They came in with an invite (a link or code): anyone can still scan it again. To keep everyone with it out, withdraw the invite instead.";
+    $("remove-invite").textContent = `Withdraw the invite: remove all ${token.invite_connections}`;
+  }
+  $("remove-dialog").showModal();
+  $("remove-cancel").focus(); // (the safe answer first)
+}
+
+async function confirmRemove(invite) {
+  const session = removing;
+  $("remove-dialog").close();
+  removing = null;
+  if (!session) return;
+  try {
+    const path = `/admin/sessions/${encodeURIComponent(session.connection_id)}/remove`;
+    const answer = await (await post(path, { invite })).json();
+    const what = { pass: "their device's pass", token: "their token", invite: "the invite" }[answer.withdrawn] || "their invitation";
+    const count = answer.removed.length;
+    say(`${session.name} was removed: ${what} is withdrawn until ${clockTime(answer.until)}${count > 1 ? `, and ${plural(count, "connection")} ended` : ""}.`);
+  } catch (error) {
+    if (error.message !== "refused") setStatus("error", `That did not work: ${error.message}`);
+  }
+  await refresh();
 }
 
 async function download(name) {
@@ -243,6 +342,15 @@ function showRecordings(data) {
   $("recordings").replaceChildren(...items);
 }
 
+function summary(sessions) {
+  const count = (what) => sessions.filter((s) => (s.what || "connected") === what).length;
+  const parts = [`${count("speaking")} speaking`];
+  if (count("waiting to speak")) parts.push(`${count("waiting to speak")} waiting to speak`);
+  parts.push(`${count("listening")} listening`);
+  if (count("connected")) parts.push(`${count("connected")} connected`);
+  return `${parts.join(", ")}.`;
+}
+
 async function refresh() {
   try {
     const [channels, sessions, recordings] = await Promise.all([
@@ -254,8 +362,7 @@ async function refresh() {
     showChannels(channels.channels);
     showSessions(sessions.sessions);
     showRecordings(recordings);
-    const speakers = sessions.sessions.filter((s) => s.role === "sender").length;
-    setStatus("ready", `${speakers} speaking, ${sessions.sessions.length - speakers} listening or connected.`);
+    setStatus("ready", summary(sessions.sessions));
   } catch (error) {
     if (error.message !== "refused") setStatus("disconnected", "Reconnecting…");
   }
@@ -274,6 +381,12 @@ $("link-token").addEventListener("submit", (event) => {
   answerLinkToken(true);
 });
 $("link-token-keep").addEventListener("click", () => answerLinkToken(false));
+$("remove-confirm").addEventListener("click", () => confirmRemove(false));
+$("remove-invite").addEventListener("click", () => confirmRemove(true));
+$("remove-cancel").addEventListener("click", () => $("remove-dialog").close());
+$("remove-dialog").addEventListener("close", () => {
+  removing = null; // (Cancel, Esc, or an answer: it is about nobody now)
+});
 $("invite-close").addEventListener("click", () => {
   $("invite").hidden = true;
 });

@@ -29,13 +29,27 @@ const phone = new PhoneListening(audio, { onPlay: play, onPause: () => audio.pau
 const signaling = new Signaling({ onMessage, onState, token: tokenFromUrl() });
 keepInvite(); // the header's links keep this page's invite
 
+// The operator ended this page's connection (Disconnect, or Remove): it stays off.
+const ENDED_BY_OPERATOR = ["dismissed", "removed"];
+
 function onState(state, text) {
-  if (state === "disconnected" || state === "unauthorized") {
+  if (state === "disconnected" || state === "unauthorized" || ENDED_BY_OPERATOR.includes(state)) {
     closePeer();
     clearTimeout(retryTimer);
   }
-  if (state === "unauthorized") clearInterval(listTimer);
+  if (state === "unauthorized" || ENDED_BY_OPERATOR.includes(state)) clearInterval(listTimer);
+  if (ENDED_BY_OPERATOR.includes(state)) stopEverything();
   setState(state, text);
+}
+
+/** Nothing plays and nothing retries (the plain-audio stream neither) until a reload; the
+ * page shows only what the operator's message says. */
+function stopEverything() {
+  httpMode = null;
+  audio.pause();
+  audio.removeAttribute("src");
+  audio.srcObject = null;
+  for (const part of document.querySelectorAll("main > :not(h1, #status, #reload)")) part.style.display = "none";
 }
 
 // The channel to play: `/listen/<channel>`, else the last one picked on this device.
@@ -75,7 +89,7 @@ function showHttpUrl(streamId) {
     link.hidden = true;
     return;
   }
-  const token = tokenFromUrl();
+  const token = signaling.token; // (this device's own pass, for an invite)
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
   link.href = `${location.protocol}//${location.hostname}:${port}/stream/${streamId}.ogg${query}`;
   link.textContent = link.href.replace(/\?token=.*$/, "?token=…");
@@ -260,7 +274,7 @@ function useHttp(auto) {
   closePeer();
   clearTimeout(retryTimer);
   httpMode = { streamId, auto };
-  const token = tokenFromUrl();
+  const token = signaling.token;
   audio.srcObject = null;
   audio.src = `/stream/${encodeURIComponent(streamId)}.ogg${token ? `?token=${encodeURIComponent(token)}` : ""}`;
   backgroundButton.textContent = "Back to low latency (WebRTC)";

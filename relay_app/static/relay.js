@@ -5,12 +5,20 @@
 export const NEEDS_INVITE =
   "This page needs an invitation. Scan the QR code at the entrance again, or ask the organiser for a new link.";
 
-/** A WebSocket to /ws that reconnects with backoff and delivers parsed messages. */
+/** What a page whose invitation the operator withdrew (Remove) tells its user. */
+export const WITHDRAWN =
+  "This invitation was withdrawn by the operator. Ask the organiser if you think this is a mistake.";
+
+/**
+ * A WebSocket to /ws that reconnects with backoff and delivers parsed messages, until the
+ * operator ends it: then `onState("dismissed" | "removed", their words)` and no reconnect.
+ */
 export class Signaling {
   constructor({ onMessage, onState, token = null }) {
     this.onMessage = onMessage;
     this.onState = onState;
-    this.token = token;
+    this.token = personalToken(token);
+    this.farewell = null; // the operator's `disconnected` message: the page stays off
     this.ws = null;
     this.welcome = null;
     this.backoff = 500;
@@ -39,7 +47,9 @@ export class Signaling {
         this.welcome = message;
         this.backoff = 500;
         this.startKeepalive(message.config.ping_interval || 30);
+        if (message.personal_token) this.token = keepPersonalToken(this.token, message.personal_token);
       }
+      if (this.operatorEnded(message)) return;
       this.onMessage(message);
     };
     ws.onclose = (event) => {
@@ -47,6 +57,11 @@ export class Signaling {
       if (this.ws !== ws || this.closedByUser) return;
       // Technical detail for the console; people get plain words.
       console.info(`relay: WebSocket closed (code ${event.code}${event.reason ? `: ${event.reason}` : ""})`);
+      if (this.farewell) return; // the operator ended it: no reconnect
+      if (event.code === 1008 && /withdrawn/i.test(event.reason)) {
+        this.operatorEnded({ type: "disconnected", reason: "removed", message: WITHDRAWN });
+        return;
+      }
       if (event.code === 1008 && /token|authenticat/i.test(event.reason)) {
         // No (valid) invitation: trying again would fail the same way, so do not loop.
         this.onState("unauthorized", NEEDS_INVITE);
@@ -57,6 +72,21 @@ export class Signaling {
       this.onState("disconnected", "Reconnecting…");
       setTimeout(() => this.connect(), delay);
     };
+  }
+
+  /**
+   * The operator's Disconnect or Remove (`disconnected`), or a door refusing a withdrawn
+   * invitation: said once, in their words, and the reconnect loop stops. True if it was.
+   */
+  operatorEnded(message) {
+    const withdrawn = message.type === "error" && /withdrawn by the operator/i.test(message.message);
+    if (message.type !== "disconnected" && !withdrawn) return false;
+    if (this.farewell) return true;
+    this.farewell = withdrawn ? { type: "disconnected", reason: "removed", message: WITHDRAWN } : message;
+    this.stopKeepalive();
+    this.onState(this.farewell.reason === "removed" ? "removed" : "dismissed", this.farewell.message);
+    if (this.farewell.reason !== "removed") offerReload();
+    return true;
   }
 
   send(message) {
@@ -83,6 +113,58 @@ export class Signaling {
     this.stopKeepalive();
     if (this.ws) this.ws.close(1000, "page closed");
   }
+}
+
+/** After the operator's Disconnect: a button that reloads the page (an installed app has no
+ * reload button of its own), right under the status line. */
+function offerReload() {
+  const status = document.getElementById("status");
+  if (!status || document.getElementById("reload")) return;
+  const reload = document.createElement("button");
+  reload.type = "button";
+  reload.id = "reload";
+  reload.className = "primary";
+  reload.textContent = "Reload this page";
+  reload.addEventListener("click", () => location.reload());
+  status.after(reload);
+}
+
+// A page that came with an invite (a link or code many people share) gets a token of its own
+// from the server (`welcome.personal_token`) and uses it from then on, on this device, for that
+// invite: the operator's Remove then withdraws this device, and a reload does not undo it.
+const PASS_PREFIX = "relay_app.pass.";
+
+function storage() {
+  try {
+    return window.localStorage;
+  } catch {
+    return null; // (storage blocked: the invite itself is used)
+  }
+}
+
+/** The token to use for `token`: this device's own pass for that invite, if it has one. */
+export function personalToken(token) {
+  const claims = tokenClaims(token);
+  const store = storage();
+  if (!claims || !claims.inv || !claims.jti || !store) return token;
+  for (const key of Object.keys(store).filter((k) => k.startsWith(PASS_PREFIX))) {
+    const exp = (tokenClaims(store.getItem(key)) || {}).exp;
+    if (!exp || exp * 1000 <= Date.now()) store.removeItem(key); // (expired passes go)
+  }
+  return store.getItem(PASS_PREFIX + claims.jti) || token;
+}
+
+function keepPersonalToken(token, personal) {
+  const claims = tokenClaims(token);
+  const store = storage();
+  if (claims && claims.jti && store) {
+    try {
+      store.setItem(PASS_PREFIX + claims.jti, personal);
+    } catch {
+      // (full or blocked: this visit uses it all the same)
+    }
+  }
+  return personal;
 }
 
 /** A peer connection for the LAN: no STUN/TURN unless the server says otherwise. */

@@ -8,9 +8,11 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
+from ..core.auth import Revocations
 from ..core.config import Settings
 from ..core.metrics import Metrics
 from ..webrtc.batched_reads import BatchedReads
+from .names import Names
 from .registry import ClusterView, StreamRegistry
 from .stream import Stream
 
@@ -44,6 +46,10 @@ class RelayContext:
     # Peers' sockets read in batches where nothing they carry is urgent (a receiver's once
     # connected, an unheard sender's); its reader runs in ROOT.
     reads: BatchedReads = field(default_factory=BatchedReads)
+    # Tokens an operator withdrew (the console's Remove): every door refuses them (the
+    # guard); in cluster mode shared through Redis. Numbers for people without a name.
+    revocations: Revocations = field(default_factory=Revocations)
+    names: Names = field(default_factory=Names)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayContext:

@@ -19,7 +19,8 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from ..audio.http_audio import HttpAudio
 from ..audio.recording import Recording
-from ..core.protocol import StreamInfo
+from ..core.auth import Grant
+from ..core.protocol import Disconnected, StreamInfo
 from ..webrtc.fanout import Fanout
 from ..webrtc.fast_path import DirectSender
 from ..webrtc.red import Redundancy, Repair
@@ -196,12 +197,32 @@ class SessionInfo:
     # WebSocket bytes, counted by the session (the admin list shows them).
     bytes_in: int = 0
     bytes_out: int = 0
-    # Closes the session with 1008 and this reason (the admin API's kick); set by the session.
-    kick: Callable[[str], None] | None = None
+    # Ends the connection from the operator's side (the admin API's Disconnect and Remove):
+    # tells its client this `disconnected` message where it can, then closes; set by what
+    # holds the connection (a session, a WHIP/WHEP resource, an Ogg response).
+    kick: Callable[[Disconnected], None] | None = None
     # Another cluster node's upstream (start_receiving with `upstream`), not a listener.
     node_link: bool = False
     # The door it came in by (endpoints/guard.py): ws, whip, whep, ogg, admin.
     via: str = "ws"
+    # Who it is (the console's rows; every message that names a person): the grant of the
+    # token it holds (None while auth is off), the name its client gave (start_sending /
+    # start_receiving), its number on this server (Names: "Listener 7").
+    grant: Grant | None = None
+    given_name: str | None = None
+    number: int = 0
+    # A short device, from its User-Agent ("Chrome on Android", "Python client").
+    device: str = ""
+
+    @property
+    def name(self) -> str:
+        """Its token's name, else its client's, else "Listener 7" / "Speaker 7"."""
+        if self.grant is not None and self.grant.name:
+            return self.grant.name
+        if self.given_name:
+            return self.given_name
+        kind = "Speaker" if self.role in ("sender", "waiting") else "Listener"
+        return f"{kind} {self.number}" if self.number else kind
 
 
 def new_connection_id() -> str:

@@ -260,8 +260,10 @@ def make_token(
     ttl_text: str,
     stream: str | None = None,
     subject: str | None = None,
+    name: str | None = None,
 ) -> tuple[str, list[str]]:
-    """`relay_app token`: the token and what to warn about."""
+    """`relay_app token`: the token and what to warn about; `name` names its holder on the
+    console."""
     ttl = _ttl(ttl_text)
     server = ask(settings)
     if settings.auth.secret is None and server.answered and server.auth_required is False:
@@ -276,7 +278,7 @@ def make_token(
         )
     secret = require_secret(settings, server)
     assert secret is not None
-    return mint(secret, role, ttl, stream=stream, subject=subject), server.warnings
+    return mint(secret, role, ttl, stream=stream, subject=subject, name=name), server.warnings
 
 
 @dataclass
@@ -298,10 +300,12 @@ def make_link(
     url: str | None,
     ttl_text: str,
     invite: bool,
+    name: str | None = None,
 ) -> Handout:
     """`relay_app qr` and `relay_app invite`: the Listen page's link (one channel's, for an
     invite), carrying an invite (a receive token for that channel) whenever a token is
-    needed or this shell has a secret to sign one with."""
+    needed or this shell has a secret to sign one with. Each page that opens it gets a pass
+    of its own (so the console's Remove withdraws one phone); `name` names them there."""
     ttl = _ttl(ttl_text)
     if url is None and settings.server.port == 0:
         raise Refused(
@@ -323,7 +327,9 @@ def make_link(
     urls = [url] if url else listen_urls(settings, channel)
     label = label_of(channel, settings, server) if channel is not None else None
     if secret is not None and channel is not None:
-        token = mint(secret, "receive", ttl, stream=channel, subject="invite")
+        token = mint(
+            secret, "receive", ttl, stream=channel, subject="invite", name=name, invite=True
+        )
         urls = [_with_token(link, token) for link in urls]
         caption = f"Invite to {label}, works until {_until(ttl)}"
     else:

@@ -216,9 +216,9 @@ async def test_the_operator_console_disconnects_a_speaker_and_locks_a_channel(
         await page.goto(f"{hall.base_url}/admin#token={token('admin')}")
         await wait_state(page, "ready")
         assert await page.evaluate("() => location.hash") == ""  # the token left the URL
-        row = 'tr[data-role="sender"] button'
+        row = 'tr[data-role="sender"] button:has-text("Disconnect")'
         await page.wait_for_selector(row)
-        await shoot(page, "console")
+        await shoot(page, "console-hall")  # (console.png: test_operator.py's, with more rows)
         await no_serious_accessibility_problems(page)
         await every_control_reachable_by_keyboard(page)
         # Lock with the keyboard alone: focus the button, press Enter.
@@ -227,10 +227,11 @@ async def test_the_operator_console_disconnects_a_speaker_and_locks_a_channel(
         await page.wait_for_selector('tr[data-channel="french"] button:has-text("Unlock")')
         channels = hall.get("/admin/channels", headers=admin).json()["channels"]
         assert [c["locked"] for c in channels if c["channel"] == "french"] == [True]
-        await page.click(row)  # disconnect the speaker
+        await page.click(row)  # disconnect the speaker: told so, and closed normally
         with anyio.fail_after(10):
             await speaker.closed.wait()
-        assert speaker.close_code == 1008
+        assert speaker.close_code == 1000
+        assert any(m.type == "disconnected" for m in speaker.messages)
         sessions = hall.get("/admin/sessions", headers=admin).json()["sessions"]
         assert [s for s in sessions if s["role"] == "sender"] == []
         # An invite from the console: a QR code that carries a token for that channel.

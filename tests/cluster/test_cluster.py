@@ -16,12 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from redis import Redis
 
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
 from relay_app.core import protocol as p
-from relay_app.core.auth import mint
+from relay_app.core.auth import mint, verify
+from relay_app.core.errors import sole_error
 from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config
 
 from ..helpers import SECRET, finish_server
@@ -334,3 +336,48 @@ async def test_a_record_planted_in_redis_redirects_no_node_and_blocks_no_channel
             trap.accept()  # nobody came: no node token was sent anywhere
         async with RelayClient.connect(a.ws_url, token=mint(SECRET, "send", 600)) as sender:
             assert await sender.start_sending(ToneTrack(440), channel="english") == "english"
+
+
+async def test_a_token_removed_on_one_node_is_refused_and_cut_on_every_node(
+    make_cluster: Callable[..., Cluster], redis: RedisProcess
+) -> None:
+    """The operator's Remove on node A: the token is withdrawn in Redis for its remaining
+    lifetime (signed; expiring with it); node B ends the connection that holds it there and
+    refuses it from then on, in the same words; a withdrawal planted in Redis without the
+    secret's signature withdraws nothing."""
+    nodes = make_cluster({"auth": {"secret": SECRET, "protect_metrics": False}})
+    a, b = nodes["a"], nodes["b"]
+    admin = {"Authorization": f"Bearer {mint(SECRET, 'admin', 600)}"}
+    marie = mint(SECRET, "receive", 600, name="Marie")
+    kept = mint(SECRET, "receive", 600)
+    planted = {"token_id": verify(SECRET, kept).token_id, "until": time.time() + 600}
+    key = f"relay_app:revoked:{planted['token_id']}"
+    Redis.from_url(redis.url).set(key, json.dumps(planted), px=60000)
+    b.wait_event("cluster_record_rejected", key=key)
+    async with (
+        RelayClient.connect(a.ws_url, token=marie) as on_a,
+        RelayClient.connect(b.ws_url, token=marie) as on_b,
+        RelayClient.connect(b.ws_url, token=kept) as other,
+    ):
+        removed = a.post(f"/admin/sessions/{on_a.connection_id}/remove", headers=admin)
+        assert removed.status_code == 200 and removed.json()["withdrawn"] == "token"
+        for client in (on_a, on_b):  # B hears of it through Redis, at once
+            told = await client.receive(p.Disconnected, timeout=5)
+            assert told.reason == "removed"
+            await client.closed.wait()
+        ttl = Redis.from_url(redis.url).pttl(f"relay_app:revoked:{verify(SECRET, marie).token_id}")
+        assert 590_000 < ttl <= 600_000, ttl
+        for node in (a, b, nodes["c"]):  # every door of every node: WHEP and /ws here
+            whep = httpx.post(
+                f"{node.base_url}/whep/english",
+                content=b"v=0",
+                headers={"Authorization": f"Bearer {marie}", "Content-Type": "application/sdp"},
+            )
+            assert whep.status_code == 403, whep.text
+            assert whep.json()["message"] == "This invitation was withdrawn by the operator."
+            with pytest.raises(BaseExceptionGroup) as refused:
+                async with RelayClient.connect(node.ws_url, token=marie):
+                    pass
+            assert "withdrawn by the operator" in str(sole_error(refused.value))
+        await other.request(p.Ping(), "pong")  # the planted withdrawal withdrew nothing
+    assert b.find("cluster_token_withdrawn")
