@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 
 from quart import Quart, Response, request, send_from_directory
 
-from ..core.auth import verify
+from ..core.auth import Revocations, verify
 from ..core.config import CHANNEL_NAME, Settings
 from ..core.errors import AuthError, ProtocolError
 from ..endpoints.guard import PAGE, Entry, Guard
@@ -104,7 +104,8 @@ def qr_route(app: Quart, settings: Settings, guard: Guard) -> None:
             raise ProtocolError("channel: use letters, digits, - and _ (at most 32)")
         url = phone_url(request.host, channel, settings)
         invite = request.args.get("invite")  # an invite's token (the console made it)
-        if invite and (token := checked_invite(invite, channel, settings)):
+        withdrawn = guard.ctx.revocations
+        if invite and (token := checked_invite(invite, channel, settings, withdrawn)):
             url += f"?token={quote(token)}"
         svg = await codes.svg(url)
         return Response(svg, content_type="image/svg+xml", headers={"X-Url": url})
@@ -113,7 +114,9 @@ def qr_route(app: Quart, settings: Settings, guard: Guard) -> None:
 _CHANNEL = re.compile(CHANNEL_NAME)
 
 
-def checked_invite(invite: str, channel: str | None, settings: Settings) -> str:
+def checked_invite(
+    invite: str, channel: str | None, settings: Settings, withdrawn: Revocations | None = None
+) -> str:
     """An invite's token, if a phone scanning it could play with it: signed by this
     server, unexpired, and a listener's for this channel. A code that leads to "this page
     needs an invitation" helps nobody, and a checked token is one an attacker cannot vary at
@@ -126,6 +129,8 @@ def checked_invite(invite: str, channel: str | None, settings: Settings) -> str:
         return ""
     try:
         grant = verify(secret.get_secret_value(), invite)
+        if withdrawn is not None:  # (withdrawn by the operator: it would say so to every phone)
+            withdrawn.check(grant)
     except AuthError as error:
         raise ProtocolError(f"invite: {error.message}") from None
     if not grant.allows_receiving(channel or grant.stream):

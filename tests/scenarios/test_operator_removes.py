@@ -227,6 +227,9 @@ async def test_remove_with_the_invite_withdraws_it_for_everyone_who_came_with_it
             assert (await phone.receive(p.Disconnected)).reason == "removed"
             await phone.closed.wait()
         assert await ws_refusal(server, shared) == (WITHDRAWN, 1008)
+        # No page makes a code of it any more (the entrance display drops a refused code).
+        code = server.get(f"/qr.svg?channel=english&invite={shared}")
+        assert code.status_code == 400 and code.json()["message"] == f"invite: {WITHDRAWN}"
         assert second.welcome.personal_token is not None
         assert await ws_refusal(server, second.welcome.personal_token) == (WITHDRAWN, 1008)
         # Another invite of the same channel is not touched.
