@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from quart import Quart, websocket
+from quart import Quart
 
 from ..core.limits import Pace
+from ..internals.of_quart import current_websocket
 from ..signaling.session import PeerSession
 from ..streams.context import RelayContext
 from .guard import WEBSOCKET, Entry, Guard
@@ -21,7 +22,7 @@ def websocket_route(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     @app.websocket("/ws")
     @guard.door(WEBSOCKET)
     async def _ws(entry: Entry) -> None:
-        ws: Any = websocket._get_current_object()  # type: ignore[attr-defined]
+        ws = current_websocket()
         info = entry.keep()  # the session closes its own slot, as every session ends
         await PeerSession(ws, ctx, info, entry.grant, pending=entry.pending).run()
         await _drain_until_disconnect(ws, ctx.settings.relay.teardown_timeout, drain_pace)

@@ -5,10 +5,10 @@ its TCP window shut (an Ogg player that stopped reading) that is never: the app'
 ends, but the connection, its buffers and its unsent data stay until the kernel gives up
 after server.dead_peer_timeout (30 s), in FIN-WAIT-1 as an orphan once Hypercorn lets go.
 
-`cut` resets it at once instead. It reaches into Hypercorn 0.18's asyncio worker (HTTP/1.1
-and HTTP/2) in one place: tests/scenarios/test_hardening_round4_doors.py fails by name, and
-the server logs `connection_abort_unavailable`, when that reach no longer finds the
-connection.
+`cut` resets it at once instead. Finding the connection reaches into Hypercorn 0.18's asyncio
+worker (HTTP/1.1 and HTTP/2), in the room of internals (internals/of_hypercorn.py):
+tests/internals/test_internals.py fails by name, and the server logs
+`connection_abort_unavailable`, when that reach no longer finds the connection.
 """
 
 from __future__ import annotations
@@ -18,21 +18,7 @@ import socket
 import struct
 from typing import Any
 
-
-def connection_transport(send: Any) -> Any:
-    """The asyncio transport of the connection an ASGI `send` writes to, or None.
-
-    Hypercorn's `send` for an HTTP request is `HTTPStream.app_send`; the stream writes
-    through its protocol's `stream_send` (H11Protocol or H2Protocol), which writes through
-    `TCPServer.protocol_send`, which owns the `StreamWriter` and so the transport.
-    """
-    try:
-        protocol = send.__self__.send.__self__
-        server = protocol.send.__self__
-        transport = server.writer.transport
-    except AttributeError:
-        return None
-    return transport if callable(getattr(transport, "abort", None)) else None
+from ..internals.of_hypercorn import connection_transport
 
 
 def cut(send: Any) -> bool:

@@ -38,9 +38,12 @@ two a second. Dropping junk costs ~1.4 us a datagram: a 30,000/s flood at one li
 the server from ~4 % to ~8 % of a core, with its listener kept and no datagram lost once the
 socket was guarded (before, 90 % were dropped by the kernel and the listener after ~32 s).
 
-Reaches into aioice 0.13 (the connection's protocols and its check list's pairs) and
-asyncio's selector loop and datagram transport (the socket, its read callback, their
-registration); tests/webrtc/test_batched_reads.py fails loudly if an upgrade moves them.
+What it needs of aioice (the connection's sockets, its check list's addresses) and of
+asyncio's selector loop (a transport's socket and read callback, the loop's reader
+registration) it gets from the room of internals (internals/of_aioice.py, of_asyncio.py).
+A loop that has none of that (uvloop; a system without epoll, such as macOS) gets no batched
+reads: `run` says so once in the log (`batched_reads_off`, info) and waits, `watching` pauses
+nothing, and every socket is read as it comes, as it would be without this module.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import anyio
 from aiortc import RTCPeerConnection
 
 from ..core.logs import get_logger
+from ..internals import of_aioice, of_asyncio
 from .peer import ice_connections
 
 log = get_logger("relay_app.app")
@@ -119,8 +123,14 @@ class BatchedReads:
         self.junk_datagrams = 0
 
     async def run(self) -> None:
-        """Drain every `interval` until cancelled; nothing is paused unless this runs."""
-        self._loop = asyncio.get_running_loop()
+        """Drain every `interval` until cancelled; nothing is paused unless this runs. On a
+        loop batched reads cannot use, say so once and wait: nothing is ever paused."""
+        loop = asyncio.get_running_loop()
+        unavailable = of_asyncio.batched_reads_unavailable(loop)
+        if unavailable is not None:
+            log.info("batched_reads_off", reason=unavailable)
+            await anyio.sleep_forever()
+        self._loop = loop
         self._epoll = select.epoll()
         try:
             while True:
@@ -188,9 +198,10 @@ class BatchedReads:
             return  # (not running: nobody would read them)
         # The selector loop's own (un)registration, as a transport calls it itself: the
         # public add_reader/remove_reader refuse a socket a transport owns.
-        for transport, connection, plain in _transports(watched.pc):
-            fd = transport._sock_fd
-            if transport.is_closing() or fd in self._paused or not self._loop._remove_reader(fd):
+        for transport, fd, connection, plain in _transports(watched.pc):
+            if transport.is_closing() or fd in self._paused:
+                continue
+            if not of_asyncio.stop_reading(self._loop, fd):
                 continue
             self._epoll.register(fd, select.EPOLLIN)
             sock = _Socket(transport, fd, connection, plain)
@@ -209,7 +220,7 @@ class BatchedReads:
             if not sock.guarded:
                 self._epoll.unregister(fd)
             self._read(sock, _MAX_PER_DRAIN)
-            self._loop._add_reader(fd, transport._read_ready)  # (replaces a guarded reader)
+            of_asyncio.resume_reading(self._loop, transport)  # (replaces a guarded reader)
         watched.paused = []
 
     def _guard(self, sock: _Socket) -> None:
@@ -217,12 +228,12 @@ class BatchedReads:
         self._epoll.unregister(sock.fd)
         sock.guarded, sock.reads, sock.calm = True, 0, 0
         _set_receive_buffer(sock.transport, GUARDED_RECEIVE_BUFFER)
-        self._loop._add_reader(sock.fd, self._read_guarded, sock)
+        of_asyncio.read_with(self._loop, sock.fd, self._read_guarded, sock)
         port = sock.transport.get_extra_info("sockname")[1]
         log.warning("media_socket_flooded", port=port, junk_datagrams=self.junk_datagrams)
 
     def _unguard(self, sock: _Socket) -> None:
-        self._loop._remove_reader(sock.fd)
+        of_asyncio.stop_reading(self._loop, sock.fd)
         sock.guarded = False
         self._epoll.register(sock.fd, select.EPOLLIN)
         port = sock.transport.get_extra_info("sockname")[1]
@@ -236,8 +247,8 @@ class BatchedReads:
         callback would have, one by one from the event loop; junk is counted and dropped.
         Returns how many were read."""
         transport = sock.transport
-        receive: Callable[[int], tuple[bytes, Any]] = transport._sock.recvfrom
-        protocol: asyncio.DatagramProtocol = transport._protocol
+        receive = of_asyncio.datagram_receiver(transport)
+        protocol: asyncio.DatagramProtocol = transport.get_protocol()
         size = transport.max_size
         for count in range(limit):
             try:
@@ -270,31 +281,33 @@ class BatchedReads:
 
 
 def _learn_pairs(sock: _Socket, tick: int) -> None:
-    sock.known = frozenset(pair.remote_addr for pair in sock.connection._check_list)
+    sock.known = of_aioice.paired_addresses(sock.connection)
     sock.known_tick = tick
 
 
 def _set_receive_buffer(transport: Any, size: int) -> None:
+    sock = transport.get_extra_info("socket")
     try:
-        current = transport._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        if current < size:
-            transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     except OSError:  # (a bigger buffer helps; reading at once is what matters)
         pass
 
 
-def _transports(pc: RTCPeerConnection) -> list[tuple[Any, Any, bool]]:
-    """The asyncio datagram transports of the peer connection's ICE sockets, each with its
-    aioice connection and whether it is a plain host socket (a TURN client's socket hears
-    from its server, whose address no pair names: its datagrams are not sorted)."""
-    found: list[tuple[Any, Any, bool]] = []
+def _transports(pc: RTCPeerConnection) -> list[tuple[Any, int, Any, bool]]:
+    """The asyncio selector-loop datagram transports of the peer connection's ICE sockets,
+    each with its socket's file descriptor, its aioice connection and whether it is a plain
+    host socket (a TURN client's socket hears from its server, whose address no pair names:
+    its datagrams are not sorted)."""
+    found: list[tuple[Any, int, Any, bool]] = []
     seen: set[int] = set()
     for connection in ice_connections(pc):
-        for protocol in connection._protocols:
+        for protocol in of_aioice.socket_protocols(connection):
             transport = protocol.transport
-            if transport is None or id(transport) in seen or not hasattr(transport, "_sock_fd"):
+            fd = of_asyncio.selector_fd(transport)
+            if transport is None or id(transport) in seen or fd is None:
                 continue
             seen.add(id(transport))
             plain = type(protocol) is aioice.ice.StunProtocol
-            found.append((transport, connection, plain))
+            found.append((transport, fd, connection, plain))
     return found

@@ -8,9 +8,9 @@ peer needs its own: the certificate is only checked against the fingerprint in o
 one certificate (renewed a day before it expires) and one context per SRTP profile list serve
 every peer, and per-connection state stays in each `SSL.Connection`.
 
-aiortc reads `RTCCertificate` from its `rtcpeerconnection` module when it builds a peer
-connection; this module is the one place that replaces it. Written against aiortc 1.16.0
-(pinned); tests/webrtc/test_dtls.py fails loudly if an upgrade moves the hook.
+Where aiortc looks its certificate up, and how it makes a context, are its own business: the
+room of internals (internals/of_aiortc.py: `SharedCertificate`, `replace_certificate_class`)
+does the replacing; this module says when a certificate is renewed.
 """
 
 from __future__ import annotations
@@ -18,26 +18,11 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-import aiortc.rtcpeerconnection
-from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
-from OpenSSL import SSL
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from ..internals.of_aiortc import SharedCertificate, replace_certificate_class
 
 RENEW_BEFORE = datetime.timedelta(days=1)
-
-
-class SharedCertificate(RTCCertificate):
-    """An RTCCertificate whose OpenSSL contexts are made once per SRTP profile list."""
-
-    def __init__(self, key: Any, cert: Any) -> None:
-        super().__init__(key, cert)
-        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
-
-    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
-        profiles = tuple(profile.openssl_profile for profile in srtp_profiles)
-        context = self._contexts.get(profiles)
-        if context is None:
-            context = self._contexts[profiles] = super()._create_ssl_context(srtp_profiles)
-        return context
 
 
 class _ProcessCertificate:
@@ -56,4 +41,4 @@ class _ProcessCertificate:
 def use_shared_certificate(enabled: bool = True) -> None:
     """Give every RTCPeerConnection made from now on the process's certificate."""
     target: Any = _ProcessCertificate if enabled else RTCCertificate
-    setattr(aiortc.rtcpeerconnection, "RTCCertificate", target)  # noqa: B010 (mypy: a type)
+    replace_certificate_class(target)

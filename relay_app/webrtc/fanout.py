@@ -44,14 +44,16 @@ class RelayTrack(MediaStreamTrack):
         self._metrics = metrics
         self.dropped = 0
 
-    def _put(self, item: Media, ingress: float) -> None:
+    def push(self, item: Media, ingress: float) -> None:
+        """The next item, from the fan-out (the oldest dropped when the queue is full)."""
         if len(self._items) == self._items.maxlen:
             self.dropped += 1
             self._metrics.count_drop("receiver_queue_full")
         self._items.append((item, ingress))
         self._ready.set()
 
-    def _close(self) -> None:
+    def end(self) -> None:
+        """No more items: `recv` ends once the queue is read."""
         self._closed = True
         self._ready.set()
 
@@ -133,14 +135,14 @@ class Fanout:
         if track in self._subscribers:
             self._subscribers.discard(track)
             self._metrics.live.relay_subscriptions -= 1
-        track._close()
+        track.end()
         track.stop()
 
     def publish(self, item: Media, ingress: float | None = None) -> None:
         """Hand `item` to every subscriber. Never blocks: full buffers drop their oldest."""
         ingress = time.monotonic() if ingress is None else ingress
         for track in self._subscribers:
-            track._put(item, ingress)
+            track.push(item, ingress)
 
     def close(self) -> None:
         """End every subscriber track; their recv() raises MediaStreamError."""

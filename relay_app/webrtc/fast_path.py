@@ -25,15 +25,16 @@ run (its first packet, a channel's handover: `follow`), rebase.continuing gives 
 A receiver that negotiated RED gets the packet with its redundancy, built once per packet
 for all of them (red.Outgoing), one or two packets back as its own loss reports ask.
 
-Like rtp_tap.py this reaches into aiortc 1.16.0 / aioice 0.13.0 internals (pinned);
-`tests/webrtc/test_fast_path.py` fails loudly if an upgrade moves what it uses.
+What it needs of aiortc, aioice, pylibsrtp and asyncio that they keep private (the sender's
+SSRC and report bookkeeping, the nominated pair, the SRTP session, the socket) it gets from
+the room of internals (internals/); on a loop other than asyncio's selector loop (uvloop)
+the copy goes out through the transport's public `sendto` instead of the socket's.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-import time
 from typing import Any
 
 import anyio
@@ -41,7 +42,6 @@ import pylibsrtp
 from aiortc import RTCPeerConnection
 from aiortc import clock as aiortc_clock
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import (
     RtcpByePacket,
     RtcpSdesPacket,
@@ -50,10 +50,10 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
 )
-from pylibsrtp._binding import ffi as _ffi  # type: ignore[import-not-found]
-from pylibsrtp._binding import lib as _lib
 
 from ..core.metrics import Metrics
+from ..internals import of_aioice, of_aiortc, of_asyncio
+from ..internals.of_pylibsrtp import InPlaceSrtp
 from .peer import Peer
 from .rebase import continuing
 from .red import Outgoing, distance_for, red_key
@@ -61,10 +61,6 @@ from .rtp_tap import negotiated_opus_payload_type
 
 _SEQUENCE_AND_TIMESTAMP = struct.Struct("!HI")  # RTP header bytes 2-7
 _UNRESOLVED = object()
-_SRTP_MAX_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
-
-# RTCRtpSender's name-mangled private attributes (its report loop's, its statistics').
-_SENDER = "_RTCRtpSender__"
 REPORT_INTERVAL = 5.0  # seconds between sender reports (browsers' for audio), x 0.5-1.5
 
 
@@ -87,40 +83,6 @@ class Placeholder(MediaStreamTrack):
         self._stopped.set()
 
 
-class InPlaceSrtp:
-    """SRTP protection written into the session's own C buffer, sent from there.
-
-    pylibsrtp's `protect` takes one bytes object, and per call allocates a length, copies the
-    packet in and copies the result out: ~0.6 us of a copy's ~13. Here the header and the
-    payload are written straight into the buffer libsrtp protects in place, and the socket
-    sends a view of it (sendto reads it before anything else can write there: one thread).
-    Written for pylibsrtp 1.0.0 (pinned); tests/webrtc/test_fast_path.py checks its parts.
-    """
-
-    def __init__(self, session: pylibsrtp.Session) -> None:
-        self._srtp = session._srtp[0]
-        self._cdata = session._cdata
-        buffer = session._buffer
-        self._buffer = buffer
-        self._view = memoryview(buffer)
-        self._room = len(buffer) - _SRTP_MAX_TRAILER
-        self._length = _ffi.new("int *")
-
-    def protect(self, header: bytearray, payload: bytes) -> memoryview:
-        """The protected packet of `header` + `payload`: a view valid until the next call."""
-        start = len(header)
-        size = start + len(payload)
-        if size > self._room:
-            raise ValueError(f"packet is too long for SRTP ({size} bytes)")
-        buffer, length = self._buffer, self._length
-        buffer[0:start] = header
-        buffer[start:size] = payload
-        length[0] = size
-        if code := _lib.srtp_protect(self._srtp, self._cdata, length):
-            raise pylibsrtp.Error(f"srtp_protect failed ({code})")
-        return self._view[: length[0]]
-
-
 class DirectSender:
     """Sends one receiver's copy of each packet, synchronously, once its transport is up."""
 
@@ -131,6 +93,8 @@ class DirectSender:
         self._sender: Any = None  # resolved on the first packet after DTLS is connected
         self._nominated: dict[int, Any] = {}  # ICE's nominated pair per component, and ours:
         self._pair: Any = _UNRESOLVED  # resolved again if the remote peer nominates another
+        self._dtls: Any = None  # its DTLS transport, and whether that is connected (kept by
+        self._connected = False  # the transport's statechange event: no lookup per copy)
         self._offset = random.getrandbits(16)  # added to the speaker's sequence numbers
         self._sent = (self._offset - 1) & 0xFFFF  # the newest sequence number sent
         self._follow = False
@@ -154,17 +118,12 @@ class DirectSender:
         once the track is added and before the connection starts (which starts aiortc's
         loop): aiortc's loop then only waits to be stopped and says goodbye (RTCP BYE).
         """
-        sender: Any = self._transceiver().sender
+        sender = self._transceiver().sender
 
-        async def run_rtcp() -> None:
-            getattr(sender, _SENDER + "rtcp_started").set()
-            try:
-                await anyio.sleep_forever()
-            finally:  # (stop() cancels it, then waits for rtcp_exited)
-                self._send_rtcp(bytes(RtcpByePacket(sources=[sender._ssrc])))
-                getattr(sender, _SENDER + "rtcp_exited").set()
+        def goodbye() -> None:
+            self._send_rtcp(bytes(RtcpByePacket(sources=[of_aiortc.sender_ssrc(sender)])))
 
-        sender._run_rtcp = run_rtcp
+        of_aiortc.take_over_sender_reports(sender, goodbye)
 
     def _transceiver(self) -> Any:
         """The audio transceiver it sends on, whatever the section order: a player that offers
@@ -177,9 +136,9 @@ class DirectSender:
         transceiver = self._transceiver()
         sender = transceiver.sender
         dtls = sender.transport
-        if dtls is None or dtls._state != DtlsState.CONNECTED:
+        if dtls is None or dtls.state != "connected":
             return False
-        self._nominated = dtls.transport._connection._nominated
+        self._nominated = of_aioice.nominated_pairs(of_aiortc.ice_connection(dtls))
         pair = self._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return False
@@ -189,24 +148,34 @@ class DirectSender:
         self._red_key = red_key(self._opus, self._distance)
         red = self._peer.red_payload_type
         self.red = red is not None
+        self._ssrc = of_aiortc.sender_ssrc(sender)
         template = RtpPacket(
-            payload_type=self._opus if red is None else red, marker=1, ssrc=sender._ssrc
+            payload_type=self._opus if red is None else red, marker=1, ssrc=self._ssrc
         )
         template.extensions.mid = transceiver.mid
-        self._header = bytearray(
-            template.serialize(getattr(sender, _SENDER + "rtp_header_extensions_map"))
-        )
-        self._dtls = dtls
-        self._srtp = InPlaceSrtp(dtls._tx_srtp)
-        # The nominated pair's socket itself: asyncio's transport would only add checks and,
-        # when the kernel's buffer is full, a queue; late audio is no better than lost. Once
-        # the socket is closed its sendto raises, and the DTLS state is checked first anyway.
-        transport: Any = pair.protocol.transport
-        self._sendto = transport._sock.sendto
+        self._header = bytearray(template.serialize(of_aiortc.header_extensions(sender)))
+        if dtls is not self._dtls:
+            self._watch(dtls)
+        self._srtp_session = of_aiortc.outbound_srtp(dtls)
+        self._srtp = InPlaceSrtp(self._srtp_session)
+        # The nominated pair's socket itself (of_asyncio.datagram_sendto: one direct call
+        # per copy on asyncio's loop). Once the socket is closed its sendto raises, and the
+        # DTLS state is checked first anyway.
+        self._sendto = of_asyncio.datagram_sendto(pair.protocol.transport)
         self._address = pair.remote_addr
         self._pair = pair
         self._sender = sender
         return True
+
+    def _watch(self, dtls: Any) -> None:
+        """Keep `_connected` as the DTLS transport's state says (it only records the fact)."""
+        self._dtls = dtls
+        self._connected = True
+
+        def state_changed() -> None:
+            self._connected = dtls.state == "connected"
+
+        dtls.on("statechange", state_changed)
 
     def follow(self) -> None:
         """The next packet is another sender's (a channel's handover): number on from the
@@ -225,22 +194,16 @@ class DirectSender:
     @property
     def reported_loss(self) -> int:
         """The fraction of our packets the receiver last reported lost (RTCP, /256)."""
-        stats = self._remote_inbound()
-        return int(stats.fractionLost) if stats is not None else 0
-
-    def _remote_inbound(self) -> Any:
-        """aiortc's record of the receiver's newest report about our stream, if any."""
         if self._sender is None:
-            return None
-        return getattr(self._sender, _SENDER + "stats").get(
-            f"remote-inbound-rtp_{id(self._sender)}"
-        )
+            return 0
+        stats = of_aiortc.remote_inbound_stats(self._sender)
+        return int(stats.fractionLost) if stats is not None else 0
 
     def __call__(self, packet: Outgoing) -> int:
         """Send this receiver's copy; the payload bytes sent (0: not sent)."""
         if self._nominated.get(1) is not self._pair and not self._resolve():
             return 0  # not connected yet: nothing to send to (the standard path waits too)
-        if self._dtls._state is not DtlsState.CONNECTED:
+        if not self._connected:
             self._metrics.count_drop("receiver_not_connected")
             return 0
         if self._follow:
@@ -273,7 +236,6 @@ class DirectSender:
         interval = REPORT_INTERVAL * (0.5 + random.random())  # (RFC 3550)
         self._report_due = packet.arrival + interval
         pts = packet.pts
-        sender = self._sender
         ntp = aiortc_clock.current_ntp_time()
         info = RtcpSenderInfo(
             ntp_timestamp=ntp,
@@ -281,23 +243,20 @@ class DirectSender:
             packet_count=self._packets & 0xFFFFFFFF,
             octet_count=self._octets & 0xFFFFFFFF,
         )
-        report = bytes(RtcpSrPacket(ssrc=sender._ssrc, sender_info=info))
-        cname = getattr(sender, _SENDER + "cname")
+        report = bytes(RtcpSrPacket(ssrc=self._ssrc, sender_info=info))
+        cname = of_aiortc.sender_cname(self._sender)
         if cname is not None:
-            chunk = RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode("utf8"))])
+            chunk = RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode("utf8"))])
             report += bytes(RtcpSdesPacket(chunks=[chunk]))
         self._send_rtcp(report)
         # What aiortc reads back: its round-trip time from the receiver's next report, and
         # its own statistics (getStats).
-        setattr(sender, _SENDER + "lsr", (ntp >> 16) & 0xFFFFFFFF)
-        setattr(sender, _SENDER + "lsr_time", time.time())
-        setattr(sender, _SENDER + "packet_count", self._packets)
-        setattr(sender, _SENDER + "octet_count", self._octets)
+        of_aiortc.note_sender_report(self._sender, ntp, self._packets, self._octets)
 
     def _send_rtcp(self, payload: bytes) -> None:
-        if self._sender is None or self._dtls._state is not DtlsState.CONNECTED:
+        if self._sender is None or not self._connected:
             return
         try:
-            self._sendto(self._dtls._tx_srtp.protect_rtcp(payload), self._address)
+            self._sendto(self._srtp_session.protect_rtcp(payload), self._address)
         except OSError:
             self._metrics.count_drop("receiver_send_failed")

@@ -16,6 +16,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ..core.config import Settings
 from ..core.metrics import LiveCounts
+from ..internals import of_aioice, of_aiortc
 from .ice import announce
 from .sdp import negotiated_red, with_opus_fec, with_red
 
@@ -98,7 +99,7 @@ def ice_connections(pc: RTCPeerConnection) -> list[Any]:
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport or transceiver.receiver.transport
         if dtls is not None:
-            connections.append(dtls.transport._connection)
+            connections.append(of_aiortc.ice_connection(dtls))
     return connections
 
 
@@ -116,9 +117,7 @@ async def _stop_late_starters(pc: RTCPeerConnection, connections: list[Any]) -> 
     for _ in range(3):
         await anyio.sleep(0.01)  # let a connect() that is finishing start its tasks
         for connection in connections:
-            task = getattr(connection, "_query_consent_task", None)
-            if task is not None and not task.done():
-                task.cancel()
+            of_aioice.cancel_consent_check(connection)
     for transceiver in pc.getTransceivers():
         await transceiver.sender.stop()
         await transceiver.receiver.stop()

@@ -1,17 +1,14 @@
-"""The one place relay_app reaches into aiortc's internals: encoded Opus packets as they arrive.
+"""Encoded Opus packets as they arrive: a tap on a receiver, before aiortc's own handling.
 
 aiortc has no public hook for received RTP: a receiver depacketizes into its jitter buffer
 (which holds ~4 packets before releasing any) and decodes in a thread. A forwarding relay
-wants the Opus payload the moment it arrives, without decoding it per receiver. So this
-module wraps one receiver *instance*'s `_handle_rtp_packet`, which `RTCDtlsTransport` awaits
-for every decrypted RTP packet routed to that receiver, and hands each packet to a callback
-first. aiortc's own handling (jitter buffer, decode) runs after it only where PCM is needed
-(`then_aiortc`: transcode mode); a forward-mode sender's packets stop at the tap, which
-then keeps aiortc's per-source loss statistics itself: aiortc's RTCP receiver reports read
-them, and a browser's Opus encoder turns its in-band FEC on only when those report loss.
-
-Written for aiortc 1.16.0 (pinned in pyproject.toml). `tests/webrtc/test_rtp_tap.py` fails loudly if
-an upgrade moves or renames what this relies on.
+wants the Opus payload the moment it arrives, without decoding it per receiver. So the tap
+wraps one receiver *instance*'s packet handler (through the room of internals:
+internals/of_aiortc.py) and hands each packet to a callback first. aiortc's own handling
+(jitter buffer, decode) runs after it only where PCM is needed (`then_aiortc`: transcode
+mode); a forward-mode sender's packets stop at the tap, which then keeps aiortc's per-source
+loss statistics itself: aiortc's RTCP receiver reports read them, and a browser's Opus
+encoder turns its in-band FEC on only when those report loss.
 """
 
 from __future__ import annotations
@@ -28,13 +25,11 @@ from aiortc.sdp import SessionDescription
 from av.packet import Packet
 
 from ..core.errors import NegotiationError
+from ..internals import of_aiortc
 
-WRITTEN_FOR_AIORTC = "1.16.0"
 OPUS_CLOCK_RATE = 48000  # RFC 7587: Opus RTP always uses a 48 kHz clock
 OPUS_FRAME_SAMPLES = 960  # one 20 ms packet on that clock
 _OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
-_HOOK = "_handle_rtp_packet"
-_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"  # ssrc -> StreamStatistics (RTCP RR)
 
 
 def negotiated_opus_payload_type(pc: RTCPeerConnection) -> int:
@@ -97,22 +92,24 @@ def tap_receiver(
     are what `on_packet` and, with `then_aiortc`, aiortc's jitter buffer and decoder get.
     `then_aiortc=False` skips aiortc's handling (jitter buffer, decode): forward mode.
     """
-    original = getattr(receiver, _HOOK)
-    statistics: dict[int, StreamStatistics] = getattr(receiver, _REMOTE_STREAMS)
+    statistics = of_aiortc.receiver_loss_statistics(receiver)
 
-    async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
-        arrival = time.monotonic()
-        if not then_aiortc:  # (with aiortc's handling, aiortc counts what it is given)
-            source = statistics.get(packet.ssrc)
-            if source is None:
-                source = statistics[packet.ssrc] = StreamStatistics(OPUS_CLOCK_RATE)
-            source.add(packet)
-        for opus in repair(packet) if repair is not None else (packet,):
-            on_packet(opus, arrival)
-            if then_aiortc:
-                await original(opus, arrival_time_ms=arrival_time_ms)
+    def wrap(original: of_aiortc.RtpHandler) -> of_aiortc.RtpHandler:
+        async def tapped(packet: RtpPacket, arrival_time_ms: int) -> None:
+            arrival = time.monotonic()
+            if not then_aiortc:  # (with aiortc's handling, aiortc counts what it is given)
+                source = statistics.get(packet.ssrc)
+                if source is None:
+                    source = statistics[packet.ssrc] = StreamStatistics(OPUS_CLOCK_RATE)
+                source.add(packet)
+            for opus in repair(packet) if repair is not None else (packet,):
+                on_packet(opus, arrival)
+                if then_aiortc:
+                    await original(opus, arrival_time_ms)
 
-    setattr(receiver, _HOOK, _handle_rtp_packet)
+        return tapped
+
+    of_aiortc.wrap_rtp_handler(receiver, wrap)
 
 
 def receive_red(pc: RTCPeerConnection, payload_type: int) -> None:
@@ -125,9 +122,7 @@ def receive_red(pc: RTCPeerConnection, payload_type: int) -> None:
     red = RTCRtpCodecParameters(
         mimeType="audio/red", clockRate=OPUS_CLOCK_RATE, channels=2, payloadType=payload_type
     )
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind == "audio":
-            transceiver._codecs.append(red)
+    of_aiortc.route_payload_type(pc, red)
 
 
 def audio_receiver(pc: RTCPeerConnection, track: Any) -> RTCRtpReceiver:

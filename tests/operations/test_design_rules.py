@@ -1,14 +1,18 @@
 """The design rules, checked on the source: no fire-and-forget tasks, small rooms, imports
-that only run down the layers, and every door through the one guard."""
+that only run down the layers, every door through the one guard, and the libraries' internals
+touched only in their room."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from relay_app.core.config import Settings
 from relay_app.endpoints.guard import GUARDED
@@ -21,6 +25,7 @@ PACKAGE = REPO / "relay_app"
 # stand above them all; `relay_app` itself (the version) is below everything.
 LAYERS = (
     "core",
+    "internals",
     "webrtc",
     "audio",
     "client",
@@ -182,3 +187,245 @@ def test_bench_and_tests_share_relay_app_tools_without_path_hacks() -> None:
         or (folder == "tests" and re.match(r"\s*(from|import) bench\b", line))
     ]
     assert not offenders, offenders
+
+
+# The room of internals (relay_app/internals/), and the libraries whose private names only it
+# may touch: aiortc, aioice, pylibsrtp, asyncio, Quart and Hypercorn (with the parts of them
+# that come from wsproto and Werkzeug: the WebSocket protocol, the request proxies).
+ROOM = PACKAGE / "internals"
+INTERNAL_LIBRARIES = (
+    "aiortc",
+    "aioice",
+    "pylibsrtp",
+    "asyncio",
+    "quart",
+    "hypercorn",
+    "wsproto",
+    "werkzeug",
+)
+_MANGLED = re.compile(r"_[A-Za-z]\w*__\w*$")  # a class's private `__x`, as Python spells it
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+@cache
+def _library_privates() -> tuple[frozenset[str], dict[tuple[str, str], frozenset[str]]]:
+    """Every private name the libraries define (methods, attributes, module names; a class's
+    `__x` as `_Class__x`), and those each of their classes defines, by (module, class)."""
+    everything: set[str] = set()
+    by_class: dict[tuple[str, str], frozenset[str]] = {}
+    for library in INTERNAL_LIBRARIES:
+        root = Path(importlib.import_module(library).__file__ or "").parent
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(root.parent).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef):
+                    names = _defined_in(node)
+                    by_class[(module, node.name)] = frozenset(names)
+                    everything |= names
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    if _private(node.name):
+                        everything.add(node.name)
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and _private(node.attr)
+                ):
+                    everything.add(node.attr)
+    return frozenset(everything), by_class
+
+
+def _defined_in(klass: ast.ClassDef) -> set[str]:
+    names = set()
+    owner = klass.name.lstrip("_")
+    for node in ast.walk(klass):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            name = node.name
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            name = node.attr
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            name = node.id
+        else:
+            continue
+        if name.startswith("__") and not name.endswith("__"):
+            names.add(f"_{owner}{name}")
+        elif _private(name):
+            names.add(name)
+    return names
+
+
+def _bindings(tree: ast.Module) -> dict[str, str]:
+    """The module's names bound by imports from the libraries -> what they name (dotted)."""
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in INTERNAL_LIBRARIES:
+                    if alias.asname:
+                        bound[alias.asname] = alias.name
+                    else:
+                        bound[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            for alias in node.names if node.module.split(".")[0] in INTERNAL_LIBRARIES else ():
+                bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return bound
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _library_object(node: ast.AST, bound: dict[str, str]) -> Any:
+    """The library module or class an expression names through the module's imports, or
+    None (anything of ours, or a local)."""
+    dotted = _dotted(node)
+    if dotted is None or dotted.split(".")[0] not in bound:
+        return None
+    path = (bound[dotted.split(".")[0]] + dotted[len(dotted.split(".")[0]) :]).split(".")
+    for split in range(len(path), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(path[:split]))
+        except ImportError:
+            continue
+        for name in path[split:]:
+            found = getattr(found, name, None)
+        return found
+    return None
+
+
+def _inherited_privates(klass: ast.ClassDef, bound: dict[str, str]) -> frozenset[str]:
+    """The private names a class of ours inherits from the libraries' classes it extends."""
+    _, by_class = _library_privates()
+    names: set[str] = set()
+    for base in klass.bases:
+        found = _library_object(base, bound)
+        for ancestor in getattr(found, "__mro__", ()):
+            names |= by_class.get((ancestor.__module__, ancestor.__qualname__), frozenset())
+    return frozenset(names)
+
+
+def _reaches(code: str) -> Iterator[tuple[int, str]]:
+    """Where a module's code touches a private name of the libraries (see the test below)."""
+    everything, _ = _library_privates()
+    tree = ast.parse(code)
+    bound = _bindings(tree)
+    inherited = {
+        id(node): _inherited_privates(node, bound)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
+
+    # `privates`: inside a class, the private names it inherits from the libraries (its own
+    # `self._x` are ours); outside any class, None (a `self` there is nobody's in particular).
+    def visit(node: ast.AST, privates: frozenset[str] | None) -> Iterator[tuple[int, str]]:
+        if isinstance(node, ast.ClassDef):
+            privates = inherited[id(node)]
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] in INTERNAL_LIBRARIES and (
+                any(_private(part) for part in node.module.split("."))
+                or any(_private(alias.name) for alias in node.names)
+            ):
+                yield node.lineno, f"imports {ast.unparse(node)}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in INTERNAL_LIBRARIES and any(
+                    _private(part) for part in alias.name.split(".")
+                ):
+                    yield node.lineno, f"imports {alias.name}"
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in (
+            privates or ()
+        ):
+            yield node.lineno, f"overrides {node.name}"
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            value = node.value
+            mine = isinstance(value, ast.Name) and value.id in ("self", "cls")
+            mine = mine or (isinstance(value, ast.Call) and ast.unparse(value.func) == "super")
+            if node.attr in (privates if mine and privates is not None else everything):
+                yield node.lineno, ast.unparse(node)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _MANGLED.match(node.value):
+                yield node.lineno, repr(node.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            arguments = node.args
+            if node.func.id in ("getattr", "setattr", "hasattr", "delattr") and arguments:
+                name = arguments[1] if len(arguments) > 1 else None
+                if isinstance(name, ast.Constant) and name.value in everything:
+                    yield node.lineno, ast.unparse(node)
+                elif node.func.id in ("setattr", "delattr") and (
+                    _library_object(arguments[0], bound) is not None
+                ):
+                    yield node.lineno, f"patches {ast.unparse(node)}"
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and (
+                    _library_object(target.value, bound) is not None
+                ):
+                    yield node.lineno, f"patches {ast.unparse(target)}"
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, privates)
+
+    yield from visit(tree, None)
+
+
+def test_library_internals_are_touched_only_in_the_room() -> None:
+    """Outside relay_app/internals/ nothing names a private attribute, method or module of
+    aiortc, aioice, pylibsrtp, asyncio, Quart or Hypercorn, overrides one in a subclass,
+    spells a mangled `_Class__x`, or replaces a library's module or class attribute: an
+    upgrade or another event loop breaks in the room, where tests/internals names the
+    reach. `self._x` of our own classes is ours (unless the class inherits `_x` from one of
+    theirs), as is any name none of the libraries defines."""
+    outside = sorted(path for path in PACKAGE.rglob("*.py") if ROOM not in path.parents)
+    reaches = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for path in outside
+        for line, what in _reaches(path.read_text())
+    ]
+    assert not reaches, reaches
+
+
+def test_the_room_rule_sees_a_reach() -> None:
+    """The rule above finds what it is for (a fixture of reaches it must see, and of our own
+    names it must let be)."""
+    sample = (
+        "import aioice.ice\n"
+        "from aiortc.mediastreams import MediaStreamTrack\n"
+        "from pylibsrtp._binding import lib\n"
+        "from hypercorn.protocol import h11\n"
+        "def send(transport, dtls, sender):\n"
+        "    transport._sock.sendto(b'', None)\n"
+        "    getattr(sender, '_RTCRtpSender__stats')\n"
+        "    return dtls._state\n"
+        "aioice.ice.get_host_addresses = None\n"
+        "setattr(h11, 'WSStream', None)\n"
+        "def get_component_candidates(self):\n"
+        "    self._protocols.append(None)\n"
+        "class Track(MediaStreamTrack):\n"
+        "    def __init__(self):\n"
+        "        self._queue = []\n"
+        "        self._id = 1\n"
+        "class Ours:\n"
+        "    def _state(self):\n"
+        "        return self._sock, self._state()\n"
+    )
+    found = [what for _, what in _reaches(sample)]
+    assert found == [
+        "imports from pylibsrtp._binding import lib",
+        "transport._sock",
+        "getattr(sender, '_RTCRtpSender__stats')",
+        "'_RTCRtpSender__stats'",
+        "dtls._state",
+        "patches aioice.ice.get_host_addresses",
+        "patches setattr(h11, 'WSStream', None)",
+        "self._protocols",
+        "self._id",
+    ], found

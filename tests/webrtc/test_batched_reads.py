@@ -1,21 +1,20 @@
 """batched_reads.py: an unheard sender's packets are read in batches, none lost, and one at a
-time again once someone listens. It reaches into aioice and asyncio's selector loop; these
-fail loudly when an upgrade moves what it uses."""
+time again once someone listens; on uvloop it stays off and the peers are read as usual (what
+it reaches for in aioice and asyncio is checked in tests/internals/test_internals.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
-import aioice.ice
 import anyio
 import pytest
+import structlog.testing
 from aioice import stun
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
@@ -30,19 +29,6 @@ from relay_app.webrtc.batched_reads import (
 from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
 
 pytestmark = pytest.mark.anyio
-
-
-def test_what_batched_reads_uses_is_where_it_was() -> None:
-    transport_source = inspect.getsource(asyncio.selector_events._SelectorDatagramTransport)
-    assert "self._sock.recvfrom(self.max_size)" in transport_source
-    assert "self._protocol.datagram_received(data, addr)" in transport_source
-    loop_source = inspect.getsource(asyncio.selector_events.BaseSelectorEventLoop)
-    assert "def _add_reader(self, fd, callback, *args)" in loop_source
-    assert "def _remove_reader(self, fd)" in loop_source
-    connection_source = inspect.getsource(aioice.ice.Connection)
-    assert "self._protocols: list[StunProtocol] = []" in connection_source
-    assert "self._check_list: list[CandidatePair] = []" in connection_source
-    assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
 
 
 async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_again() -> None:
@@ -103,7 +89,7 @@ async def test_the_sockets_go_back_on_the_loop_when_the_reader_stops() -> None:
     try:
         pc.addTransceiver("audio")
         await pc.setLocalDescription(await pc.createOffer())  # (gathers: the sockets exist)
-        fds = [transport._sock_fd for transport, _, _ in _transports(pc)]
+        fds = [fd for _, fd, _, _ in _transports(pc)]
         assert fds and all(fd in loop._selector.get_map() for fd in fds)
         with reads.watching(pc, lambda: True):
             async with anyio.create_task_group() as tg:
@@ -156,7 +142,7 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
         with anyio.fail_after(10):
             while not arrivals:
                 await anyio.sleep(0.02)
-        [(transport, _, sorted_)] = _transports(relay)
+        [(transport, _, _, sorted_)] = _transports(relay)
         address = transport.get_extra_info("sockname")[:2]
         assert sorted_
         reads = BatchedReads(interval=0.05)
@@ -166,7 +152,7 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
                 await wait_until(lambda: reads.statistics() == ReadStatistics(1, 0, 0))
                 # From the peer's own address, a first byte that is none of STUN, DTLS or
                 # RTP/RTCP is junk too.
-                [(speaker_transport, _, _)] = _transports(speaker)
+                [(speaker_transport, _, _, _)] = _transports(speaker)
                 speaker_transport.sendto(b"\x70not media", address)
                 sent = 0
                 for burst in range(100):  # 1 s at 30,000 a second
@@ -201,3 +187,48 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
     assert len(arrivals) > guarded + 50
     since = arrivals[guarded:]
     assert since == [(since[0] + i) & 0xFFFF for i in range(len(since))]
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_on_uvloop_the_reader_says_once_it_is_off_and_peers_are_read_as_they_come(
+    anyio_backend: Any,
+) -> None:
+    """uvloop has neither the selector loop's reader registration nor its transports'
+    sockets: the reader logs `batched_reads_off` once, at info, pauses nothing, and an
+    unheard peer's packets still arrive one by one."""
+    speaker, relay = RTCPeerConnection(), RTCPeerConnection()
+    arrivals: list[tuple[float, int]] = []
+
+    def on_track(track: Any) -> None:
+        def on_packet(packet: RtpPacket, arrival: float) -> None:
+            arrivals.append((arrival, packet.sequence_number))
+
+        tap_receiver(audio_receiver(relay, track), on_packet, then_aiortc=False)
+
+    relay.on("track", on_track)
+    speaker.addTrack(ToneTrack(440))
+    reads = BatchedReads(interval=0.05)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reads.run)
+                with reads.watching(relay, lambda: True):
+                    await speaker.setLocalDescription(await speaker.createOffer())
+                    await relay.setRemoteDescription(speaker.localDescription)
+                    await relay.setLocalDescription(await relay.createAnswer())
+                    await speaker.setRemoteDescription(relay.localDescription)
+                    await wait_until(lambda: len(arrivals) >= 5, timeout=10)
+                    start = len(arrivals)
+                    await anyio.sleep(1.0)  # (twenty of the reader's intervals)
+                    assert reads.statistics() == ReadStatistics(0, 0, 0)
+                    assert _transports(relay) == []  # (no selector-loop sockets to pause)
+                tg.cancel_scope.cancel()
+    finally:
+        await speaker.close()
+        await relay.close()
+    off = [entry for entry in logs if entry["event"] == "batched_reads_off"]
+    assert len(off) == 1 and off[0]["log_level"] == "info", logs
+    assert "uvloop" in off[0]["reason"]
+    assert _per_wake_up(arrivals[start:]) < 1.5, arrivals[start:]
+    sequence = [number for _, number in arrivals]
+    assert sequence == [(sequence[0] + i) & 0xFFFF for i in range(len(sequence))]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import aiortc.rtcpeerconnection
 import pytest
 from aiortc import RTCPeerConnection
-from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 
-from relay_app.webrtc.dtls import SharedCertificate, use_shared_certificate
+from relay_app.internals.of_aiortc import SharedCertificate
+from relay_app.webrtc.dtls import use_shared_certificate
 
 pytestmark = pytest.mark.anyio
 
@@ -21,12 +21,6 @@ def shared() -> Iterator[None]:
         yield
     finally:
         use_shared_certificate(False)
-
-
-def test_aiortc_still_looks_up_its_certificate_where_we_replace_it() -> None:
-    """Fails loudly on an aiortc upgrade that moves the hook (aiortc 1.16.0 is pinned)."""
-    assert aiortc.rtcpeerconnection.RTCCertificate is RTCCertificate
-    assert hasattr(RTCCertificate, "_create_ssl_context")
 
 
 async def test_every_peer_connection_gets_the_one_certificate(shared: None) -> None:
