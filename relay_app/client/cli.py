@@ -72,6 +72,8 @@ async def _follow(client: RelayClient) -> None:
                 _print_event("stream_ended", **message.model_dump(exclude={"type"}))
             elif isinstance(message, p.StreamStarted):
                 _print_event("receiving", stream_id=message.stream_id, label=message.label)
+            elif isinstance(message, p.Disconnected):  # the operator's Disconnect or Remove
+                _print_event("disconnected", reason=message.reason, message=message.message)
 
 
 def _print_event(event: str, **fields: Any) -> None:
@@ -157,8 +159,12 @@ async def _watch_sending(client: RelayClient, ended: list[str], scope: anyio.Can
             message = await client.next_message(timeout=math.inf)
             if isinstance(message, p.StreamEnded):
                 ended.append(message.reason)
-                scope.cancel()
-                return
+            elif isinstance(message, p.Disconnected):  # the operator's Disconnect or Remove
+                ended.append(message.message)
+            else:
+                continue
+            scope.cancel()
+            return
 
 
 def _sender_outcome(client: RelayClient, ended: list[str]) -> int:

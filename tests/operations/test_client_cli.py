@@ -123,6 +123,23 @@ async def test_send_says_why_an_operator_ended_it_and_fails(server: ServerProces
     assert "sending ended by the server: stopped by an operator" in err, err
 
 
+@pytest.mark.anyio
+async def test_send_says_the_operator_disconnected_it_and_fails(server: ServerProcess) -> None:
+    sender = _client(server, "send", "--tone", "440", "--channel", "desk", "--duration", "60")
+    try:
+        stored = await anyio.to_thread.run_sync(
+            lambda: server.wait_event("stream_stored", timeout=20, stream_id="desk")
+        )
+        disconnect = f"/admin/sessions/{stored['connection_id']}/disconnect"
+        assert server.post(disconnect).status_code == 200
+        _, err = await anyio.to_thread.run_sync(lambda: sender.communicate(timeout=30))
+    finally:
+        sender.kill()
+    assert sender.returncode == 1
+    said = "sending ended by the server: The operator disconnected you. Reload this page"
+    assert said in err, err
+
+
 def test_the_clients_follow_the_servers_port_from_the_environment(server: ServerProcess) -> None:
     env = {"RELAY_SERVER__PORT": str(server.port)}
     result = _run("relay_app.client", *LOOPBACK, "listen", "--no-wait", "--duration", "2", env=env)
