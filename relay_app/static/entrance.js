@@ -55,7 +55,12 @@ function tile(channel) {
   img.src = qrSource(channel.channel, channel.token);
   img.alt = `QR code: scan it with a phone to listen to ${channel.label}`;
   img.width = img.height = 222; // (the stylesheet sizes it to the screen)
-  img.addEventListener("error", () => item.remove()); // refused: an invite that no longer works
+  img.addEventListener("error", () => {
+    // Refused: an invite that no longer works (withdrawn). The next refresh mints another.
+    invites.forget(channel.channel);
+    shown = "";
+    item.remove();
+  });
   const caption = document.createElement("figcaption");
   const label = document.createElement("span");
   label.className = "label";

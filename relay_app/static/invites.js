@@ -70,6 +70,12 @@ export class Invites {
     return null;
   }
 
+  /** A channel's invite no longer works (the operator withdrew it): the next `for` mints
+   * another instead of waiting for the hourly renewal. */
+  forget(channel) {
+    this.held.delete(channel);
+  }
+
   /** When the oldest invite held stops working (ms), or null. */
   get expires() {
     const times = [...this.held.values()].filter((h) => h.token).map((h) => h.expires);
