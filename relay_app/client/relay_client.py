@@ -41,6 +41,8 @@ class ServerError(Exception):
 M = TypeVar("M", bound=p.ServerMessage)
 Outgoing = p.ClientMessage | dict[str, Any] | str | bytes
 """A protocol model; or, for tests of bad input, a raw dict, text or binary frame."""
+Notice = p.SpeakerLost | p.SpeakerBack | p.Booth
+NOTICES = (p.SpeakerLost, p.SpeakerBack, p.Booth)
 
 
 class RelayClient:
@@ -60,6 +62,9 @@ class RelayClient:
         self.welcome: p.Welcome | None = None
         self.messages: deque[p.ServerMessage] = deque(maxlen=MESSAGES_KEPT)  # newest, in order
         self.visualizations: deque[p.Visualization] = deque(maxlen=MESSAGES_KEPT)
+        # What the server says along the way (speaker_lost, speaker_back, booth): kept
+        # here, in `messages` too, and never in the way of `expect`.
+        self.notices: deque[Notice] = deque(maxlen=MESSAGES_KEPT)
         self._inbox: deque[p.ServerMessage] = deque(maxlen=MESSAGES_KEPT)
         self._arrived = anyio.Event()
         self.pc: RTCPeerConnection | None = None
@@ -117,6 +122,8 @@ class RelayClient:
                 self.messages.append(message)
                 if isinstance(message, p.Visualization):
                     self.visualizations.append(message)
+                elif isinstance(message, NOTICES):
+                    self.notices.append(message)
                 else:
                     self._inbox.append(message)  # full: the oldest unread one is dropped
                 self._wake()
@@ -140,7 +147,8 @@ class RelayClient:
         await self.ws.send(message)
 
     async def next_message(self, timeout: float = 10) -> p.ServerMessage:
-        """The next message other than a visualization; EndOfStream once the socket closed."""
+        """The next message other than a visualization or a notice; EndOfStream once the
+        socket closed."""
         with anyio.fail_after(timeout):
             while not self._inbox:
                 if self.closed.is_set():

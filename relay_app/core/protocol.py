@@ -72,8 +72,33 @@ class Stop(_ClientMessage):
     type: Literal["stop"] = "stop"
 
 
+class WaitToSpeak(_ClientMessage):
+    """A speaker waits for their turn on a channel (an interpreter's booth partner): the
+    session's role is "waiting" until `your_turn`, `stop` or a start_sending."""
+
+    type: Literal["wait_to_speak"] = "wait_to_speak"
+    channel: str = Field(pattern=CHANNEL_PATTERN)
+    name: str | None = Field(None, max_length=200)  # (cut to 40 characters for people)
+
+
+class HandOver(_ClientMessage):
+    """The channel's live speaker hands it to a speaker waiting on it (`to`: their name; by
+    default whoever has waited longest): they are told `your_turn` and take it over."""
+
+    type: Literal["hand_over"] = "hand_over"
+    to: str | None = Field(None, max_length=200)
+
+
 ClientMessage = Annotated[
-    StartSending | StartReceiving | Answer | GetAvailableStreams | Ping | Stop | Auth,
+    StartSending
+    | StartReceiving
+    | Answer
+    | GetAvailableStreams
+    | Ping
+    | Stop
+    | Auth
+    | WaitToSpeak
+    | HandOver,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -85,6 +110,8 @@ CLIENT_TYPES = (
     "ping",
     "stop",
     "auth",
+    "wait_to_speak",
+    "hand_over",
 )
 
 
@@ -185,6 +212,47 @@ class StreamEnded(_ServerMessage):
     # To a channel's receivers: the server keeps them on the channel and sends
     # `stream_started` and a fresh `offer` on this socket when its next sender is live.
     waiting: bool = False
+    # What happened, for people ("Marie took over English", "The operator stopped your
+    # microphone"); pages show it when present. `by`: who did it (a name), if someone did.
+    message: str | None = None
+    by: str | None = None
+
+
+class SpeakerLost(_ServerMessage):
+    """To a stream's listeners: no packet from its speaker for a second (a frozen laptop, a
+    dropped Wi-Fi). `since`: the last packet (Unix time). The channel is freed after
+    streams.speaker_lost_after unless `speaker_back` comes first."""
+
+    type: Literal["speaker_lost"] = "speaker_lost"
+    stream_id: str
+    label: str
+    since: float
+    message: str
+
+
+class SpeakerBack(_ServerMessage):
+    type: Literal["speaker_back"] = "speaker_back"
+    stream_id: str
+    label: str
+
+
+class YourTurn(_ServerMessage):
+    """To a speaker waiting on `channel`: take it over now (start_sending with takeover)."""
+
+    type: Literal["your_turn"] = "your_turn"
+    channel: str
+    label: str
+    by: str | None = None  # who handed it over: the live speaker's name, or "the operator"
+
+
+class Booth(_ServerMessage):
+    """To a channel's speaker and the speakers waiting on it, whenever that changes."""
+
+    type: Literal["booth"] = "booth"
+    channel: str
+    label: str
+    speaking: str | None = None  # the live speaker's name
+    waiting: list[str] = []  # names, longest waiting first
 
 
 class Visualization(_ServerMessage):
@@ -228,6 +296,10 @@ ServerMessage = (
     | Authenticated
     | Error
     | Disconnected
+    | SpeakerLost
+    | SpeakerBack
+    | YourTurn
+    | Booth
 )
 
 

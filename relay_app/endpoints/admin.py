@@ -34,8 +34,9 @@ from ..core.errors import RelayError
 from ..core.logs import get_logger
 from ..core.people import MAX_NAME, clean_name
 from ..core.protocol import Disconnected
+from ..media.booth import OPERATOR, booth_row, give_turn, waiting_on
 from ..streams.context import RelayContext
-from ..streams.stream import UNNAMED_PREFIX, EndCause, SessionInfo
+from ..streams.stream import UNNAMED_PREFIX, EndCause, SessionInfo, name_of
 from .guard import ADMIN, REMOVED_WORDS, Entry, Guard
 
 log = get_logger("relay_app.admin")
@@ -307,9 +308,29 @@ def _channel_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             stream = registry.streams.get(row["channel"])
             live = stream is not None and not stream.ended.is_set()
             row["level_dbfs"] = stream.level if live and stream is not None else None
+            row.update(booth_row(ctx, row["channel"]))  # speaking, waiting, speaker lost
+            if row["speaker_lost"]:
+                row["level_dbfs"] = None  # (the last level heard is not what plays now)
         extra = sorted(registry.locked - {row["channel"] for row in rows})
         rows += [{"channel": name, "live": False, "locked": True} for name in extra]
         return jsonify({"channels": rows})
+
+    @app.post("/admin/channels/<channel>/handover")
+    @_admin_only(guard)
+    async def _handover(caller: Caller, channel: str) -> Any:
+        """Hand `channel` to a speaker waiting on it (`{"to": connection_id}`; none: whoever
+        has waited longest): they are told `your_turn` and take it over (media/booth.py)."""
+        body = await request.get_json(force=True, silent=True) or {}
+        to = str(body.get("to") or "") if isinstance(body, dict) else ""
+        if CHANNEL_NAME_RE.fullmatch(channel) is None:
+            raise NotFound(f"There is no channel called {channel[:40]!r}.")
+        known = channel in ctx.settings.channels or channel in registry.streams
+        if not known and not waiting_on(ctx, channel):
+            raise NotFound(f"There is no channel called {channel!r}.")
+        partner = give_turn(ctx, channel, lambda info: to in ("", info.connection_id), OPERATOR)
+        _log(caller, "admin_channel_handed_over", channel=channel, to=partner.connection_id)
+        to = partner.connection_id
+        return jsonify({"channel": channel, "to": to, "name": name_of(partner, "A speaker")})
 
     @app.post("/admin/channels/<channel>/<action>")
     @_admin_only(guard)

@@ -29,7 +29,6 @@ from ..core.errors import (
 )
 from ..core.limits import check_sdp_size, filter_candidates
 from ..streams.context import RelayContext
-from ..streams.registry import StreamRegistry
 from ..streams.stream import SessionInfo
 from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer
@@ -56,7 +55,7 @@ class SessionHost(Protocol):
         """Queue an encoded droppable message (visualization); dropped when the outbox is full."""
 
 
-MediaRole = Literal["sender", "receiver"]
+MediaRole = Literal["sender", "receiver", "waiting"]  # waiting: booth.py's run_waiting
 MEDIA_SILENCE_FLOOR = 5.0  # seconds; receivers send RTCP reports every 0.5-1.5 s
 MediaRun = Callable[..., Awaitable[None]]
 """run_sender or run_receiver: (host, media, arg, *, task_status); a WebSocket session or a
@@ -118,16 +117,34 @@ def check_sending(message: p.StartSending, grant: Grant | None, settings: Settin
     if message.takeover and message.channel is None:
         raise ChannelError('"takeover" needs a "channel" to take over')
     if grant is not None:
+        if message.takeover and message.channel is not None:
+            check_may_take_over(grant, message.channel, settings)
         grant.check_sending(message.channel, message.takeover)
 
 
-def claim_sending(
-    registry: StreamRegistry, info: SessionInfo, message: p.StartSending, max_streams: int
-) -> None:
-    """Count a WebSocket client as this message's sender; a busy channel says how our
-    protocol takes one over."""
+def check_may_take_over(grant: Grant, channel: str, settings: Settings) -> None:
+    """A token that may send but not take `channel` over is told so in a sentence, and its
+    session stays (Grant.check_sending's AuthError would close it)."""
+    if grant.allows_sending() and grant.stream is None:
+        label = label_of(settings, channel)
+        raise ChannelError(
+            f"Taking over {label} needs an invitation to speak on {label} (a send token "
+            f"scoped to the channel); ask the operator to hand {label} over to you."
+        )
+
+
+def label_of(settings: Settings, channel: str) -> str:
+    """What people call a channel: its configured label, else its name."""
+    configured = settings.channels.get(channel)
+    return configured.label if configured is not None else channel
+
+
+def claim_sending(ctx: RelayContext, info: SessionInfo, message: p.StartSending) -> None:
+    """Count a WebSocket client as this message's sender (within streams.max_streams); a busy
+    channel says how our protocol takes one over."""
+    max_streams = ctx.settings.streams.max_streams
     try:
-        registry.claim_sender(info, max_streams, message.channel, message.takeover)
+        ctx.registry.claim_sender(info, max_streams, message.channel, message.takeover)
     except ChannelBusy as busy:
         raise busy.with_hint('start_sending with "takeover": true replaces it') from None
 

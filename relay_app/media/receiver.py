@@ -130,7 +130,11 @@ async def _follow_channel(
         channel = stream.channel
         host.send(
             p.StreamEnded(
-                stream_id=stream.stream_id, reason=stream.end_reason, waiting=channel is not None
+                stream_id=stream.stream_id,
+                reason=stream.end_reason,
+                waiting=channel is not None,
+                message=stream.told_to_listeners(),
+                by=stream.end_by,
             )
         )
         if channel is None:
@@ -143,7 +147,10 @@ async def _follow_channel(
                 media.log.info("receiver_wait_ended", channel=channel, waited=waited)
                 host.send(
                     p.StreamEnded(
-                        stream_id=channel, reason=f"no sender for {waited:g} s", waiting=False
+                        stream_id=channel,
+                        reason=f"no sender for {waited:g} s",
+                        waiting=False,
+                        message=f"Nobody has spoken on {stream.label or channel} for a while.",
                     )
                 )
             return
@@ -273,9 +280,14 @@ def _counted(
         release()
         raise
     log.info("relay_subscribe", receivers=len(stream.receivers))
+    # Every listener hears of its speaker vanishing (sender.py's watch_speaker).
+    stream.told[host.connection_id] = host.send
+    if stream.lost_since is not None:
+        host.send(stream.lost_notice())
     try:
         yield
     finally:
+        stream.told.pop(host.connection_id, None)
         registry.remove_receiver(stream, host.info)
         release()
         log.info("relay_unsubscribe")

@@ -3,12 +3,15 @@
 The task tree under the session's media task (see session.py for the rest):
 
     run_sender
-    └── serve_stream        until the stream ends (sender left, track ended, ICE, stale)
+    └── serve_stream        until the stream ends (sender left, track ended, ICE, stale,
+        │                   speaker lost)
         ├── drain           transcode: the decoded track -> visualization + receivers;
         │                   forward: nothing is decoded there (it only sees the track end):
         │                   receivers get the sender's Opus packets straight from the RTP
         │                   tap (rtp_tap.py), the meter one decode in N (SparseDecoder)
         ├── ice_watch       ends the stream when the sender's connection fails
+        ├── watch_speaker   no packet for 1 s: its listeners are told (speaker_lost); for
+        │                   streams.speaker_lost_after: it ends and the channel is free
         ├── visualize       levels -> the sender and its receivers (droppable messages)
         └── Recording.run   Ogg pages -> disk (recording.py), when the stream is recorded
         (and while nobody listens, the sender's sockets are read in batches: batched_reads.py)
@@ -34,10 +37,11 @@ from ..audio.recording import Recording, recording_path
 from ..core import protocol as p
 from ..core.errors import NegotiationError
 from ..core.logs import get_logger
-from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream
+from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream, name_of
 from ..webrtc.fanout import Media, pump
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import audio_receiver, negotiated_opus_payload_type, receive_red
+from .booth import tell_booth
 from .host import MediaTask, SessionHost, answering, remote_candidates
 from .ingest import SparseDecoder, new_stream, tap_stream
 
@@ -70,6 +74,7 @@ async def run_sender(
     ctx = host.ctx
     log = media.log
     log.info("sender_setup")
+    host.info.tell = host.send  # (the booth's messages: booth.py)
     check_offer(sdp, video_ignored=host.video_ignored)
     async with open_peer(ctx.settings, ctx.metrics.live, log) as peer:
         media.peer = peer
@@ -83,7 +88,8 @@ async def run_sender(
             ctx.registry.add_stream(stream)
             ctx.metrics.streams_total += 1
             log.info("stream_stored", mode=ctx.settings.relay.mode)
-            host.send(p.StreamStarted(stream_id=stream.stream_id))
+            host.send(p.StreamStarted(stream_id=stream.stream_id, label=stream.label))
+            tell_booth(ctx, stream.channel)
             await serve_stream(host, peer, stream, log)
         finally:
             # Sync bookkeeping first, so no receiver can find a dying stream.
@@ -92,9 +98,15 @@ async def run_sender(
             ctx.registry.remove_stream(stream, host.info)
             stream.close_relays()
             log.info("track_ended", reason=stream.end_reason)
+            tell_booth(ctx, stream.channel)
     if stream.end_cause is not EndCause.SENDER_LEFT:
         # Ended by something other than this sender leaving: tell the sender why.
-        host.send(p.StreamEnded(stream_id=stream.stream_id, reason=stream.end_reason))
+        message, by = stream.told_to_sender(), stream.end_by
+        host.send(
+            p.StreamEnded(
+                stream_id=stream.stream_id, reason=stream.end_reason, message=message, by=by
+            )
+        )
 
 
 async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
@@ -124,6 +136,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         sender_id=host.connection_id,
         source=audio[0],
     )
+    stream.speaker = name_of(host.info)
     stream.recording = _recording(host, stream)
     # Tapped before the answer leaves, so that no packet arrives untapped.
     visualization = host.ctx.settings.visualization
@@ -179,6 +192,7 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
     async with anyio.create_task_group() as tg:
         tg.start_soon(drain)
         tg.start_soon(ice_watch)
+        tg.start_soon(watch_speaker, stream, host.ctx.settings.streams.speaker_lost_after, log)
         if host.ctx.settings.visualization.enabled:
             tg.start_soon(visualize, host, stream, log)
         if stream.recording is not None:
@@ -186,6 +200,51 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
         with host.ctx.reads.watching(peer.pc, lambda: unheard(stream)):
             await stream.ended.wait()
         tg.cancel_scope.cancel()
+
+
+SPEAKER_QUIET = 1.0  # seconds without a packet before the listeners are told (speaker_lost)
+WATCH_STEP = 0.25  # seconds between looks while the speaker is lost or not yet heard
+
+
+async def watch_speaker(stream: Stream, lost_after: float, log: Any) -> None:
+    """A speaker who vanishes (a laptop that froze or left the Wi-Fi: nothing says goodbye,
+    and ICE takes ~30 s to fail) is noticed from the packets: the ingest sets
+    `last_audio_at` per packet, and this looks at it (about once a second while they come).
+
+    After SPEAKER_QUIET without one, every WebSocket listener of the stream is told
+    `speaker_lost` (and `speaker_back` if packets return); after `lost_after`
+    (streams.speaker_lost_after) the stream ends ("speaker connection lost"): the channel is
+    free for the next speaker and its listeners wait for them on their connections, as on
+    any handover. Not before the first packet: until then streams.stale_after applies.
+    Costs nothing per packet or per listener but the notices themselves.
+    """
+    while True:
+        now = anyio.current_time()
+        if stream.audio_bytes == 0:
+            await anyio.sleep(WATCH_STEP)
+            continue
+        quiet = now - stream.last_audio_at
+        if quiet >= lost_after:
+            log.warning("speaker_lost_stream_ended", silent_seconds=round(quiet, 1))
+            stream.end(EndCause.SPEAKER_LOST)
+            return
+        if stream.lost_since is not None and stream.last_audio_at > stream.lost_since:
+            stream.lost_since = None
+            log.info("speaker_back")
+            back = p.SpeakerBack(stream_id=stream.stream_id, label=stream.label)
+            for tell in list(stream.told.values()):
+                tell(back)
+        elif stream.lost_since is None and quiet >= SPEAKER_QUIET:
+            stream.lost_since = stream.last_audio_at
+            log.warning("speaker_lost", silent_seconds=round(quiet, 1), listeners=len(stream.told))
+            lost = stream.lost_notice()
+            for tell in list(stream.told.values()):
+                tell(lost)
+        if stream.lost_since is None:  # (packets come: look again when one could be late)
+            due = stream.last_audio_at + min(SPEAKER_QUIET, lost_after)
+            await anyio.sleep(max(WATCH_STEP, due - now))
+        else:  # (lost: look for their return, and end it on time)
+            await anyio.sleep(min(WATCH_STEP, stream.last_audio_at + lost_after - now))
 
 
 def unheard(stream: Stream) -> bool:

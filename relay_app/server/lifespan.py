@@ -60,7 +60,12 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
 
 
 async def sweep_stale_streams(ctx: RelayContext) -> None:
-    """End streams that have carried no audio for `streams.stale_after` seconds."""
+    """End streams that have carried no audio for `streams.stale_after` seconds.
+
+    The backstop: a speaker once heard is watched per packet by its own session
+    (media/sender.py's watch_speaker: listeners told after 1 s, the channel freed after
+    streams.speaker_lost_after), so this sweep ends what that watch does not see: a stream
+    that never carried a packet, and (cluster mode) a stream relayed from another node."""
     settings = ctx.settings.streams
     while True:
         await anyio.sleep(settings.cleanup_interval)

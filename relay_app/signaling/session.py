@@ -44,6 +44,7 @@ from ..core.errors import (
 )
 from ..core.limits import Throttle, TokenBucket, check_frame, check_sdp_size
 from ..core.logs import get_logger
+from ..media.booth import booth_listable, check_booth_receiving
 from ..media.host import (
     MEDIA_SILENCE_FLOOR,
     MediaRole,
@@ -59,6 +60,7 @@ from ..media.sender import run_sender
 from ..streams.context import RelayContext
 from ..streams.finder import stream_to_play
 from ..streams.stream import SessionInfo
+from .booth_messages import booth_request, no_media_but_waiting
 from .identity import dismiss, first_message_grant, reauthenticated, take_name, welcome
 
 OUTBOX_SIZE = 64
@@ -332,19 +334,17 @@ class PeerSession:
         match message:
             case p.Ping():
                 self.send(p.Pong())
-            case p.GetAvailableStreams():  # only what this token may receive
-                allowed = self.grant.allows_receiving if self.grant is not None else None
+            case p.GetAvailableStreams():  # only what this token may receive (or speak on)
+                allowed = booth_listable(self.grant, self.settings) if self.grant else None
                 self.send(self.ctx.registry.available(allowed))
             case p.StartSending(sdp=sdp):
                 check_sending(message, self.grant, self.settings)
-                require_no_media(self._media, "start_sending")
-                max_streams = self.settings.streams.max_streams
-                claim_sending(self.ctx.registry, self.info, message, max_streams)
+                await no_media_but_waiting(self, "start_sending")  # (a turn came)
+                claim_sending(self.ctx, self.info, message)
                 await self._start_media("sender", run_sender, sdp)
             case p.StartReceiving(stream_id=stream_id, visualization=levels, upstream=link):
-                if self.grant is not None:
-                    here = self.ctx.cluster.node_id if self.ctx.cluster is not None else None
-                    stream_id = self.grant.check_receiving(stream_id, link, here)
+                if self.grant is not None:  # (a speaker's token hears the booth's channels)
+                    stream_id = check_booth_receiving(self.grant, stream_id, link, self.ctx)
                 require_no_media(self._media, "start_receiving")
                 stream = await stream_to_play(self.ctx, stream_id, self.log, link)
                 self.info.node_link = link
@@ -358,6 +358,8 @@ class PeerSession:
             case p.Stop():
                 await self._stop_media()
                 self.send(p.Stopped())
+            case p.WaitToSpeak() | p.HandOver():
+                await booth_request(self, message)
 
     # Media ---------------------------------------------------------------------------------
     async def _start_media(self, role: MediaRole, run: MediaRun, arg: object) -> None:

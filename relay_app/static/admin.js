@@ -165,15 +165,32 @@ function showLevels(channels) {
   }
 }
 
+// A channel's state in words; a speaker whose sound stopped arriving reads "Silent for 3 s",
+// counted in place between refreshes (the row is not rebuilt for it).
+function channelState(channel) {
+  if (channel.locked) return "Locked";
+  if (channel.speaker_lost) return `Silent for ${Math.max(1, Math.round(Date.now() / 1000 - channel.silent_since))} s: ${channel.speaking || "the speaker"}'s connection dropped`;
+  if (channel.live) return channel.speaking ? `On air: ${channel.speaking}` : "On air";
+  return "—";
+}
+
+function showSilence(channels) {
+  for (const channel of channels) {
+    const state = document.querySelector(`tr[data-channel="${CSS.escape(channel.channel)}"] td.state`);
+    if (state) state.textContent = channelState(channel);
+  }
+}
+
 function showChannels(channels) {
   showLevels(channels);
-  if (!changed("channels", channels.map(({ level_dbfs, ...rest }) => rest))) return;
+  showSilence(channels);
+  if (!changed("channels", channels.map(({ level_dbfs, silent_since, ...rest }) => rest))) return;
   const rows = channels.map((channel) => {
     const name = channel.label || channel.channel;
     const row = document.createElement("tr");
     row.dataset.channel = channel.channel;
     cell(row, name);
-    cell(row, channel.locked ? "Locked" : channel.live ? "On air" : "—");
+    cell(row, channelState(channel)).className = "state";
     cell(row, String(channel.listeners || 0));
     cell(row, levelMeter(channel.live ? channel.level_dbfs : null, name));
     const actions = cell(row, "");
@@ -184,6 +201,10 @@ function showChannels(channels) {
     );
     if (channel.live) {
       actions.append(button("Stop", `Stop the speaker on ${name}`, () => post(`/admin/streams/${encodeURIComponent(channel.channel)}/stop`)));
+    }
+    for (const next of channel.waiting || []) { // speakers waiting for their turn (the booth)
+      const handover = () => post(`/admin/channels/${encodeURIComponent(channel.channel)}/handover`, { to: next.connection_id });
+      actions.append(button(`Hand over to ${next.name}`, `Hand over to ${next.name} on ${name} (waiting to speak)`, handover));
     }
     return row;
   });

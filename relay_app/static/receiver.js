@@ -230,11 +230,17 @@ async function onMessage(message) {
       if (message.waiting) {
         // A channel: the connection stays; the next speaker plays on it by itself.
         console.info(`relay: ${message.stream_id} ended: ${message.reason}`);
-        setState("waiting", SPEAKER_STOPPED);
+        setState("waiting", message.message || SPEAKER_STOPPED);
       } else {
         console.info(`relay: ${message.stream_id} ended: ${message.reason}`);
         retrySoon(SPEAKER_STOPPED);
       }
+      break;
+    case "speaker_lost": // no sound from the speaker for a second: the page says so at once
+      if (message.stream_id === currentStream || !currentStream) setState("speaker-lost", message.message);
+      break;
+    case "speaker_back":
+      if (pc && pc.connectionState === "connected" && !audio.paused) setState("playing", `Playing ${nameOf(message.stream_id)}`);
       break;
     case "stream_started":
       if (message.label) labels.set(message.stream_id, message.label);

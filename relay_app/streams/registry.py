@@ -162,10 +162,14 @@ class StreamRegistry:
                 self._release(holder, channel, takeover)
             elif live is not None and not live.ended.is_set() and not takeover:
                 # (taken over by a sender that then failed: it plays on until replaced)
-                raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
+                raise _busy(live)
             stream_id = channel
         info.role, info.stream_id = "sender", stream_id
         return stream_id
+
+    def check_channel_open(self, channel: str) -> None:
+        """ChannelError unless a sender could claim `channel` now (busy aside)."""
+        self._check_channel_open(channel)
 
     def _check_channel_open(self, channel: str) -> None:
         if channel.startswith(UNNAMED_PREFIX):
@@ -195,7 +199,7 @@ class StreamRegistry:
                 f"channel {channel!r} is busy: another sender is connecting on it; try again"
             )
         if not stream.ended.is_set() and not takeover:  # (an ended one is on its way out)
-            raise ChannelBusy(f"channel {channel!r} is busy: another sender is live on it")
+            raise _busy(stream)
         holder.stream_id = None
 
     def set_idle(self, info: SessionInfo) -> None:
@@ -370,3 +374,12 @@ class StreamRegistry:
     @property
     def receiver_count(self) -> int:
         return sum(len(s.receivers) for s in self.streams.values())
+
+
+def _busy(live: Stream) -> ChannelBusy:
+    """Who holds the channel, in people's words first (names and labels, never ids)."""
+    speaker = live.speaker or "Someone"
+    return ChannelBusy(
+        f"{speaker} is already speaking on {live.label or live.stream_id}: "
+        f"channel {live.stream_id!r} is busy"
+    )

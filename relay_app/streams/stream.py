@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from ..audio.http_audio import HttpAudio
 from ..audio.recording import Recording
 from ..core.auth import Grant
-from ..core.protocol import Disconnected, StreamInfo
+from ..core.protocol import Disconnected, ServerMessage, SpeakerLost, StreamInfo
 from ..webrtc.fanout import Fanout
 from ..webrtc.fast_path import DirectSender
 from ..webrtc.red import Redundancy, Repair
@@ -29,9 +29,12 @@ from ..webrtc.rtp_tap import OPUS_CLOCK_RATE, OPUS_FRAME_SAMPLES
 SendOrDrop = Callable[[str], None]
 """A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
 
-SessionRole = Literal["idle", "sender", "receiver", "listener", "admin"]
-"""idle/sender/receiver: a WebSocket or WHIP/WHEP session; listener: a plain-HTTP (Ogg)
-listener; admin: an admin API call while it runs."""
+SessionRole = Literal["idle", "sender", "receiver", "waiting", "listener", "admin"]
+"""idle/sender/receiver: a WebSocket or WHIP/WHEP session; waiting: a speaker waiting for
+their turn on a channel (`wait_to_speak`); listener: a plain-HTTP (Ogg) listener; admin: an
+admin API call while it runs."""
+Tell = Callable[[ServerMessage], None]
+"""A session's `send`: queues a message for its client without blocking."""
 
 
 class EndCause(Enum):
@@ -42,6 +45,8 @@ class EndCause(Enum):
     TRACK_ENDED = "track ended"
     CONNECTION_FAILED = "connection failed"
     STALE = "stale"
+    # No packet for streams.speaker_lost_after (a frozen laptop, a vanished WHIP publisher).
+    SPEAKER_LOST = "speaker connection lost"
     TAKEN_OVER = "taken over"  # another sender took the channel (`takeover`)
     STOPPED = "stopped by an operator"  # POST /admin/streams/<id>/stop
     NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
@@ -80,6 +85,8 @@ class Stream:
     end_cause: EndCause | None = None
     # What clients and logs are told; for most causes the cause's own words.
     end_reason: str = ""
+    # Who ended it, by name (a takeover's new speaker), if someone did.
+    end_by: str | None = None
     # connection_id -> that receiver session's send_or_drop for level messages, or None
     # when it did not ask for them (start_receiving's `visualization`).
     receivers: dict[str, SendOrDrop | None] = field(default_factory=dict)
@@ -113,6 +120,14 @@ class Stream:
     label: str = ""
     # The sender's newest level (RMS dBFS) while levels are computed (visualization.enabled).
     level: float | None = None
+    # Who speaks (what people call the sender: its session's name).
+    speaker: str = ""
+    # While its speaker is lost (no packet for a second: media/sender.py's watch), the
+    # last packet's arrival (anyio.current_time()); None while packets come.
+    lost_since: float | None = None
+    # Its WebSocket receivers' `send`, for the notices every listener gets (speaker_lost,
+    # speaker_back), by connection_id; `receivers` holds only those that asked for levels.
+    told: dict[str, Tell] = field(default_factory=dict)
 
     @property
     def receiver_source(self) -> Fanout:
@@ -127,7 +142,7 @@ class Stream:
         if self.packets is not None:
             self.packets.close()
 
-    def end(self, cause: EndCause, reason: str | None = None) -> None:
+    def end(self, cause: EndCause, reason: str | None = None, by: str | None = None) -> None:
         """Mark the stream over (its sender's `serve_stream` then returns); idempotent, sync.
 
         The first cause wins: a stream that went stale and whose sender then left ended stale.
@@ -136,13 +151,58 @@ class Stream:
             return
         self.end_cause = cause
         self.end_reason = reason or cause.value
+        self.end_by = by
         self.ended.set()
 
     def take_over(self) -> None:
         """This stream is audible: the one it took the channel from ends now (a takeover)."""
         if self.replaces is not None:
-            self.replaces.end(EndCause.TAKEN_OVER)
+            self.replaces.end(EndCause.TAKEN_OVER, by=self.speaker or None)
             self.replaces = None
+
+    def lost_notice(self) -> SpeakerLost:
+        """`speaker_lost`, for its listeners (while `lost_since` is set)."""
+        assert self.lost_since is not None
+        return SpeakerLost(
+            stream_id=self.stream_id,
+            label=self.label,
+            since=self.silent_since or time.time(),
+            message=SPEAKER_LOST_WORDS,
+        )
+
+    @property
+    def silent_since(self) -> float | None:
+        """While its speaker is lost: their last packet, as Unix time (for people)."""
+        if self.lost_since is None:
+            return None
+        return time.time() - (anyio.current_time() - self.lost_since)
+
+    def told_to_sender(self) -> str:
+        """What the speaker is told when something other than their own Stop ended it."""
+        label, cause = self.label or "the channel", self.end_cause
+        if cause is EndCause.TAKEN_OVER:
+            return f"{self.end_by or 'Another speaker'} took over {label}."
+        if cause is EndCause.STOPPED:
+            return "The operator stopped your microphone."
+        if cause is EndCause.SPEAKER_LOST:
+            return (
+                f"Your sound stopped reaching the server, so {label} was freed for the next "
+                "speaker. Check the Wi-Fi, then press Start again."
+            )
+        if cause is EndCause.STALE:
+            return "No sound from your microphone reached the server, so it was stopped."
+        return "Your sound could not reach the server any more."
+
+    def told_to_listeners(self) -> str:
+        """What its listeners are told when it ends (they stay on a channel)."""
+        label, cause = self.label or "the channel", self.end_cause
+        if cause is EndCause.TAKEN_OVER:
+            return f"{self.end_by or 'Another speaker'} took over {label}."
+        if cause is EndCause.SPEAKER_LOST:
+            return SPEAKER_LOST_WORDS
+        if cause is EndCause.STOPPED:
+            return f"The operator stopped the speaker on {label}. Waiting for the next speaker…"
+        return f"The speaker on {label} has stopped. Waiting for the next speaker…"
 
     @property
     def packets_lost(self) -> int:
@@ -179,6 +239,7 @@ class Stream:
 
 
 UNNAMED_PREFIX = "stream_"  # a stream without a channel: stream_<connection_id>
+SPEAKER_LOST_WORDS = "The speaker's connection dropped. Waiting for them or the next speaker…"
 
 
 @dataclass(eq=False)
@@ -205,6 +266,10 @@ class SessionInfo:
     node_link: bool = False
     # The door it came in by (endpoints/guard.py): ws, whip, whep, ogg, admin.
     via: str = "ws"
+    # Queues a message for its client (the booth's `your_turn`, `booth`); set by the session.
+    tell: Tell | None = None
+    # When it began waiting to speak (role "waiting": media/booth.py), Unix time.
+    waiting_since: float = 0.0
     # Who it is (the console's rows; every message that names a person): the grant of the
     # token it holds (None while auth is off), the name its client gave (start_sending /
     # start_receiving), its number on this server (Names: "Listener 7").
@@ -228,3 +293,9 @@ class SessionInfo:
 def new_connection_id() -> str:
     """The id a connection is known by in logs, the admin API and the registry."""
     return secrets.token_hex(4) + "-" + secrets.token_hex(2)
+
+
+def name_of(info: SessionInfo | None, default: str = "Another speaker") -> str:
+    """What people call a session (`SessionInfo.name`: its token's name, the one its client
+    gave, or "Speaker 7"); `default` for none."""
+    return info.name if info is not None and info.name else default

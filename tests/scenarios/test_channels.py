@@ -178,7 +178,7 @@ async def test_takeover_needs_a_send_token_scoped_to_the_channel(tmp_path: Path)
         async with RelayClient.connect(server.ws_url, token=unscoped) as first:
             await first.start_sending(ToneTrack(440), channel="english")
             async with RelayClient.connect(server.ws_url, token=unscoped) as intruder:
-                with pytest.raises(ServerError, match="takeover needs a send token scoped"):
+                with pytest.raises(ServerError, match="a send token scoped to the channel"):
                     await intruder.start_sending(ToneTrack(660), channel="english", takeover=True)
             async with RelayClient.connect(server.ws_url, token=english) as elsewhere:
                 with pytest.raises(ServerError, match="may only send on channel 'english'"):
