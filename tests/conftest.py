@@ -80,12 +80,32 @@ def _servers(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerPr
             server.stop()
 
 
+# Run alone (`make test`'s second part, marked `serial`): Chromium (heavy, and its pages'
+# timings), gaps and latencies measured against tight bounds, floods and memory measured,
+# timeouts, network namespaces. The rest runs on every core.
+SERIAL = (
+    "tests/browser/",
+    "tests/scenarios/test_handover.py",
+    "tests/scenarios/test_booth.py",
+    "tests/scenarios/test_nat.py",
+    "tests/scenarios/test_faults.py",
+    "tests/scenarios/test_soak.py",
+    "tests/scenarios/test_hardening.py",
+    "tests/scenarios/test_hardening_round4_pages.py",
+    "tests/scenarios/test_hardening_round4_transport.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Scenarios marked `mode_independent` (page logic, the HTTP path, which both relay modes
     share) run in forward mode only: the transcode copy would test the same code again and
-    cost suite time. Deselected, not skipped: nothing here depends on the machine."""
+    cost suite time. Deselected, not skipped: nothing here depends on the machine. Tests in
+    SERIAL are marked `serial`."""
+    root = config.rootpath
     keep, drop = [], []
     for item in items:
+        if item.path.relative_to(root).as_posix().startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
         callspec = getattr(item, "callspec", None)
         mode = callspec.params.get("relay_mode") if callspec is not None else None
         once = item.get_closest_marker("mode_independent") is not None
