@@ -3,7 +3,7 @@
 // listener on a WebSocket session of its own: the server fans out to it as to anyone else.
 import { Signaling, gatheringComplete, newPeerConnection } from "./relay.js";
 
-const RETRY_MS = 2000; // a channel nobody speaks on yet: ask again
+const LOOK_MS = 2000; // how often a channel nobody speaks on is looked at again
 
 export class BoothEar {
   /**
@@ -18,15 +18,16 @@ export class BoothEar {
     this.channel = null;
     this.signaling = null;
     this.pc = null;
+    this.asked = false; // a start_receiving is out (or playing): no second one
     this.remoteStream = null;
-    this.retryTimer = null;
+    this.lookTimer = null;
   }
 
   /** Hear `channel` (null: nothing). Nothing changes when it already does. */
   listen(channel) {
     if (channel === this.channel) return;
     this.channel = channel;
-    clearTimeout(this.retryTimer);
+    clearTimeout(this.lookTimer);
     this.closePeer();
     if (!channel) {
       if (this.signaling) this.signaling.close();
@@ -42,21 +43,29 @@ export class BoothEar {
           if (state === "disconnected") this.closePeer();
         },
       });
-      this.signaling.connect(); // (its welcome asks for the channel)
+      this.signaling.connect(); // (its welcome looks at the channel)
     } else {
       this.signaling.send({ type: "stop" });
-      this.request();
+      this.look();
     }
   }
 
-  request() {
-    clearTimeout(this.retryTimer);
-    if (this.channel && this.signaling) this.signaling.send({ type: "start_receiving", stream_id: this.channel });
+  // Whether the channel is live is read from the listing, so that a quiet channel costs no
+  // refused start_receiving (and no error on the server) every few seconds.
+  look() {
+    clearTimeout(this.lookTimer);
+    if (this.channel && this.signaling) this.signaling.send({ type: "get_available_streams" });
+  }
+
+  lookSoon() {
+    clearTimeout(this.lookTimer);
+    this.lookTimer = setTimeout(() => this.look(), LOOK_MS);
   }
 
   closePeer() {
     if (this.pc) this.pc.close();
     this.pc = null;
+    this.asked = false;
     this.remoteStream = null;
     this.audio.srcObject = null;
   }
@@ -65,10 +74,22 @@ export class BoothEar {
     const name = this.labelOf(this.channel);
     switch (message.type) {
       case "welcome":
-        this.request();
+        this.look();
         break;
+      case "available_streams": {
+        if (this.asked || !this.channel) break;
+        const channel = (message.channels || []).find((c) => c.channel === this.channel);
+        if (channel && channel.live) {
+          this.asked = true;
+          this.signaling.send({ type: "start_receiving", stream_id: this.channel });
+        } else {
+          this.say(`Nobody is speaking on ${name} yet.`);
+          this.lookSoon();
+        }
+        break;
+      }
       case "offer": {
-        this.closePeer();
+        if (this.pc) this.pc.close();
         const pc = (this.pc = newPeerConnection(this.signaling.welcome));
         pc.ontrack = (event) => {
           this.remoteStream = event.streams[0] || new MediaStream([event.track]);
@@ -83,33 +104,28 @@ export class BoothEar {
         break;
       }
       case "stream_started":
-        this.say(`You hear ${name}.`);
-        break;
-      case "stream_ended":
-      case "speaker_lost":
-        this.say(message.message || `Nobody is speaking on ${name} now.`);
-        if (message.type === "stream_ended" && !message.waiting) this.retrySoon();
-        break;
       case "speaker_back":
         this.say(`You hear ${name}.`);
         break;
+      case "stream_ended":
+        this.say(message.message || `Nobody is speaking on ${name} now.`);
+        if (!message.waiting) {
+          // (not a channel's pause: the server let this listener go) look again
+          this.closePeer();
+          this.lookSoon();
+        }
+        break;
+      case "speaker_lost":
+        this.say(message.message);
+        break;
       case "error":
         console.info(`relay: booth: server said: ${message.message}`);
-        if (message.message.includes("No audio stream")) {
-          this.say(`Nobody is speaking on ${name} yet.`);
-        } else {
-          this.say(`${name} cannot be heard here.`);
-        }
-        this.retrySoon();
+        this.say(message.message.includes("No audio stream") ? `Nobody is speaking on ${name} yet.` : `${name} cannot be heard here.`);
+        this.closePeer();
+        this.lookSoon();
         break;
       default:
         break;
     }
-  }
-
-  retrySoon() {
-    this.closePeer();
-    clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.request(), RETRY_MS);
   }
 }

@@ -259,16 +259,17 @@ function earSoon(channel) {
   earTimer = setTimeout(() => ear.listen(channel), EAR_DELAY_MS);
 }
 
-// The return channel: what this device chose last ("Nothing" too), else the first other one.
+// The return channel: what this device chose last, else nothing (a speaker who is no
+// interpreter hears nothing they did not ask for).
 function fillReturnChoices(channel) {
   const select = $("return");
-  const chosen = localStorage.getItem(RETURN_KEPT);
+  const chosen = localStorage.getItem(RETURN_KEPT) || "";
   const others = [...labels.keys()].filter((name) => name !== channel);
   const wanted = ["", ...others];
   if ([...select.options].map((o) => o.value).join() !== wanted.join()) {
     select.replaceChildren(new Option("Nothing", ""), ...others.map((name) => new Option(labels.get(name), name)));
   }
-  select.value = chosen === "" || others.includes(chosen) ? chosen : others[0] || "";
+  select.value = others.includes(chosen) ? chosen : "";
 }
 
 async function onMessage(message) {

@@ -323,7 +323,8 @@ async def test_the_booth_return_channel_the_partner_and_the_one_tap_hand_over(
         await marie.click("#start")
         await wait_state(marie, "sending")
         await wait_text(marie, "#booth-people", "Speaking: Marie (you). Nobody is waiting.")
-        assert await marie.input_value("#return") == "floor"  # the first other channel
+        assert await marie.input_value("#return") == ""  # nothing until the speaker picks
+        await marie.select_option("#return", "floor")  # (kept on the device from now on)
         await wait_text(marie, "#ear-status", "You hear Floor.")
         await anyio.sleep(1.0)
         heard = await marie.evaluate(EAR_JS, 1.5)
@@ -334,6 +335,7 @@ async def test_the_booth_return_channel_the_partner_and_the_one_tap_hand_over(
         paul = await speak_page(paul_laptop, speak_url(server, "Paul"))
         await paul.click("#wait")
         await wait_state(paul, "waiting")
+        await paul.select_option("#return", "floor")  # for when he speaks
         await wait_text(paul, "#booth-people", "Speaking: Marie. Waiting: Paul (you).")
         await wait_text(paul, "#ear-status", "You hear English.")
         await anyio.sleep(1.0)
@@ -361,7 +363,7 @@ async def test_the_booth_return_channel_the_partner_and_the_one_tap_hand_over(
         seconds, sequence_step, _ = arrivals.gap_after(moment)
         print(f"booth hand-over: gap at the listener {seconds * 1000:.0f} ms")
         assert seconds <= 0.1 and sequence_step == 1
-        # Now Paul hears the floor in his headphones.
+        # Now Paul hears the floor in his headphones (his choice, made while he waited).
         await wait_text(paul, "#ear-status", "You hear Floor.")
         await anyio.sleep(1.0)
         heard = await paul.evaluate(EAR_JS, 1.5)
