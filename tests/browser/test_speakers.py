@@ -109,6 +109,14 @@ async def speak_page(browser: Any, url: str) -> Any:
     return page
 
 
+async def laptop_page(browser: Any, url: str) -> Any:
+    """A page on a speaker's laptop that is not the Speak page (the operator's console)."""
+    context = await browser.new_context(**LAPTOP, bypass_csp=True)  # (axe-core is injected)
+    page = await context.new_page()
+    await page.goto(url)
+    return page
+
+
 async def status(page: Any) -> str:
     return str(await page.text_content("#status") or "")
 
@@ -368,5 +376,17 @@ async def test_the_booth_return_channel_the_partner_and_the_one_tap_hand_over(
         await anyio.sleep(1.0)
         heard = await paul.evaluate(EAR_JS, 1.5)
         assert heard is not None and abs(heard - 880) <= 10, heard
-        for page in (marie, paul):
+        # Marie waits for her turn again; the operator hands English back from the console.
+        await marie.click("#wait")
+        await wait_state(marie, "waiting")
+        console = await laptop_page(marie_laptop, f"{server.base_url}/admin#token={token('admin')}")
+        button = 'tr[data-channel="english"] button:has-text("Hand over to Marie")'
+        await console.wait_for_selector(button)
+        await no_serious_accessibility_problems(console)
+        await console.click(button)
+        await wait_state(marie, "sending")
+        await wait_state(paul, "ended")
+        assert await status(paul) == "Marie took over English. Press Start to speak again."
+        assert await microphone_released(paul)
+        for page in (marie, paul, console):
             await page.context.close()
