@@ -11,7 +11,7 @@ from quart import Quart, Response, request, send_from_directory
 
 from ..core.auth import Revocations, verify
 from ..core.config import CHANNEL_NAME, Settings
-from ..core.errors import AuthError, ProtocolError
+from ..core.errors import AuthError, NoStreamError, ProtocolError
 from ..endpoints.guard import PAGE, Entry, Guard
 from .lan import listen_urls
 from .qr import MAX_TEXT, QrCodes, QrTooLong
@@ -102,26 +102,34 @@ def qr_route(app: Quart, settings: Settings, guard: Guard) -> None:
         channel = request.args.get("channel") or None
         if channel is not None and _CHANNEL.fullmatch(channel) is None:
             raise ProtocolError("channel: use letters, digits, - and _ (at most 32)")
+        if channel is not None and not _exists(channel, settings, guard):
+            raise NoStreamError(f"There is no channel called {channel!r}.")
         url = phone_url(request.host, channel, settings)
         invite = request.args.get("invite")  # an invite's token (the console made it)
         withdrawn = guard.ctx.revocations
         if invite and (token := checked_invite(invite, channel, settings, withdrawn)):
             url += f"?token={quote(token)}"
-        svg = await codes.svg(url)
+        svg = await codes.svg(url, entry.remote)
         return Response(svg, content_type="image/svg+xml", headers={"X-Url": url})
 
 
 _CHANNEL = re.compile(CHANNEL_NAME)
 
 
+def _exists(channel: str, settings: Settings, guard: Guard) -> bool:
+    """A code only of a channel a phone could play: configured, or live now (an unlisted
+    channel, a speaker's unnamed stream); not of any name a client makes up."""
+    return channel in settings.channels or channel in guard.ctx.registry.streams
+
+
 def checked_invite(
     invite: str, channel: str | None, settings: Settings, withdrawn: Revocations | None = None
 ) -> str:
     """An invite's token, if a phone scanning it could play with it: signed by this
-    server, unexpired, and a listener's for this channel. A code that leads to "this page
-    needs an invitation" helps nobody, and a checked token is one an attacker cannot vary at
-    will to make the server build code after code. With auth off no token is needed: none
-    is encoded."""
+    server, unexpired, an invitation, and a listener's for this channel. A code that leads to
+    "this page needs an invitation" helps nobody, and a checked token is one an attacker
+    cannot vary at will to make the server build code after code. With auth off no token is
+    needed: none is encoded."""
     if len(invite) > MAX_TEXT:
         raise QrTooLong(f"invite: at most {MAX_TEXT} characters")
     secret = settings.auth.secret
@@ -135,6 +143,14 @@ def checked_invite(
         raise ProtocolError(f"invite: {error.message}") from None
     if not grant.allows_receiving(channel or grant.stream):
         raise ProtocolError(f"invite: this token does not play {channel or 'streams'}")
+    # Only a token made to be handed out goes into a code others scan: a speaker's (`both`)
+    # would let whoever scans it speak, a device's own pass would be cut for all of them by
+    # the operator's Remove.
+    if grant.role != "receive" or not grant.invite:
+        raise ProtocolError(
+            "invite: only an invitation goes into a QR code (python -m relay_app invite, or "
+            "the console's Invite), not a speaker's or a device's own token"
+        )
     return invite
 
 

@@ -87,14 +87,16 @@ class QrCodes:
 
     CACHE_SIZE = 256
     MAX_BUILDS = 8
+    MAX_BUILDS_PER_CLIENT = 2  # one address cannot take every build from the others
 
     def __init__(self) -> None:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._building: dict[str, asyncio.Future[bytes]] = {}
+        self._builders: dict[str, int] = {}  # client address -> its builds under way
         self._pool: Executor | None = None
         self.built = 0  # codes made by the worker (the rest came from the cache)
 
-    async def svg(self, text: str) -> bytes:
+    async def svg(self, text: str, client: str = "") -> bytes:
         if len(text) > MAX_TEXT:
             raise QrTooLong(
                 f"a QR code holds at most {MAX_TEXT} characters here; this one needs {len(text)}"
@@ -105,17 +107,21 @@ class QrCodes:
             return cached
         build = self._building.get(text)
         if build is None:
-            if len(self._building) >= self.MAX_BUILDS:
+            mine = self._builders.get(client, 0)
+            if len(self._building) >= self.MAX_BUILDS or mine >= self.MAX_BUILDS_PER_CLIENT:
                 raise QrBusy("too many QR codes are being made at once; try again in a moment")
             build = asyncio.wrap_future(self._executor().submit(qr_svg, text))
             self._building[text] = build
-            build.add_done_callback(lambda done: self._built(text, done))
+            self._builders[client] = mine + 1
+            build.add_done_callback(lambda done: self._built(text, client, done))
         # Shielded: a client that leaves does not cancel a build others may be waiting for;
         # the build ends on its own (the worker gives it at most ~30 ms) and is cached.
         return await asyncio.shield(build)
 
-    def _built(self, text: str, build: asyncio.Future[bytes]) -> None:
+    def _built(self, text: str, client: str, build: asyncio.Future[bytes]) -> None:
         self._building.pop(text, None)
+        if (left := self._builders.pop(client, 1) - 1) > 0:
+            self._builders[client] = left
         if build.cancelled():
             return
         error = build.exception()

@@ -55,11 +55,13 @@ function tile(channel) {
   img.src = qrSource(channel.channel, channel.token);
   img.alt = `QR code: scan it with a phone to listen to ${channel.label}`;
   img.width = img.height = 222; // (the stylesheet sizes it to the screen)
-  img.addEventListener("error", () => {
-    // Refused: an invite that no longer works (withdrawn). The next refresh mints another.
-    invites.forget(channel.channel);
-    shown = "";
+  img.addEventListener("error", async () => {
+    // Refused. An invite that no longer works (withdrawn, 400): the next refresh mints
+    // another. Anything else (the server busy, 503 or 429): the next refresh tries again.
     item.remove();
+    shown = "";
+    const answer = await fetch(img.src, { method: "HEAD" }).catch(() => null);
+    if (answer && answer.status === 400) invites.forget(channel.channel);
   });
   const caption = document.createElement("figcaption");
   const label = document.createElement("span");

@@ -5,7 +5,7 @@
 // own invite (for the channels it plays: a visitor may pass on what they hold), or invites
 // minted with the operator's admin token (the console keeps it on this device). A device with
 // neither shows none, and says what to do.
-import { NEEDS_INVITE, clockTime, keepInvite, streamName, tokenClaims, tokenFromUrl, tokenPlays, withToken } from "./relay.js";
+import { NEEDS_INVITE, clockTime, keepInvite, streamName, tokenClaims, tokenFromUrl, tokenPlays, tokenShareable, withToken } from "./relay.js";
 import { Invites, authRequired, qrSource, storedAdminToken } from "./invites.js";
 
 const REFRESH_MS = 3000;
@@ -89,7 +89,7 @@ function card({ key, name, description, live, count, since, channel, token }) {
   play.href = withToken(`/listen/${encodeURIComponent(key)}`, token);
   play.textContent = live ? `Play ${name}` : `Open ${name}`;
   item.append(play);
-  if (channel) {
+  if (channel && (token === "" || tokenShareable(token, channel))) {
     const figure = document.createElement("figure");
     figure.className = "qr small";
     const img = document.createElement("img");
@@ -112,7 +112,7 @@ async function showBigCode(kind) {
   let token = null;
   let channel = null;
   if (kind === "open") token = "";
-  else if (kind === "visitor" && tokenPlays(visitor)) {
+  else if (kind === "visitor" && tokenShareable(visitor)) {
     token = visitor;
     channel = (tokenClaims(visitor) || {}).stream || null;
   }

@@ -265,6 +265,14 @@ export function tokenPlays(token, channel = null) {
   return !claims.stream || channel === null || claims.stream === channel;
 }
 
+/** Whether `token` may be shown as a code others scan: an invite (a receive token made to
+ * be handed out), never a speaker's or a device's own pass, which others could use to speak
+ * or which the operator's Remove would cut for everyone who scanned it. */
+export function tokenShareable(token, channel = null) {
+  const claims = tokenClaims(token);
+  return Boolean(claims && claims.role === "receive" && claims.inv === true && tokenPlays(token, channel));
+}
+
 /** `path` with `token` as its ?token= (none given: the path as it is). */
 export function withToken(path, token) {
   return token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;

@@ -334,7 +334,7 @@ async def test_a_visitors_on_air_page_shows_only_codes_and_links_that_play(
 ) -> None:
     async with speakers(event):
         # An invite for English: its own channel's code and link, nothing for Français.
-        invite = token("receive", stream="english", ttl=3600)
+        invite = token("receive", stream="english", ttl=3600, invite=True)
         visitor = await device(phones, PHONE_SCREEN)
         page = await open_page(visitor, f"{event.base_url}/?token={invite}")
         await wait_state(page, "ready")
@@ -349,7 +349,7 @@ async def test_a_visitors_on_air_page_shows_only_codes_and_links_that_play(
             await plays(phones, code, "english")
         await visitor.close()
         # A receive token for every channel: a code for each, and the big one.
-        invite = token("receive", ttl=3600)
+        invite = token("receive", ttl=3600, invite=True)
         visitor = await device(phones, PHONE_SCREEN)
         page = await open_page(visitor, f"{event.base_url}/?token={invite}")
         await wait_state(page, "ready")
@@ -362,6 +362,15 @@ async def test_a_visitors_on_air_page_shows_only_codes_and_links_that_play(
         for channel, url in by_channel([c for c in codes if "/listen/" in c], event).items():
             await plays(phones, url, channel)
         await visitor.close()
+        # A speaker's token (both: it may take English over) and a device's own token are no
+        # invitations: the page plays with them, but shows no code of them to others.
+        for own in (token("both", stream="english", ttl=3600), token("receive", ttl=3600)):
+            visitor = await device(phones, PHONE_SCREEN)
+            page = await open_page(visitor, f"{event.base_url}/?token={own}")
+            await wait_state(page, "ready")
+            await page.wait_for_selector("li[data-channel='english'] a")
+            assert await page.locator("li img, #qr-figure:not([hidden])").count() == 0
+            await visitor.close()
 
 
 async def test_the_operators_on_air_page_shows_invites_minted_with_its_admin_token(

@@ -380,7 +380,10 @@ async def test_a_client_looping_page_requests_is_held_to_its_rate_and_others_are
     Retry-After) beyond the burst at the configured rate, logged once and counted; another
     address, and another client behind a trusted proxy, are served meanwhile."""
     server = make_forward_server(
-        {"server": {"trusted_addresses": [], "trusted_proxies": [APPENDING_PROXY]}}
+        {
+            "server": {"trusted_addresses": [], "trusted_proxies": [APPENDING_PROXY]},
+            "channels": {f"channel{i}": {"label": f"Channel {i}"} for i in range(6)},
+        }
     )
     statuses: list[int] = []
     refused: list[httpx.Response] = []

@@ -164,16 +164,18 @@ async def test_a_code_is_made_only_of_an_invite_that_plays_the_channel(
     secure_server: ServerProcess,
 ) -> None:
     server = secure_server
-    good = token("receive", stream="english")
+    good = token("receive", stream="english", invite=True)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         reply = await client.get("/qr.svg", params={"channel": "english", "invite": good})
         assert reply.status_code == 200
         assert reply.headers["X-Url"].endswith(f"/listen/english?token={good}")
         for invite, why in [
             ("junk", "invalid"),
-            (token("receive", stream="francais"), "does not play english"),
-            (token("receive", ttl=-5), "expired"),
+            (token("receive", stream="francais", invite=True), "does not play english"),
+            (token("receive", ttl=-5, invite=True), "expired"),
             (token("send"), "does not play"),
+            (token("both", stream="english"), "only an invitation"),
+            (token("receive", stream="english"), "only an invitation"),
         ]:
             reply = await client.get("/qr.svg", params={"channel": "english", "invite": invite})
             assert reply.status_code == 400, (why, reply.text)
@@ -184,7 +186,7 @@ async def test_a_code_is_made_only_of_an_invite_that_plays_the_channel(
 
 async def test_no_invite_or_token_reaches_a_log_line(secure_server: ServerProcess) -> None:
     server = secure_server
-    invite = token("receive", stream="english")
+    invite = token("receive", stream="english", invite=True)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         reply = await client.get("/qr.svg", params={"channel": "english", "invite": invite})
         assert reply.is_success
@@ -221,3 +223,33 @@ async def test_a_takeover_whose_offer_fails_leaves_the_live_speaker_named_in_the
         # The speaker plays on and its channel is still its own: a plain start is busy.
         await intruder.send(p.StartSending(sdp=bad.sdp, channel="english"))
         assert "busy" in (await intruder.receive(p.Error)).message
+
+
+async def test_codes_are_made_only_of_channels_that_exist_and_one_address_cannot_take_every_build(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"channels": CHANNELS, "server": {"trusted_addresses": []}})
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        made_up = await client.get("/qr.svg", params={"channel": "nowhere"})
+        assert made_up.status_code == 404 and "no channel" in made_up.json()["message"]
+    # Forty different codes at once from one address: two are built at a time for it, the
+    # rest refused at once (503), and another address's code is made meanwhile.
+    hosts = [f"10.0.0.{n}:8080" for n in range(40)]
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=10, transport=transport) as flood,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as other,
+    ):
+        statuses: list[int] = []
+
+        async def one(host: str) -> None:
+            answer = await flood.get("/qr.svg?channel=english", headers={"Host": host})
+            statuses.append(answer.status_code)
+
+        async with anyio.create_task_group() as group:
+            for host in hosts:
+                group.start_soon(one, host)
+            answer = await other.get("/qr.svg?channel=francais")
+        assert answer.status_code == 200
+    assert statuses.count(503) >= 30, statuses
+    assert set(statuses) <= {200, 503}, statuses
