@@ -45,7 +45,7 @@ import anyio
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..core.auth import Revocations
+from ..core.auth import MAX_TTL, Revocations
 from ..core.config import ClusterSettings
 from ..core.logs import get_logger
 from ..core.protocol import StreamInfo
@@ -252,7 +252,9 @@ class Cluster:
             events.append({"event": "stream_ended", "stream_id": stream_id})
         revoked, now = dict(self._unwritten), time.time()
         for token_id, until in revoked.items():
-            if (left := int((until - now) * 1000)) > 0:
+            # (bounded: Redis refuses an expiry past its range, and one refused record would
+            # fail the whole beat, every beat)
+            if (left := int(min(until - now, MAX_TTL) * 1000)) > 0:
                 withdrawal = {"token_id": token_id, "until": until}
                 key = REVOKED_KEY + token_id
                 pipe.set(key, self._sign(key, withdrawal), px=left)

@@ -292,13 +292,19 @@ def personal_pass(secret: str, grant: Grant) -> tuple[str, Grant] | None:
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
 
+MAX_TTL = 366 * 86400  # a year and a day: longer is no event's, and overflows expiries
+
+
 def parse_ttl(text: str) -> float:
-    """'90' or '90s', '15m', '1h', '7d' -> seconds."""
-    match = _TTL.match(text.strip())
+    """'90' or '90s', '15m', '1h', '7d' -> seconds (at most MAX_TTL)."""
+    match = _TTL.match(text.strip()[:32])
     if match is None:
-        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
+        raise ValueError(f"bad duration {text[:32]!r}: use e.g. 90s, 15m, 1h, 7d")
     value, unit = float(match[1]), match[2] or "s"
-    return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    seconds = value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    if not seconds <= MAX_TTL:
+        raise ValueError(f"duration {text[:32]!r} is longer than a year (366d at most)")
+    return seconds
 
 
 class FirstMessage(Protocol):

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 import structlog
 
@@ -73,7 +74,10 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
 def redact_query(query: str) -> str:
-    """A query string with access tokens replaced: `/ws?token=...` must not land in logs."""
+    """A query string with access tokens replaced: `/ws?token=...` must not land in logs.
+    Percent-encoded, as the server reads it (`%74oken=%65yJ...` is a token too)."""
+    if "%" in query:
+        query = unquote_plus(query)
     return _JWT.sub("REDACTED", _SECRET_QUERY.sub(r"\1REDACTED", query))
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,25 @@ class Caller:
         return cls(by=entry.grant.subject or "admin token", remote=entry.remote)
 
 
-def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Holders:
+    """How many connections hold each token id, and each id a Remove would withdraw (a
+    pass's invite included): counted once per listing, not once per row (a console polling
+    a thousand connections every 2 s would otherwise walk them a million times)."""
+
+    tokens: Counter[str | None]
+    revocable: Counter[str]
+
+    @classmethod
+    def of(cls, sessions: Iterable[SessionInfo]) -> Holders:
+        grants = [s.grant for s in sessions if s.grant is not None]
+        return cls(
+            Counter(g.token_id for g in grants),
+            Counter(i for g in grants for i in g.revocation_ids),
+        )
+
+
+def session_row(info: SessionInfo, ctx: RelayContext, holders: Holders) -> dict[str, Any]:
     stream = ctx.registry.streams.get(info.stream_id) if info.stream_id else None
     channel = (
         info.stream_id if info.stream_id and not info.stream_id.startswith(UNNAMED_PREFIX) else None
@@ -102,7 +121,7 @@ def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
         "channel_label": label or None,
         "device": info.device or None,
         "via": info.via,
-        "token": token_row(info, ctx),
+        "token": token_row(info, holders),
     }
     if info.role == "sender":
         row["audio_bytes_in"] = stream.audio_bytes if stream is not None else 0
@@ -116,7 +135,7 @@ def session_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any]:
     return row
 
 
-def token_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any] | None:
+def token_row(info: SessionInfo, holders: Holders) -> dict[str, Any] | None:
     """What Remove would withdraw from this session, and who else holds it (None: nothing,
     as on a server without auth.secret).
 
@@ -128,15 +147,12 @@ def token_row(info: SessionInfo, ctx: RelayContext) -> dict[str, Any] | None:
     if grant is None or grant.role == "node" or info.node_link:
         return None
     invite = grant.parent if grant.parent is not None else grant.token_id if grant.invite else None
-    holders = [s.grant for s in ctx.registry.sessions.values() if s.grant is not None]
     return {
         "kind": "pass" if grant.parent is not None else "invite" if grant.invite else "token",
         "name": grant.name,
         "expires_at": grant.expires_at,
-        "connections": sum(1 for g in holders if g.token_id == grant.token_id),
-        "invite_connections": None
-        if invite is None
-        else sum(1 for g in holders if invite in g.revocation_ids),
+        "connections": holders.tokens[grant.token_id],
+        "invite_connections": None if invite is None else holders.revocable[invite],
     }
 
 
@@ -182,8 +198,9 @@ def _session_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     @app.get("/admin/sessions")
     @_admin_only(guard)
     async def _sessions(caller: Caller) -> Any:
+        holders = Holders.of(registry.sessions.values())
         rows = [
-            session_row(info, ctx)
+            session_row(info, ctx, holders)
             for info in registry.sessions.values()
             if info.role != "admin"  # (admin calls hold a slot only while they run)
         ]
@@ -265,7 +282,10 @@ async def _body() -> dict[str, Any]:
     """The request's JSON object ({} for none); bad JSON or another type is a plain 400."""
     if not await request.get_data():
         return {}
-    body = await request.get_json(force=True, silent=True)
+    try:
+        body = await request.get_json(force=True, silent=True)
+    except UnicodeDecodeError:  # (silent covers bad JSON, not bytes that are no UTF-8)
+        body = None
     if not isinstance(body, dict):
         raise RelayError('the body must be a JSON object, e.g. {"reason": "..."}')
     return body
@@ -320,8 +340,8 @@ def _channel_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     async def _handover(caller: Caller, channel: str) -> Any:
         """Hand `channel` to a speaker waiting on it (`{"to": connection_id}`; none: whoever
         has waited longest): they are told `your_turn` and take it over (media/booth.py)."""
-        body = await request.get_json(force=True, silent=True) or {}
-        to = str(body.get("to") or "") if isinstance(body, dict) else ""
+        body = await _body()
+        to = str(body.get("to") or "")
         if CHANNEL_NAME_RE.fullmatch(channel) is None:
             raise NotFound(f"There is no channel called {channel[:40]!r}.")
         known = channel in ctx.settings.channels or channel in registry.streams

@@ -275,6 +275,18 @@ async def test_bad_requests_get_a_plain_sentence_and_change_nothing(
             content=b"[1, 2",
         )
         assert junk.status_code == 400 and "JSON object" in junk.json()["message"]
+        for action in ("disconnect", "remove"):  # bytes that are no UTF-8: a 400, not a 500
+            junk = server.post(
+                f"/admin/sessions/{listener.connection_id}/{action}",
+                headers={**ADMIN, "Content-Type": "application/json"},
+                content=b"\xff\xfe{",
+            )
+            assert junk.status_code == 400 and "JSON object" in junk.json()["message"]
+        for ttl in ("9" * 400 + "d", "99999999999999d", "367d"):  # past a year: refused
+            made = server.post(
+                "/admin/invites", headers=ADMIN, json={"channel": "english", "ttl": ttl}
+            )
+            assert made.status_code == 400 and "longer than a year" in made.json()["message"]
         not_invited = admin(server, listener.connection_id, "remove", invite=True)
         assert not_invited.status_code == 400
         assert "did not come in with an invite" in not_invited.json()["message"]
