@@ -17,16 +17,38 @@ _SPACES = re.compile(r"\s+")
 
 def clean_name(text: str) -> str:
     """`text` fit to print in a row or a sentence: control and format characters removed
-    (a name cannot move the cursor, break a line or turn text around), runs of spaces
-    made one, trimmed. May be empty; the caller checks the length (MAX_NAME)."""
-    kept = "".join(" " if ch.isspace() else ch for ch in text if not _hidden(ch))
+    (a name cannot move the cursor, break a line or turn text around), blank look-alikes
+    made spaces, runs of spaces made one, trimmed. May be empty; the caller checks the
+    length (MAX_NAME)."""
+    kept = "".join(" " if _blank(ch) else ch for ch in text if not _hidden(ch))
     return _SPACES.sub(" ", kept).strip()
+
+
+# Letters that print as nothing (Hangul fillers, the blank Braille pattern): a name of them
+# would read as empty, or as someone else's name with an invisible tail.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# What the server itself calls people: a client may not give itself these names.
+_RESERVED = re.compile(r"^(?:(?:listener|speaker)(?: \d+)?|.*\boperator\b.*|someone)$", re.I)
+
+
+def _blank(ch: str) -> bool:
+    return ch.isspace() or ch in _FILLERS
 
 
 def _hidden(ch: str) -> bool:
     # Cc: control characters; Cf: format (bidi overrides, zero-width); Cs/Co/Cn: surrogates,
     # private use, unassigned. Spaces and tabs are whitespace, kept as one space.
-    return not ch.isspace() and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")
+    return not _blank(ch) and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")
+
+
+def given_name(text: str) -> str | None:
+    """A name a client gives itself, or None: cleaned, at least one letter or digit, and
+    none the server uses for people ("Listener 7", "Speaker 2", "The operator"), so nobody
+    reads a made-up name as the server's word."""
+    name = clean_name(text)[:MAX_NAME].strip()
+    if not any(ch.isalnum() for ch in name) or _RESERVED.match(name):
+        return None
+    return name
 
 
 # Programs first (their User-Agent may mention a browser engine), then browsers by what

@@ -117,6 +117,8 @@ def session_row(info: SessionInfo, ctx: RelayContext, holders: Holders) -> dict[
         "user_agent": info.user_agent,
         # Who, what, where, on what (the console's words).
         "name": info.name,
+        # A name the person typed, not one an operator gave their token: the console says so.
+        "self_named": bool(info.given_name) and not (info.grant and info.grant.name),
         "what": "relaying to another node" if info.node_link else WHAT.get(info.role, "connected"),
         "channel_label": label or None,
         "device": info.device or None,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import protocol as p
 from ..core.auth import Grant, authenticate, personal_pass, reauthenticate
 from ..core.errors import CloseCode
-from ..core.people import MAX_NAME, clean_name
+from ..core.people import given_name
 from ..streams.stream import SessionInfo
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def dismiss(session: PeerSession, farewell: p.Disconnected) -> None:
 
 
 def take_name(info: SessionInfo, name: object) -> None:
-    """A name the client gives (a token's name, if any, comes first): cleaned, cut to 40."""
+    """A name the client gives (a token's name, if any, comes first): cleaned, cut to 40,
+    never one the server uses for people (core/people.given_name)."""
     if isinstance(name, str):
-        info.given_name = clean_name(name)[:MAX_NAME] or None
+        info.given_name = given_name(name)

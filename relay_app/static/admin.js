@@ -244,6 +244,7 @@ function whoCell(row, session) {
   const td = cell(row, "");
   td.className = "who";
   td.append(Object.assign(document.createElement("strong"), { textContent: session.name || "Someone" }));
+  if (session.self_named) td.append(Object.assign(document.createElement("small"), { className: "note", textContent: "named themselves" }));
   const note = tokenNote(session);
   if (note) td.append(Object.assign(document.createElement("small"), { className: "note", textContent: note }));
   // (on a phone the Device column is left out: the device goes under the name)

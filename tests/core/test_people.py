@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay_app.core.people import clean_name, short_device
+from relay_app.core.people import clean_name, given_name, short_device
 
 ANDROID = (
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -49,3 +49,13 @@ def test_a_name_loses_what_could_disguise_it() -> None:
     assert clean_name("Ma\u202erie\u200b") == "Marie"  # no bidi override, no zero-width
     assert clean_name("\x00\x07") == ""
     assert clean_name("Zoë Ōtsuka 李") == "Zoë Ōtsuka 李"
+
+
+def test_a_name_a_client_gives_itself_cannot_pass_for_the_servers_words_or_be_blank() -> None:
+    assert given_name("  Jean   Paul ") == "Jean Paul"
+    assert given_name("ab\u3164") == "ab"  # a Hangul filler: no invisible tail
+    for taken in ("Listener 3", "speaker", "Speaker 12", "The operator", "someone"):
+        assert given_name(taken) is None, taken
+    for blank in ("\u3164\u3164", "\u2800", "   ", "\u200b", "--"):
+        assert given_name(blank) is None, blank
+    assert given_name("Operatorin") == "Operatorin"  # (a word, not the operator)
