@@ -5,7 +5,9 @@ The response is one listener of the stream's shared pages (http_audio.py), a ses
 own task group (`OggListener`): a client that leaves, a stream that ends, a listener dropped
 as too slow or a token that expires each end it, and everything it held is released when
 its body's `async with` exits. `latest.ogg` is whichever stream is newest when the request
-arrives, so a player can keep one URL and simply reconnect after a stream ends. A channel's
+arrives, so a player can keep one URL and simply reconnect after a stream ends. In cluster
+mode a stream on another node is heard through this node's upstream of it (streams/finder.py,
+the lookup every door shares), as a /ws receiver hears it. A channel's
 listener stays on: the channel's next sender goes on in the same logical Ogg stream
 (http_audio.ChannelPages), until the channel has been empty for
 streams.channel_wait_timeout. streams.max_http_listeners counts a channel's listeners
@@ -30,7 +32,7 @@ from ..core.errors import AuthError, CapacityError, LimitError, NoStreamError
 from ..core.logs import get_logger
 from ..core.protocol import NO_STREAM_MESSAGE
 from ..streams.context import RelayContext
-from ..streams.finder import next_on_channel
+from ..streams.finder import next_on_channel, stream_to_play
 from ..streams.stream import SessionInfo, Stream
 from .guard import LISTEN, Entry, Guard
 
@@ -81,17 +83,15 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
         wanted = None if stream_id == LATEST else stream_id
         if entry.grant is not None:  # a scoped token's "latest" is its own stream
             wanted = entry.grant.check_receiving(wanted)
-        stream = registry.find_stream(wanted)
-        if stream.ended.is_set() or stream.http is None:
-            raise NoStreamError(f"{NO_STREAM_MESSAGE} ({stream.stream_id} has ended)")
-        registry.check_http_listener(stream.stream_id)  # 503 (streams.max_http_listeners)
         assert entry.info is not None
         listener_log = get_logger(
-            connection_id=entry.info.connection_id,
-            role="http_listener",
-            stream_id=stream.stream_id,
-            remote=entry.remote,
+            connection_id=entry.info.connection_id, role="http_listener", remote=entry.remote
         )
+        stream = await stream_to_play(ctx, wanted, listener_log)  # (another node's too)
+        if stream.http is None:
+            raise NoStreamError(f"{NO_STREAM_MESSAGE} ({stream.stream_id} has no Ogg pages)")
+        registry.check_http_listener(stream.stream_id)  # 503 (streams.max_http_listeners)
+        listener_log = listener_log.bind(stream_id=stream.stream_id)
         found = request.scope.get(ABORT)  # (only under the port dispatcher)
         abort = found if isinstance(found, Abort) else None
         body = OggListener(ctx, stream, entry.info, entry.grant, listener_log, abort)

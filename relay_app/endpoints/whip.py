@@ -33,6 +33,7 @@ from ..media.receiver import run_answering_receiver
 from ..media.sender import check_offer, run_sender
 from ..signaling.http_peers import HttpPeer, HttpPeers, Kind, relay_error
 from ..streams.context import RelayContext
+from ..streams.finder import stream_to_play
 from .guard import PAGE, RESOURCE, WHEP, WHIP, Entry, Guard, origin_allowed
 
 SDP = "application/sdp"
@@ -151,7 +152,7 @@ class WhipEndpoints:
         if grant is not None:
             grant.check_receiving(channel)
         log = get_logger(connection_id=info.connection_id, role="receiver", via="whep")
-        stream = registry.find_live_stream(channel, log)
+        stream = await stream_to_play(self.ctx, channel, log)  # (another node's too)
         return await self._open(entry, kind, run_answering_receiver, (stream, offer), None)
 
     async def _open(

@@ -1,6 +1,8 @@
 """Which stream a receiver plays: this node's own, or, in cluster mode, another node's through
-an upstream. The session and the receiver ask here, so neither knows the cluster exists: on a
-single node `ctx.cluster` is None and this is the registry's lookup.
+an upstream. Every door asks here (a /ws receiver, a WHEP player, an Ogg listener, and a
+receiver or listener waiting on a channel), so all of them hear every node's streams with the
+same errors, and none knows the cluster exists: on a single node `ctx.cluster` is None and this
+is the registry's lookup.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from .stream import Stream
 async def stream_to_play(
     ctx: RelayContext, stream_id: str | None, log: Any, link: bool = False
 ) -> Stream:
-    """The stream a receiver asked for: this node's own, or another node's via an upstream.
+    """The live stream a receiver asked for (`None`: the newest): this node's own, or another
+    node's via an upstream. NoStreamError when there is none, SessionStateError (404) when it
+    has ended, MediaUnavailable when its node does not answer; each is logged on `log`.
 
     An upstream (`link`) is served only from this node's own streams: no relaying of a
     relayed stream, so links never loop.

@@ -1,26 +1,34 @@
 """Cluster mode: three real node processes and a real Redis, all on loopback.
 
-A sender on node A, receivers on B and C: B and C relay A's stream over one upstream each.
+A sender on node A, receivers on B and C: B and C relay A's stream over one upstream each,
+whichever door a listener comes in by (/ws, WHEP, plain-HTTP Ogg).
 Faults are real too: A killed with SIGKILL, Redis killed and started again.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+import av
 import httpx
+import numpy as np
 import pytest
 from redis import Redis
 
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
+from relay_app.client.whip import WhipError, whep_play
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint, verify
 from relay_app.core.errors import sole_error
@@ -168,6 +176,77 @@ async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_no
         assert event["reason"] == "no receivers left on this node"
         wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
         wait_for(lambda: a.metrics()["active_receivers"] == 0, timeout=5)
+
+
+@contextmanager
+def ogg_body(url: str) -> Iterator[bytearray]:
+    """A plain-HTTP listener reading the response (one connection) until the block ends."""
+    body, stop = bytearray(), threading.Event()
+
+    def read() -> None:
+        try:
+            with httpx.stream("GET", url, timeout=30) as response:
+                if response.status_code != 200:
+                    body.extend(f"HTTP {response.status_code}".encode())
+                    return
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if stop.is_set():
+                        return
+        except httpx.HTTPError:
+            return  # the server ended the response: the body stays
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield body
+    finally:
+        stop.set()
+        reader.join(5)
+
+
+def ogg_audio(body: bytes) -> np.ndarray:
+    """The decoded mono samples (48 kHz) of an Ogg/Opus stream's bytes so far."""
+    with av.open(io.BytesIO(bytes(body))) as container:
+        frames = [f.to_ndarray().mean(axis=0) for f in container.decode(audio=0)]
+    return np.concatenate(frames).astype(np.float32) if frames else np.zeros(0, np.float32)
+
+
+async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_one_upstream(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Every door looks a stream up the same way: WHEP and Ogg on node B play node A's
+    stream through B's one upstream, as /ws does, and refuse one nowhere with a 404."""
+    nodes = make_cluster()
+    a, b = nodes["a"], nodes["b"]
+    async with RelayClient.connect(a.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440), channel="hall")
+        wait_for(lambda: listed(b, "hall"), timeout=5)
+        async with whep_play(f"{b.base_url}/whep/hall") as player:
+            with ogg_body(f"{b.status_url}/stream/hall.ogg") as ogg:
+                with anyio.fail_after(15):
+                    await player.recorder.wait_seconds(2.0)
+                rate = player.recorder.sample_rate
+                heard = dominant_frequency(player.recorder.audio(1.0), rate)
+                assert abs(heard - 440) <= 10, f"WHEP on B heard {heard:.1f} Hz"
+                with anyio.fail_after(15):
+                    while len(audio := ogg_audio(ogg)) < 2 * 48000:
+                        assert not ogg.startswith(b"HTTP "), bytes(ogg)
+                        await anyio.sleep(0.25)
+                heard = dominant_frequency(audio[-48000:], 48000)
+                assert abs(heard - 440) <= 10, f"Ogg on B heard {heard:.1f} Hz"
+                # One link from A to B for both (A serves it as its only receiver).
+                assert b.metrics()["live"]["upstreams"] == 1
+                assert len(b.find("upstream_opened")) == 1
+                assert a.metrics()["active_receivers"] == 1
+        # A stream on no node: the same 404 on B by either door.
+        with pytest.raises(WhipError) as refused:
+            async with whep_play(f"{b.base_url}/whep/nowhere"):
+                pass
+        assert refused.value.status == 404
+        missing = b.get("/stream/nowhere.ogg", status_port=True)
+        assert missing.status_code == 404, missing.text
+    wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
 async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_channel(
