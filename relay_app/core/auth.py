@@ -15,7 +15,9 @@ Remove: `Revocations`) for the rest of its lifetime; tokens made before ids were
 known by a hash of the token itself. An invite (`inv`: a link or QR code many people use) is
 exchanged by each page that opens it for a personal token of its own (`personal_pass`: same
 role, channel and expiry, its `par` the invite's id), so Remove withdraws one device's pass,
-or, when the operator asks, the invite and every pass made from it.
+or, when the operator asks, the invite and every pass made from it. A connection that cannot
+keep a token (a WHEP player, an Ogg player) holds a pass for itself alone instead
+(`connection_pass`: no token is made of it), so Remove still ends only that connection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -67,6 +69,9 @@ class Grant:
     invite: bool = False
     # A personal pass's invite (`par`: the invite's id): withdrawing the invite withdraws it.
     parent: str | None = None
+    # A pass for one connection alone (`connection_pass`): no token was made of it, so its
+    # holder cannot keep it, and coming back with the invite gets a new one.
+    connection_only: bool = False
 
     @property
     def revocation_ids(self) -> tuple[str, ...]:
@@ -289,6 +294,19 @@ def personal_pass(secret: str, grant: Grant) -> tuple[str, Grant] | None:
     return token, verify(secret, token)
 
 
+def connection_pass(grant: Grant) -> Grant:
+    """For an invite's grant: a pass for one connection alone, for doors whose clients
+    cannot keep a token of their own (a WHEP player, an Ogg player) and for a /ws session
+    that switches to an invite mid-session. Same role, channel, name and expiry as the
+    invite; a fresh id that no token carries (so withdrawing it ends this connection only,
+    and nobody can present it again), its parent the invite's id (so withdrawing the invite
+    still ends it). Any other grant is returned as it is."""
+    if not grant.invite:
+        return grant
+    own = "conn:" + secrets.token_urlsafe(12)
+    return replace(grant, token_id=own, parent=grant.token_id, invite=False, connection_only=True)
+
+
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
 
@@ -384,10 +402,24 @@ async def watch_expiry(
 
 
 def reauthenticate(
-    settings: Settings, token: str, revoked: Revocations | None = None
+    settings: Settings,
+    token: str,
+    revoked: Revocations | None = None,
+    held: Grant | None = None,
 ) -> tuple[Grant | None, p.ServerMessage]:
-    """`auth` mid-session: the refreshed grant (a new token before the old one expires)."""
+    """`auth` mid-session: the refreshed grant (a new token before the old one expires).
+
+    A session never holds an invite itself, or the operator's Remove could only withdraw it
+    for everyone who scanned the same code. An invite sent mid-session therefore gives the
+    session a pass: the one it `held` when that was made from this very invite (nothing
+    changes: same pass, same number on the console, same expiry, as a page that sends its
+    invite again expects), else a pass for this connection alone (`connection_pass`). The
+    switch is not refused: a client re-sending the token it connected with must not be
+    cut off, and it gains nothing by it."""
     if settings.auth.secret is None:
         return None, p.Authenticated(role="both")  # open server: anything goes
     grant = session_grant(settings, token, revoked)
+    if grant.invite:
+        same = held is not None and held.parent is not None and held.parent == grant.token_id
+        grant = held if same and held is not None else connection_pass(grant)
     return grant, p.Authenticated(role=grant.role, stream=grant.stream)

@@ -141,16 +141,19 @@ def token_row(info: SessionInfo, holders: Holders) -> dict[str, Any] | None:
     """What Remove would withdraw from this session, and who else holds it (None: nothing,
     as on a server without auth.secret).
 
-    kind: "pass" (a device's own, made from an invite), "invite" (a link or code itself, as
-    a Python client uses it), "token" (a personal token); `connections`: the connections
-    holding the same token (this one included); `invite_connections`: those that came in
-    with the same invite (with a pass of their own, or with the invite itself)."""
+    kind: "pass" (a device's own, made from an invite), "invite" (a link or code itself),
+    "token" (a personal token); `connection_only`: a pass of this connection alone (a WHEP
+    or Ogg player that came with an invite: coming back with the invite gets it in again);
+    `connections`: the connections holding the same token (this one included);
+    `invite_connections`: those that came in with the same invite (with a pass of their own,
+    or with the invite itself)."""
     grant = info.grant
     if grant is None or grant.role == "node" or info.node_link:
         return None
     invite = grant.parent if grant.parent is not None else grant.token_id if grant.invite else None
     return {
         "kind": "pass" if grant.parent is not None else "invite" if grant.invite else "token",
+        "connection_only": grant.connection_only,
         "name": grant.name,
         "expires_at": grant.expires_at,
         "connections": holders.tokens[grant.token_id],

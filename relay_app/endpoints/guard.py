@@ -7,7 +7,9 @@ door it is (`Door`) and the guard does, in this order, what every door needs:
     Host       server.allowed_hosts (DNS rebinding): every request, before any route
     Origin     browser requests that change state (POST/DELETE/PATCH, and every WebSocket)
     token      `Authorization: Bearer` or `?token=`, parsed once into a `Grant` with its scope;
-               a token the operator withdrew (Remove) is refused here, at every door
+               a token the operator withdrew (Remove) is refused here, at every door; a
+               shared invite at a door that holds a connection becomes a pass of that
+               connection's own (core/auth.connection_pass)
     admission  one table (the registry's pending and open sessions) and one set of rules:
                max_connections, max_connections_per_address, max_pending_connections;
                page requests per address and second (page_requests_per_second)
@@ -37,7 +39,7 @@ from quart import Quart, Response, has_request_context, jsonify, request, websoc
 from werkzeug.exceptions import HTTPException
 
 from ..core import protocol as p
-from ..core.auth import Grant, Role, verify
+from ..core.auth import Grant, Role, connection_pass, verify
 from ..core.config import Settings
 from ..core.errors import AuthError, LimitError, RelayError, http_error_body
 from ..core.logs import get_logger
@@ -229,6 +231,12 @@ class Guard:
         if door.local_without_secret and self.settings.auth.secret is None:
             self._check_local(door, peer, headers)
         grant, pending = self._grant(door, headers, args)
+        number_by = grant  # (a connection's own pass is never seen again: not remembered)
+        if door.holds not in (None, "idle", "admin") and grant is not None:
+            # A connection (WHIP/WHEP, Ogg) never holds a shared invite itself: it gets a pass
+            # for itself alone, so the operator's Remove ends it and not everyone who scanned
+            # the code. (/ws sessions get a pass they keep in their `welcome` instead.)
+            grant = connection_pass(grant)
         entry = Entry(remote=remote, grant=grant, pending=pending)
         if door.holds is not None:
             user_agent = headers.get("User-Agent", "")[:200]
@@ -237,7 +245,7 @@ class Guard:
             if door.holds in ("listener", "admin"):  # (the others take a role as they start)
                 info.role = door.holds
             if door.holds != "admin":  # (people only: "Listener 7")
-                info.number = self.ctx.names.number(grant)
+                info.number = self.ctx.names.number(number_by)
             self.ctx.registry.admit(info, authenticating=pending)
             entry.info = info
             if door.holds == "admin":  # a call: it holds its slot exactly while it runs

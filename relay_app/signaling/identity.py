@@ -48,8 +48,13 @@ async def first_message_grant(session: PeerSession) -> Grant:
 
 
 def reauthenticated(session: PeerSession, token: str) -> p.ServerMessage:
-    """`auth` mid-session: the new grant (a withdrawn token is refused), and the answer."""
-    session.grant, reply = reauthenticate(session.settings, token, session.ctx.revocations)
+    """`auth` mid-session: the new grant (a withdrawn token is refused), and the answer.
+
+    An invite never becomes the session's grant: the session keeps the pass it has from
+    that invite, or gets one for this connection alone (core/auth.reauthenticate), and the
+    console lists it as holding that pass, so Remove ends this device only."""
+    revoked, held = session.ctx.revocations, session.grant
+    session.grant, reply = reauthenticate(session.settings, token, revoked, held)
     session.info.grant = session.grant
     return reply
 

@@ -303,7 +303,10 @@ function askRemove(session) {
   $("remove-title").textContent = `Remove ${name}?`;
   $("remove-confirm").textContent = `Remove ${name}`;
   let text;
-  if (token.kind === "pass") {
+  if (token.kind === "pass" && token.connection_only) {
+    // A player (WHEP, VLC, an <audio>) that came with the shared invite keeps no pass of its own.
+    text = `${name} is disconnected and told so. They came with the shared invite on a player that keeps no pass of its own, so Remove keeps out only this browser or connection: scanning the code again (or reconnecting with the same link) brings them back, unless you withdraw the invite.`;
+  } else if (token.kind === "pass") {
     text = `${name} is disconnected and told so, and this device's own pass is withdrawn${until(session)}: reloading the page does not bring them back.`;
   } else if (token.kind === "invite") {
     text = `${name} uses a shared invite itself, not a pass of its own: Remove withdraws that invite${until(session)}, for everyone who came with it (${plural(token.invite_connections, "connection")} now).`;
@@ -332,7 +335,8 @@ async function confirmRemove(invite) {
   try {
     const path = `/admin/sessions/${encodeURIComponent(session.connection_id)}/remove`;
     const answer = await (await post(path, { invite })).json();
-    const what = { pass: "their device's pass", token: "their token", invite: "the invite" }[answer.withdrawn] || "their invitation";
+    const pass = session.token && session.token.connection_only ? "this connection's pass" : "their device's pass";
+    const what = { pass, token: "their token", invite: "the invite" }[answer.withdrawn] || "their invitation";
     const count = answer.removed.length;
     say(`${session.name} was removed: ${what} is withdrawn until ${clockTime(answer.until)}${count > 1 ? `, and ${plural(count, "connection")} ended` : ""}.`);
   } catch (error) {

@@ -1,4 +1,5 @@
-"""auth.py: a token's id, name and invite; withdrawn tokens; a device's own pass."""
+"""auth.py: a token's id, name and invite; withdrawn tokens; a device's own pass; a
+connection's own pass; an invite sent mid-session."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import time
 import jwt
 import pytest
 
-from relay_app.core.auth import Revocations, mint, personal_pass, verify
+from relay_app.core import protocol as p
+from relay_app.core.auth import (
+    Revocations,
+    connection_pass,
+    mint,
+    personal_pass,
+    reauthenticate,
+    verify,
+)
+from relay_app.core.config import Settings
 from relay_app.core.errors import AuthError
 
 SECRET = "unit-test-secret-0123456789abcdef0123456789"
@@ -52,6 +62,47 @@ def test_an_invite_gives_a_pass_with_its_channel_name_and_expiry() -> None:
     assert own.revocation_ids == (own.token_id, invite.token_id)
     assert personal_pass(SECRET, own) is None  # a pass makes no pass
     assert personal_pass(SECRET, verify(SECRET, mint(SECRET, "send", 60))) is None
+
+
+def test_a_connection_gets_a_pass_of_its_own_that_no_token_carries() -> None:
+    """A WHEP or Ogg player that came with an invite: its pass is withdrawn alone, and with
+    the invite; two connections with the same invite never share one."""
+    invite = verify(SECRET, mint(SECRET, "receive", 600, stream="english", invite=True))
+    one, two = connection_pass(invite), connection_pass(invite)
+    assert one.connection_only and not one.invite and one.parent == invite.token_id
+    assert (one.role, one.stream, one.expires_at) == ("receive", "english", invite.expires_at)
+    assert one.token_id not in (None, invite.token_id, two.token_id)
+    revocations = Revocations()
+    assert one.token_id is not None and invite.token_id is not None
+    revocations.revoke([one.token_id], time.time() + 600)
+    assert revocations.withdrawn(one) and not revocations.withdrawn(two)
+    revocations.revoke([invite.token_id], time.time() + 600)
+    assert revocations.withdrawn(two)
+    personal = verify(SECRET, mint(SECRET, "receive", 600))
+    assert connection_pass(personal) is personal  # (only an invite is exchanged)
+
+
+def test_an_invite_sent_mid_session_keeps_the_pass_made_from_it() -> None:
+    settings = Settings.model_validate({"auth": {"secret": SECRET}})
+    shared = mint(SECRET, "receive", 600, stream="english", invite=True)
+    made = personal_pass(SECRET, verify(SECRET, shared))
+    assert made is not None
+    held = made[1]
+    grant, reply = reauthenticate(settings, shared, Revocations(), held)
+    assert grant is held and reply == p.Authenticated(role="receive", stream="english")
+    # Another invite, or no pass yet: a pass for this connection alone, never the invite.
+    other = mint(SECRET, "receive", 600, stream="english", invite=True)
+    for before in (held, None, verify(SECRET, mint(SECRET, "both", 60))):
+        grant, _ = reauthenticate(settings, other, Revocations(), before)
+        assert grant is not None and grant.connection_only and not grant.invite
+        assert grant.parent == verify(SECRET, other).token_id
+    # A withdrawn invite is refused, pass or not.
+    revocations = Revocations()
+    invite_id = verify(SECRET, shared).token_id
+    assert invite_id is not None
+    revocations.revoke([invite_id], time.time() + 600)
+    with pytest.raises(AuthError, match="withdrawn"):
+        reauthenticate(settings, shared, revocations, held)
 
 
 def test_a_withdrawn_token_is_refused_in_plain_words_until_it_expires() -> None:

@@ -308,3 +308,192 @@ async def test_bad_requests_get_a_plain_sentence_and_change_nothing(
         assert "runs without access tokens" in answer.json()["message"]
         await listener.request(p.Ping(), "pong")
     assert not [e for e in server.events if "exception" in e]
+
+
+class OggListener:
+    """A player on the plain-HTTP door (VLC, an `<audio>`): reads everything until cut."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.status: int | None = None
+        self.received = 0
+        self.ended = anyio.Event()
+
+    async def run(self) -> None:
+        try:
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+                client.stream("GET", self.url) as response,
+            ):
+                self.status = response.status_code
+                async for chunk in response.aiter_bytes():
+                    self.received += len(chunk)
+        except httpx.HTTPError:
+            pass  # (cut: a reset, or a chunked body that never finished)
+        finally:
+            self.ended.set()
+
+    async def wait_more(self, size: int = 2000, timeout: float = 10) -> None:
+        """Until `size` more bytes of audio came: it still plays."""
+        start = self.received
+        with anyio.fail_after(timeout):
+            while self.received < start + size:
+                assert not self.ended.is_set(), "the Ogg response ended"
+                await anyio.sleep(0.05)
+
+
+async def new_row(server: ServerProcess, via: str, known: set[str]) -> dict[str, Any]:
+    """The console's row of the connection that just came in by door `via`."""
+    with anyio.fail_after(10):
+        while True:
+            fresh = [
+                r
+                for r in rows(server).values()
+                if r["via"] == via and r["connection_id"] not in known
+            ]
+            if fresh:
+                assert len(fresh) == 1, fresh
+                known.add(fresh[0]["connection_id"])
+                return fresh[0]
+            await anyio.sleep(0.05)
+
+
+async def wait_gone(server: ServerProcess, connection_id: str) -> None:
+    with anyio.fail_after(10):
+        while connection_id in rows(server):
+            await anyio.sleep(0.05)
+
+
+async def test_an_invite_sent_again_mid_session_keeps_the_pass_so_remove_ends_that_device_only(
+    secure: ServerProcess,
+) -> None:
+    """A listener sends the shared invite again as a mid-session `auth`: the session keeps
+    the pass it got in its `welcome` (the console lists the pass, not the invite), and
+    Remove withdraws that pass alone. A session that came with a token of its own and
+    switches to the invite gets a pass for itself alone: never the invite itself."""
+    server = secure
+    shared = invite(server)
+    async with (
+        RelayClient.connect(server.ws_url, token=token("send")) as speaker,
+        RelayClient.connect(server.ws_url, token=shared) as phone,
+        RelayClient.connect(server.ws_url, token=shared) as neighbour,
+        RelayClient.connect(server.ws_url, token=token("receive", stream="english")) as desk,
+    ):
+        await speaker.start_sending(ToneTrack(440), channel="english")
+        for listener in (phone, neighbour, desk):
+            await listener.start_receiving("english")
+        before = rows(server)[phone.connection_id]
+        for client in (phone, desk):
+            answer = await client.request(p.Auth(token=shared), "authenticated")
+            assert answer == p.Authenticated(role="receive", stream="english")
+        table = rows(server)
+        row = table[phone.connection_id]
+        assert row["token"]["kind"] == "pass" and not row["token"]["connection_only"]
+        assert (row["name"], row["token"]["connections"]) == (before["name"], 1)
+        assert table[desk.connection_id]["token"]["kind"] == "pass"
+        assert table[desk.connection_id]["token"]["connection_only"]
+        assert row["token"]["invite_connections"] == 3  # (phone, neighbour, desk)
+        answer = admin(server, phone.connection_id, "remove")
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["withdrawn"], answer.json()["removed"]) == (
+            "pass",
+            [phone.connection_id],
+        )
+        assert (await phone.receive(p.Disconnected)).reason == "removed"
+        await phone.closed.wait()
+        assert phone.welcome.personal_token is not None
+        assert await ws_refusal(server, phone.welcome.personal_token) == (WITHDRAWN, 1008)
+        answer = admin(server, desk.connection_id, "remove")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["removed"] == [desk.connection_id]
+        assert (await desk.receive(p.Disconnected)).reason == "removed"
+        await desk.closed.wait()
+        # The neighbour with the same invite plays on, and the invite still lets people in.
+        await neighbour.wait_audio(neighbour.recorder.seconds + 1.0)
+        assert not neighbour.closed.is_set()
+        async with RelayClient.connect(server.ws_url, token=shared) as newcomer:
+            assert newcomer.welcome.personal_token is not None
+
+
+async def test_remove_of_an_ogg_or_whep_player_with_the_shared_invite_ends_that_connection_only(
+    secure: ServerProcess,
+) -> None:
+    """Players that cannot keep a pass (an Ogg player, a WHEP player) came with the shared
+    invite itself: each holds a pass of its own connection, so Remove ends that one, and
+    another Ogg listener, the WHEP player and a page with the same invite play on. The
+    player coming back with the invite gets in again (the console's dialog says so); the
+    dialog's Withdraw the invite still ends everyone who came with it, on every door."""
+    server = secure
+    shared = invite(server)
+    ogg_url = f"{server.status_url}/stream/english.ogg?token={shared}"
+    known: set[str] = set()
+    async with (
+        RelayClient.connect(server.ws_url, token=token("send")) as speaker,
+        RelayClient.connect(server.ws_url, token=shared) as page,
+        anyio.create_task_group() as tg,
+    ):
+        await speaker.start_sending(ToneTrack(440), channel="english")
+        await page.start_receiving("english")
+        removed_ogg, other_ogg = OggListener(ogg_url), OggListener(ogg_url)
+        tg.start_soon(removed_ogg.run)
+        removed_row = await new_row(server, "ogg", known)
+        tg.start_soon(other_ogg.run)
+        other_row = await new_row(server, "ogg", known)
+        async with whep_play(f"{server.base_url}/whep/english", token=shared) as player:
+            whep_row = await new_row(server, "whep", known)
+            with anyio.fail_after(10):
+                await player.recorder.wait_seconds(1.0)
+            for ogg in (removed_ogg, other_ogg):
+                await ogg.wait_more()
+                assert ogg.status == 200
+            for row in (removed_row, other_row, whep_row):
+                assert row["token"]["kind"] == "pass" and row["token"]["connection_only"]
+                assert row["token"]["connections"] == 1
+            assert rows(server)[whep_row["connection_id"]]["token"]["invite_connections"] == 4
+            # Remove one Ogg listener: it alone ends.
+            answer = admin(server, removed_row["connection_id"], "remove")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["withdrawn"] == "pass"
+            assert answer.json()["removed"] == [removed_row["connection_id"]]
+            with anyio.fail_after(5):
+                await removed_ogg.ended.wait()
+            await other_ogg.wait_more()
+            await page.wait_audio(page.recorder.seconds + 0.5)
+            await player.recorder.wait_seconds(player.recorder.seconds + 0.5)
+            # Remove the WHEP player: it alone ends.
+            answer = admin(server, whep_row["connection_id"], "remove")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["removed"] == [whep_row["connection_id"]]
+            await wait_gone(server, whep_row["connection_id"])
+            await anyio.sleep(0.5)  # (what was on its way)
+            heard = player.recorder.seconds
+            await other_ogg.wait_more()
+            await page.wait_audio(page.recorder.seconds + 1.0)
+            assert player.recorder.seconds - heard < 0.2, "the removed WHEP player still hears"
+        assert not page.closed.is_set() and not other_ogg.ended.is_set()
+        # Coming back with the invite gets in: the Remove was of that connection only.
+        back = OggListener(ogg_url)
+        tg.start_soon(back.run)
+        back_row = await new_row(server, "ogg", known)
+        await back.wait_more()
+        # Withdraw the invite: everyone who came with it ends, on every door.
+        answer = admin(server, other_row["connection_id"], "remove", invite=True)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["withdrawn"] == "invite"
+        ended = {other_row["connection_id"], back_row["connection_id"], page.connection_id}
+        assert set(answer.json()["removed"]) == ended
+        assert (await page.receive(p.Disconnected)).reason == "removed"
+        await page.closed.wait()
+        with anyio.fail_after(5):
+            await other_ogg.ended.wait()
+            await back.ended.wait()
+        async with httpx.AsyncClient(timeout=10) as http:
+            refused = await http.get(ogg_url)
+        assert refused.status_code == 403 and refused.json()["message"] == WITHDRAWN
+        with pytest.raises(WhipError) as whep:
+            async with whep_play(f"{server.base_url}/whep/english", token=shared):
+                pass
+        assert whep.value.status == 403 and WITHDRAWN in str(whep.value)
+        assert not speaker.closed.is_set()
+    event = server.wait_event("admin_session_removed", removed=whep_row["connection_id"])
+    assert event["withdrawn"] == "pass" and event["connections"] == 1
