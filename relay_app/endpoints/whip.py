@@ -25,10 +25,10 @@ from typing import Any
 from quart import Quart, Response, request
 
 from ..core.config import CHANNEL_NAME
-from ..core.errors import ChannelBusy, LimitError, NegotiationError, NoStreamError, RelayError
+from ..core.errors import LimitError, NegotiationError, NoStreamError, RelayError
 from ..core.limits import check_sdp_size
 from ..core.logs import get_logger
-from ..media.host import MediaRun
+from ..media.host import MediaRun, admit_sender, check_sender
 from ..media.receiver import run_answering_receiver
 from ..media.sender import check_offer, run_sender
 from ..signaling.http_peers import HttpPeer, HttpPeers, Kind, relay_error
@@ -129,24 +129,18 @@ class WhipEndpoints:
     async def _start(self, kind: Kind, channel: str, offer: str, entry: Entry) -> HttpPeer:
         if CHANNEL_NAME_RE.fullmatch(channel) is None:
             raise NegotiationError(f"{channel!r} is not a channel name", http_status=404)
-        grant, registry, info = entry.grant, self.ctx.registry, entry.info
+        grant, info = entry.grant, entry.info
         assert info is not None  # a door that holds a slot
-        if kind == "whip":
-            if grant is not None:
-                grant.check_sending(channel)
+        if kind == "whip":  # admitted as a /ws sender is (media/host.py), no takeover
+            check_sender(grant, channel, False, self.settings)
             check_offer(offer, video_ignored=True)
-            max_streams = self.settings.streams.max_streams
+            hint = (
+                "another publisher has it: stop that one first, or ask the operator to stop it "
+                f"(POST /admin/streams/{channel}/stop), or publish on another channel"
+            )
 
             def claim() -> None:
-                try:
-                    registry.claim_sender(info, max_streams, channel)
-                except ChannelBusy as busy:
-                    hint = (
-                        "another publisher has it: stop that one first, or ask the operator to "
-                        f"stop it (POST /admin/streams/{channel}/stop), or publish on another "
-                        "channel"
-                    )
-                    raise busy.with_hint(hint) from None
+                admit_sender(self.ctx, info, channel, False, hint)
 
             return await self._open(entry, kind, run_sender, offer, claim)
         if grant is not None:

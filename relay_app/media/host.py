@@ -111,15 +111,40 @@ def require_no_media(media: MediaTask | None, what: str) -> None:
     raise SessionStateError(f"this connection is {media.role}; send stop before {what}")
 
 
+# Sender admission, one road for every door (/ws's start_sending, WHIP's POST): `check_sender`
+# before anything is claimed, then `admit_sender`; a door says only how its own client takes
+# a busy channel over.
+
+
+def check_sender(
+    grant: Grant | None, channel: str | None, takeover: bool, settings: Settings
+) -> None:
+    """What a sender must pass before anything is claimed (RelayError if not): a takeover
+    names a channel and is the token's to make; a token sends where it may."""
+    if takeover and channel is None:
+        raise ChannelError('"takeover" needs a "channel" to take over')
+    if grant is not None:
+        if takeover and channel is not None:
+            check_may_take_over(grant, channel, settings)
+        grant.check_sending(channel, takeover)
+
+
+def admit_sender(
+    ctx: RelayContext, info: SessionInfo, channel: str | None, takeover: bool, busy_hint: str
+) -> None:
+    """Count `info` as a sender from now on (within streams.max_streams), holding its stream
+    id; a busy channel's error ends with `busy_hint`, how this door's client gets it."""
+    max_streams = ctx.settings.streams.max_streams
+    try:
+        ctx.registry.claim_sender(info, max_streams, channel, takeover)
+    except ChannelBusy as busy:
+        raise busy.with_hint(busy_hint) from None
+
+
 def check_sending(message: p.StartSending, grant: Grant | None, settings: Settings) -> None:
     """What `start_sending` must pass before anything is claimed (RelayError if not)."""
     check_sdp_size(message.sdp, settings.webrtc.max_sdp_bytes)
-    if message.takeover and message.channel is None:
-        raise ChannelError('"takeover" needs a "channel" to take over')
-    if grant is not None:
-        if message.takeover and message.channel is not None:
-            check_may_take_over(grant, message.channel, settings)
-        grant.check_sending(message.channel, message.takeover)
+    check_sender(grant, message.channel, message.takeover, settings)
 
 
 def check_may_take_over(grant: Grant, channel: str, settings: Settings) -> None:
@@ -140,13 +165,10 @@ def label_of(settings: Settings, channel: str) -> str:
 
 
 def claim_sending(ctx: RelayContext, info: SessionInfo, message: p.StartSending) -> None:
-    """Count a WebSocket client as this message's sender (within streams.max_streams); a busy
-    channel says how our protocol takes one over."""
-    max_streams = ctx.settings.streams.max_streams
-    try:
-        ctx.registry.claim_sender(info, max_streams, message.channel, message.takeover)
-    except ChannelBusy as busy:
-        raise busy.with_hint('start_sending with "takeover": true replaces it') from None
+    """Count a WebSocket client as this message's sender; a busy channel says how our
+    protocol takes one over."""
+    hint = 'start_sending with "takeover": true replaces it'
+    admit_sender(ctx, info, message.channel, message.takeover, hint)
 
 
 @contextmanager
