@@ -28,7 +28,7 @@ import pytest
 from redis import Redis
 
 from relay_app.client import RelayClient, ServerError, ToneTrack, dominant_frequency
-from relay_app.client.whip import WhipError, whep_play
+from relay_app.client.whip import WhipError, WhipSession, whep_play
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint, verify
 from relay_app.core.errors import sole_error
@@ -212,6 +212,29 @@ def ogg_audio(body: bytes) -> np.ndarray:
     return np.concatenate(frames).astype(np.float32) if frames else np.zeros(0, np.float32)
 
 
+async def whep_hears(player: WhipSession, frequency: float) -> None:
+    """Within a generous bound, the player's last second is `frequency`."""
+    recorder, heard = player.recorder, 0.0
+    with anyio.move_on_after(15):
+        while abs(heard - frequency) > 10:
+            await recorder.wait_seconds(max(recorder.seconds + 0.5, 1.5))
+            heard = dominant_frequency(recorder.audio(1.0), recorder.sample_rate)
+    assert abs(heard - frequency) <= 10, f"WHEP heard {heard:.1f} Hz, expected {frequency}"
+
+
+async def ogg_hears(body: bytearray, frequency: float) -> None:
+    """Within a generous bound, the Ogg body's last second so far is `frequency`."""
+    heard = 0.0
+    with anyio.move_on_after(15):
+        while abs(heard - frequency) > 10:
+            await anyio.sleep(0.25)
+            assert not body.startswith(b"HTTP "), bytes(body)
+            audio = ogg_audio(body)
+            if len(audio) >= 2 * 48000:
+                heard = dominant_frequency(audio[-48000:], 48000)
+    assert abs(heard - frequency) <= 10, f"Ogg heard {heard:.1f} Hz, expected {frequency}"
+
+
 async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_one_upstream(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -224,17 +247,8 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
         wait_for(lambda: listed(b, "hall"), timeout=5)
         async with whep_play(f"{b.base_url}/whep/hall") as player:
             with ogg_body(f"{b.status_url}/stream/hall.ogg") as ogg:
-                with anyio.fail_after(15):
-                    await player.recorder.wait_seconds(2.0)
-                rate = player.recorder.sample_rate
-                heard = dominant_frequency(player.recorder.audio(1.0), rate)
-                assert abs(heard - 440) <= 10, f"WHEP on B heard {heard:.1f} Hz"
-                with anyio.fail_after(15):
-                    while len(audio := ogg_audio(ogg)) < 2 * 48000:
-                        assert not ogg.startswith(b"HTTP "), bytes(ogg)
-                        await anyio.sleep(0.25)
-                heard = dominant_frequency(audio[-48000:], 48000)
-                assert abs(heard - 440) <= 10, f"Ogg on B heard {heard:.1f} Hz"
+                await whep_hears(player, 440)
+                await ogg_hears(ogg, 440)
                 # One link from A to B for both (A serves it as its only receiver).
                 assert b.metrics()["live"]["upstreams"] == 1
                 assert len(b.find("upstream_opened")) == 1
@@ -246,6 +260,32 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
         assert refused.value.status == 404
         missing = b.get("/stream/nowhere.ogg", status_port=True)
         assert missing.status_code == 404, missing.text
+    wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+
+
+async def test_a_whep_player_and_an_ogg_listener_on_b_follow_the_channel_to_another_node(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The channel's sender leaves node A and the next one speaks on node C: the WHEP player
+    and the Ogg listener on B hear C on the connections they have (the Ogg body one stream)."""
+    nodes = make_cluster()
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    async with RelayClient.connect(a.ws_url) as first:
+        await first.start_sending(ToneTrack(440), channel="hall")
+        wait_for(lambda: listed(b, "hall"), timeout=5)
+        async with whep_play(f"{b.base_url}/whep/hall") as player:
+            with ogg_body(f"{b.status_url}/stream/hall.ogg") as ogg:
+                await whep_hears(player, 440)
+                await ogg_hears(ogg, 440)
+                await first.send(p.Stop())
+                await first.expect("stopped")
+                wait_for(lambda: not listed(b, "hall"), timeout=5)
+                async with RelayClient.connect(c.ws_url) as second:
+                    await second.start_sending(ToneTrack(660), channel="hall")
+                    await whep_hears(player, 660)
+                    await ogg_hears(ogg, 660)
+                    assert b.find("http_listener_followed")
+                    assert len(b.find("upstream_opened")) == 2  # A's, then C's
     wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
