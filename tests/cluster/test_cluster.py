@@ -289,6 +289,36 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_follow_the_channel_to_anot
     wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
+async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no_further(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """With auth on, a WHEP player and an Ogg listener on B holding a receive token scoped to
+    A's channel hear it (B links with a node token); a token scoped to another channel is
+    refused by both doors before B opens anything toward A."""
+    nodes = make_cluster({"auth": {"secret": SECRET, "protect_metrics": False}})
+    a, b = nodes["a"], nodes["b"]
+    hall = mint(SECRET, "receive", 600, stream="hall")
+    foyer = mint(SECRET, "receive", 600, stream="foyer")
+    async with RelayClient.connect(a.ws_url, token=mint(SECRET, "send", 600)) as sender:
+        await sender.start_sending(ToneTrack(440), channel="hall")
+        wait_for(lambda: listed(b, "hall"), timeout=5)
+        with pytest.raises(WhipError) as refused:
+            async with whep_play(f"{b.base_url}/whep/hall", token=foyer):
+                pass
+        assert refused.value.status == 403
+        other = b.get(f"/stream/hall.ogg?token={foyer}", status_port=True)
+        assert other.status_code == 403, other.text
+        assert not b.find("upstream_requested") and not b.find("upstream_opened")
+        async with whep_play(f"{b.base_url}/whep/hall", token=hall) as player:
+            with ogg_body(f"{b.status_url}/stream/latest.ogg?token={hall}") as ogg:
+                await whep_hears(player, 440)
+                await ogg_hears(ogg, 440)  # (its "latest" is the stream its token names)
+                assert b.metrics()["live"]["upstreams"] == 1
+                link = a.wait_event("client_authenticated", role="node")
+                assert link["subject"] == "b"
+    wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+
+
 async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_channel(
     make_cluster: Callable[..., Cluster],
 ) -> None:
