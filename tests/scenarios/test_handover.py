@@ -8,8 +8,10 @@ the last packet of one speaker and the first of the next is measured at the list
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,18 +62,21 @@ def tone(audio: np.ndarray, rate: int = 48000) -> float:
 
 @contextmanager
 def ogg_listener(url: str) -> Iterator[bytearray]:
-    """A plain-HTTP listener reading the response, one connection, until the block ends."""
-    body, stop = bytearray(), threading.Event()
+    """A plain-HTTP listener reading the response, one connection, until the block ends: then
+    its socket is shut, so the reader stops even while no page comes (a channel waiting for
+    its next speaker sends none) and the server sees the listener leave."""
+    body, stop, sockets = bytearray(), threading.Event(), []
 
     def read() -> None:
         try:
             with httpx.stream("GET", url, timeout=30) as response:
+                sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
                 for chunk in response.iter_bytes():
                     body.extend(chunk)
                     if stop.is_set():
                         return
         except httpx.HTTPError:
-            return  # the server ended the response (it stops after the test): body stays
+            return  # the server ended the response, or the block shut it: body stays
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -79,6 +84,9 @@ def ogg_listener(url: str) -> Iterator[bytearray]:
         yield body
     finally:
         stop.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         reader.join(5)
 
 
