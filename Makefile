@@ -30,8 +30,8 @@ lint: $(STAMP)
 # namespaces) run alone, so nothing else on the machine stretches what they measure.
 # (pytest exits 5 when a part selects nothing, e.g. with a PYTEST_ARGS of one file.)
 test: lint
-	$(VENV)/bin/pytest -n auto --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(VENV)/bin/pytest -p no:xdist -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -n auto --dist loadfile -m "not serial" --durations=10 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -p no:xdist -m serial --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,10 +1,11 @@
 // Operator console: the admin API in a page. It keeps no state: everything is read back from
 // the server every REFRESH_MS, and every action is one admin API call.
-import { clockTime } from "./relay.js";
+import { clockTime, stateReporter } from "./relay.js";
 
 const REFRESH_MS = 2000;
 const STORED = "relay_app.admin_token";
 const $ = (id) => document.getElementById(id);
+const setStatus = stateReporter($("status"));
 
 // An admin link (`/admin#token=...` or `?token=`): its token leaves the URL at once, and is
 // kept only if the server accepts it (see takeLinkToken).
@@ -57,12 +58,6 @@ function answerLinkToken(use) {
   $("link-token").hidden = true;
   say(use ? "This console now uses the admin token from the link." : "This console kept the admin token it had; the link's token was not stored.");
   refresh();
-}
-
-function setStatus(state, text) {
-  document.body.dataset.state = state;
-  $("status").textContent = text;
-  $("status").dataset.state = state;
 }
 
 // (Shown alone: the page hides everything else while unauthorized.)

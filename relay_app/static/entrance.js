@@ -3,21 +3,16 @@
 // an invite minted with the admin token the console keeps (12 hours, a new one every hour, so
 // that a phone scanning it at any moment can listen for 11 hours at least). A device that
 // cannot mint shows no code: a code without a token would lead to "needs an invitation".
-import { clockTime } from "./relay.js";
+import { clockTime, stateReporter } from "./relay.js";
 import { INVITE_HOURS, Invites, RENEW_HOURS, authRequired, qrSource, storedAdminToken } from "./invites.js";
 
 const REFRESH_MS = 10000;
 const MAX_SIDE = 720; // px: larger helps no camera
 const MIN_SIDE = 140;
 const $ = (id) => document.getElementById(id);
+const setStatus = stateReporter($("status"));
 const invites = new Invites(storedAdminToken());
 let authOn = null; // null: not known yet
-
-function setStatus(state, text) {
-  document.body.dataset.state = state;
-  $("status").textContent = text;
-  $("status").dataset.state = state;
-}
 
 /** The channels to show, each with the token its code carries ("" for none needed); null
  * when this device cannot make codes that work. */

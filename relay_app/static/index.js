@@ -5,21 +5,16 @@
 // own invite (for the channels it plays: a visitor may pass on what they hold), or invites
 // minted with the operator's admin token (the console keeps it on this device). A device with
 // neither shows none, and says what to do.
-import { NEEDS_INVITE, clockTime, keepInvite, streamName, tokenClaims, tokenFromUrl, tokenPlays, tokenShareable, withToken } from "./relay.js";
+import { clockTime, keepInvite, NEEDS_INVITE, stateReporter, streamName, tokenClaims, tokenFromUrl, tokenPlays, tokenShareable, withToken } from "./relay.js";
 import { Invites, authRequired, qrSource, storedAdminToken } from "./invites.js";
 
 const REFRESH_MS = 3000;
 const $ = (id) => document.getElementById(id);
+const setStatus = stateReporter($("status"));
 const visitor = tokenFromUrl();
 const invites = new Invites(storedAdminToken());
 let authOn = null; // whether the server wants tokens (null: not known yet)
 const SPEAKER_ONLY = "Your link is for speaking, not for listening: open Speak.";
-
-function setStatus(state, text) {
-  document.body.dataset.state = state;
-  $("status").textContent = text;
-  $("status").dataset.state = state;
-}
 
 /**
  * What this device may show: the listing and how it holds its tokens.

@@ -51,11 +51,13 @@ def relay_mode() -> str:
     return "forward"  # page logic: the relay mode does not change it
 
 
+# The module's server: conftest.secure_server (auth on) with these channels.
+SECURE_CONFIG = {"channels": CHANNELS}
+
+
 @pytest.fixture(scope="module")
-def event_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {"auth": {"secret": SECRET}, "channels": CHANNELS}
-    metrics = {"Authorization": f"Bearer {token('metrics')}"}
-    yield from serving(tmp_path_factory.mktemp("event"), config, metrics)
+def event_server(secure_server: ServerProcess) -> ServerProcess:
+    return secure_server
 
 
 @pytest.fixture

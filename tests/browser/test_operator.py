@@ -22,7 +22,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.core import protocol as p
 from relay_app.tools.testing import ServerProcess
 
-from ..helpers import SECRET, assert_no_leaks, serving, token
+from ..helpers import assert_no_leaks, token
 from .test_browser import chromium, heard_by_page, wait_state
 from .test_hall import (
     CHANNELS,
@@ -50,11 +50,13 @@ def relay_mode() -> str:
     return "forward"  # page logic: the relay mode does not change it
 
 
+# The module's server: conftest.secure_server (auth on) with these channels.
+SECURE_CONFIG = {"channels": CHANNELS}
+
+
 @pytest.fixture(scope="module")
-def event_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {"auth": {"secret": SECRET}, "channels": CHANNELS}
-    metrics = {"Authorization": f"Bearer {token('metrics')}"}
-    yield from serving(tmp_path_factory.mktemp("operator"), config, metrics)
+def event_server(secure_server: ServerProcess) -> ServerProcess:
+    return secure_server
 
 
 @pytest.fixture
