@@ -3,7 +3,7 @@
 // an invite minted with the admin token the console keeps (12 hours, a new one every hour, so
 // that a phone scanning it at any moment can listen for 11 hours at least). A device that
 // cannot mint shows no code: a code without a token would lead to "needs an invitation".
-import { clockTime, stateReporter } from "./relay.js";
+import { clockTime, oneAtATime, stateReporter } from "./relay.js";
 import { INVITE_HOURS, Invites, RENEW_HOURS, authRequired, qrSource, storedAdminToken } from "./invites.js";
 
 const REFRESH_MS = 10000;
@@ -96,17 +96,8 @@ function fit() {
   document.documentElement.style.setProperty("--code-side", `${Math.floor(best)}px`);
 }
 
-let busy = false;
-
-async function refresh() {
-  if (busy) return; // (a slow answer: the next tick asks again)
-  busy = true;
-  try {
-    await show();
-  } finally {
-    busy = false;
-  }
-}
+// (a slow answer: the next tick asks again)
+const refresh = oneAtATime(() => show());
 
 /** The tiles whose codes the server made (each loaded before it is shown: a renewed code
  * replaces the old one without a blank moment). */

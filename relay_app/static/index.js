@@ -5,7 +5,7 @@
 // own invite (for the channels it plays: a visitor may pass on what they hold), or invites
 // minted with the operator's admin token (the console keeps it on this device). A device with
 // neither shows none, and says what to do.
-import { clockTime, keepInvite, NEEDS_INVITE, stateReporter, streamName, tokenClaims, tokenFromUrl, tokenPlays, tokenShareable, withToken } from "./relay.js";
+import { clockTime, keepInvite, NEEDS_INVITE, oneAtATime, stateReporter, streamName, tokenClaims, tokenFromUrl, tokenPlays, tokenShareable, withToken } from "./relay.js";
 import { Invites, authRequired, qrSource, storedAdminToken } from "./invites.js";
 
 const REFRESH_MS = 3000;
@@ -143,17 +143,8 @@ function showLinks(kind) {
 }
 
 let shown = "";
-let busy = false;
-
-async function refresh() {
-  if (busy) return; // (a slow answer: the next tick asks again)
-  busy = true;
-  try {
-    await show();
-  } finally {
-    busy = false;
-  }
-}
+// (a slow answer: the next tick asks again)
+const refresh = oneAtATime(() => show());
 
 async function show() {
   let status;

@@ -215,6 +215,20 @@ export class LevelMeter {
   }
 }
 
+/** `task` as a timer calls it: a call while the last one still runs is skipped. */
+export function oneAtATime(task) {
+  let busy = false;
+  return async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      await task();
+    } finally {
+      busy = false;
+    }
+  };
+}
+
 /** Shows the page state in the status line and on <body data-state> (tests read it). */
 export function stateReporter(element) {
   return (state, text) => {

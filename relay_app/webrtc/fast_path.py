@@ -72,15 +72,15 @@ class Placeholder(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self._stopped = anyio.Event()
+        self.halted = anyio.Event()  # (not a name of aiortc's track: one of ours)
 
     async def recv(self) -> Any:
-        await self._stopped.wait()
+        await self.halted.wait()
         raise MediaStreamError
 
     def stop(self) -> None:
         super().stop()
-        self._stopped.set()
+        self.halted.set()
 
 
 class DirectSender:
