@@ -87,12 +87,17 @@ class QrCodes:
 
     CACHE_SIZE = 256
     MAX_BUILDS = 8
-    MAX_BUILDS_PER_CLIENT = 2  # one address cannot take every build from the others
+    # One address cannot take every build from the others: its codes are built two at a time
+    # (a page with several channels asks for them at once: they wait their turn), and a few
+    # more wait; beyond that, 503.
+    MAX_BUILDS_PER_CLIENT = 2
+    MAX_WAITING_PER_CLIENT = 16
 
     def __init__(self) -> None:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._building: dict[str, asyncio.Future[bytes]] = {}
-        self._builders: dict[str, int] = {}  # client address -> its builds under way
+        self._builders: dict[str, set[asyncio.Future[bytes]]] = {}  # address -> its builds
+        self._waiting: dict[str, int] = {}  # address -> its requests waiting for a build
         self._pool: Executor | None = None
         self.built = 0  # codes made by the worker (the rest came from the cache)
 
@@ -107,21 +112,39 @@ class QrCodes:
             return cached
         build = self._building.get(text)
         if build is None:
-            mine = self._builders.get(client, 0)
-            if len(self._building) >= self.MAX_BUILDS or mine >= self.MAX_BUILDS_PER_CLIENT:
+            mine = self._builders.get(client, set())
+            if len(mine) >= self.MAX_BUILDS_PER_CLIENT:
+                await self._wait_turn(client, mine)
+                return await self.svg(text, client)  # (built meanwhile, perhaps)
+            if len(self._building) >= self.MAX_BUILDS:
                 raise QrBusy("too many QR codes are being made at once; try again in a moment")
             build = asyncio.wrap_future(self._executor().submit(qr_svg, text))
             self._building[text] = build
-            self._builders[client] = mine + 1
+            self._builders.setdefault(client, set()).add(build)
             build.add_done_callback(lambda done: self._built(text, client, done))
         # Shielded: a client that leaves does not cancel a build others may be waiting for;
         # the build ends on its own (the worker gives it at most ~30 ms) and is cached.
         return await asyncio.shield(build)
 
+    async def _wait_turn(self, client: str, mine: set[asyncio.Future[bytes]]) -> None:
+        """Until one of `client`'s builds ends (QrBusy if too many of its requests wait)."""
+        waiting = self._waiting.get(client, 0)
+        if waiting >= self.MAX_WAITING_PER_CLIENT:
+            raise QrBusy("too many QR codes are being made at once; try again in a moment")
+        self._waiting[client] = waiting + 1
+        try:  # (asyncio.wait never cancels what it waits for)
+            await asyncio.wait(set(mine), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if (left := self._waiting.pop(client) - 1) > 0:
+                self._waiting[client] = left
+
     def _built(self, text: str, client: str, build: asyncio.Future[bytes]) -> None:
         self._building.pop(text, None)
-        if (left := self._builders.pop(client, 1) - 1) > 0:
-            self._builders[client] = left
+        mine = self._builders.get(client)
+        if mine is not None:
+            mine.discard(build)
+            if not mine:
+                del self._builders[client]
         if build.cancelled():
             return
         error = build.exception()
