@@ -1,7 +1,8 @@
 """A stream's plain-HTTP listeners: one Ogg muxer, its pages shared by every listener.
 
-The sender's packet handler (sender.py) feeds `HttpAudio.feed` with each Opus packet as it
-arrives, in both relay modes, and only while someone listens: no page is built for nobody.
+The packet path (plane/path.py) feeds `HttpAudio.feed` with each Opus packet as it arrives,
+in both relay modes, and its place on the channel's timeline; pages are built only while
+someone listens: no page is built for nobody.
 Each listener has a small page buffer; `feed` never waits for one, and a listener whose buffer
 is full is dropped (`too slow`, counted) rather than delaying the others or growing memory.
 A listener's lifetime is the `listen()` context of its HTTP response; the stream's end closes
@@ -22,7 +23,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..core.metrics import Metrics
 from .ogg import (
-    OPUS_RATE,
     OggOpusMuxer,
     page,
     page_granule,
@@ -73,32 +73,34 @@ def own_page(listener: Listener, data: bytes) -> bytes:
 class ChannelPages:
     """One listener's single logical Ogg stream across a channel's senders: each sender's
     pages get the first sender's serial number, page numbers that go on, and granule
-    positions from 0 at the listener's first page (as `own_page`), moved on at each next
-    sender so that the pause between two senders counts as the time it lasted (players play
-    through it as a gap in the timestamps). The end-of-stream flag comes only when the
-    listener is let go (`last`)."""
+    positions on the channel's timeline (plane/timeline.py, the clock every output reads),
+    from 0 at the listener's first page (as `own_page`): the pause between two senders counts
+    as the time it lasted, as it does for a WebRTC listener (players play through it as a gap
+    in the timestamps). The end-of-stream flag comes only when the listener is let go
+    (`last`)."""
 
     def __init__(self) -> None:
         self.serial: int | None = None
         self._sequence = 2
         self._granule = 0  # the newest granule position sent
-        self._sent_at: float | None = None
-        self._offset = 0
+        self._http: HttpAudio | None = None
+        self._start: int | None = None  # the listener's granule 0 on the timeline
 
     def follow(self, http: HttpAudio) -> None:
-        """The next pages are this sender's (its muxer's granules count from its start)."""
+        """The next pages are this sender's (its muxer's granules count from its start,
+        which sits at `http.origin` on the timeline)."""
         if self.serial is None:
             self.serial = http.muxer.serial
-            return
-        gap = round((time.monotonic() - (self._sent_at or time.monotonic())) * OPUS_RATE)
-        self._offset = self._granule + gap - http.muxer.granule
+        self._http = http
 
     def page(self, data: bytes) -> bytes:
-        if self._sent_at is None:  # its first audio page: its granules start from it
-            self._offset = page_samples(data) - page_granule(data)
-        out = renumber(data, self._sequence, self._offset, self.serial)
+        assert self._http is not None and self._http.origin is not None  # (a page was fed)
+        origin = self._http.origin
+        if self._start is None:  # its first audio page: its granules start from it
+            self._start = origin + page_granule(data) - page_samples(data)
+        out = renumber(data, self._sequence, origin - self._start, self.serial)
         self._sequence += 1
-        self._granule, self._sent_at = page_granule(out), time.monotonic()
+        self._granule = page_granule(out)
         return out
 
     def last(self) -> bytes:
@@ -112,9 +114,13 @@ class HttpAudio:
     muxer: OggOpusMuxer = field(default_factory=lambda: OggOpusMuxer(random.getrandbits(32)))
     listeners: set[Listener] = field(default_factory=set)
     closed: bool = False
+    # Where its granule 0 sits on the channel's timeline: its first packet's pts.
+    origin: int | None = None
 
-    def feed(self, packet: bytes, arrival: float) -> None:
+    def feed(self, packet: bytes, pts: int, arrival: float) -> None:
         """One packet from the sender: granules always count, pages only for listeners."""
+        if self.origin is None:
+            self.origin = pts
         if not self.listeners:
             self.muxer.skip(packet)
             return

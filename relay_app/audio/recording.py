@@ -1,6 +1,6 @@
 """Recording: one stream run written to disk as Ogg/Opus, from the sender's own packets.
 
-The sender's packet handler (sender.py) calls `Recording.feed` for every Opus packet, in both
+The packet path (plane/path.py) calls `Recording.feed` for every Opus packet, in both
 relay modes, next to the HTTP listeners' muxer: no decode, no re-encode. `feed` is sync and
 never touches the disk: it builds one-second pages and queues them. `Recording.run`, a task in
 the stream's own task group (sender.serve_stream), opens the file and writes the pages from a

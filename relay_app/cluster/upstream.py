@@ -34,8 +34,8 @@ from ..core.auth import mint
 from ..core.errors import MediaUnavailable, NoStreamError, RelayError, sole_error
 from ..core.logs import get_logger
 from ..core.protocol import NO_STREAM_MESSAGE
-from ..media.ingest import new_stream, tap_stream
-from ..streams.stream import EndCause, SessionInfo, Stream
+from ..plane.path import frame_path, tap_stream
+from ..streams.stream import EndCause, SessionInfo, Stream, new_stream
 from ..webrtc.fanout import pump
 from ..webrtc.rtp_tap import negotiated_opus_payload_type
 from .directory import Cluster, RemoteStream
@@ -151,7 +151,6 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
         tracks: list[Any] = []
         await client.answer_offer(offer, on_track=lambda pc, track: tracks.append(track))
         assert client.pc is not None and tracks
-        forward = settings.relay.mode == "forward"
         metrics = ctx.metrics
         stream = new_stream(
             settings.relay,
@@ -167,7 +166,7 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
         # Forward: only the tap (no jitter buffer, no decode); transcode: decoded once here.
         receiver = client.pc.getReceivers()[0]
         opus = negotiated_opus_payload_type(client.pc)
-        tap_stream(receiver, settings.relay, metrics, stream, opus)
+        tap_stream(receiver, metrics, stream, opus)
         holder = SessionInfo(f"upstream-{remote.stream_id}", remote.advertise_url, "sender")
         ctx.registry.add_stream(stream)
         link.stream = stream
@@ -179,8 +178,7 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
                 interval = settings.webrtc.connection_timeout / 2
                 tg.start_soon(_keep_alive, ctx, cluster, remote, client, interval)
                 tg.start_soon(_linger, stream, settings.cluster.upstream_linger)
-                if not forward:
-                    tg.start_soon(pump, stream.source, stream.frames.publish)
+                tg.start_soon(pump, stream.source, frame_path(metrics, stream))  # (transcode)
                 await stream.ended.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -227,7 +225,7 @@ async def _linger(stream: Stream, linger: float) -> None:
     idle_since: float | None = None
     while True:
         await anyio.sleep(LINGER_POLL)
-        if stream.receivers or (stream.http is not None and stream.http.listeners):
+        if stream.outputs.heard():
             idle_since = None
             continue
         now = anyio.current_time()

@@ -131,7 +131,7 @@ def session_row(info: SessionInfo, ctx: RelayContext, holders: Holders) -> dict[
         row["packets_lost"] = stream.packets_lost if stream is not None else 0
         row["packets_repaired"] = stream.packets_repaired if stream is not None else 0
     if info.role == "receiver":  # a channel's receiver between two senders is waiting
-        row["waiting"] = stream is None or info.connection_id not in stream.receivers
+        row["waiting"] = stream is None or info.connection_id not in stream.outputs
         # What it last reported losing of our packets (RTCP; fast-path listeners).
         row["loss"] = round(stream.listener_loss(info.connection_id), 3) if stream else 0.0
     return row
@@ -410,7 +410,8 @@ def _recording_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
     @_admin_only(guard)
     async def _recordings(caller: Caller) -> Any:
         directory = Path(ctx.settings.recording.directory)
-        live = {s.recording.path for s in registry.live_streams() if s.recording is not None}
+        recordings = [s.outputs.recording for s in registry.live_streams()]
+        live = {r.path for r in recordings if r is not None}
         return jsonify(
             {
                 "enabled": ctx.settings.recording.enabled,

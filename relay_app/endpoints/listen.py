@@ -88,7 +88,7 @@ def listen_routes(app: Quart, ctx: RelayContext, guard: Guard) -> None:
             connection_id=entry.info.connection_id, role="http_listener", remote=entry.remote
         )
         stream = await stream_to_play(ctx, wanted, listener_log)  # (another node's too)
-        if stream.http is None:
+        if stream.outputs.http is None:
             raise NoStreamError(f"{NO_STREAM_MESSAGE} ({stream.stream_id} has no Ogg pages)")
         registry.check_http_listener(stream.stream_id)  # 503 (streams.max_http_listeners)
         listener_log = listener_log.bind(stream_id=stream.stream_id)
@@ -181,7 +181,7 @@ class OggListener(ResponseBody):
     def _end(self, reason: str) -> None:
         """Out of the fan-out, and the response ends at once wherever it waits (a stuck
         write too: `abort`): its token expired, or the operator disconnected it."""
-        http = self.stream.http
+        http = self.stream.outputs.http
         if self._listener is not None and http is not None:
             http.drop(self._listener, reason)
         if self.abort is not None:
@@ -197,8 +197,8 @@ class OggListener(ResponseBody):
             return
         pages, channel, first = ChannelPages(), self.stream.channel, True
         while True:
-            assert self.stream.http is not None
-            pages.follow(self.stream.http)
+            assert self.stream.outputs.http is not None
+            pages.follow(self.stream.outputs.http)
 
             def renumber(_: Listener, page: bytes) -> bytes:
                 return pages.page(page)
@@ -220,7 +220,7 @@ class OggListener(ResponseBody):
         self, own: Callable[[Listener, bytes], bytes], headers: bool
     ) -> AsyncIterator[bytes]:
         """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
-        http, metrics = self.stream.http, self.ctx.metrics
+        http, metrics = self.stream.outputs.http, self.ctx.metrics
         assert http is not None
         async with http.listen(self.log, self.abort) as listener:  # logs its start and end
             self._listener = listener

@@ -220,10 +220,10 @@ class RelayCollector(Collector):
         yield "relay_active_connections", [((), len(registry.sessions))]
         yield "relay_active_streams", [((), len(streams))]
         yield "relay_active_receivers", [((), registry.receiver_count)]
-        yield "relay_stream_receivers", [((s.stream_id,), len(s.receivers)) for s in streams]
+        yield "relay_stream_receivers", [((s.stream_id,), s.receivers) for s in streams]
         yield (
             "relay_stream_http_listeners",
-            [((s.stream_id,), len(s.http.listeners) if s.http else 0) for s in streams],
+            [((s.stream_id,), s.outputs.http_listeners) for s in streams],
         )
         yield "relay_stream_lost_packets_total", [((s.stream_id,), s.packets_lost) for s in streams]
         yield (

@@ -6,7 +6,7 @@ time, ended by `stop`, by a start_sending or by the session's end), so it holds 
 costs the channel's listeners nothing. The live speaker (`hand_over`) or the operator (POST
 /admin/channels/<channel>/handover) tells a waiting speaker `your_turn`; their client then
 takes the channel over (start_sending with takeover), make before break: the channel's
-listeners hear the old speaker until the new one's first packet (ingest.py).
+listeners hear the old speaker until the new one's first packet (plane/path.py).
 
 The channel's speaker and its waiting speakers are told `booth` (who speaks, who waits)
 whenever that changes. What a speaker hears in the booth (the floor, or the interpreter they

@@ -1,10 +1,11 @@
 """A receiver's media task: subscribe to a stream, offer it (or answer a player's offer), play
 until the listener leaves; on a channel, each next sender on the same peer connection.
 
-Being fed by a stream and counted as its receiver (`_attached`) are sync and undone before the
-peer connection closes or follows the channel's next sender: a receiver is counted exactly
-while it listens. What the peer connection sends (`Output`) outlives the channel's senders:
-its sequence numbers and timestamps go on across a handover (fast_path.py, ingest.py).
+Being fed by a stream and counted as its receiver (`_attached`: its output in the stream's
+outputs) are sync and undone before the peer connection closes or follows the channel's next
+sender: a receiver is counted exactly while it listens. What the peer connection sends
+(plane/outputs.Sending) outlives the channel's senders: its sequence numbers and timestamps
+go on across a handover (fast_path.py, plane/timeline.py).
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from typing import Any
 
 import anyio
 from aiortc import RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 from anyio.abc import TaskStatus
 
 from ..core import protocol as p
 from ..core.errors import MediaFailed, MediaUnavailable, NegotiationError, SessionStateError
+from ..plane.outputs import Sending
 from ..streams.finder import next_on_channel
 from ..streams.stream import Stream
-from ..webrtc.fanout import ChannelTrack
-from ..webrtc.fast_path import DirectSender, Placeholder
 from ..webrtc.ice import NoFreeMediaPort
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import negotiated_opus_payload_type
@@ -41,21 +40,6 @@ class Listen:
     levels: bool = False
 
 
-@dataclass
-class Output:
-    """What one receiver's peer connection sends, kept across a channel's senders: the track
-    its transceiver carries, and (fast path) the DirectSender the packet handler calls."""
-
-    track: Placeholder | ChannelTrack
-    direct: DirectSender | None = None
-
-    def added(self) -> None:
-        """The track is on the peer connection, which has not started: the fast path's
-        sender reports come from the DirectSender from the start."""
-        if self.direct is not None:
-            self.direct.take_reports()
-
-
 async def run_receiver(
     host: SessionHost, media: MediaTask, request: Listen, *, task_status: TaskStatus[None]
 ) -> None:
@@ -63,14 +47,14 @@ async def run_receiver(
     until the session stops it (`_follow_channel`)."""
     stream, ctx = request.stream, host.ctx
     media.log = log = media.log.bind(stream_id=stream.stream_id)
-    async with _peer(host, media, stream) as (peer, output):
-        with _attached(host, stream, log, request.levels, output):
-            await _offer(host, peer, output, stream)
+    async with _peer(host, media, stream) as (peer, sending):
+        with _attached(host, stream, log, request.levels, sending):
+            await _offer(host, peer, sending, stream)
             log.info("receiver_offer_sent")
             task_status.started()
             await _accept_answer(host, media, peer, ctx.settings.webrtc.negotiation_timeout)
             await _wait_any(stream.ended.wait, peer.failed.wait)
-        await _follow_channel(host, media, peer, output, stream, request.levels)
+        await _follow_channel(host, media, peer, sending, stream, request.levels)
 
 
 async def run_answering_receiver(
@@ -85,39 +69,36 @@ async def run_answering_receiver(
     stream, offer = request
     media.log = log = media.log.bind(stream_id=stream.stream_id)
     _check_player_offer(offer)
-    async with _peer(host, media, stream) as (peer, output):
-        with _attached(host, stream, log, False, output):
-            await _answer(host, peer, output, offer)
+    async with _peer(host, media, stream) as (peer, sending):
+        with _attached(host, stream, log, False, sending):
+            await _answer(host, peer, sending, offer)
             log.info("receiver_answer_sent")
             task_status.started()
             await _wait_any(stream.ended.wait, peer.failed.wait)
-        await _follow_channel(host, media, peer, output, stream, False)
+        await _follow_channel(host, media, peer, sending, stream, False)
 
 
 @asynccontextmanager
 async def _peer(
     host: SessionHost, media: MediaTask, stream: Stream
-) -> AsyncIterator[tuple[Peer, Output]]:
-    """The receiver's one peer connection and what it sends, for the whole session."""
+) -> AsyncIterator[tuple[Peer, Sending]]:
+    """The receiver's one peer connection and what it sends, for the whole session (how:
+    the stream's strategy says, plane/factory.py)."""
     ctx = host.ctx
     async with open_peer(ctx.settings, ctx.metrics.live, media.log) as peer:
         media.peer = peer
-        if ctx.settings.relay.fast_path and stream.packets is not None:
-            peer.red = ctx.settings.relay.red  # the DirectSender writes RED where accepted
-            output = Output(Placeholder(), DirectSender(peer, ctx.metrics))
-        else:
-            output = Output(ChannelTrack())
+        sending = stream.strategy.sending(peer, ctx.metrics)
         try:
             # Once connected, nothing its sockets bring (RTCP reports, STUN) is urgent.
             with ctx.reads.watching(peer.pc, lambda: peer.connected):
-                yield peer, output
+                yield peer, sending
         finally:
-            output.track.stop()
+            sending.stop()
             media.peer = None
 
 
 async def _follow_channel(
-    host: SessionHost, media: MediaTask, peer: Peer, output: Output, stream: Stream, levels: bool
+    host: SessionHost, media: MediaTask, peer: Peer, sending: Sending, stream: Stream, levels: bool
 ) -> None:
     """After `stream` ended: a channel's receiver stays on its peer connection and plays each
     next sender (a takeover, a reconnect, the next speaker after a pause), told by
@@ -157,7 +138,7 @@ async def _follow_channel(
         stream = following
         media.log = log = media.log.bind(stream_id=stream.stream_id)
         host.send(p.StreamStarted(stream_id=stream.stream_id, label=stream.label))
-        with _attached(host, stream, log, levels, output):
+        with _attached(host, stream, log, levels, sending):
             log.info("receiver_followed", channel=channel)
             await _wait_any(stream.ended.wait, peer.failed.wait)
 
@@ -210,14 +191,15 @@ def _check_player_offer(sdp: str) -> None:
         )
 
 
-async def _answer(host: SessionHost, peer: Peer, output: Output, offer: str) -> None:
-    """Answer a player's offer with `output`, Opus only (forward mode sends Opus packets)."""
+async def _answer(host: SessionHost, peer: Peer, sending: Sending, offer: str) -> None:
+    """Answer a player's offer with what `sending` sends, Opus only (forward mode sends
+    Opus packets)."""
     pc = peer.pc
     offer = opus_only(remote_candidates(host, offer))
     with answering():
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        pc.addTrack(output.track)
-        output.added()
+        pc.addTrack(sending.track)
+        sending.added()
         for transceiver in pc.getTransceivers():
             # Liberal in what a player offers: a sendrecv offer (what `addTransceiver("audio")`
             # makes) is answered sendonly, a valid answer that never reads the player's media;
@@ -230,74 +212,41 @@ async def _answer(host: SessionHost, peer: Peer, output: Output, offer: str) -> 
 
 @contextmanager
 def _attached(
-    host: SessionHost, stream: Stream, log: Any, levels: bool, output: Output
+    host: SessionHost, stream: Stream, log: Any, levels: bool, sending: Sending
 ) -> Iterator[None]:
-    """Fed by `stream` and counted as its receiver, for exactly this block.
+    """Fed by `stream` and counted as its receiver, for exactly this block: its output is in
+    the stream's outputs (the handover's re-pointing: `Sending.output`).
 
     Sync on both sides: entered before the offer (or on a channel's next sender), left before
     the peer connection closes or follows the next sender.
     """
-    gone = SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
-    direct = output.direct
-    if direct is not None:
-        if stream.ended.is_set() or (stream.packets is not None and stream.packets.closed):
-            raise gone  # (it ended between start_receiving and this task's start)
-        live = host.ctx.metrics.live
-        direct.follow()
-        stream.direct[host.connection_id] = direct
-        live.relay_subscriptions += 1
-
-        def release() -> None:
-            if stream.direct.pop(host.connection_id, None) is not None:
-                live.relay_subscriptions -= 1
-
-    else:
-        source = stream.receiver_source
-        try:
-            track = source.subscribe()
-        except MediaStreamError:  # it ended between start_receiving and this task's start
-            raise gone from None
-        assert isinstance(output.track, ChannelTrack)
-        output.track.follow(track)
-
-        def release() -> None:
-            source.unsubscribe(track)
-
-    with _counted(host, stream, log, levels, release):
-        yield
-
-
-@contextmanager
-def _counted(
-    host: SessionHost, stream: Stream, log: Any, levels: bool, release: Callable[[], None]
-) -> Iterator[None]:
-    """Counted as the stream's receiver for this block; `release` undoes the subscription."""
+    if stream.ended.is_set() or stream.outputs.closed:
+        # (it ended between start_receiving and this task's start)
+        raise SessionStateError(p.NO_STREAM_MESSAGE + f" ({stream.stream_id} has ended)")
     registry = host.ctx.registry
+    output = sending.output(host.connection_id)
+    output.levels = host.send_or_drop if levels else None
+    output.tell = host.send  # every listener hears of its speaker vanishing (sender.py)
     try:
-        levels_to = host.send_or_drop if levels else None
-        registry.add_receiver(stream, host.info, levels_to, host.ctx.settings.streams.max_receivers)
+        registry.add_receiver(stream, host.info, output, host.ctx.settings.streams.max_receivers)
     except BaseException:
-        release()
+        output.close()
         raise
-    log.info("relay_subscribe", receivers=len(stream.receivers))
-    # Every listener hears of its speaker vanishing (sender.py's watch_speaker).
-    stream.told[host.connection_id] = host.send
+    log.info("relay_subscribe", receivers=stream.receivers)
     if stream.lost_since is not None:
         host.send(stream.lost_notice())
     try:
         yield
     finally:
-        stream.told.pop(host.connection_id, None)
-        registry.remove_receiver(stream, host.info)
-        release()
+        registry.remove_receiver(stream, output)
         log.info("relay_unsubscribe")
 
 
-async def _offer(host: SessionHost, peer: Peer, output: Output, stream: Stream) -> None:
+async def _offer(host: SessionHost, peer: Peer, sending: Sending, stream: Stream) -> None:
     # sendonly: a receiver's client has nothing to send, and any track it did send would be
     # decoded into a queue nobody reads.
-    peer.pc.addTransceiver(output.track, direction="sendonly")
-    output.added()
+    peer.pc.addTransceiver(sending.track, direction="sendonly")
+    sending.added()
     try:
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
     except NoFreeMediaPort as error:

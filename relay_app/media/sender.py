@@ -5,10 +5,10 @@ The task tree under the session's media task (see session.py for the rest):
     run_sender
     └── serve_stream        until the stream ends (sender left, track ended, ICE, stale,
         │                   speaker lost)
-        ├── drain           transcode: the decoded track -> visualization + receivers;
-        │                   forward: nothing is decoded there (it only sees the track end):
-        │                   receivers get the sender's Opus packets straight from the RTP
-        │                   tap (rtp_tap.py), the meter one decode in N (SparseDecoder)
+        ├── drain           transcode: the decoded track -> the frame feed (meter and
+        │                   receivers); forward: nothing is decoded there (it only sees the
+        │                   track end): every output is fed by the packet path as packets
+        │                   arrive (plane/path.py), the meter one decode in N
         ├── ice_watch       ends the stream when the sender's connection fails
         ├── watch_speaker   no packet for 1 s: its listeners are told (speaker_lost); for
         │                   streams.speaker_lost_after: it ends and the channel is free
@@ -37,13 +37,14 @@ from ..audio.recording import Recording, recording_path
 from ..core import protocol as p
 from ..core.errors import NegotiationError
 from ..core.logs import get_logger
-from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream, name_of
-from ..webrtc.fanout import Media, pump
+from ..plane.outputs import RecordingOutput
+from ..plane.path import frame_path, tap_stream
+from ..streams.stream import UNNAMED_PREFIX, EndCause, Stream, name_of, new_stream
+from ..webrtc.fanout import pump
 from ..webrtc.peer import Peer, open_peer
 from ..webrtc.rtp_tap import audio_receiver, negotiated_opus_payload_type, receive_red
 from .booth import tell_booth
 from .host import MediaTask, SessionHost, answering, remote_candidates
-from .ingest import SparseDecoder, new_stream, tap_stream
 
 
 def check_offer(sdp: str, video_ignored: bool = False) -> None:
@@ -137,15 +138,16 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         source=audio[0],
     )
     stream.speaker = name_of(host.info)
-    stream.recording = _recording(host, stream)
+    if (recording := _recording(host, stream)) is not None:
+        stream.outputs.add(RecordingOutput(recording))
     # Tapped before the answer leaves, so that no packet arrives untapped.
     visualization = host.ctx.settings.visualization
-    sparse = SparseDecoder(visualization.downsample) if visualization.enabled else None
+    meter_every = visualization.downsample if visualization.enabled else None
     receiver = audio_receiver(peer.pc, audio[0])
     red = peer.red_payload_type
     if red is not None:
         receive_red(peer.pc, red)
-    tap_stream(receiver, settings, metrics, stream, opus, red, peer, sparse)
+    tap_stream(receiver, metrics, stream, opus, red, peer, meter_every)
     return stream
 
 
@@ -163,18 +165,9 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
     """Drain, watch and visualize the stream until it ends, whoever ends it."""
     metrics = host.ctx.metrics
 
-    def on_frame(frame: Media) -> None:
-        # The one decode per stream (aiortc's decoder thread): it drains the track and
-        # feeds visualization, and, in transcode mode, every receiver.
-        metrics.audio_frames += 1
-        if isinstance(frame, AudioFrame) and frame.pts is not None:
-            frame.pts += stream.pts_base  # onto the channel's timeline (ingest.py)
-        if stream.packets is None:
-            stream.take_over()  # transcode: audible at its first decoded frame
-        stream.frames.publish(frame)
-
     async def drain() -> None:
-        await pump(stream.source, on_frame)
+        # (transcode: the one decode per stream, aiortc's decoder thread, feeds the frames)
+        await pump(stream.source, frame_path(metrics, stream))
         # The sender stopped its track or closed its connection: it is leaving, not stale
         # (the guide's "Cleaning up stale stream" stays for streams that really went stale).
         stream.end(EndCause.TRACK_ENDED)
@@ -195,8 +188,8 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
         tg.start_soon(watch_speaker, stream, host.ctx.settings.streams.speaker_lost_after, log)
         if host.ctx.settings.visualization.enabled:
             tg.start_soon(visualize, host, stream, log)
-        if stream.recording is not None:
-            tg.start_soon(stream.recording.run)
+        if (recording := stream.outputs.recording) is not None:
+            tg.start_soon(recording.run)
         with host.ctx.reads.watching(peer.pc, lambda: unheard(stream)):
             await stream.ended.wait()
         tg.cancel_scope.cancel()
@@ -208,7 +201,7 @@ WATCH_STEP = 0.25  # seconds between looks while the speaker is lost or not yet 
 
 async def watch_speaker(stream: Stream, lost_after: float, log: Any) -> None:
     """A speaker who vanishes (a laptop that froze or left the Wi-Fi: nothing says goodbye,
-    and ICE takes ~30 s to fail) is noticed from the packets: the ingest sets
+    and ICE takes ~30 s to fail) is noticed from the packets: the packet path sets
     `last_audio_at` per packet, and this looks at it (about once a second while they come).
 
     After SPEAKER_QUIET without one, every WebSocket listener of the stream is told
@@ -232,13 +225,14 @@ async def watch_speaker(stream: Stream, lost_after: float, log: Any) -> None:
             stream.lost_since = None
             log.info("speaker_back")
             back = p.SpeakerBack(stream_id=stream.stream_id, label=stream.label)
-            for tell in list(stream.told.values()):
+            for tell in stream.outputs.told():
                 tell(back)
         elif stream.lost_since is None and quiet >= SPEAKER_QUIET:
             stream.lost_since = stream.last_audio_at
-            log.warning("speaker_lost", silent_seconds=round(quiet, 1), listeners=len(stream.told))
+            told = stream.outputs.told()
+            log.warning("speaker_lost", silent_seconds=round(quiet, 1), listeners=len(told))
             lost = stream.lost_notice()
-            for tell in list(stream.told.values()):
+            for tell in told:
                 tell(lost)
         if stream.lost_since is None:  # (packets come: look again when one could be late)
             due = stream.last_audio_at + min(SPEAKER_QUIET, lost_after)
@@ -251,30 +245,28 @@ def unheard(stream: Stream) -> bool:
     """Nobody needs the stream's packets the moment they arrive: it is audible (a takeover
     happens at the first packet, so that one is never late) and has no listener, WebRTC or
     plain-HTTP. Its level meter, recording and liveness are as well served in batches."""
-    http = stream.http.listeners if stream.http is not None else None
-    return stream.audio_bytes > 0 and not stream.receivers and not http and stream.replaces is None
+    return stream.audio_bytes > 0 and not stream.outputs.heard() and stream.replaces is None
 
 
 async def visualize(host: SessionHost, stream: Stream, log: Any) -> None:
     """Levels of every Nth decoded frame, to the sender and each receiver (droppable)."""
-    track = stream.frames.subscribe()
+    downsample = host.ctx.settings.visualization.downsample
+    meter = stream.strategy.meter(host.ctx.metrics, downsample)
+    stream.outputs.add(meter)
     log.info("visualization_started")
-    # Forward mode's frames are already one in `downsample` (SparseDecoder); transcode's are all.
-    every = 1 if stream.packets is not None else host.ctx.settings.visualization.downsample
-    tap = EveryNth(every)
+    tap = EveryNth(meter.every)
     try:
         while True:
-            frame = await track.recv()
+            frame = await meter.track.recv()
             if not tap() or not isinstance(frame, AudioFrame):
                 continue
             rms, peak = levels(frame.to_ndarray())
             stream.level = rms  # (the operator console's meter reads the newest)
             text = p.encode(p.Visualization(stream_id=stream.stream_id, rms=rms, peak=peak))
             host.send_or_drop(text)
-            for send_or_drop in list(stream.receivers.values()):
-                if send_or_drop is not None:  # (only receivers that asked for levels)
-                    send_or_drop(text)
+            for send_or_drop in stream.outputs.levels():  # (those that asked for levels)
+                send_or_drop(text)
     except MediaStreamError:
         pass  # the relay closed: the stream is over
     finally:
-        stream.frames.unsubscribe(track)
+        stream.outputs.remove(meter)

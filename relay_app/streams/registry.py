@@ -23,7 +23,9 @@ from ..core.errors import (
 )
 from ..core.limits import check_receiver_limit, check_stream_limit
 from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
-from .stream import UNNAMED_PREFIX, ChannelClock, SendOrDrop, SessionInfo, Stream
+from ..plane.outputs import Output
+from ..plane.timeline import ChannelClock
+from .stream import UNNAMED_PREFIX, SessionInfo, Stream
 
 MAX_CLOCKS = 1000  # channels whose timeline is remembered between senders
 
@@ -148,7 +150,7 @@ class StreamRegistry:
 
         With `takeover` (already authorized), a channel's live sender lets go of the name at
         once and is ended ("taken over") when the new sender's first packet arrives, so its
-        listeners hear no gap longer than a packet or two (`add_stream`, ingest.py).
+        listeners hear no gap longer than a packet or two (`add_stream`, plane/path.py).
         """
         senders = [s for s in self.sessions.values() if s.role == "sender"]
         check_stream_limit(len(senders), max_streams)
@@ -332,21 +334,17 @@ class StreamRegistry:
 
     # Receivers ------------------------------------------------------------------------------
     def add_receiver(
-        self,
-        stream: Stream,
-        info: SessionInfo,
-        send_or_drop: SendOrDrop | None,
-        max_receivers: int,
+        self, stream: Stream, info: SessionInfo, output: Output, max_receivers: int
     ) -> None:
-        check_receiver_limit(stream.stream_id, len(stream.receivers), max_receivers)
-        stream.receivers[info.connection_id] = send_or_drop
-        if info.node_link:
-            stream.links.add(info.connection_id)
+        """`info`'s output is fed by `stream` from now on, within streams.max_receivers."""
+        check_receiver_limit(stream.stream_id, stream.receivers, max_receivers)
+        output.link = info.node_link
+        stream.outputs.add(output)
         info.role, info.stream_id = "receiver", stream.stream_id
 
-    def remove_receiver(self, stream: Stream, info: SessionInfo) -> None:
-        stream.receivers.pop(info.connection_id, None)
-        stream.links.discard(info.connection_id)
+    def remove_receiver(self, stream: Stream, output: Output) -> None:
+        """Fed no more (and closed); idempotent."""
+        stream.outputs.remove(output)
 
     # Plain-HTTP listeners --------------------------------------------------------------------
     def check_http_listener(self, stream_id: str) -> None:
@@ -373,7 +371,7 @@ class StreamRegistry:
 
     @property
     def receiver_count(self) -> int:
-        return sum(len(s.receivers) for s in self.streams.values())
+        return sum(s.receivers for s in self.streams.values())
 
 
 def _busy(live: Stream) -> ChannelBusy:

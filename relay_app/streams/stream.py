@@ -12,29 +12,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from aiortc.mediastreams import MediaStreamTrack
 
-from ..audio.http_audio import HttpAudio
-from ..audio.recording import Recording
 from ..core.auth import Grant
-from ..core.protocol import Disconnected, ServerMessage, SpeakerLost, StreamInfo
-from ..webrtc.fanout import Fanout
-from ..webrtc.fast_path import DirectSender
-from ..webrtc.red import Redundancy, Repair
-from ..webrtc.rtp_tap import OPUS_CLOCK_RATE, OPUS_FRAME_SAMPLES
-
-SendOrDrop = Callable[[str], None]
-"""A session's `send_or_drop`: queues an encoded message without blocking, or drops it."""
+from ..core.config import RelaySettings
+from ..core.metrics import Metrics
+from ..core.protocol import Disconnected, SpeakerLost, StreamInfo
+from ..plane.factory import Strategy
+from ..plane.outputs import Outputs, Tell
+from ..plane.timeline import ChannelClock
+from ..webrtc.red import Repair
 
 SessionRole = Literal["idle", "sender", "receiver", "waiting", "listener", "admin"]
 """idle/sender/receiver: a WebSocket or WHIP/WHEP session; waiting: a speaker waiting for
 their turn on a channel (`wait_to_speak`); listener: a plain-HTTP (Ogg) listener; admin: an
 admin API call while it runs."""
-Tell = Callable[[ServerMessage], None]
-"""A session's `send`: queues a message for its client without blocking."""
 
 
 class EndCause(Enum):
@@ -52,33 +47,20 @@ class EndCause(Enum):
     NO_RECEIVERS = "no receivers left on this node"  # an upstream's linger ran out (upstream.py)
 
 
-@dataclass
-class ChannelClock:
-    """A channel's one timeline across its senders (`pts`: the newest packet's, `at`: when it
-    arrived), so the next sender's audio continues it with the real gap: a listener that
-    stays on across a handover sees a pause in one stream, not a new source."""
-
-    pts: int = 0
-    at: float | None = None
-
-    def continued(self, arrival: float) -> int:
-        """Where a new sender's first packet, arriving at `arrival`, sits on the timeline."""
-        if self.at is None:
-            return 0
-        return self.pts + max(OPUS_FRAME_SAMPLES, round((arrival - self.at) * OPUS_CLOCK_RATE))
-
-
 @dataclass(eq=False)
 class Stream:
-    """A sender's live audio. Owned by the sender's session: it ends when that scope ends."""
+    """A sender's live audio. Owned by the sender's session: it ends when that scope ends.
+
+    Who hears it is one collection, `outputs` (plane/outputs.py): every WebRTC listener, the
+    Ogg pages, the recording and the level meter; how they are fed was chosen once, by
+    `strategy` (plane/factory.py). This record keeps the stream's identity and lifecycle.
+    """
 
     stream_id: str
     sender_id: str
     source: MediaStreamTrack
-    # Decoded audio: visualization, and receivers in transcode mode.
-    frames: Fanout
-    # The sender's Opus packets as they arrive: receivers in forward mode; None in transcode.
-    packets: Fanout | None
+    outputs: Outputs
+    strategy: Strategy
     started_at: float = field(default_factory=time.time)
     last_audio_at: float = field(default_factory=anyio.current_time)
     ended: anyio.Event = field(default_factory=anyio.Event)
@@ -87,19 +69,10 @@ class Stream:
     end_reason: str = ""
     # Who ended it, by name (a takeover's new speaker), if someone did.
     end_by: str | None = None
-    # connection_id -> that receiver session's send_or_drop for level messages, or None
-    # when it did not ask for them (start_receiving's `visualization`).
-    receivers: dict[str, SendOrDrop | None] = field(default_factory=dict)
-    # Plain-HTTP listeners (Ogg/Opus on the audio port); None where nobody set it up.
-    http: HttpAudio | None = None
     # The channel this stream is (its stream_id is then the channel's name); None: unnamed.
     channel: str | None = None
-    # relay.fast_path: connection_id -> that receiver's DirectSender (called per packet).
-    direct: dict[str, DirectSender] = field(default_factory=dict)
     # The speaker's leg: RED unwrapped, loss repaired and counted (set when it is tapped).
     repair: Repair | None = None
-    # RED for the fast path's RED listeners, built once per packet.
-    redundancy: Redundancy = field(default_factory=Redundancy)
     # The timeline its packets' pts continue (a channel's, shared by its senders in turn).
     clock: ChannelClock = field(default_factory=ChannelClock)
     # Where its first packet sat on that timeline (decoded frames are moved there too).
@@ -109,13 +82,9 @@ class Stream:
     replaces: Stream | None = None
     # Opus payload bytes received from the sender (the admin API's session list).
     audio_bytes: int = 0
-    # Written to disk while it runs (recording.enabled and the channel says so); else None.
-    recording: Recording | None = None
     # Cluster mode: the node whose sender this is, when this node only relays it (an
     # upstream, upstream.py); None: this node's own sender.
     origin: str | None = None
-    # Receivers that are other nodes' upstreams (not counted as listeners cluster-wide).
-    links: set[str] = field(default_factory=set)
     # What people call it (set by the registry): its channel's label, or "Speaker N".
     label: str = ""
     # The sender's newest level (RMS dBFS) while levels are computed (visualization.enabled).
@@ -125,22 +94,10 @@ class Stream:
     # While its speaker is lost (no packet for a second: media/sender.py's watch), the
     # last packet's arrival (anyio.current_time()); None while packets come.
     lost_since: float | None = None
-    # Its WebSocket receivers' `send`, for the notices every listener gets (speaker_lost,
-    # speaker_back), by connection_id; `receivers` holds only those that asked for levels.
-    told: dict[str, Tell] = field(default_factory=dict)
-
-    @property
-    def receiver_source(self) -> Fanout:
-        return self.packets if self.packets is not None else self.frames
 
     def close_relays(self) -> None:
-        if self.http is not None:
-            self.http.close()
-        if self.recording is not None:
-            self.recording.close()
-        self.frames.close()
-        if self.packets is not None:
-            self.packets.close()
+        """Its sender is leaving: every output is closed (the Ogg pages end, queues end)."""
+        self.outputs.close()
 
     def end(self, cause: EndCause, reason: str | None = None, by: str | None = None) -> None:
         """Mark the stream over (its sender's `serve_stream` then returns); idempotent, sync.
@@ -216,26 +173,34 @@ class Stream:
     def listener_loss(self, connection_id: str | None = None) -> float:
         """The share of packets a listener last reported lost (RTCP), 0-1: `connection_id`'s,
         or the worst of the fast path's listeners."""
-        if connection_id is not None:
-            send = self.direct.get(connection_id)
-            return send.reported_loss / 256 if send is not None else 0.0
-        return max((send.reported_loss for send in self.direct.values()), default=0) / 256
+        return self.outputs.listener_loss(connection_id)
 
     @property
     def listeners(self) -> int:
         """Its receivers here, without other nodes' upstreams (those count on their node)."""
-        return len(self.receivers) - len(self.links)
+        return self.outputs.listeners
+
+    @property
+    def receivers(self) -> int:
+        """Its WebRTC receivers here, other nodes' upstreams included."""
+        return len(self.outputs.receivers)
 
     def info(self, node: str | None = None) -> StreamInfo:
         return StreamInfo(
             stream_id=self.stream_id,
             started_at=self.started_at,
-            receivers=len(self.receivers),
-            http_listeners=len(self.http.listeners) if self.http is not None else 0,
+            receivers=self.receivers,
+            http_listeners=self.outputs.http_listeners,
             channel=self.channel,
             node=self.origin or node,
             label=self.label,
         )
+
+
+def new_stream(relay: RelaySettings, metrics: Metrics, **identity: Any) -> Stream:
+    """A stream (a sender's, or an upstream's) with its strategy and its own outputs."""
+    strategy = Strategy.of(relay)
+    return Stream(outputs=strategy.outputs(metrics), strategy=strategy, **identity)
 
 
 UNNAMED_PREFIX = "stream_"  # a stream without a channel: stream_<connection_id>

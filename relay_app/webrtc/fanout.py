@@ -1,14 +1,16 @@
-"""One source to N subscribers, each with a small bounded buffer.
+"""The queued tracks aiortc's senders read: `RelayTrack` (one listener's bounded queue of one
+stream's audio) and `ChannelTrack` (a channel listener's track, switched from one stream's
+queue to the next's); and `pump`, which drains a source track.
 
-A `Fanout` hands every item published to it (decoded audio frames, or encoded Opus packets in
-`forward` mode) to each subscriber's `RelayTrack`, the track a receiver's RTCRtpSender reads.
+The plane's packet path (plane/path.py) pushes each item (encoded Opus packets in forward
+mode, decoded frames in transcode mode) to every queued output's RelayTrack.
 
 Why not aiortc's `MediaRelay`: it starts its reader with `asyncio.ensure_future` (a task nobody
 owns, left pending at exit, aiortc PR #595) and its buffered proxies queue without limit (PR
 #498). Here the reader is a plain coroutine (`pump`) that the sender's session task group runs,
-so its lifetime is the sender's scope; and each subscriber keeps only the newest `capacity`
+so its lifetime is the sender's scope; and each queue keeps only the newest `capacity`
 items, so a slow receiver loses its own oldest audio instead of growing memory or delaying
-others. The source is always drained, even with no subscribers (aiortc issue #554).
+others. The source is always drained, even with no listeners (aiortc issue #554).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class ChannelTrack(MediaStreamTrack):
     forward mode without the fast path): its current sender's `RelayTrack`, switched to the
     next sender's by `follow` without the receiver renegotiating. Between two senders it
     yields nothing (aiortc's sender waits; RTCP and ICE consent go on); the pts are already
-    on the channel's one timeline (ingest.py), so the receiver sees a pause, not a new source.
+    on the channel's one timeline (plane/timeline.py): the receiver sees a pause, not a new
+    source.
     """
 
     kind = "audio"
@@ -104,51 +107,6 @@ class ChannelTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._switched.set()
-
-
-class Fanout:
-    def __init__(self, capacity: int, metrics: Metrics) -> None:
-        self._capacity = capacity
-        self._metrics = metrics
-        self._subscribers: set[RelayTrack] = set()
-        self._closed = False
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def subscribe(self) -> RelayTrack:
-        """A new track fed with everything published from now on. Never blocks."""
-        if self._closed:
-            raise MediaStreamError("relay is closed")
-        track = RelayTrack(self._capacity, self._metrics)
-        self._subscribers.add(track)
-        self._metrics.live.relay_subscriptions += 1
-        return track
-
-    def unsubscribe(self, track: RelayTrack) -> None:
-        """Idempotent: teardown paths may call it after close()."""
-        if track in self._subscribers:
-            self._subscribers.discard(track)
-            self._metrics.live.relay_subscriptions -= 1
-        track.end()
-        track.stop()
-
-    def publish(self, item: Media, ingress: float | None = None) -> None:
-        """Hand `item` to every subscriber. Never blocks: full buffers drop their oldest."""
-        ingress = time.monotonic() if ingress is None else ingress
-        for track in self._subscribers:
-            track.push(item, ingress)
-
-    def close(self) -> None:
-        """End every subscriber track; their recv() raises MediaStreamError."""
-        self._closed = True
-        for track in list(self._subscribers):
-            self.unsubscribe(track)
 
 
 async def pump(source: MediaStreamTrack, on_item: Callable[[Media], None]) -> None:

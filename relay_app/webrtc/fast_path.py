@@ -3,7 +3,7 @@
 In the standard forward path each arriving Opus packet is queued to every receiver's relay
 track and each receiver's aiortc `RTCRtpSender` task wakes up to pull it, packetize it, protect
 it and send it: N task wake-ups and N trips through aiortc's per-packet path per packet. Here
-the sender's packet handler (sender.py) calls every receiver's `DirectSender` in turn, in
+the packet path (plane/path.py) calls every receiver's `DirectSender` in turn, in
 the same call: build the receiver's RTP header, SRTP-protect with the receiver's own session
 (libsrtp, C) and `sendto` on the socket of the receiver's nominated ICE pair. aiortc still
 does ICE, DTLS, the receiver's RTCP reports (their loss and round trip are read back from
@@ -13,7 +13,7 @@ yields, and its sender-report loop is replaced by one report every ~5 s sent fro
 What a copy costs is what runs per receiver, so only the receiver's own work runs there
 (header, SRTP, sendto, its counters as plain attributes, a due report); the clock, the
 relay's counters and the latency histogram are read once per packet by the fan-out
-(ingest.py).
+(plane/path.py).
 
 Each receiver gets the stream's sequence numbers plus its own offset, never a renumbering:
 a packet the speaker's leg lost for good stays a gap the receiver can see (red.py). The
@@ -180,7 +180,7 @@ class DirectSender:
     def follow(self) -> None:
         """The next packet is another sender's (a channel's handover): number on from the
         last one sent, so the receiver sees one stream with a pause (the channel's timeline,
-        ingest.py, moves the timestamps on by the real gap)."""
+        plane/timeline.py, moves the timestamps on by the real gap)."""
         self._follow = True
 
     def adapt_redundancy(self) -> None:

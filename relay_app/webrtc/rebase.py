@@ -22,7 +22,7 @@ sequence munger keeps each down track's numbers its own. Here, likewise:
   sequence number), or for a late packet the newest's minus its frames.
 
 One `Rebase` per speaker (and per upstream from another node), called once per arriving packet
-before its repair (media/ingest.py): it rewrites the packet's sequence number and timestamp in
+before its repair (plane/path.py): it rewrites the packet's sequence number and timestamp in
 place, and everything after it uses those (red.Repair and its counts, the channel's timeline,
 the fast path and its RED, the aiortc path). A few integer operations per packet per stream;
 per listener copy only the listener's own offset is added, and `continuing` gives that offset

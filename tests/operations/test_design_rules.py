@@ -29,6 +29,7 @@ LAYERS = (
     "webrtc",
     "audio",
     "client",
+    "plane",
     "streams",
     "media",
     "cluster",
@@ -375,6 +376,58 @@ def _reaches(code: str) -> Iterator[tuple[int, str]]:
             yield from visit(child, privates)
 
     yield from visit(tree, None)
+
+
+# How audio reaches a listener is decided by the relay settings and, once, by the output
+# factory: nothing else tests them, nor the shapes the decision once had.
+STRATEGY_TESTS = re.compile(
+    r"relay\.mode|relay\.fast_path|relay\.red\b|strategy\.(decode|fast_path|red)\b"
+    r"|\.packets is|receiver_source"
+)
+FACTORY = PACKAGE / "plane" / "factory.py"
+
+
+def _strategy_tests(source: str) -> Iterator[tuple[int, str]]:
+    """Conditions (if, while, a conditional expression, a comparison, and/or) that test
+    the relay strategy."""
+    for node in ast.walk(ast.parse(source)):
+        tests: list[ast.AST] = []
+        if isinstance(node, ast.If | ast.While | ast.IfExp):
+            tests.append(node.test)
+        elif isinstance(node, ast.Compare | ast.BoolOp):
+            tests.append(node)
+        for test in tests:
+            if STRATEGY_TESTS.search(ast.unparse(test)):
+                yield node.lineno, ast.unparse(test)
+
+
+def test_only_the_output_factory_tests_the_relay_strategy() -> None:
+    """relay.mode, relay.fast_path and relay.red decide how each output is fed in one place,
+    plane/factory.py (`Strategy`), when the output is made; the packet path, the sessions
+    and the cluster do what the strategy made, never test it again."""
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {test}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != FACTORY and path.name != "config.py"
+        for line, test in _strategy_tests(path.read_text())
+    ]
+    assert not offenders, offenders
+    assert list(_strategy_tests("if settings.relay.fast_path and stream.packets is not None: pass"))
+
+
+def test_a_stream_holds_one_collection_of_outputs() -> None:
+    """Who hears a stream (WebRTC listeners, the Ogg pages, the recording, the meter) is one
+    collection on `Stream`; no other field holds listeners, queues or senders."""
+    from dataclasses import fields
+
+    from relay_app.plane.outputs import Outputs
+    from relay_app.streams.stream import Stream
+
+    kinds = {f.name: str(f.type) for f in fields(Stream)}
+    assert [name for name, kind in kinds.items() if "Outputs" in kind] == ["outputs"]
+    listeners = re.compile(r"dict\[|set\[|Fanout|HttpAudio|Recording|DirectSender|RelayTrack")
+    assert not {name: kind for name, kind in kinds.items() if listeners.search(kind)}
+    assert Outputs.__module__ == "relay_app.plane.outputs"
 
 
 def test_library_internals_are_touched_only_in_the_room() -> None:

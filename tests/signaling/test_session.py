@@ -22,8 +22,7 @@ from relay_app.core.auth import mint, verify
 from relay_app.core.config import Settings
 from relay_app.signaling.session import OUTBOX_SIZE, PeerSession
 from relay_app.streams.context import RelayContext
-from relay_app.streams.stream import EndCause, SessionInfo, Stream, new_connection_id
-from relay_app.webrtc.fanout import Fanout
+from relay_app.streams.stream import EndCause, SessionInfo, Stream, new_connection_id, new_stream
 
 from ..helpers import SECRET
 
@@ -126,13 +125,12 @@ async def wait_closed(ws: FakeWebSocket, timeout: float) -> tuple[int, str]:
 @asynccontextmanager
 async def listenable_stream(ctx: RelayContext) -> AsyncIterator[Stream]:
     """A live stream as a sender's session registers it, with nobody sending into it."""
-    settings, metrics = ctx.settings.relay, ctx.metrics
-    stream = Stream(
+    stream = new_stream(
+        ctx.settings.relay,
+        ctx.metrics,
         stream_id="stream_test",
         sender_id="nobody",
         source=AudioStreamTrack(),
-        frames=Fanout(settings.queue_frames, metrics),
-        packets=Fanout(settings.queue_frames, metrics),
     )
     ctx.registry.add_stream(stream)
     try:
