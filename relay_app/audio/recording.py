@@ -1,10 +1,12 @@
-"""Recording: one stream run written to disk as Ogg/Opus, from the sender's own packets.
+"""Recording: a channel's run of speakers (or one unnamed stream) written to disk as Ogg/Opus,
+from the senders' own packets.
 
 The packet path (plane/path.py) calls `Recording.feed` for every Opus packet, in both
 relay modes, next to the HTTP listeners' muxer: no decode, no re-encode. `feed` is sync and
-never touches the disk: it builds one-second pages and queues them. `Recording.run`, a task in
-the stream's own task group (sender.serve_stream), opens the file and writes the pages from a
-worker thread, so a slow or full disk never stalls the event loop that relays the audio.
+never touches the disk: it builds one-second pages and queues them. `Recording.run`, a task
+in ROOT (recorder.py: a channel's recording outlives each of its speakers), opens the file and
+writes the pages from a worker thread, so a slow or full disk never stalls the event loop that
+relays the audio.
 
 Nothing reaches the disk before the sender's first audio (a stream that carries none leaves no
 file), a sender pushing more bytes a second than Opus can carry has its recording stopped
@@ -33,11 +35,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..core.config import RecordingSettings
 from ..core.limits import Allowance
 from ..core.metrics import Metrics
-from .ogg import OPUS_RATE, OggOpusMuxer
+from .ogg import OPUS_RATE, OggOpusMuxer, opus_samples
 
 PACKETS_PER_PAGE = 50  # one page a second of 20 ms packets
 PAGE_BUFFER = 30  # pages (seconds) the writer may fall behind before the recording is dropped
 CLOSE_TIMEOUT = 5.0  # seconds to write the last pages when the stream or the server ends
+# A 20 ms Opus frame of silence (CELT, fullband: what WebRTC stacks send for DTX); the most a
+# gap is filled with (recording.continue_within bounds a pause between speakers well below).
+SILENCE = bytes([0xF8, 0xFF, 0xFE])
+SILENCE_SAMPLES = 960
+MAX_SILENCE = 3600  # seconds
 
 RECORDING_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}-\d{8}T\d{6}Z(-\d+)?\.ogg$")
 """What `<channel or stream_id>-<UTC start>.ogg` looks like (a suffix when one already exists):
@@ -79,15 +86,36 @@ class Recording:
         self.failed = False
         self.bytes_written = 0
         self._running = False
+        self._next_pts: int | None = None  # where the next packet's audio should start
+        self.closed = False  # no more pages (`close`)
 
-    def feed(self, packet: bytes) -> None:
-        """One Opus packet from the sender (sync, no I/O)."""
+    @property
+    def writable(self) -> bool:
+        """Still taking packets (not stopped, failed or closed): a next speaker may go on."""
+        return not (self.failed or self.stopped or self.closed)
+
+    def feed(self, packet: bytes, pts: int) -> None:
+        """One Opus packet from the sender, at `pts` on the channel's timeline (sync, no I/O).
+
+        The file keeps the timeline: where packets are missing (a loss the repair could not
+        rebuild, the pause between two speakers of a channel) it gets silence, so the file
+        plays as long as the event lasted and each speaker starts where they did."""
         if self.failed or self.stopped:
             return
+        if self._next_pts is not None and pts - self._next_pts >= SILENCE_SAMPLES:
+            self._fill(min(pts - self._next_pts, MAX_SILENCE * OPUS_RATE) // SILENCE_SAMPLES)
+        self._next_pts = pts + opus_samples(packet)
         if not self._budget.take(len(packet)):
             limit = self._settings.max_bytes_per_second
             self._stop(f"over {limit} bytes/s (recording.max_bytes_per_second): not Opus speech")
             return
+        self._add(packet)
+
+    def _fill(self, frames: int) -> None:
+        for _ in range(frames):
+            self._add(SILENCE)
+
+    def _add(self, packet: bytes) -> None:
         page = self._muxer.add(packet)
         if page is not None:
             try:
@@ -186,6 +214,7 @@ class Recording:
 
     def close(self) -> None:
         """No more pages (idempotent); a running `run` writes what is queued and ends."""
+        self.closed = True
         self._pages[0].close()
         if not self._running:
             self._pages[1].close()

@@ -300,7 +300,8 @@ class RecordingSettings(_Section):
     enabled: bool = Field(False, description="Record streams (nothing is recorded without it).")
     directory: str = Field(
         "recordings",
-        description="Where recordings go, one file per stream run: "
+        description="Where recordings go, one file per channel run (its speakers one after "
+        "another, see `continue_within`) or unnamed stream: "
         "`<channel or stream_id>-<UTC start>.ogg`. Created if missing.",
     )
     streams: Literal["all", "marked"] = Field(
@@ -326,6 +327,15 @@ class RecordingSettings(_Section):
         ge=0,
         description="Recordings older than this many days are deleted (checked when a "
         "recording starts or ends). 0 = keep them.",
+    )
+    continue_within: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a channel's recording waits for the channel's next speaker after "
+        "its speaker stops: one who starts (or takes over) within them continues the same file, "
+        "the pause kept as silence; past them the file is closed (`recording_ended`). 0 = a "
+        "file per speaker.",
     )
 
     def records(self, channel: ChannelSettings | None) -> bool:

@@ -12,9 +12,10 @@ The task tree under the session's media task (see session.py for the rest):
         ├── ice_watch       ends the stream when the sender's connection fails
         ├── watch_speaker   no packet for 1 s: its listeners are told (speaker_lost); for
         │                   streams.speaker_lost_after: it ends and the channel is free
-        ├── visualize       levels -> the sender and its receivers (droppable messages)
-        └── Recording.run   Ogg pages -> disk (recording.py), when the stream is recorded
-        (and while nobody listens, the sender's sockets are read in batches: batched_reads.py)
+        └── visualize       levels -> the sender and its receivers (droppable messages)
+        (a recorded stream feeds its channel's recording, whose writer runs in ROOT:
+        audio/recorder.py; and while nobody listens, the sender's sockets are read in
+        batches: batched_reads.py)
 
 The stream is registered only after the answer has left and unregistered in a `finally`
 before the peer connection closes, so no receiver ever finds a dying stream.
@@ -22,6 +23,7 @@ before the peer connection closes, so no receiver ever finds a dying stream.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from anyio.abc import TaskStatus
 from av import AudioFrame
 
 from ..audio.levels import EveryNth, levels
-from ..audio.recording import Recording, recording_path
+from ..audio.recording import recording_path
 from ..core import protocol as p
 from ..core.errors import NegotiationError
 from ..core.logs import get_logger
@@ -138,8 +140,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         source=audio[0],
     )
     stream.speaker = name_of(host.info)
-    if (recording := _recording(host, stream)) is not None:
-        stream.outputs.add(RecordingOutput(recording))
+    _record(host, stream)
     # Tapped before the answer leaves, so that no packet arrives untapped.
     visualization = host.ctx.settings.visualization
     meter_every = visualization.downsample if visualization.enabled else None
@@ -151,14 +152,20 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     return stream
 
 
-def _recording(host: SessionHost, stream: Stream) -> Recording | None:
+def _record(host: SessionHost, stream: Stream) -> None:
+    """Its recording, when its channel is recorded: the channel's, which a previous speaker
+    may have begun (audio/recorder.py)."""
     settings = host.ctx.settings
     channel = settings.channels.get(stream.channel) if stream.channel is not None else None
     if not settings.recording.records(channel):
-        return None
+        return
     path = recording_path(Path(settings.recording.directory), stream.stream_id, stream.started_at)
     log = get_logger(connection_id=host.connection_id, role="sender", stream_id=stream.stream_id)
-    return Recording(path, host.ctx.metrics, log, settings.recording)
+    recorder = host.ctx.recorder
+    recording = recorder.recording(path, log, stream.channel)
+    if recording is not None:
+        release = functools.partial(recorder.release, recording, stream.channel)
+        stream.outputs.add(RecordingOutput(recording, release))
 
 
 async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) -> None:
@@ -188,8 +195,6 @@ async def serve_stream(host: SessionHost, peer: Peer, stream: Stream, log: Any) 
         tg.start_soon(watch_speaker, stream, host.ctx.settings.streams.speaker_lost_after, log)
         if host.ctx.settings.visualization.enabled:
             tg.start_soon(visualize, host, stream, log)
-        if (recording := stream.outputs.recording) is not None:
-            tg.start_soon(recording.run)
         with host.ctx.reads.watching(peer.pc, lambda: unheard(stream)):
             await stream.ended.wait()
         tg.cancel_scope.cancel()

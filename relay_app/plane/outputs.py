@@ -117,19 +117,23 @@ class OggOutput(Output):
 
 
 class RecordingOutput(Output):
-    """The stream written to disk while it runs (recording.py)."""
+    """The stream written to disk (recording.py): its channel's recording, which its next
+    speaker goes on with; `release` gives it back when the stream ends (audio/recorder.py)."""
 
     feed: Feed = "payload"
 
-    def __init__(self, recording: Recording) -> None:
+    def __init__(self, recording: Recording, release: Callable[[], None]) -> None:
         super().__init__("recording")
         self.recording = recording
+        self._release: Callable[[], None] | None = release
 
     def deliver(self, payload: bytes, pts: int, arrival: float) -> None:
-        self.recording.feed(payload)
+        self.recording.feed(payload, pts)
 
     def close(self) -> None:
-        self.recording.close()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
 
 
 class Outputs:

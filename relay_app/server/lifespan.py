@@ -35,6 +35,7 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
         ctx.shutting_down = anyio.Event()
         async with anyio.create_task_group() as root:
             http_peers.serve_in(root)
+            ctx.recorder.serve_in(root)
             root.start_soon(sweep_stale_streams, ctx)
             if ctx.cluster is not None and ctx.upstreams is not None:
                 ctx.upstreams.serve_in(root)
@@ -54,6 +55,7 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
             finally:
                 ctx.serving = False
                 http_peers.serve_in(None)
+                ctx.recorder.serve_in(None)
                 ctx.shutting_down.set()
                 root.cancel_scope.cancel()
         log.info("server_stopped")

@@ -8,6 +8,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
+from ..audio.recorder import Recorder
 from ..core.auth import Revocations
 from ..core.config import Settings
 from ..core.metrics import Metrics
@@ -50,6 +51,11 @@ class RelayContext:
     # guard); in cluster mode shared through Redis. Numbers for people without a name.
     revocations: Revocations = field(default_factory=Revocations)
     names: Names = field(default_factory=Names)
+    # Every recording's writer (in ROOT): a channel's recording spans its speakers.
+    recorder: Recorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = Recorder(self.settings.recording, self.metrics)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayContext:

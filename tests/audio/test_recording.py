@@ -52,8 +52,15 @@ async def event(server: ServerProcess, name: str, **fields: Any) -> dict[str, An
 
 
 def recording_config(directory: Path, **extra: Any) -> dict[str, Any]:
+    """Recording on; a channel's file closes 1 s after its speaker stops (unless `extra` says
+    otherwise), so that a test need not wait recording.continue_within's 10 s for its end."""
     return {
-        "recording": {"enabled": True, "directory": str(directory), **extra},
+        "recording": {
+            "enabled": True,
+            "directory": str(directory),
+            "continue_within": 1.0,
+            **extra,
+        },
         "channels": {"english": {"label": "English"}, "french": {"label": "FR", "record": False}},
     }
 
@@ -81,6 +88,49 @@ async def test_a_five_second_tone_is_recorded_and_decodes_to_the_tone(tmp_path: 
         async with RelayClient.connect(server.ws_url) as sender:
             await sender.start_sending(ToneTrack(660), channel="french")
         assert [p.name for p in directory.iterdir()] == [path.name]
+
+
+async def test_a_channels_next_speakers_go_on_in_the_same_file_with_the_pause_kept(
+    tmp_path: Path,
+) -> None:
+    """One speaker, a second of nobody, a second speaker, then a third who takes the channel
+    over: one file, the pause written as silence, each tone where it was spoken."""
+    directory = tmp_path / "recordings"
+    for server in serving(tmp_path, recording_config(directory, continue_within=5.0)):
+        async with RelayClient.connect(server.ws_url) as first:
+            await first.start_sending(FiniteTone(440, 2.0), channel="english")
+            started = await event(server, "recording_started", stream_id="english")
+            await anyio.sleep(2.0)
+        await anyio.sleep(1.0)
+        async with (
+            RelayClient.connect(server.ws_url) as second,
+            RelayClient.connect(server.ws_url) as third,
+        ):
+            await second.start_sending(FiniteTone(660, 2.0), channel="english")
+            await event(server, "recording_continued", stream_id="english")
+            await anyio.sleep(2.0)
+            await third.start_sending(FiniteTone(880, 1.0), channel="english", takeover=True)
+            await anyio.sleep(1.5)
+        ended = server.wait_event("recording_ended", stream_id="english")
+        assert ended["path"] == started["path"] and len(list(directory.iterdir())) == 1
+        with av.open(ended["path"]) as container:
+            chunks = [frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)]
+        audio = np.concatenate(chunks).astype(np.float32)
+        seconds = len(audio) / 48000
+        print(f"one file of {seconds:.2f} s")
+
+        def heard(start: float, length: float = 0.5, audio: Any = audio) -> float:
+            """The tone heard there (0: silence; the decoder gives floats, full scale 1)."""
+            piece = audio[int(start * 48000) : int((start + length) * 48000)]
+            return dominant_frequency(piece, 48000) if np.abs(piece).max() > 0.01 else 0.0
+
+        # 440 Hz for 2 s; the pause (>= 1 s, the first speaker leaving included); 660 Hz
+        # for 2 s; 880 Hz: each where it was spoken, within the pause's slack.
+        assert abs(heard(0.5) - 440) <= 10
+        assert heard(2.3, 0.6) == 0.0  # silence while nobody spoke
+        assert seconds >= 6.0, seconds
+        assert abs(heard(seconds - 2.5) - 660) <= 10
+        assert abs(heard(seconds - 0.7) - 880) <= 10
 
 
 async def test_an_unwritable_directory_does_not_interrupt_the_stream(tmp_path: Path) -> None:

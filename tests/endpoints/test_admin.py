@@ -119,7 +119,7 @@ async def test_with_auth_only_an_admin_token_may_use_it(tmp_path: Path) -> None:
     config = {
         "channels": CHANNELS,
         "auth": {"secret": SECRET},
-        "recording": {"enabled": True, "directory": str(directory)},
+        "recording": {"enabled": True, "directory": str(directory), "continue_within": 1.0},
     }
     admin = {"Authorization": f"Bearer {mint(SECRET, 'admin', 600, subject='alice')}"}
     metrics = {"Authorization": f"Bearer {mint(SECRET, 'metrics', 600)}"}

@@ -303,7 +303,12 @@ async def test_one_address_cannot_take_every_ogg_listener_slot(
 def _recording_config(directory: Path, **recording: Any) -> dict[str, Any]:
     return {
         **UNTRUSTED,
-        "recording": {"enabled": True, "directory": str(directory), **recording},
+        "recording": {
+            "enabled": True,
+            "directory": str(directory),
+            "continue_within": 1.0,
+            **recording,
+        },
         "streams": {"allow_unlisted_channels": True},
     }
 
