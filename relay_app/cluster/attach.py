@@ -26,5 +26,5 @@ def attach_cluster(ctx: RelayContext) -> None:
         )
     upstreams = Upstreams(ctx, cluster)
     cluster.on_gone = upstreams.origin_gone
-    ctx.cluster = ctx.registry.cluster = cluster
+    ctx.registry.cluster = cluster  # (the context's too) in the LocalCluster's place
     ctx.upstreams = upstreams

@@ -37,7 +37,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from ..core.auth import MAX_TTL, Revocations
 from ..core.config import ClusterSettings
 from ..core.logs import get_logger
 from ..core.protocol import StreamInfo
+from ..streams.cluster_view import Samples
 from ..streams.registry import StreamRegistry
 from ..streams.stream import Stream
 
@@ -83,7 +84,8 @@ def default_node_id() -> str:
 
 @dataclass(eq=False)
 class Cluster:
-    """This node's part of the cluster, and its view of the others (the registry's ClusterView)."""
+    """This node's part of the cluster, and its view of the others (the registry's ClusterView,
+    in a single node's LocalCluster's place)."""
 
     settings: ClusterSettings
     registry: StreamRegistry
@@ -165,7 +167,7 @@ class Cluster:
         return counts
 
     def view(self) -> dict[str, Any]:
-        """`/health`'s and `/metrics`' `cluster`."""
+        """`/metrics`' `cluster`."""
         return {
             "node_id": self.node_id,
             "redis": "connected" if self.redis_up else "unreachable",
@@ -175,6 +177,20 @@ class Cluster:
                 for i in self.stream_infos(self.registry.live_streams())
             ],
         }
+
+    def health(self) -> dict[str, Any]:
+        """`/health`'s `cluster`: the view, its streams counted."""
+        view = self.view()
+        return {"cluster": {**view, "streams": len(view["streams"])}}
+
+    def gauges(self) -> Iterator[tuple[str, Samples]]:
+        view = self.view()
+        yield "relay_cluster_redis_up", [((), int(self.redis_up))]
+        yield "relay_cluster_nodes", [((), len(view["nodes"]))]
+        yield (
+            "relay_cluster_stream_receivers",
+            [((s["stream_id"], s["node"]), s["receivers"]) for s in view["streams"]],
+        )
 
     # Redis ----------------------------------------------------------------------------------
     async def run(self) -> None:

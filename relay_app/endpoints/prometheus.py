@@ -237,14 +237,7 @@ class RelayCollector(Collector):
         yield "relay_http_listeners", [((), live["http_listeners"])]
         yield "relay_recordings", [((), live["recordings"])]
         yield "relay_upstreams", [((), live["upstreams"])]
-        if ctx.cluster is not None:
-            view = ctx.cluster.view()
-            yield "relay_cluster_redis_up", [((), int(ctx.cluster.redis_up))]
-            yield "relay_cluster_nodes", [((), len(view["nodes"]))]
-            yield (
-                "relay_cluster_stream_receivers",
-                [((s["stream_id"], s["node"]), s["receivers"]) for s in view["streams"]],
-            )
+        yield from ctx.cluster.gauges()  # (none on a single node)
         yield "relay_peer_connections", [((), live["peer_connections"])]
         yield "relay_subscriptions", [((), live["relay_subscriptions"])]
         yield "relay_session_task_groups", [((), live["session_task_groups"])]

@@ -27,14 +27,7 @@ def health_view(ctx: RelayContext) -> tuple[dict[str, Any], int]:
         # `relay_app token|invite|qr` ask before printing something the server would refuse.
         "auth_required": ctx.settings.auth.secret is not None,
     }
-    if ctx.cluster is not None:  # Redis away is not unhealthy: local service goes on
-        view = ctx.cluster.view()
-        body["cluster"] = {
-            "node_id": view["node_id"],
-            "redis": view["redis"],
-            "nodes": view["nodes"],
-            "streams": len(view["streams"]),
-        }
+    body.update(ctx.cluster.health())  # (Redis away is not unhealthy: local service goes on)
     reasons = []
     if not WEBRTC_AVAILABLE:
         reasons.append("WebRTC unavailable: PyAV lacks the Opus codec")
@@ -78,7 +71,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "recording_failures": metrics.recording_failures,
         },
         "process": process_stats(),
-        "cluster": ctx.cluster.view() if ctx.cluster is not None else None,
+        "cluster": ctx.cluster.view(),
         "live": {
             "sessions": live.sessions,
             "session_task_groups": live.session_task_groups,

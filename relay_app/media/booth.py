@@ -151,8 +151,7 @@ def check_booth_receiving(
     ):
         grant.check_unexpired()
         return stream_id
-    node_id = ctx.cluster.node_id if ctx.cluster is not None else None
-    return grant.check_receiving(stream_id, upstream, node_id)
+    return grant.check_receiving(stream_id, upstream, ctx.cluster.node_id)
 
 
 def booth_listable(grant: Grant, settings: Settings) -> Callable[[str], bool]:

@@ -37,9 +37,8 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
             http_peers.serve_in(root)
             ctx.recorder.serve_in(root)
             root.start_soon(sweep_stale_streams, ctx)
-            if ctx.cluster is not None and ctx.upstreams is not None:
-                ctx.upstreams.serve_in(root)
-                root.start_soon(ctx.cluster.run)
+            ctx.upstreams.serve_in(root)
+            root.start_soon(ctx.cluster.run)  # (a single node's returns at once)
             root.start_soon(stats_clock, ctx)
             root.start_soon(ctx.reads.run)
             if settings.relay.memory_trim_interval > 0:

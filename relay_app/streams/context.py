@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ..audio.recorder import Recorder
 from ..core.auth import Revocations
 from ..core.config import Settings
 from ..core.metrics import Metrics
 from ..webrtc.batched_reads import BatchedReads
+from .cluster_view import ClusterView, LocalCluster, UpstreamOpener
 from .names import Names
-from .registry import ClusterView, StreamRegistry
-from .stream import Stream
-
-
-class UpstreamOpener(Protocol):
-    """Cluster mode's links to other nodes' streams (cluster/upstream.py)."""
-
-    async def open(self, stream_id: str) -> Stream:
-        """A local stream relaying another node's `stream_id` (one link per stream)."""
-        ...
-
-    def serve_in(self, group: TaskGroup | None) -> None:
-        """The task group (ROOT) links run in while the server serves; None when it stops."""
-        ...
+from .registry import StreamRegistry
 
 
 @dataclass(eq=False)
@@ -40,10 +26,9 @@ class RelayContext:
     shutting_down: anyio.Event | None = None
     # True between lifespan startup and shutdown: the root task group (sweeper) is running.
     serving: bool = False
-    # Cluster mode (cluster.redis_url): this node's part of the cluster, and its upstreams
-    # (other nodes' streams relayed here), attached by cluster/attach.py. None on one node.
-    cluster: ClusterView | None = None
-    upstreams: UpstreamOpener | None = None
+    # Links to other nodes' streams: none on one node (a LocalCluster); the cluster's
+    # upstreams once cluster/attach.py makes this a cluster node (cluster.redis_url).
+    upstreams: UpstreamOpener = field(default_factory=LocalCluster)
     # Peers' sockets read in batches where nothing they carry is urgent (a receiver's once
     # connected, an unheard sender's); its reader runs in ROOT.
     reads: BatchedReads = field(default_factory=BatchedReads)
@@ -56,6 +41,11 @@ class RelayContext:
 
     def __post_init__(self) -> None:
         self.recorder = Recorder(self.settings.recording, self.metrics)
+
+    @property
+    def cluster(self) -> ClusterView:
+        """This node's part of the cluster (the registry's): a LocalCluster on one node."""
+        return self.registry.cluster
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayContext:

@@ -1,8 +1,8 @@
 """Which stream a receiver plays: this node's own, or, in cluster mode, another node's through
 an upstream. Every door asks here (a /ws receiver, a WHEP player, an Ogg listener, and a
 receiver or listener waiting on a channel), so all of them hear every node's streams with the
-same errors, and none knows the cluster exists: on a single node `ctx.cluster` is None and this
-is the registry's lookup.
+same errors, and none knows whether there is a cluster: a single node's `ctx.cluster` is a
+LocalCluster, which lists no other node's streams, so this is the registry's own lookup.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ async def stream_to_play(
     An upstream (`link`) is served only from this node's own streams: no relaying of a
     relayed stream, so links never loop.
     """
-    registry, cluster, upstreams = ctx.registry, ctx.cluster, ctx.upstreams
-    if cluster is None or upstreams is None:
-        return registry.find_live_stream(stream_id, log)
+    registry, cluster = ctx.registry, ctx.cluster
     if link:
         stream = registry.find_live_stream(stream_id, log)
         if stream.origin is not None:
@@ -44,21 +42,20 @@ async def stream_to_play(
     if stream_id is not None and stream_id not in local and stream_id in cluster.remote:
         remote = cluster.remote[stream_id]
         log.info("upstream_requested", stream_id=stream_id, origin=remote.node_id)
-        return await upstreams.open(stream_id)
+        return await ctx.upstreams.open(stream_id)
     return registry.find_live_stream(stream_id, log)
 
 
 async def next_on_channel(ctx: RelayContext, channel: str) -> Stream:
     """The channel's next stream for a waiting receiver: a sender here, or (cluster mode) on
-    any node, looked for once per heartbeat while none is here."""
-    registry, cluster, upstreams = ctx.registry, ctx.cluster, ctx.upstreams
-    if cluster is None or upstreams is None:
-        return await registry.next_stream(channel)
+    any node, looked for once per heartbeat while none is here (one node has no beat: it
+    waits for a sender here)."""
+    registry, cluster = ctx.registry, ctx.cluster
     while True:
         with anyio.move_on_after(cluster.heartbeat_interval):
             return await registry.next_stream(channel)
         if channel in cluster.remote:
             try:
-                return await upstreams.open(channel)
+                return await ctx.upstreams.open(channel)
             except RelayError:
                 pass  # (logged as upstream_failed) the next beat may find it again

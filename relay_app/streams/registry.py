@@ -7,8 +7,8 @@ await, so they need no lock: on one event loop a sync method runs whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -25,57 +25,10 @@ from ..core.limits import check_receiver_limit, check_stream_limit
 from ..core.protocol import NO_STREAM_MESSAGE, AvailableStreams, ChannelInfo, StreamInfo
 from ..plane.outputs import Output
 from ..plane.timeline import ChannelClock
+from .cluster_view import ClusterView, LocalCluster
 from .stream import UNNAMED_PREFIX, SessionInfo, Stream
 
 MAX_CLOCKS = 1000  # channels whose timeline is remembered between senders
-
-
-class RemoteRecord(Protocol):
-    """Another node's live stream, as the cluster's directory lists it."""
-
-    @property
-    def stream_id(self) -> str: ...
-    @property
-    def node_id(self) -> str: ...
-    @property
-    def started_at(self) -> float: ...
-
-
-class ClusterView(Protocol):
-    """What this node asks of cluster mode (cluster/directory.py attaches one when
-    cluster.redis_url is set; None on a single node). Defined here, below the cluster, so
-    that nothing but the server's wiring imports the cluster package."""
-
-    @property
-    def node_id(self) -> str: ...
-    @property
-    def redis_up(self) -> bool: ...
-    @property
-    def heartbeat_interval(self) -> float: ...
-    @property
-    def remote(self) -> Mapping[str, RemoteRecord]:
-        """The other nodes' live streams by stream id, as last read."""
-        ...
-
-    def stream_infos(self, local: list[Stream]) -> list[StreamInfo]:
-        """This node's live streams merged with the other nodes' (receivers cluster-wide)."""
-        ...
-
-    def holder(self, stream_id: str) -> str | None:
-        """The other node whose sender has this stream id, if any."""
-        ...
-
-    def streams_changed(self) -> None:
-        """A stream was added or removed here: tell the cluster now, not at the next beat."""
-        ...
-
-    def view(self) -> dict[str, Any]:
-        """`/health`'s and `/metrics`' `cluster`."""
-        ...
-
-    async def run(self) -> None:
-        """Keep the directory up to date until cancelled (a ROOT task)."""
-        ...
 
 
 class StreamRegistry:
@@ -93,7 +46,9 @@ class StreamRegistry:
         self._next_stream: dict[str, anyio.Event] = {}
         # Each channel's timeline across its senders (stream.ChannelClock), newest last.
         self._clocks: dict[str, ChannelClock] = {}
-        self.cluster: ClusterView | None = None
+        # This node's part of the cluster: a LocalCluster (one node) until cluster/attach.py
+        # puts the Redis directory in its place.
+        self.cluster: ClusterView = LocalCluster()
         self._speakers = 0  # unnamed streams labelled so far ("Speaker N")
         # Plain-HTTP (Ogg) listeners' connection ids by the stream id they came for, which
         # is the channel's name on a channel: a listener holds its place from its first page
@@ -187,7 +142,7 @@ class StreamRegistry:
             )
         if channel in self.locked:
             raise ChannelError(f"channel {channel!r} is locked by an operator: no new senders")
-        holder = self.cluster.holder(channel) if self.cluster is not None else None
+        holder = self.cluster.holder(channel)
         if holder is not None:
             raise ChannelError(
                 f"channel {channel!r} is busy: a sender is live on it on node {holder}"
@@ -224,8 +179,7 @@ class StreamRegistry:
         self.streams[stream.stream_id] = stream
         if (waiting := self._next_stream.pop(stream.stream_id, None)) is not None:
             waiting.set()
-        if self.cluster is not None:
-            self.cluster.streams_changed()
+        self.cluster.streams_changed()
 
     def _label(self, stream: Stream) -> str:
         """A name for people: the channel's label, or the next "Speaker N" for an unnamed
@@ -252,8 +206,7 @@ class StreamRegistry:
             del self.streams[stream.stream_id]
         if sender.stream_id == stream.stream_id:
             sender.stream_id = None
-        if self.cluster is not None:
-            self.cluster.streams_changed()
+        self.cluster.streams_changed()
 
     async def next_stream(self, channel: str) -> Stream:
         """The channel's live stream, as soon as there is one (a receiver waiting on it)."""
@@ -295,9 +248,7 @@ class StreamRegistry:
     def stream_infos(self) -> list[StreamInfo]:
         """The live streams as clients see them (`available_streams`, `/stream/status`);
         in cluster mode every node's."""
-        if self.cluster is not None:
-            return self.cluster.stream_infos(self.live_streams())
-        return [s.info() for s in self.live_streams()]
+        return self.cluster.stream_infos(self.live_streams())
 
     def available(self, allowed: Callable[[str], bool] | None = None) -> AvailableStreams:
         """`available_streams`: live streams and channels, those `allowed` (a token) only."""

@@ -131,6 +131,87 @@ def test_a_single_node_imports_neither_the_cluster_nor_redis() -> None:
     assert result.stdout.strip() == "[]", result.stderr[-2000:]
 
 
+# What a single node once left None, and their types: a LocalCluster (streams/cluster_view.py)
+# stands there now, so the code asks the cluster instead of asking whether there is one.
+CLUSTER_NAMES = ("cluster", "upstreams")
+CLUSTER_TYPES = ("ClusterView", "UpstreamOpener")
+
+
+def _no_cluster_checks(code: str) -> Iterator[tuple[int, str]]:
+    """Where code tests for "no cluster": `cluster is None`, `if ctx.upstreams`, a
+    `ClusterView | None` or `Optional[UpstreamOpener]` annotation."""
+
+    def names_cluster(node: ast.AST) -> bool:
+        dotted = _dotted(node)
+        return dotted is not None and dotted.split(".")[-1] in CLUSTER_NAMES
+
+    def none(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value is None
+
+    def truth_tested(test: ast.expr) -> Iterator[ast.expr]:
+        yield test
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            yield from truth_tested(test.operand)
+        elif isinstance(test, ast.BoolOp):
+            for value in test.values:
+                yield from truth_tested(value)
+
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Compare) and any(
+            isinstance(op, ast.Is | ast.IsNot | ast.Eq | ast.NotEq) for op in node.ops
+        ):
+            sides = [node.left, *node.comparators]
+            if any(none(side) for side in sides) and any(names_cluster(side) for side in sides):
+                yield node.lineno, ast.unparse(node)
+        elif isinstance(node, ast.If | ast.IfExp | ast.While | ast.Assert):
+            if any(names_cluster(test) for test in truth_tested(node.test)):
+                yield node.lineno, f"tests {ast.unparse(node.test)}"
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            sides = [node.left, node.right]
+            if any(none(side) for side in sides) and any(
+                isinstance(side, ast.Name) and side.id in CLUSTER_TYPES for side in sides
+            ):
+                yield node.lineno, ast.unparse(node)
+        elif (
+            isinstance(node, ast.Subscript)
+            and ast.unparse(node.value).endswith("Optional")
+            and ast.unparse(node.slice) in CLUSTER_TYPES
+        ):
+            yield node.lineno, ast.unparse(node)
+
+
+def test_a_single_node_is_a_cluster_of_one_not_a_none() -> None:
+    """Every node has a cluster and upstreams (a single node's LocalCluster holds nothing
+    elsewhere): nothing in relay_app checks for their absence."""
+    checks = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, what in _no_cluster_checks(path.read_text())
+    ]
+    assert not checks, checks
+
+
+def test_the_cluster_rule_sees_a_none_check() -> None:
+    sample = (
+        "def health(ctx, registry, upstreams):\n"
+        "    cluster: ClusterView | None = ctx.cluster\n"
+        "    node_id = ctx.cluster.node_id if ctx.cluster is not None else None\n"
+        "    if not upstreams or registry.cluster == None:\n"
+        "        return None\n"
+        "    opener: Optional[UpstreamOpener] = None\n"
+        "    if settings.cluster.redis_url is None and link is None:\n"
+        "        return ctx.cluster.view()\n"
+    )
+    found = sorted(_no_cluster_checks(sample))
+    assert found == [
+        (2, "ClusterView | None"),
+        (3, "ctx.cluster is not None"),
+        (4, "registry.cluster == None"),
+        (4, "tests not upstreams or registry.cluster == None"),
+        (6, "Optional[UpstreamOpener]"),
+    ], found
+
+
 def test_every_route_on_both_ports_goes_through_the_guard() -> None:
     settings = Settings()
     ctx = build_context(settings)

@@ -65,6 +65,7 @@ async def test_health_metrics_and_status_during_and_after_a_stream(server: Serve
             assert body["webrtc_available"] is True and body["audio_server_running"] is True
             assert body["active_streams"] == 1 and body["connected_clients"] == 3
             assert isinstance(body["uptime_seconds"], int)
+            assert "cluster" not in body  # one node: a cluster of one says nothing of it
 
             metrics = server.metrics()
             assert metrics.keys() >= METRICS_KEYS
@@ -75,10 +76,12 @@ async def test_health_metrics_and_status_during_and_after_a_stream(server: Serve
             assert live["peer_connections"] == 3 and live["session_task_groups"] == 3
             # Two receivers plus the visualization tap.
             assert live["relay_subscriptions"] == 3
+            assert metrics["cluster"] is None
 
             status = server.get("/stream/status", status_port=True).json()
             assert status["active_streams"] == [stream_id]
             assert status["streams"][0]["receivers"] == 2
+            assert status["streams"][0]["node"] is None
 
     metrics = server.wait_idle()
     assert metrics["active_streams"] == 0 and metrics["active_connections"] == 0
@@ -95,6 +98,8 @@ async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) 
     assert "relay_peer_connections 0.0" in text
     assert "# TYPE relay_latency_seconds histogram" in text
     assert "process_resident_memory_bytes" in text
+    assert "# TYPE relay_cluster_nodes gauge" in text
+    assert not [line for line in text.splitlines() if line.startswith("relay_cluster_")]
     response = server.get(
         "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
     )
