@@ -86,6 +86,7 @@ def _servers(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerPr
 SERIAL = (
     "tests/browser/",
     "tests/scenarios/test_handover.py",
+    "tests/scenarios/test_handover_gap.py",
     "tests/scenarios/test_booth.py",
     "tests/scenarios/test_nat.py",
     "tests/scenarios/test_faults.py",

@@ -61,10 +61,11 @@ def tone(audio: np.ndarray, rate: int = 48000) -> float:
 
 
 @contextmanager
-def ogg_listener(url: str) -> Iterator[bytearray]:
+def ogg_listener(url: str, arrivals: list[tuple[float, int]] | None = None) -> Iterator[bytearray]:
     """A plain-HTTP listener reading the response, one connection, until the block ends: then
     its socket is shut, so the reader stops even while no page comes (a channel waiting for
-    its next speaker sends none) and the server sees the listener leave."""
+    its next speaker sends none) and the server sees the listener leave. With `arrivals`,
+    each chunk's arrival (time.monotonic()) is noted there beside the body's length then."""
     body, stop, sockets = bytearray(), threading.Event(), []
 
     def read() -> None:
@@ -73,6 +74,8 @@ def ogg_listener(url: str) -> Iterator[bytearray]:
                 sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
                 for chunk in response.iter_bytes():
                     body.extend(chunk)
+                    if arrivals is not None:
+                        arrivals.append((time.monotonic(), len(body)))
                     if stop.is_set():
                         return
         except httpx.HTTPError:

@@ -13,9 +13,11 @@ builds their RED; in transcode mode aiortc's own encoder and sender do both.
 from __future__ import annotations
 
 import itertools
+import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import aiortc.rtcrtpsender
 import anyio
@@ -316,6 +318,67 @@ async def test_after_a_speakers_jump_the_next_speaker_is_heard_on_the_same_conne
                 listener.assert_one_stream(jumped, "across the jump and the handover")
             for listener in (one, two):
                 assert_tone(listener, 660)
+
+
+WRAP_AFTER = 150  # packets (3 s) from a speaker's first to its sequence numbers' wrap
+
+
+@asynccontextmanager
+async def numbers_near_the_wrap(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """A speaker started in this block numbers its packets from WRAP_AFTER before 65,535 and
+    timestamps them from 50 packets' worth later before 2**32: both wrap a few seconds in,
+    as any long stream's do. Its SSRC stays random: aiortc draws it, then (once its packets
+    start, which the block waits for) the timestamps' origin."""
+    draws = [random.getrandbits(32), random.getrandbits(32), M32 + 1 - (WRAP_AFTER + 50) * FRAME]
+    with monkeypatch.context() as near:
+        near.setattr(aiortc.rtcrtpsender, "random_sequence_number", lambda: M16 + 1 - WRAP_AFTER)
+        near.setattr(aiortc.rtcrtpsender, "random32", lambda: draws.pop(0))
+        yield
+        with anyio.fail_after(5):
+            while draws:
+                await anyio.sleep(0.01)
+
+
+async def test_a_speakers_numbers_wrapping_run_on_smoothly_for_listeners_and_past_a_takeover(
+    make_forward_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A speaker's sequence numbers wrap (65,535 -> 0) 3 s in and its timestamps (2**32 -> 0)
+    a second later, while listeners with RED and without listen; then a speaker whose
+    numbers wrap likewise takes the channel over. Every listener's numbers go on by one and
+    its timestamps by a packet throughout (a wrap is neither a jump nor a restart), and the
+    relay's SRTP refuses nothing."""
+    server = make_forward_server({"channels": CHANNELS})
+    async with (
+        RelayClient.connect(server.ws_url) as first,
+        RelayClient.connect(server.ws_url) as plain,
+        RelayClient.connect(server.ws_url) as with_red,
+    ):
+        async with numbers_near_the_wrap(monkeypatch):
+            await first.start_sending(ToneTrack(440), channel="stage")
+        started = time.monotonic()
+        with_red.red = True
+        heard = []
+        for listener in (plain, with_red):
+            await listener.start_receiving("stage")
+            assert listener.pc is not None
+            red = red_payload_type(listener.pc.remoteDescription.sdp) if listener.red else None
+            heard.append(Heard(listener.pc, red))
+        failed = srtp_failures(server)
+        for listener in heard:  # up to a second past both wraps
+            await listener.wait_packets(started, WRAP_AFTER + 100, "across the wraps")
+            listener.assert_one_stream(started, "across the wraps")
+        for listener in (plain, with_red):
+            assert_tone(listener, 440)
+        async with RelayClient.connect(server.ws_url) as second:
+            moment = time.monotonic()
+            async with numbers_near_the_wrap(monkeypatch):
+                await second.start_sending(ToneTrack(660), channel="stage", takeover=True)
+            for listener in heard:
+                await listener.wait_packets(moment, WRAP_AFTER + 100, "the next speaker's wraps")
+                listener.assert_one_stream(started, "the wraps, the takeover, its wraps")
+            for listener in (plain, with_red):
+                assert_tone(listener, 660)
+        assert srtp_failures(server) == failed
 
 
 async def test_red_blocks_far_ahead_are_not_rebuilt_and_do_not_multiply_at_listeners(

@@ -1,0 +1,390 @@
+"""The handover gap, for every kind of output: a channel's speaker changes and each kind of
+listener hears the next one after no more than the real silence, on one timeline.
+
+Kinds of output (`KINDS`): a WebRTC listener on the fast path, one that negotiated RED, one
+fed through an aiortc track (relay.fast_path off), one in transcode mode, a plain-HTTP Ogg
+listener, the channel's recording, and a WebRTC listener on node B of a channel spoken on
+node A (B's upstream of it; real Redis). Each is a real listener of a real server; what it
+received is turned into timed pieces of its media timeline (`Piece`: an RTP packet and its
+timestamp, an Ogg page and its granule position), and across the handover (`measure`):
+
+- the wall-clock silence: from the arrival of the last speaker's last packet to that of the
+  next speaker's first (an Ogg page's first packet came as long before the page as the
+  page's audio, less one packet, lasts) is at most 100 ms on a takeover;
+- the timeline: it moves on by the time that really passed, within 100 ms (a recording, which
+  has no arrival times, against a fast-path listener of the same channel): never back, never
+  seconds ahead, on a takeover and after a real pause alike.
+
+A kind that does not do so today is kept as an xfail whose reason is what was measured;
+strict (it fails the day it passes, so its mark is removed) unless it fails in most runs
+only (`NOT_STRICT`). bench/handover.py measures the same over many handovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import anyio
+import pytest
+
+from relay_app.audio.ogg import OPUS_RATE, page_granule, page_samples
+from relay_app.client import RelayClient, ToneTrack
+from relay_app.core import protocol as p
+from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, deep_merge
+from relay_app.webrtc.sdp import red_payload_type
+
+from .test_handover import Arrivals, ogg_listener
+
+pytestmark = pytest.mark.anyio
+
+CHANNELS = {"stage": {"label": "Main stage"}}
+FRAME = 960  # one 20 ms packet at 48 kHz
+BOUND = 0.1  # seconds: the handover gap, and the timeline's error across it
+PAUSE = 1.0  # seconds between one speaker stopping and the next starting
+
+KINDS = ("fast_path", "red", "aiortc_track", "transcode", "ogg", "recording", "cluster")
+CONFIG: dict[str, dict[str, Any]] = {
+    "aiortc_track": {"relay": {"fast_path": False}},
+    "transcode": {"relay": {"mode": "transcode"}},
+}
+
+
+@pytest.fixture(scope="module")
+def relay_mode() -> str:
+    return "forward"  # each kind sets its own mode (CONFIG)
+
+
+class Piece(NamedTuple):
+    """A piece of what a listener received: when it arrived (time.monotonic(); None for a
+    recording's page), where on the listener's timeline it starts and how long it lasts (48
+    kHz samples)."""
+
+    arrival: float | None
+    start: int
+    samples: int
+
+
+def rtp_pieces(arrivals: Arrivals) -> list[Piece]:
+    """Each RTP packet a WebRTC listener got, its timestamp unwrapped past 2**32."""
+    pieces: list[Piece] = []
+    position = last = None
+    for arrival, _sequence, timestamp in arrivals.packets:
+        if position is None or last is None:
+            position = timestamp
+        else:
+            step = (timestamp - last) & 0xFFFFFFFF
+            position += step - (1 << 32) if step >= 1 << 31 else step
+        last = timestamp
+        pieces.append(Piece(arrival, position, FRAME))
+    return pieces
+
+
+def ogg_pages(body: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
+    """(offset of its end in `body`, page) for each whole page of an Ogg stream."""
+    offset = 0
+    while offset + 27 <= len(body):
+        assert body[offset : offset + 4] == b"OggS", f"no Ogg page at byte {offset}"
+        segments = body[offset + 26]
+        end = offset + 27 + segments + sum(body[offset + 27 : offset + 27 + segments])
+        if end > len(body):
+            return
+        yield end, bytes(body[offset:end])
+        offset = end
+
+
+def ogg_pieces(body: bytes | bytearray, arrivals: list[tuple[float, int]] | None) -> list[Piece]:
+    """Each audio page of an Ogg/Opus stream (its granule position is where its last sample
+    ends), with the arrival of the chunk that completed it when `arrivals` are known."""
+    pieces = []
+    for end, data in ogg_pages(body):
+        if data[28:36] in (b"OpusHead", b"OpusTags"):
+            continue
+        samples = page_samples(data)
+        if not samples:
+            continue  # (the end-of-stream page, empty)
+        arrival = next(at for at, length in arrivals if length >= end) if arrivals else None
+        pieces.append(Piece(arrival, page_granule(data) - samples, samples))
+    return pieces
+
+
+@dataclass
+class Handover:
+    """What a listener's pieces show across one handover (seconds)."""
+
+    silence: float  # the longest wall-clock wait for the next packet
+    real_gap: float  # that wait, less one packet: the audio that really was not there
+    timeline_gap: float  # what the timeline skipped where the silence was
+    drift: float  # the timeline's offset from the wall clock, after less before
+    steps_back: int  # pieces that started before the one before them ended
+    biggest_step: float  # the longest skip on the timeline anywhere across the handover
+
+    @property
+    def error(self) -> float:
+        """How far the timeline's skip is from the real gap."""
+        return self.timeline_gap - self.real_gap
+
+    def __str__(self) -> str:
+        return (
+            f"silence {self.silence * 1000:.0f} ms, timeline skipped "
+            f"{self.timeline_gap * 1000:.0f} ms of a real {self.real_gap * 1000:.0f} ms "
+            f"(error {self.error * 1000:+.0f} ms, drift {self.drift * 1000:+.0f} ms, "
+            f"{self.steps_back} steps back, biggest step {self.biggest_step * 1000:.0f} ms)"
+        )
+
+
+def measure(pieces: list[Piece], moment: float) -> Handover:
+    """The handover after `moment` in a listener's pieces (all with arrival times)."""
+    timed = [(piece.arrival, piece) for piece in pieces if piece.arrival is not None]
+    assert len(timed) == len(pieces), "every piece needs its arrival"
+    after = [piece for at, piece in timed if at >= moment - 0.5]
+    assert len(after) >= 20, f"only {len(after)} pieces after the handover began"
+
+    def waited(a: Piece, b: Piece) -> float:
+        """From a's last packet to b's first (b arrived when its last packet did)."""
+        assert a.arrival is not None and b.arrival is not None
+        return b.arrival - (b.samples - FRAME) / OPUS_RATE - a.arrival
+
+    pairs = list(itertools.pairwise(after))
+    a, b = max(pairs, key=lambda pair: waited(*pair))
+    skips = [(b2.start - (a2.start + a2.samples)) / OPUS_RATE for a2, b2 in pairs]
+
+    def offsets(window: list[Piece]) -> float:
+        return statistics.median(
+            float(piece.arrival or 0) - (piece.start + piece.samples) / OPUS_RATE
+            for piece in window
+        )
+
+    last = timed[-1][0]
+    before = [piece for at, piece in timed if moment - 1.0 <= at < moment]
+    settled = [piece for at, piece in timed if at >= last - 1.0]
+    assert before and settled, "no pieces before the handover or at the end"
+    return Handover(
+        silence=waited(a, b),
+        real_gap=waited(a, b) - FRAME / OPUS_RATE,
+        timeline_gap=(b.start - (a.start + a.samples)) / OPUS_RATE,
+        drift=offsets(settled) - offsets(before),
+        steps_back=sum(skip < 0 for skip in skips),
+        biggest_step=max(skips),
+    )
+
+
+def recording_gap(pieces: list[Piece]) -> float:
+    """The longest skip on a recording's timeline from one page to the next (seconds)."""
+    return max(
+        ((b.start - (a.start + a.samples)) / OPUS_RATE for a, b in itertools.pairwise(pieces)),
+        default=0.0,
+    )
+
+
+@pytest.fixture
+def redis(request: pytest.FixtureRequest) -> Iterator[RedisProcess | None]:
+    """The cluster kind's Redis (None for the others); requested before `make_server`, so
+    the nodes are checked and stopped before it is."""
+    if request.getfixturevalue("kind") != "cluster":
+        yield None
+        return
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does)")
+    server = RedisProcess().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Output:
+    """One kind of output of the channel "stage": where its speakers speak, and its listener."""
+
+    kind: str
+    speaking: ServerProcess  # where the speakers connect
+    listening: ServerProcess  # where the listener is (node B for the cluster kind)
+    directory: Path | None = None  # the recording kind's recordings
+    client: RelayClient | None = None  # a WebRTC listener
+    arrivals: Arrivals | None = None  # its packets
+    body: bytearray = field(default_factory=bytearray)  # the Ogg listener's response
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # and when it came
+
+    async def listen(self, stack: AsyncExitStack) -> None:
+        """The listener joins the channel (its speaker is live) and hears it for a while."""
+        if self.kind == "ogg":
+            url = f"{self.listening.status_url}/stream/stage.ogg"
+            self.body = stack.enter_context(ogg_listener(url, self.chunks))
+            with anyio.fail_after(10):
+                while len(ogg_pieces(self.body, None)) < 10:
+                    await anyio.sleep(0.1)
+            return
+        # A WebRTC listener (beside the recording: the real gap it is measured against).
+        if self.kind == "cluster":  # node B lists node A's channel
+            with anyio.fail_after(10):
+                while "stage" not in self.listening.get("/stream/status", status_port=True).text:
+                    await anyio.sleep(0.1)
+        self.client = client = await stack.enter_async_context(
+            RelayClient.connect(self.listening.ws_url)
+        )
+        client.red = self.kind == "red"
+        await client.start_receiving("stage")
+        assert client.pc is not None
+        if client.red:
+            assert red_payload_type(client.pc.remoteDescription.sdp) is not None
+        self.arrivals = Arrivals(client.pc)
+        await client.wait_audio(1.0)
+
+    def pieces(self) -> list[Piece]:
+        if self.kind == "ogg":
+            return ogg_pieces(self.body, self.chunks)
+        assert self.arrivals is not None
+        return rtp_pieces(self.arrivals)
+
+    def stayed(self) -> None:
+        """A WebRTC listener stayed on its one connection (no second offer)."""
+        if self.client is not None:
+            assert sum(isinstance(m, p.Offer) for m in self.client.messages) == 1
+
+    async def recordings(self) -> list[list[Piece]]:
+        """Once the channel is quiet: each recording file's pages, oldest file first."""
+        assert self.directory is not None
+        started = len(self.speaking.find("recording_started"))
+        with anyio.fail_after(10):
+            while len(self.speaking.find("recording_ended")) < started:
+                await anyio.sleep(0.1)
+        files = sorted(self.directory.glob("*.ogg"), key=lambda path: path.stat().st_mtime)
+        return [ogg_pieces(path.read_bytes(), None) for path in files]
+
+
+def output(
+    kind: str,
+    make_server: Callable[..., ServerProcess],
+    redis: RedisProcess | None,
+    tmp_path: Path,
+) -> Output:
+    """The channel's server (two nodes for the cluster kind) for one kind of output."""
+    config = deep_merge({"channels": CHANNELS}, CONFIG.get(kind, {}))
+    if kind == "recording":
+        directory = tmp_path / "recordings"
+        config = deep_merge(config, {"recording": {"enabled": True, "directory": str(directory)}})
+        server = make_server(config)
+        return Output(kind, server, server, directory=directory)
+    elif kind == "cluster":
+        assert redis is not None
+        a, b = (make_server(deep_merge(config, cluster_config(redis.url, node))) for node in "ab")
+        for node in (a, b):
+            node.wait_event("cluster_joined")
+        return Output(kind, a, b)
+    server = make_server(config)
+    return Output(kind, server, server)
+
+
+# Where a kind does not do so yet: what was measured (this 2-core machine, forward mode
+# unless the kind says otherwise).
+RECORDING_SPLIT = (
+    "the channel's recording is 2 files, one per speaker (2.1 s and 2.0 s, each timeline "
+    "from 0 s): no timeline spans the handover"
+)
+TAKEOVER_XFAIL: dict[str, str] = {
+    "recording": f"{RECORDING_SPLIT} (a fast-path listener beside it waited 29 ms)",
+}
+PAUSE_XFAIL: dict[str, str] = {
+    "transcode": "the first packet after a 1.16 s pause came stamped 20 ms after the last "
+    "one before it (on the previous speaker's timeline), the pause's 1.18 s skip a packet "
+    "later: error -1159 ms at the silence (drift -4 ms)",
+    "recording": f"{RECORDING_SPLIT} (a fast-path listener beside it waited 1.09 s)",
+    "cluster": "node B's listener waited 1.6-1.7 s, then the next speaker's first 10-11 "
+    "packets (200 ms) came in one burst: the timeline skipped the whole wait, so it runs "
+    "~190 ms ahead of the wall clock after the pause (drift -185 to -201 ms in 8 runs of 9; "
+    "-3 ms in one, hence not strict)",
+}
+# Failing in most runs, not all: an XPASS of these is no news (the reason says how often).
+NOT_STRICT = {"cluster"}
+
+
+def kinds(xfail: dict[str, str], not_strict: frozenset[str] | set[str] = frozenset()) -> list[Any]:
+    return [
+        pytest.param(
+            kind, marks=pytest.mark.xfail(strict=kind not in not_strict, reason=xfail[kind])
+        )
+        if kind in xfail
+        else kind
+        for kind in KINDS
+    ]
+
+
+def check_recording(out_pieces: list[list[Piece]], heard: Handover, what: str) -> None:
+    """The channel's recording is one file whose timeline skips what a listener waited."""
+    lengths = [round((f[-1].start + f[-1].samples) / OPUS_RATE, 2) for f in out_pieces if f]
+    print(f"recording {what}: {len(out_pieces)} file(s) of {lengths} s")
+    assert len(out_pieces) == 1, f"the channel's recording is {len(out_pieces)} files"
+    (pieces,) = out_pieces
+    skipped = recording_gap(pieces)
+    steps = [b.start - (a.start + a.samples) for a, b in itertools.pairwise(pieces)]
+    real = heard.real_gap
+    print(f"recording {what}: skipped {skipped * 1000:.0f} ms of a real {real * 1000:.0f} ms")
+    assert not [step for step in steps if step < 0], "the recording's timeline went back"
+    assert abs(skipped - real) <= BOUND
+
+
+@pytest.mark.parametrize("kind", kinds(TAKEOVER_XFAIL))
+async def test_after_a_takeover_each_kind_of_listener_waits_no_more_than_100_ms_on_one_timeline(
+    kind: str,
+    redis: RedisProcess | None,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> None:
+    """The next speaker takes the channel over mid-sentence (make before break)."""
+    out = output(kind, make_server, redis, tmp_path)
+    async with AsyncExitStack() as stack:
+        speaker = await stack.enter_async_context(RelayClient.connect(out.speaking.ws_url))
+        await speaker.start_sending(ToneTrack(440), channel="stage")
+        await out.listen(stack)
+        await anyio.sleep(1.0)
+        async with RelayClient.connect(out.speaking.ws_url) as next_speaker:
+            moment = time.monotonic()
+            await next_speaker.start_sending(ToneTrack(660), channel="stage", takeover=True)
+            await anyio.sleep(2.0)
+            handover = measure(out.pieces(), moment)
+            print(f"{kind} takeover: {handover}")
+        out.stayed()
+    if kind == "recording":
+        check_recording(await out.recordings(), handover, "takeover")
+    assert handover.silence <= BOUND
+    assert abs(handover.error) <= BOUND and abs(handover.drift) <= BOUND
+    assert handover.steps_back == 0 and handover.biggest_step <= handover.silence + BOUND
+
+
+@pytest.mark.parametrize("kind", kinds(PAUSE_XFAIL, NOT_STRICT))
+async def test_after_a_pause_between_speakers_each_kind_of_listeners_timeline_skips_the_pause(
+    kind: str,
+    redis: RedisProcess | None,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> None:
+    """The speaker stops; the next one starts about a second later."""
+    out = output(kind, make_server, redis, tmp_path)
+    async with AsyncExitStack() as stack:
+        speaker = await stack.enter_async_context(RelayClient.connect(out.speaking.ws_url))
+        await speaker.start_sending(ToneTrack(440), channel="stage")
+        await out.listen(stack)
+        await anyio.sleep(1.0)
+        moment = time.monotonic()
+        await speaker.send(p.Stop())
+        await speaker.expect("stopped")
+        await anyio.sleep(PAUSE)
+        async with RelayClient.connect(out.speaking.ws_url) as next_speaker:
+            await next_speaker.start_sending(ToneTrack(660), channel="stage")
+            await anyio.sleep(2.0)
+            handover = measure(out.pieces(), moment)
+            print(f"{kind} pause: {handover}")
+        out.stayed()
+    if kind == "recording":
+        check_recording(await out.recordings(), handover, "pause")
+    assert handover.silence >= PAUSE  # (the pause was real)
+    assert abs(handover.error) <= BOUND and abs(handover.drift) <= BOUND
+    assert handover.steps_back == 0 and handover.biggest_step <= handover.silence + BOUND
