@@ -63,6 +63,7 @@ from aiortc import RTCPeerConnection
 from ..core.logs import get_logger
 from ..internals import of_aioice, of_asyncio
 from .peer import ice_connections
+from .udp_mux import UdpMux
 
 log = get_logger("relay_app.app")
 
@@ -121,6 +122,9 @@ class BatchedReads:
         self._loop: Any = None
         self._ticks = 0
         self.junk_datagrams = 0
+        # The one UDP port (webrtc.udp_port), when the server serves every peer on it: the
+        # mux reads its shared sockets itself, so its peers have no socket to pause here.
+        self.mux: UdpMux | None = None
 
     async def run(self) -> None:
         """Drain every `interval` until cancelled; nothing is paused unless this runs. On a
