@@ -310,11 +310,8 @@ class UdpMux:
         """Open the port on every address and make it every peer connection's host
         candidate; closed, and aioice's own gathering back, when the block ends."""
         loop = asyncio.get_running_loop()
-        addresses = self.addresses
-        if addresses is None:  # (every address aioice would gather on)
-            addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
         try:
-            for address in addresses:
+            for address in self._addresses():
                 key = str(ipaddress.ip_address(address))
                 if key not in self._ports:
                     self._ports[key] = _Port(self, _open_socket(key, self.port))
@@ -328,6 +325,17 @@ class UdpMux:
                 loop.remove_reader(shared.sock.fileno())
                 shared.close()
             self._ports.clear()
+
+    def check_free(self) -> None:
+        """Raise MediaPortUnavailable, naming the key, if the port cannot be opened on every
+        address: for a clear refusal at startup (`serving` opens it for real)."""
+        for address in self._addresses():
+            _open_socket(str(ipaddress.ip_address(address)), self.port).close()
+
+    def _addresses(self) -> Sequence[str]:
+        if self.addresses is not None:
+            return self.addresses
+        return aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)  # (aioice's own)
 
     async def _bind(
         self, connection: aioice.ice.Connection, address: str
