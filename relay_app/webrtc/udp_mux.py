@@ -29,10 +29,16 @@ leaves the tables when aioice closes it (the peer connection's close, at the end
 scope); when the mux stops serving, every transport still open is closed with it.
 
 The shared socket is read by the mux itself, from the loop's public `add_reader`, draining
-what waits (up to `_MAX_PER_WAKE` datagrams a wake-up): the batched reads
-(batched_reads.py) find no socket of their own on a muxed connection and leave it alone.
-The fast path sends on the shared socket directly (`MuxedTransport.direct_sendto`, which
-of_asyncio.datagram_sendto prefers).
+what waits (up to `_MAX_PER_WAKE` datagrams a wake-up). The batched reads
+(batched_reads.py) find no socket of their own on a muxed connection; instead they tell the
+mux which of its peers are quiet (`set_quiet`: an unheard sender, a connected listener),
+and while every peer on the port is quiet the port leaves the loop and is drained at each
+of their batches (`tick`), as their own sockets would be: a stream nobody hears costs its
+tenth of the wake-ups again. A batch that brings `FLOOD_UNKNOWN` datagrams nobody can claim
+puts the port back on the loop (`media_socket_flooded`) until it has been calm for
+`CALM_TICKS` batches (`media_socket_calm`): the consent answers of quiet peers are read at
+once meanwhile, not lost with the junk in a full buffer. The fast path sends on the shared
+socket directly (`MuxedTransport.direct_sendto`, which of_asyncio.datagram_sendto prefers).
 
 One limit of any single port: two connections between the same two addresses cannot be
 told apart. A cluster node's links to other nodes (client peer connections in the server's
@@ -71,6 +77,9 @@ MAX_ADDRESSES = 8  # remote addresses one connection is reachable from at once (
 STRANGER_CHECKS = 8  # binding requests from not-yet-learned addresses, per connection ...
 STRANGER_WINDOW = 0.2  # ... per this many seconds (a browser paces its checks at 20 a second)
 _MAX_PER_WAKE = 256  # datagrams read at one wake-up of the loop, so others get their turn
+_MAX_PER_DRAIN = 4096  # datagrams read at one batch, while every peer is quiet
+FLOOD_UNKNOWN = 64  # unknown datagrams in one batch's time that mark the port as flooded
+CALM_TICKS = 25  # batches' time (5 s) under FLOOD_UNKNOWN before a flooded port is batched again
 RECEIVE_BUFFER = 4 << 20  # bytes asked for (the kernel caps it at net.core.rmem_max)
 SEND_BUFFER = 4 << 20  # bytes asked for: one packet's copies leave in one burst
 _DATAGRAM_SIZE = 65536
@@ -98,6 +107,8 @@ class MuxStatistics:
     addresses: int  # remote addresses learned
     transactions: int  # our STUN requests still awaiting an answer
     unknown_datagrams: int  # dropped before aioice since the mux opened
+    batched: bool = False  # every peer is quiet: the port is read every batch, not at once
+    guarded: bool = False  # flooded: read at once whatever the peers, until it is calm
 
 
 class MuxedTransport(asyncio.DatagramTransport):
@@ -110,6 +121,7 @@ class MuxedTransport(asyncio.DatagramTransport):
         self.connection = connection
         self.protocol = aioice.ice.StunProtocol(connection)
         self.closed = False
+        self.quiet = False  # its peer needs nothing at once (batched_reads.py says so)
         self.addresses: list[Address] = []  # learned, oldest first
         self.transactions: set[bytes] = set()
         self.window = 0.0  # when the current window of stranger checks began
@@ -166,6 +178,7 @@ class _Port:
     def attach(self, connection: aioice.ice.Connection) -> MuxedTransport:
         transport = MuxedTransport(self, connection)
         self.by_ufrag.setdefault(connection.local_username, []).append(transport)
+        self.mux.count_open(+1)
         return transport
 
     def forget(self, transport: MuxedTransport) -> None:
@@ -182,6 +195,7 @@ class _Port:
         for transaction in transport.transactions:
             self.by_transaction.pop(transaction, None)
         transport.transactions.clear()
+        self.mux.count_open(-1, quiet=transport.quiet)
 
     def learn(self, transport: MuxedTransport, address: Address) -> None:
         """`address` is now where `transport`'s peer is (the newest authenticated wins)."""
@@ -227,16 +241,21 @@ class _Port:
     # Receiving --------------------------------------------------------------------------
     def readable(self) -> None:
         """The loop's reader: route what waits on the socket, up to _MAX_PER_WAKE."""
+        self.drain(_MAX_PER_WAKE)
+
+    def drain(self, limit: int) -> int:
+        """Route what waits on the socket, up to `limit` datagrams; how many were read."""
         receive = self.sock.recvfrom
         route = self.route
-        for _ in range(_MAX_PER_WAKE):
+        for count in range(limit):
             try:
                 data, address = receive(_DATAGRAM_SIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                return count
             except OSError:  # (an ICMP error reported on the socket: nothing to read)
-                return
+                return count
             route(data, address)
+        return limit
 
     def route(self, data: bytes, source: Any) -> None:
         """Hand one datagram to the connection it is for, or drop and count it."""
@@ -304,6 +323,12 @@ class UdpMux:
         self._ports: dict[str, _Port] = {}
         self.unknown_datagrams = 0
         self.send_failures = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # while serving
+        self._open = 0  # transports open on the port
+        self._loud = 0  # of them, those not quiet: while any, the port is read at once
+        self._batched = False  # read by `tick` (every peer quiet), not by the loop
+        self._guard_ticks = 0  # > 0: flooded, read at once until this many calm ticks
+        self._unknown_at_tick = 0
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[UdpMux]:
@@ -316,15 +341,73 @@ class UdpMux:
                 if key not in self._ports:
                     self._ports[key] = _Port(self, _open_socket(key, self.port))
                     loop.add_reader(self._ports[key].sock.fileno(), self._ports[key].readable)
+            self._loop = loop
             of_aioice.replace_host_gathering(self._bind)
             log.info("media_port_open", port=self.port, addresses=sorted(self._ports))
             yield self
         finally:
             of_aioice.replace_host_gathering(None)
+            self._loop = None
             for shared in self._ports.values():
-                loop.remove_reader(shared.sock.fileno())
+                if not self._batched:
+                    loop.remove_reader(shared.sock.fileno())
                 shared.close()
             self._ports.clear()
+            self._batched, self._guard_ticks, self._loud, self._open = False, 0, 0, 0
+
+    # Batched reads (batched_reads.py): while every peer is quiet ----------------------------
+    def set_quiet(self, transport: MuxedTransport, quiet: bool) -> None:
+        """Whether `transport`'s peer needs its datagrams at once (batched_reads.py asks for
+        each peer it batches, and again when it stops). While every peer on the port is
+        quiet (an unheard sender, connected listeners), the port is read every batch."""
+        if transport.closed or transport.quiet == quiet:
+            return
+        transport.quiet = quiet
+        self._loud += -1 if quiet else +1
+        self._read_as_needed()
+
+    def count_open(self, change: int, quiet: bool = False) -> None:
+        self._open += change
+        if not quiet:
+            self._loud += change
+        self._read_as_needed()
+
+    def tick(self) -> None:
+        """Every batch (batched_reads.py's reader): drain a batched port; watch for a flood,
+        which puts the port back on the loop until it has been calm for CALM_TICKS."""
+        if self._batched:
+            for shared in self._ports.values():
+                before = self.unknown_datagrams
+                read = shared.drain(_MAX_PER_DRAIN)
+                if self.unknown_datagrams - before >= FLOOD_UNKNOWN or read == _MAX_PER_DRAIN:
+                    self._guard(shared)
+        elif self._guard_ticks:
+            flooded = self.unknown_datagrams - self._unknown_at_tick >= FLOOD_UNKNOWN
+            self._guard_ticks = CALM_TICKS if flooded else self._guard_ticks - 1
+            if not self._guard_ticks:
+                log.info("media_socket_calm", port=self.port, unknown=self.unknown_datagrams)
+                self._read_as_needed()
+        self._unknown_at_tick = self.unknown_datagrams
+
+    def _guard(self, shared: _Port) -> None:
+        if not self._guard_ticks:
+            log.warning("media_socket_flooded", port=self.port, unknown=self.unknown_datagrams)
+        self._guard_ticks = CALM_TICKS
+        self._read_as_needed()
+
+    def _read_as_needed(self) -> None:
+        """On the loop's reader while a peer is loud or the port flooded; else batched."""
+        loop = self._loop
+        # (With nobody on it, as when it is loud: only a peer's quiet says batches will come.)
+        batched = self._open > 0 and self._loud == 0 and self._guard_ticks == 0
+        if loop is None or batched == self._batched:
+            return
+        self._batched = batched
+        for shared in self._ports.values():
+            if batched:
+                loop.remove_reader(shared.sock.fileno())
+            else:
+                loop.add_reader(shared.sock.fileno(), shared.readable)
 
     def check_free(self) -> None:
         """Raise MediaPortUnavailable, naming the key, if the port cannot be opened on every
@@ -355,6 +438,8 @@ class UdpMux:
             addresses=sum(len(p.by_address) for p in ports),
             transactions=sum(len(p.by_transaction) for p in ports),
             unknown_datagrams=self.unknown_datagrams,
+            batched=self._batched,
+            guarded=self._guard_ticks > 0,
         )
 
 

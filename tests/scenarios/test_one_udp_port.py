@@ -185,6 +185,7 @@ async def test_junk_strangers_checks_and_a_flood_at_the_one_port_cost_no_listene
         for client, before in heard.items():
             await assert_kept_hearing(client, before, started)
         unknown = scraped(server, "relay_media_unknown_datagrams_total") - unknown_before
-        # All of it, but the victim's-fragment checks let through to be refused (at most 40/s).
-        assert unknown >= int(sent) - 45 * float(seconds), (unknown, sent)
+        # Nearly all of it: not the victim's-fragment checks let through to be refused (at
+        # most 40 a second), nor what the kernel dropped when its buffer was full.
+        assert unknown >= 0.9 * int(sent), (unknown, sent)
         assert server.metrics()["media_port"]["addresses"] == 3  # (the attacker's not among them)

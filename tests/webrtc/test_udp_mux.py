@@ -10,18 +10,21 @@ import select
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from typing import Any
 
 import aioice
 import anyio
 import pytest
 from aioice import stun
 from aiortc import RTCPeerConnection
+from aiortc.rtp import RtpPacket
 
 from relay_app.client import ToneTrack
 from relay_app.internals import of_aioice, of_asyncio
 from relay_app.tools.testing import free_port
 from relay_app.webrtc.batched_reads import BatchedReads
 from relay_app.webrtc.peer import ice_connections
+from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
 from relay_app.webrtc.udp_mux import (
     STRANGER_CHECKS,
     MuxedTransport,
@@ -217,41 +220,90 @@ async def test_the_port_is_refused_with_its_key_when_another_program_holds_it() 
     assert aioice.Connection.get_component_candidates.__module__ == "aioice.ice"  # restored
 
 
-async def test_a_muxed_peer_is_never_paused_by_batched_reads_and_sends_on_the_shared_socket() -> (
-    None
-):
-    async with serving_mux() as mux:
-        relay = RTCPeerConnection()
+@asynccontextmanager
+async def speaker_to_relay(mux: UdpMux) -> AsyncIterator[tuple[RTCPeerConnection, list[float]]]:
+    """A speaker (sockets of its own) sending a tone to a relay peer connection on the
+    shared port; the relay's packet arrival times (read by aiortc's own receiver)."""
+    relay = RTCPeerConnection()
+    speaker = RTCPeerConnection()
+    arrivals: list[float] = []
+
+    def on_track(track: Any) -> None:
+        def on_packet(packet: RtpPacket, arrival: float) -> None:
+            arrivals.append(arrival)
+
+        tap_receiver(audio_receiver(relay, track), on_packet, then_aiortc=False)
+
+    relay.on("track", on_track)
+    speaker.addTrack(ToneTrack(440))
+    try:
         with own_sockets():
-            speaker = RTCPeerConnection()
-        heard = anyio.Event()
-        relay.on("track", lambda track: heard.set())
-        speaker.addTrack(ToneTrack(440))
-        reads = BatchedReads(interval=0.02)
-        try:
-            with own_sockets():
-                await speaker.setLocalDescription(await speaker.createOffer())
-            await relay.setRemoteDescription(speaker.localDescription)
-            await relay.setLocalDescription(await relay.createAnswer())
-            assert f" {mux.port} typ host" in relay.localDescription.sdp
-            await speaker.setRemoteDescription(relay.localDescription)
-            with anyio.fail_after(10):
-                await heard.wait()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reads.run)
-                with reads.watching(relay, lambda: True):
-                    await anyio.sleep(0.2)  # (ten ticks: an unheard sender would be paused)
-                    assert reads.paused_sockets == 0
-                tg.cancel_scope.cancel()
-            protocol = of_aioice.socket_protocols(ice_connections(relay)[0])[0]
-            assert of_asyncio.selector_fd(protocol.transport) is None
-            sendto = of_asyncio.datagram_sendto(protocol.transport)
-            with raw_socket() as listener:
-                sendto(b"\x80 a fast-path copy", listener.getsockname())
-                await wait_until(lambda: bool(select.select([listener], [], [], 0)[0]))
-                data, source = listener.recvfrom(2048)
-                assert (data, source) == (b"\x80 a fast-path copy", (HOST, mux.port))
-        finally:
-            await speaker.close()
-            await relay.close()
+            await speaker.setLocalDescription(await speaker.createOffer())
+        await relay.setRemoteDescription(speaker.localDescription)
+        await relay.setLocalDescription(await relay.createAnswer())
+        assert f" {mux.port} typ host" in relay.localDescription.sdp
+        await speaker.setRemoteDescription(relay.localDescription)
+        await wait_until(lambda: bool(arrivals), 10)
+        yield relay, arrivals
+    finally:
+        await speaker.close()
+        await relay.close()
+
+
+async def test_a_quiet_peer_on_the_port_is_read_in_batches_and_at_once_again_when_heard() -> None:
+    async with serving_mux() as mux, speaker_to_relay(mux) as (relay, arrivals):
+        reads = BatchedReads(interval=0.05)
+        reads.mux = mux
+        unheard = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reads.run)
+            with reads.watching(relay, lambda: unheard):
+                await wait_until(lambda: mux.statistics().batched)
+                assert reads.paused_sockets == 0  # (no socket of its own to pause)
+                arrivals.clear()
+                await anyio.sleep(1)
+                batches = {round(arrival / 0.05) for arrival in arrivals}
+                assert len(arrivals) >= 40 and len(batches) <= 0.5 * len(arrivals)
+                unheard = False
+                await wait_until(lambda: not mux.statistics().batched)
+                arrivals.clear()
+                await anyio.sleep(0.5)
+                assert len({round(arrival, 3) for arrival in arrivals}) >= 0.8 * len(arrivals)
+                unheard = True
+                await wait_until(lambda: mux.statistics().batched)
+            assert not mux.statistics().batched  # (out of its care: read at once)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_flood_at_a_batched_port_is_read_at_once_until_it_is_calm() -> None:
+    async with serving_mux() as mux, speaker_to_relay(mux) as (relay, arrivals):
+        reads = BatchedReads(interval=0.02)  # (calm after CALM_TICKS x 0.02 s = 0.5 s)
+        reads.mux = mux
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reads.run)
+            with reads.watching(relay, lambda: True), raw_socket() as attacker:
+                await wait_until(lambda: mux.statistics().batched)
+                for _ in range(10):
+                    for _ in range(200):
+                        attacker.sendto(b"\xff junk", (HOST, mux.port))
+                    await anyio.sleep(0.01)
+                assert mux.statistics().guarded and not mux.statistics().batched
+                await wait_until(lambda: mux.statistics().batched, 5)
+                assert mux.statistics().unknown_datagrams == 2000
+                arrivals.clear()
+                await anyio.sleep(0.3)
+                assert arrivals  # (the speaker still heard)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_muxed_peer_sends_on_the_shared_socket_and_has_no_socket_of_its_own() -> None:
+    async with serving_mux() as mux, speaker_to_relay(mux) as (relay, _):
+        protocol = of_aioice.socket_protocols(ice_connections(relay)[0])[0]
+        assert of_asyncio.selector_fd(protocol.transport) is None
+        sendto = of_asyncio.datagram_sendto(protocol.transport)
+        with raw_socket() as listener:
+            sendto(b"\x80 a fast-path copy", listener.getsockname())
+            await wait_until(lambda: bool(select.select([listener], [], [], 0)[0]))
+            data, source = listener.recvfrom(2048)
+            assert (data, source) == (b"\x80 a fast-path copy", (HOST, mux.port))
     assert mux.statistics().connections == 0
