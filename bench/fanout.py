@@ -32,7 +32,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import subprocess
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from relay_app.tools.exposition import histogram_buckets, quantile
-from relay_app.tools.testing import REPO, ServerProcess, deep_merge, start_client
+from relay_app.tools.testing import REPO, ServerProcess, deep_merge, free_udp_port, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
@@ -58,12 +57,6 @@ def udp_drops() -> dict[str, int]:
     names, values = [line for line in lines if line[0] == "Udp:"][:2]
     counts = dict(zip(names[1:], map(int, values[1:]), strict=True))
     return {key: counts[key] for key in ("RcvbufErrors", "SndbufErrors")}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the server under test ---------------------------------------------------------------------

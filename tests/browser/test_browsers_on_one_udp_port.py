@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.tools.testing import ServerProcess, deep_merge
+from relay_app.tools.testing import ServerProcess, deep_merge, free_udp_port
 
-from ..scenarios.test_one_udp_port import free_udp_port, udp_ports_of
+from ..scenarios.test_one_udp_port import udp_ports_of
 from .test_browser import (
     BROWSER_CONFIG,
     WHEP_JS,

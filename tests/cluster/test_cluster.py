@@ -32,10 +32,9 @@ from relay_app.client.whip import WhipError, WhipSession, whep_play
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint, verify
 from relay_app.core.errors import sole_error
-from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config
+from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, free_udp_port
 
 from ..helpers import SECRET, finish_server
-from ..scenarios.test_one_udp_port import free_udp_port
 
 pytestmark = pytest.mark.anyio
 

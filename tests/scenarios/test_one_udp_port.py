@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,12 @@ import pytest
 from aioice import stun
 
 from relay_app.client import RelayClient, dominant_frequency
-from relay_app.tools.testing import ServerProcess, assert_kept_hearing, listening_pair
+from relay_app.tools.testing import (
+    ServerProcess,
+    assert_kept_hearing,
+    free_udp_port,
+    listening_pair,
+)
 
 from .test_hardening_round4_transport import (
     ATTACKER,
@@ -59,12 +63,6 @@ while time.monotonic() - start < seconds:
     time.sleep(max(0.0, due - time.monotonic()))
 print(sent, time.monotonic() - start)
 """
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def udp_ports_of(pid: int) -> list[int]:

@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 
 from relay_app.client import Recorder, RelayClient, ToneTrack, dominant_frequency
-from relay_app.tools.testing import ServerProcess, free_port
+from relay_app.tools.testing import ServerProcess, free_port, free_udp_port
 
 from ..helpers import finish_server
 from .test_hardening_round4_transport import server_media_address
-from .test_one_udp_port import free_udp_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 

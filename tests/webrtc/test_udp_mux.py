@@ -21,7 +21,7 @@ from aiortc.rtp import RtpPacket
 
 from relay_app.client import ToneTrack
 from relay_app.internals import of_aioice, of_asyncio
-from relay_app.tools.testing import free_port
+from relay_app.tools.testing import free_udp_port
 from relay_app.webrtc.batched_reads import BatchedReads
 from relay_app.webrtc.peer import ice_connections
 from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
@@ -39,7 +39,7 @@ HOST = "127.0.0.1"
 
 @asynccontextmanager
 async def serving_mux() -> AsyncIterator[UdpMux]:
-    mux = UdpMux([HOST], free_port())
+    mux = UdpMux([HOST], free_udp_port())
     async with mux.serving():
         yield mux
     assert mux.statistics().sockets == 0
@@ -201,7 +201,7 @@ async def test_a_closed_connection_leaves_the_port_and_its_peer_is_a_stranger_ag
 
 
 async def test_when_the_port_closes_its_connections_close_with_it() -> None:
-    mux = UdpMux([HOST], free_port())
+    mux = UdpMux([HOST], free_udp_port())
     async with AsyncExitStack() as stack:
         async with mux.serving():
             relay, _ = await stack.enter_async_context(connected_pair(mux))
