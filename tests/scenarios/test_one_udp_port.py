@@ -2,7 +2,8 @@
 listeners on it, with one UDP socket in its process; junk, checks for fragments nobody has,
 checks with a listener's fragment but not its password, and a flood from another address
 (127.0.0.2) at that port cost no listener its audio or its ICE consent, and are dropped
-before the ICE agent and counted.
+before the ICE agent and counted. While every peer is quiet (a speaker nobody hears yet) the
+port is read in batches; a flood puts it back on the loop until it is calm.
 
 `RELAY_FLOOD_SECONDS` sets the flood's length as for the other flood (default 40 s: aioice
 gives up on consent after six missed checks, ~30 s).
@@ -22,7 +23,7 @@ import anyio
 import pytest
 from aioice import stun
 
-from relay_app.client import RelayClient, dominant_frequency
+from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import (
     ServerProcess,
     assert_kept_hearing,
@@ -109,6 +110,30 @@ def check(username: str, password: str) -> bytes:
     return bytes(request)
 
 
+async def flood(
+    target: tuple[str, int], datagrams: list[bytes], each_second: Callable[[int], None]
+) -> int:
+    """MIXED_FLOODER from ATTACKER at `target` for FLOOD_SECONDS at FLOOD_RATE, calling
+    `each_second(elapsed)` meanwhile (a failed check stops the flooder); datagrams sent."""
+    command = [sys.executable, "-c", MIXED_FLOODER, target[0], str(target[1]), str(FLOOD_RATE)]
+    command += [str(FLOOD_SECONDS), ATTACKER, *(d.hex() for d in datagrams)]
+    flooded: list[str] = []
+
+    async def run() -> None:
+        done = await anyio.run_process(command)
+        flooded.append(done.stdout.decode())
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        while not flooded:
+            await anyio.sleep(1)
+            each_second(round(time.monotonic() - started))
+    sent, seconds = flooded[0].split()
+    assert int(sent) >= 0.8 * FLOOD_RATE * FLOOD_SECONDS, (sent, seconds)  # (a real flood)
+    return int(sent)
+
+
 async def test_a_speaker_and_twenty_listeners_on_one_udp_port_hear_the_tone(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -160,30 +185,57 @@ async def test_junk_strangers_checks_and_a_flood_at_the_one_port_cost_no_listene
         unknown_before = scraped(server, "relay_media_unknown_datagrams_total")
         started = time.monotonic()
         heard = {client: client.recorder.seconds for client in (victim, other)}
-        command = [sys.executable, "-c", MIXED_FLOODER, host, str(port), str(FLOOD_RATE)]
-        command += [str(FLOOD_SECONDS), ATTACKER, *(d.hex() for d in datagrams)]
-        flooded: list[str] = []
 
-        async def flood() -> None:
-            done = await anyio.run_process(command)
-            flooded.append(done.stdout.decode())
+        def still_connected(elapsed: int) -> None:
+            for client in (victim, other):
+                assert client.pc is not None and client.pc.connectionState == "connected", (
+                    f"a listener lost its connection after {elapsed} s of flood"
+                )
+            assert server.metrics()["live"]["peer_connections"] == 3, elapsed
 
-        async with anyio.create_task_group() as tg:  # (a failed check stops the flooder)
-            tg.start_soon(flood)
-            while not flooded:
-                await anyio.sleep(1)
-                elapsed = round(time.monotonic() - started)
-                for client in (victim, other):
-                    assert client.pc is not None and client.pc.connectionState == "connected", (
-                        f"a listener lost its connection after {elapsed} s of flood"
-                    )
-                assert server.metrics()["live"]["peer_connections"] == 3, elapsed
-        sent, seconds = flooded[0].split()
-        assert int(sent) >= 0.8 * FLOOD_RATE * FLOOD_SECONDS, (sent, seconds)  # (a real flood)
+        sent = await flood((host, port), datagrams, still_connected)
         for client, before in heard.items():
             await assert_kept_hearing(client, before, started)
         unknown = scraped(server, "relay_media_unknown_datagrams_total") - unknown_before
         # Nearly all of it: not the victim's-fragment checks let through to be refused (at
         # most 40 a second), nor what the kernel dropped when its buffer was full.
-        assert unknown >= 0.9 * int(sent), (unknown, sent)
+        assert unknown >= 0.9 * sent, (unknown, sent)
         assert server.metrics()["media_port"]["addresses"] == 3  # (the attacker's not among them)
+
+
+async def test_a_flood_while_every_peer_is_quiet_puts_the_port_on_the_loop_till_it_is_calm(
+    make_forward_server: Callable[..., ServerProcess],
+) -> None:
+    """A speaker nobody hears yet is quiet: the port is read in batches. A flood puts it
+    back on the loop (the speaker keeps its consent and its stream), 5 s of calm in batches
+    again, and a listener who comes then hears the speaker."""
+    port = free_udp_port()
+    server = make_forward_server({"webrtc": {"udp_port": port}})
+    async with RelayClient.connect(server.ws_url) as sender:
+        await sender.start_sending(ToneTrack(440))
+        await anyio.to_thread.run_sync(lambda: wait_for_port(server, batched=True))
+        guarded: list[bool] = []
+
+        def speaker_kept(elapsed: int) -> None:
+            assert sender.pc is not None and sender.pc.connectionState == "connected", elapsed
+            metrics = server.metrics()
+            assert metrics["active_streams"] == 1, f"the stream ended after {elapsed} s"
+            guarded.append(metrics["media_port"]["guarded"])
+
+        await flood(("127.0.0.1", port), [os.urandom(60), b"\x80" + os.urandom(59)], speaker_kept)
+        assert any(guarded), "the flood never put the port on the loop"
+        await anyio.to_thread.run_sync(lambda: server.wait_event("media_socket_calm", 10))
+        assert server.find("media_socket_flooded", port=port)
+        await anyio.to_thread.run_sync(lambda: wait_for_port(server, batched=True))
+        async with RelayClient.connect(server.ws_url) as listener:
+            await listener.start_receiving(sender.stream_id)
+            await listener.wait_audio(1.0)
+            heard = listener.recorder.audio(1.0)
+            assert abs(dominant_frequency(heard, listener.recorder.sample_rate) - 440) <= 10
+
+
+def wait_for_port(server: ServerProcess, timeout: float = 10, **state: bool) -> None:
+    deadline = time.monotonic() + timeout
+    while (port := server.metrics()["media_port"]) and any(port[k] != v for k, v in state.items()):
+        assert time.monotonic() < deadline, f"the port stayed {port}"
+        time.sleep(0.1)
