@@ -27,7 +27,8 @@ from typing import Any
 
 Address = tuple[str, int]
 MAX_BATCH = 1024  # UIO_MAXIOV: the most messages one sendmmsg call takes
-_ADDRESS_CACHE = 4096  # packed addresses kept (listeners come and go: cleared when full)
+_ADDRESS_CACHE = 4096  # packed addresses kept (listeners come and go: cleared when full,
+# before a batch, so a batch may take it up to MAX_BATCH over)
 
 
 class _Iovec(ctypes.Structure):
@@ -140,6 +141,9 @@ class BatchSender:
         return taken
 
     def _send_batch(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+        if len(self._addresses) >= _ADDRESS_CACHE:  # (between batches: none is in use)
+            self._addresses.clear()
+            self._slots[:] = [None] * MAX_BATCH  # (their buffers went with the cache)
         messages, iovecs = self._message_view, self._iovec_view
         names, pack, slots = self._addresses, self._pack, self._slots
         pack_name, pack_iovec = _NAME.pack_into, _IOVEC.pack_into
@@ -200,8 +204,6 @@ class BatchSender:
                 raise ValueError(f"an IPv6 address on an IPv4 socket: {host}")
             packed = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port)
             packed += ip.packed + bytes(8)
-        if len(self._addresses) >= _ADDRESS_CACHE:
-            self._addresses.clear()
         buffer = ctypes.create_string_buffer(packed, len(packed))
         name = (ctypes.addressof(buffer), len(packed), buffer)  # (the buffer kept alive)
         self._addresses[address] = name

@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
+from relay_app.webrtc import sendmmsg
 from relay_app.webrtc.sendmmsg import MAX_BATCH, BatchSender, sendmmsg_available
 
 
@@ -107,3 +108,18 @@ def test_a_closed_socket_drops_everything_and_raises_nothing() -> None:
         out.close()
         assert batch.send([(b"lost", address(sock)) for sock in socks]) == 0
         assert batch.statistics().dropped == 2
+
+
+def test_the_address_cache_filling_up_repacks_every_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sendmmsg, "_ADDRESS_CACHE", 2)
+    with listeners(3) as socks, sender() as out:
+        batch = BatchSender(out)
+        copies = [(b"first", address(sock)) for sock in socks]  # (over the cache's size)
+        for order in (copies, copies[::-1], copies):
+            assert batch.send(order) == 3
+            # Every message names an address the sender still holds (no freed buffer).
+            held = {name[0] for name in batch._addresses.values()}
+            named = {batch._messages[i].msg_hdr.msg_name for i in range(3)}
+            assert named <= held, (named, held)
+        for sock in socks:
+            assert [sock.recv(100) for _ in range(3)] == [b"first"] * 3
