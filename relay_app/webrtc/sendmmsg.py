@@ -85,10 +85,18 @@ def _bytes_data_offset() -> int | None:
 _BYTES_DATA = _bytes_data_offset()
 
 
-def _data_address(data: bytes) -> int:
-    """The address of `data`'s bytes, without a copy."""
-    if _BYTES_DATA is not None and type(data) is bytes:
-        return id(data) + _BYTES_DATA
+def _data_address(data: Any, keep: list[bytes]) -> int:
+    """The address of `data`'s bytes: those of a bytes object or a writable buffer (a
+    bytearray; the memoryview SRTP protects into) without a copy; a read-only buffer is
+    copied once, the copy kept in `keep` until the batch is sent."""
+    if type(data) is bytes or not len(data):
+        pass
+    else:
+        try:
+            return ctypes.addressof(ctypes.c_char.from_buffer(data))
+        except TypeError:  # (read-only)
+            data = bytes(data)
+            keep.append(data)
     address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
     assert address is not None
     return address
@@ -131,8 +139,9 @@ class BatchSender:
     def statistics(self) -> SendStatistics:
         return SendStatistics(self.calls, self.sent, self.dropped)
 
-    def send(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
-        """Send each `data` (bytes) to its `address`; how many the kernel took."""
+    def send(self, datagrams: Sequence[tuple[Any, Address]]) -> int:
+        """Send each `data` (bytes, or a buffer such as a memoryview, which must stay as it
+        is until this returns) to its `address`; how many the kernel took."""
         if not self.batched:
             return self._send_one_by_one(datagrams)
         taken = 0
@@ -140,7 +149,7 @@ class BatchSender:
             taken += self._send_batch(datagrams[start : start + MAX_BATCH])
         return taken
 
-    def _send_batch(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+    def _send_batch(self, datagrams: Sequence[tuple[Any, Address]]) -> int:
         if len(self._addresses) >= _ADDRESS_CACHE:  # (between batches: none is in use)
             self._addresses.clear()
             self._slots[:] = [None] * MAX_BATCH  # (their buffers went with the cache)
@@ -149,10 +158,14 @@ class BatchSender:
         pack_name, pack_iovec = _NAME.pack_into, _IOVEC.pack_into
         message_size, iovec_size = _MESSAGE_SIZE, _IOVEC_SIZE
         inline = _BYTES_DATA
+        keep: list[bytes] = []  # (read-only buffers' copies, alive until the call returns)
         # `datagrams` holds every `data` alive until the call returns: the iovecs point
-        # into the bytes objects themselves (no copy).
+        # into the bytes objects and buffers themselves (no copy).
         for index, (data, address) in enumerate(datagrams):
-            where = id(data) + inline if inline and type(data) is bytes else _data_address(data)
+            if inline and type(data) is bytes:
+                where = id(data) + inline
+            else:
+                where = _data_address(data, keep)
             pack_iovec(iovecs, index * iovec_size, where, len(data))
             if slots[index] is not address:
                 name = names.get(address) or pack(address)
@@ -178,7 +191,7 @@ class BatchSender:
         self.dropped += count - taken
         return taken
 
-    def _send_one_by_one(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+    def _send_one_by_one(self, datagrams: Sequence[tuple[Any, Address]]) -> int:
         sendto, taken = self.sock.sendto, 0
         for data, address in datagrams:
             self.calls += 1

@@ -123,3 +123,20 @@ def test_the_address_cache_filling_up_repacks_every_slot(monkeypatch: pytest.Mon
             assert named <= held, (named, held)
         for sock in socks:
             assert [sock.recv(100) for _ in range(3)] == [b"first"] * 3
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "sendto"])
+def test_buffers_go_out_as_they_are_without_a_copy_to_wait_for(batched: bool) -> None:
+    """What SRTP protects into is a writable memoryview of each receiver's own buffer; a
+    read-only view and an empty datagram go too."""
+    with listeners(4) as socks, sender() as out:
+        batch = BatchSender(out, batched=batched)
+        buffers = [bytearray(b"view %d" % i) for i in range(2)]
+        copies = [
+            (memoryview(buffers[0])[:6], address(socks[0])),
+            (memoryview(buffers[1]), address(socks[1])),
+            (memoryview(b"read-only"), address(socks[2])),
+            (b"", address(socks[3])),
+        ]
+        assert batch.send(copies) == 4
+        assert [sock.recv(100) for sock in socks] == [b"view 0", b"view 1", b"read-only", b""]
