@@ -2,6 +2,10 @@
 # Run:   docker run -d --name voice-streaming --network host webrtc-voice-backend
 #   or:  docker run -d --name voice-streaming -p 8080:8080 -p 8081:8081 \
 #          -p 40000-40100:40000-40100/udp webrtc-voice-backend
+#   or, every peer on one UDP port (webrtc.udp_port instead of the range):
+#          docker run -d --name voice-streaming -p 8080:8080 -p 8081:8081 -p 3478:3478/udp \
+#          -e RELAY_WEBRTC__UDP_PORT_RANGE=null -e RELAY_WEBRTC__UDP_PORT=3478 \
+#          -e RELAY_WEBRTC__ANNOUNCED_ADDRESS=<the host's LAN IP> webrtc-voice-backend
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,6 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     # Media only on this port range, so `-p 40000-40100:40000-40100/udp` is enough. One port
     # per peer connection: 101 ports, more than the default limits use (widen it with them).
+    # Or one port for every peer: RELAY_WEBRTC__UDP_PORT=3478 with this set to null, and
+    # `-p 3478:3478/udp` (EXPOSE below names the range; publishing is what counts).
     RELAY_WEBRTC__UDP_PORT_RANGE="[40000, 40100]"
 
 WORKDIR /app

@@ -14,7 +14,8 @@ For each mode and N: a fresh server (`python -m relay_app`), a sender streaming 
 (`relay_app.client send`), and N receivers spread over worker processes. Receivers count
 and timestamp RTP packets without decoding them; like browsers they take RED whenever the
 relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus;
-`forward+nice` runs the server at nice -10, as on a machine it shares).
+`forward+nice` runs the server at nice -10, as on a machine it shares; `forward+port` serves
+every peer on one UDP port, webrtc.udp_port).
 Over a measurement window it records the server's CPU (% of one core, from its /proc
 stats), RSS, packets lost (gaps in each receiver's RTP sequence numbers), and the relay-added
 latency (ingress -> a receiver's sender) from the server's own histogram, and what the
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from relay_app.tools.exposition import histogram_buckets, quantile
-from relay_app.tools.testing import REPO, ServerProcess, deep_merge, start_client
+from relay_app.tools.testing import REPO, ServerProcess, deep_merge, free_udp_port, start_client
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
@@ -72,6 +73,8 @@ class Server(ServerProcess):
         }
         if variant in ("fast", "aiortc"):  # relay.fast_path on/off: `--modes forward+aiortc`
             config["relay"]["fast_path"] = variant == "fast"
+        if variant == "port":  # every peer on one UDP port (webrtc.udp_port): `forward+port`
+            config["webrtc"]["udp_port"] = free_udp_port()
         if variant == "nored":  # relay.red off: receivers get plain Opus (`--modes forward+nored`)
             config["relay"]["red"] = False
         super().__init__(tmp, deep_merge(config, extra or {}))

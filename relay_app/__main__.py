@@ -100,11 +100,13 @@ async def _serve(settings: Settings) -> None:
     ]
     ports = [sock.getsockname()[1] for sock in sockets]
     app: PortDispatcher = create_asgi_app(settings)
+    ctx = app.main.config["RELAY_CONTEXT"]
+    if ctx.reads.mux is not None:  # (opened in the lifespan; refused here, in plain words)
+        ctx.reads.mux.check_free()
     app.status_ports = {ports[1]}
     # Port 0 (tests) means "any": from here on the settings say which one it is, so `welcome`
     # tells clients the real audio port (the Listen page's HTTP stream link).
     server.port, server.audio_port = ports
-    ctx = app.main.config["RELAY_CONTEXT"]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ from ..plane.path import frame_path, tap_stream
 from ..streams.stream import EndCause, SessionInfo, Stream, new_stream
 from ..webrtc.fanout import pump
 from ..webrtc.rtp_tap import negotiated_opus_payload_type
+from ..webrtc.udp_mux import own_sockets
 from .directory import Cluster, RemoteStream
 
 if TYPE_CHECKING:
@@ -149,7 +150,8 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
         await client.send(p.StartReceiving(stream_id=remote.stream_id, upstream=True))
         offer = await client.receive(p.Offer, timeout=settings.webrtc.negotiation_timeout)
         tracks: list[Any] = []
-        await client.answer_offer(offer, on_track=lambda pc, track: tracks.append(track))
+        with own_sockets():  # (not on webrtc.udp_port: the origin may serve on the same one)
+            await client.answer_offer(offer, on_track=lambda pc, track: tracks.append(track))
         assert client.pc is not None and tracks
         metrics = ctx.metrics
         stream = new_stream(

@@ -176,13 +176,22 @@ class WebRTCSettings(_Section):
         description="The IP put in the server's media candidates instead of the address its "
         "sockets are bound to, for a server behind a 1:1 NAT such as Docker's bridge with "
         "`-p` port mapping (mediasoup's announcedAddress, Janus' nat_1_1_mapping): the host's "
-        "LAN IP. Bound sockets stay where they are; use with udp_port_range and the same "
-        "ports published. null = announce the bound addresses.",
+        "LAN IP. Bound sockets stay where they are; use with udp_port (or udp_port_range) "
+        "and the same port(s) published. null = announce the bound addresses.",
     )
     udp_port_range: tuple[int, int] | None = Field(
         None,
         description="[low, high]: the only UDP ports media uses (one per peer connection), for "
         "firewalls and `docker run -p`; null = any port.",
+    )
+    udp_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="One UDP port for every peer connection's media (one socket per address "
+        "of ice_addresses): a firewall or `docker run -p` opens just this port "
+        "(`-p 3478:3478/udp`); null = a port per peer connection (udp_port_range, or any). "
+        "Not with udp_port_range (choose one) nor ice_servers.",
     )
     negotiation_timeout: float = Field(
         10.0, gt=0, description="Seconds a receiver has to answer the server's offer."
@@ -216,6 +225,14 @@ class WebRTCSettings(_Section):
                 )
             if self.ice_servers:
                 raise ValueError("udp_port_range cannot be combined with ice_servers (STUN/TURN)")
+        if self.udp_port is not None:
+            if self.udp_port_range is not None:
+                raise ValueError(
+                    "udp_port and udp_port_range cannot both be set: choose one (udp_port: "
+                    "one port for every peer; udp_port_range: a port per peer connection)"
+                )
+            if self.ice_servers:
+                raise ValueError("udp_port cannot be combined with ice_servers (STUN/TURN)")
         return self
 
     @field_validator("ice_addresses")

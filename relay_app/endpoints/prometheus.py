@@ -168,6 +168,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "RTCP (a flood at a media port shows here).",
     ),
     MetricSpec(
+        "relay_media_unknown_datagrams_total",
+        "counter",
+        "Datagrams dropped at the one UDP port (webrtc.udp_port) before the ICE agent: from an "
+        "address no peer connection was reached from, a STUN check for a username fragment "
+        "no peer connection has, a STUN response to no request of ours (junk or a flood at "
+        "the port shows here).",
+    ),
+    MetricSpec(
         "relay_client_errors_total",
         "counter",
         "Errors sent to clients, by kind (e.g. idle_timeout, no_stream, limit).",
@@ -256,6 +264,9 @@ class RelayCollector(Collector):
         yield "relay_recording_failures_total", [((), metrics.recording_failures)]
         yield "relay_dropped_packets_total", [((r,), n) for r, n in sorted(metrics.drops.items())]
         yield "relay_media_junk_datagrams_total", [((), ctx.reads.statistics().junk_datagrams)]
+        mux = ctx.reads.mux
+        unknown = mux.statistics().unknown_datagrams if mux is not None else 0
+        yield "relay_media_unknown_datagrams_total", [((), unknown)]
         yield "relay_client_errors_total", [((k,), n) for k, n in sorted(metrics.errors.items())]
 
     def _latency(self, spec: MetricSpec) -> Metric:

@@ -4,6 +4,7 @@ that keep no state of their own."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any
 
 from quart import Quart, Response, jsonify, request
@@ -44,6 +45,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
     registry = ctx.registry
     metrics = ctx.metrics
     live = metrics.live.statistics()
+    mux = ctx.reads.mux.statistics() if ctx.reads.mux is not None else None
     return {
         "uptime_seconds": round(metrics.uptime_seconds),
         "active_connections": len(registry.sessions),
@@ -72,6 +74,8 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
         },
         "process": process_stats(),
         "cluster": ctx.cluster.view(),
+        # The one UDP port (webrtc.udp_port): null without it.
+        "media_port": asdict(mux) if mux is not None else None,
         "live": {
             "sessions": live.sessions,
             "session_task_groups": live.session_task_groups,
@@ -80,6 +84,7 @@ def metrics_json(ctx: RelayContext) -> dict[str, Any]:
             "http_listeners": live.http_listeners,
             "recordings": live.recordings,
             "upstreams": live.upstreams,
+            "media_port_connections": mux.connections if mux is not None else 0,
             "asyncio_tasks": len(asyncio.all_tasks()),
             **{f"{owner}_tasks": count for owner, count in tasks_by_owner().items()},
         },

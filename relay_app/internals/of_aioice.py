@@ -16,8 +16,10 @@ import aioice
 import aioice.ice
 
 HostAddresses = Callable[[bool, bool], list[str]]
-Bind = Callable[[aioice.ice.Connection, str], Awaitable[aioice.ice.StunProtocol]]
-"""Opens the host socket of one local address for a connection (a StunProtocol on it)."""
+Bind = Callable[[aioice.ice.Connection, str], Awaitable[aioice.ice.StunProtocol | None]]
+"""Opens the host socket of one local address for a connection (a StunProtocol on it), or
+gives the connection its share of a socket already open (webrtc.udp_port); None: no host
+candidate on that address."""
 
 _aioice_host_addresses: HostAddresses = aioice.ice.get_host_addresses
 _aioice_gathering = aioice.ice.Connection.get_component_candidates
@@ -57,9 +59,9 @@ def replace_host_addresses(addresses: HostAddresses | None) -> None:
 
 
 def replace_host_gathering(bind: Bind | None) -> None:
-    """Have aioice open each host candidate's socket with `bind` (a port of a range) instead
-    of on any port; None restores aioice's own gathering. STUN and TURN candidates are not
-    gathered by the replacement (config refuses the combination)."""
+    """Have aioice open each host candidate's socket with `bind` (a port of a range, or the
+    one shared port) instead of on any port; None restores aioice's own gathering. STUN and
+    TURN candidates are not gathered by the replacement (config refuses the combination)."""
     if bind is None:
         aioice.ice.Connection.get_component_candidates = _aioice_gathering  # type: ignore[method-assign]
         return
@@ -70,6 +72,8 @@ def replace_host_gathering(bind: Bind | None) -> None:
         candidates = []
         for address in addresses:
             protocol = await bind(self, address)
+            if protocol is None:
+                continue
             host, port = protocol.transport.get_extra_info("sockname")[:2]
             protocol.local_candidate = aioice.Candidate(
                 foundation=aioice.ice.candidate_foundation("host", "udp", host),

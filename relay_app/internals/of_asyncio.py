@@ -83,8 +83,13 @@ def datagram_sendto(transport: Any) -> SendTo:
     (uvloop): the transport's public `sendto` with a copy of the data, since the fast path
     rewrites its buffer for the next copy at once and such a transport may queue what it
     cannot send yet; a closed one drops what it is given (the fast path checks the DTLS
-    state first anyway).
+    state first anyway). A transport that names its own direct send (`direct_sendto`: a
+    share of the one UDP port, webrtc/udp_mux.py) is sent on with that.
     """
+    direct = getattr(transport, "direct_sendto", None)
+    if callable(direct):
+        sent: SendTo = direct
+        return sent
     sock = getattr(transport, "_sock", None)
     if isinstance(sock, socket.socket):
         sendto: SendTo = sock.sendto

@@ -18,6 +18,7 @@ from ..endpoints.websocket import websocket_route
 from ..endpoints.whip import whip_routes
 from ..signaling.http_peers import HttpPeers
 from ..streams.context import RelayContext
+from ..webrtc.udp_mux import UdpMux
 from .dispatch import PortDispatcher
 from .lifespan import serve_root
 from .pages import page_routes
@@ -29,6 +30,9 @@ MAX_JSON_BODY = 64 * 1024  # an admin call's body
 def build_context(settings: Settings) -> RelayContext:
     """The context one server's apps share; a cluster node's when cluster.redis_url is set."""
     ctx = RelayContext.from_settings(settings)
+    webrtc = settings.webrtc
+    if webrtc.udp_port is not None:  # (opened when the server starts serving: lifespan.py)
+        ctx.reads.mux = UdpMux(webrtc.ice_addresses, webrtc.udp_port)
     if settings.cluster.redis_url is not None:
         from ..cluster.attach import attach_cluster  # (redis is imported only by a node)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import AsyncGenerator
+from contextlib import nullcontext
 
 import anyio
 from quart import Quart
@@ -33,7 +34,12 @@ def serve_root(app: Quart, ctx: RelayContext, http_peers: HttpPeers) -> None:
     @app.while_serving
     async def _root() -> AsyncGenerator[None, None]:
         ctx.shutting_down = anyio.Event()
-        async with anyio.create_task_group() as root:
+        # The one UDP port (webrtc.udp_port) is open while ROOT is, closed after it.
+        mux = ctx.reads.mux
+        async with (
+            mux.serving() if mux is not None else nullcontext(),
+            anyio.create_task_group() as root,
+        ):
             http_peers.serve_in(root)
             ctx.recorder.serve_in(root)
             root.start_soon(sweep_stale_streams, ctx)

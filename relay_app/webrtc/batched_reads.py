@@ -38,6 +38,11 @@ two a second. Dropping junk costs ~1.4 us a datagram: a 30,000/s flood at one li
 the server from ~4 % to ~8 % of a core, with its listener kept and no datagram lost once the
 socket was guarded (before, 90 % were dropped by the kernel and the listener after ~32 s).
 
+On the one UDP port (webrtc.udp_port, udp_mux.py) a peer has no socket of its own to take
+off the loop: its shares of the port are marked quiet instead, and while every peer on the
+port is quiet the mux's shared socket is drained here, at each tick, under the mux's own
+flood watch.
+
 What it needs of aioice (the connection's sockets, its check list's addresses) and of
 asyncio's selector loop (a transport's socket and read callback, the loop's reader
 registration) it gets from the room of internals (internals/of_aioice.py, of_asyncio.py).
@@ -63,6 +68,7 @@ from aiortc import RTCPeerConnection
 from ..core.logs import get_logger
 from ..internals import of_aioice, of_asyncio
 from .peer import ice_connections
+from .udp_mux import MuxedTransport, UdpMux
 
 log = get_logger("relay_app.app")
 
@@ -107,6 +113,7 @@ class _Watched:
     pc: RTCPeerConnection
     batch_when: Callable[[], bool]
     paused: list[_Socket] = field(default_factory=list)  # its sockets, while batched
+    quiet: list[MuxedTransport] = field(default_factory=list)  # its shares of the one port
     due: int = 0  # consecutive ticks at which batch_when() said yes
 
 
@@ -121,6 +128,9 @@ class BatchedReads:
         self._loop: Any = None
         self._ticks = 0
         self.junk_datagrams = 0
+        # The one UDP port (webrtc.udp_port), when the server serves every peer on it: the
+        # mux reads its shared sockets itself, so its peers have no socket to pause here.
+        self.mux: UdpMux | None = None
 
     async def run(self) -> None:
         """Drain every `interval` until cancelled; nothing is paused unless this runs. On a
@@ -173,11 +183,11 @@ class BatchedReads:
                 # Twice in a row before it pauses: a state that lasts a moment (listeners
                 # moving to a channel's next speaker at its first packet) keeps reading at once.
                 watched.due += 1
-                if watched.due >= 2 and not watched.paused:
+                if watched.due >= 2 and not (watched.paused or watched.quiet):
                     self._pause(watched)
             else:
                 watched.due = 0
-                if watched.paused:
+                if watched.paused or watched.quiet:
                     self._resume(watched)
         for sock in list(self._paused.values()):
             sock.stranger_stun = 0
@@ -192,6 +202,8 @@ class BatchedReads:
                 continue
             if self._read(ready, _MAX_PER_DRAIN) >= FLOOD_READS:
                 self._guard(ready)
+        if self.mux is not None:
+            self.mux.tick()
 
     def _pause(self, watched: _Watched) -> None:
         if self._epoll is None:
@@ -207,6 +219,10 @@ class BatchedReads:
             sock = _Socket(transport, fd, connection, plain)
             self._paused[fd] = sock
             watched.paused.append(sock)
+        if self.mux is not None:  # (the one port is read in batches once all are quiet)
+            for shared in _muxed(watched.pc):
+                self.mux.set_quiet(shared, True)
+                watched.quiet.append(shared)
 
     def _resume(self, watched: _Watched) -> None:
         """Read what waits, then put the sockets back on asyncio's own read callback."""
@@ -222,6 +238,10 @@ class BatchedReads:
             self._read(sock, _MAX_PER_DRAIN)
             of_asyncio.resume_reading(self._loop, transport)  # (replaces a guarded reader)
         watched.paused = []
+        if self.mux is not None:
+            for shared in watched.quiet:
+                self.mux.set_quiet(shared, False)
+        watched.quiet = []
 
     def _guard(self, sock: _Socket) -> None:
         """A flooded socket: read it at each wake-up of the loop, with room to queue."""
@@ -311,3 +331,13 @@ def _transports(pc: RTCPeerConnection) -> list[tuple[Any, int, Any, bool]]:
             plain = type(protocol) is aioice.ice.StunProtocol
             found.append((transport, fd, connection, plain))
     return found
+
+
+def _muxed(pc: RTCPeerConnection) -> list[MuxedTransport]:
+    """The peer connection's shares of the one UDP port (webrtc.udp_port), if it has any."""
+    return [
+        protocol.transport
+        for connection in ice_connections(pc)
+        for protocol in of_aioice.socket_protocols(connection)
+        if isinstance(protocol.transport, MuxedTransport)
+    ]

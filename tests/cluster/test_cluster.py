@@ -32,7 +32,7 @@ from relay_app.client.whip import WhipError, WhipSession, whep_play
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint, verify
 from relay_app.core.errors import sole_error
-from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config
+from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, free_udp_port
 
 from ..helpers import SECRET, finish_server
 
@@ -68,12 +68,14 @@ def make_cluster(
     """Three nodes on one Redis; after the test, every node still running is idle."""
     started: list[ServerProcess] = []
 
-    def _make(config: dict[str, Any] | None = None) -> Cluster:
+    def _make(
+        config: dict[str, Any] | None = None, per_node: dict[str, dict[str, Any]] | None = None
+    ) -> Cluster:
         nodes = {}
         for name in NODES:
             node_config = cluster_config(redis.url, name, node_ttl=NODE_TTL)
             node_config["relay"] = {"mode": relay_mode}
-            for key, value in (config or {}).items():
+            for key, value in [*(config or {}).items(), *(per_node or {}).get(name, {}).items()]:
                 node_config[key] = {**node_config.get(key, {}), **value}
             nodes[name] = ServerProcess(tmp_path, node_config)
         started.extend(nodes.values())
@@ -176,6 +178,35 @@ async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_no
         assert event["reason"] == "no receivers left on this node"
         wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
         wait_for(lambda: a.metrics()["active_receivers"] == 0, timeout=5)
+
+
+async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Every node on webrtc.udp_port (a port each, all on loopback): B's two links to A are
+    client peer connections in B's process; on B's port both would join A's port from the
+    same address, so they gather sockets of their own, and each listener hears its stream."""
+    nodes = make_cluster(per_node={n: {"webrtc": {"udp_port": free_udp_port()}} for n in NODES})
+    a, b = nodes["a"], nodes["b"]
+    async with (
+        RelayClient.connect(a.ws_url) as low,
+        RelayClient.connect(a.ws_url) as high,
+    ):
+        low_id = await low.start_sending(ToneTrack(440))
+        high_id = await high.start_sending(ToneTrack(660))
+        wait_for(lambda: listed(b, low_id) and listed(b, high_id), timeout=5)
+        async with (
+            RelayClient.connect(b.ws_url) as hears_low,
+            RelayClient.connect(b.ws_url) as hears_high,
+        ):
+            await hears_low.start_receiving(low_id)
+            await hears_high.start_receiving(high_id)
+            await hears(hears_low, 440)
+            await hears(hears_high, 660)
+            assert b.metrics()["live"]["upstreams"] == 2
+            # A serves B's two links and its two speakers on its port; B its two listeners.
+            assert a.metrics()["media_port"]["connections"] == 4
+            assert b.metrics()["media_port"]["connections"] == 2
 
 
 @contextmanager

@@ -56,6 +56,17 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             {"webrtc": {"udp_port_range": [40000, 40100], "ice_servers": [{"urls": "stun:x"}]}},
             "cannot be combined with ice_servers",
         ),
+        ({"webrtc": {"udp_port": 0}}, "webrtc.udp_port"),
+        ({"webrtc": {"udp_port": 70000}}, "webrtc.udp_port"),
+        ({"webrtc": {"udp_port": "media"}}, "webrtc.udp_port"),
+        (
+            {"webrtc": {"udp_port": 3478, "udp_port_range": [40000, 40100]}},
+            "udp_port and udp_port_range cannot both be set: choose one",
+        ),
+        (
+            {"webrtc": {"udp_port": 3478, "ice_servers": [{"urls": "stun:x"}]}},
+            "udp_port cannot be combined with ice_servers",
+        ),
         ({"cluster": {"redis_url": "redis://127.0.0.1:6379/0"}}, "advertise_url is required"),
         ({"cluster": {"redis_url": "http://x", "advertise_url": "ws://h/ws"}}, "redis_url must"),
         ({"cluster": {"advertise_url": "http://h:8080/ws"}}, "cluster.advertise_url"),

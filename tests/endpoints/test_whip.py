@@ -21,7 +21,7 @@ from relay_app.client.whip import WhipError, whep_play, whip_publish
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint
 from relay_app.server.tls import make_self_signed
-from relay_app.tools.testing import REPO, ServerProcess
+from relay_app.tools.testing import REPO, ServerProcess, free_udp_port
 
 from ..helpers import SECRET, serving
 from .test_http_listening import decode, listen
@@ -125,14 +125,17 @@ async def test_whip_and_whep_answer_with_the_statuses_the_rfc_names(tmp_path: Pa
                 assert (await http.post(url, content=b"v=0", headers=foreign)).status_code == 403
 
 
+@pytest.mark.parametrize("one_port", [False, True], ids=["own-ports", "one-udp-port"])
 async def test_ffmpeg_publishes_over_whip_and_a_websocket_receiver_hears_it(
-    tmp_path: Path,
+    tmp_path: Path, one_port: bool
 ) -> None:
-    """Interop with a WHIP client we did not write: FFmpeg 8's WHIP muxer (from PyAV)."""
+    """Interop with a WHIP client we did not write: FFmpeg 8's WHIP muxer (from PyAV), with
+    a port per peer connection and on the one UDP port (webrtc.udp_port)."""
     if "whip" not in av.formats_available:
         pytest.fail("PyAV's FFmpeg has no WHIP muxer (FFmpeg 8 is needed)")
     cert, key = make_self_signed(["ffmpeg"], tmp_path)
-    for server in serving(tmp_path, {}):
+    config = {"webrtc": {"udp_port": free_udp_port()}} if one_port else {}
+    for server in serving(tmp_path, config):
         url = f"{server.base_url}/whip/desk"
         command = [sys.executable, "-m", "tests.tools.ffmpeg_whip", url, "6", "440"]
         async with await anyio.open_process([*command, str(cert), str(key)], cwd=REPO) as ffmpeg:

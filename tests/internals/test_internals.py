@@ -274,6 +274,26 @@ REACHES = [
             ),
         ),
     ),
+    Reach(
+        "aioice",
+        "StunProtocol's transport; Connection.request_received answering only what it checked",
+        "of_aioice.replace_host_gathering with webrtc/udp_mux.py: a share of the one UDP port "
+        "is a StunProtocol on a transport of ours, and the mux learns a peer's address from "
+        "aioice's success answer",
+        all_of(
+            contains(aioice.ice.StunProtocol.close, "self.transport.close()"),
+            contains(
+                aioice.ice.StunProtocol.send_stun, "self.transport.sendto(bytes(message), addr)"
+            ),
+            contains(aioice.ice.StunProtocol.send_data, "self.transport.sendto(data, addr)"),
+            contains(
+                aioice.ice.Connection.request_received,
+                'message.check_message_integrity(self.local_password.encode("utf8"))',
+                '(401, "Unauthenticated")',
+                "message_class=stun.Class.RESPONSE",
+            ),
+        ),
+    ),
     # pylibsrtp ------------------------------------------------------------------------------
     Reach(
         "pylibsrtp",

@@ -104,14 +104,17 @@ table ip relaynat {{
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _server(tmp_path: Path, ns: Namespaces, announced: str | None) -> ServerProcess:
+def _server(
+    tmp_path: Path, ns: Namespaces, announced: str | None, one_port: bool = False
+) -> ServerProcess:
+    """The server in its namespace, on the published media range (or, `one_port`, on the
+    range's first port for every peer: webrtc.udp_port)."""
+    media: dict[str, Any] = (
+        {"udp_port": MEDIA_PORTS[0]} if one_port else {"udp_port_range": list(MEDIA_PORTS)}
+    )
     config: dict[str, Any] = {
         "server": {"host": "0.0.0.0", "port": 8080, "audio_port": 8081},
-        "webrtc": {
-            "ice_addresses": [SERVER_IP],
-            "udp_port_range": list(MEDIA_PORTS),
-            "announced_address": announced,
-        },
+        "webrtc": {"ice_addresses": [SERVER_IP], "announced_address": announced, **media},
     }
     server = ServerProcess(tmp_path, config)
     server.command = ["ip", "netns", "exec", ns.server, *server.command]
@@ -180,3 +183,19 @@ def test_docker_bridge_nat_carries_audio_only_with_announced_address(
         assert not server.find("ice_connection_state", state="connected")
     finally:
         server.stop()
+
+
+def test_docker_bridge_nat_carries_audio_through_the_one_udp_port(
+    tmp_path: Path, namespaces: Namespaces
+) -> None:
+    """As `docker run -p 3478:3478/udp` with webrtc.udp_port: both clients' checks come
+    through the one mapped port and are told apart by their username fragments."""
+    server = _server(tmp_path, namespaces, announced=HOST_LAN_IP, one_port=True)
+    try:
+        recorded = _listen_through_the_nat(tmp_path, namespaces)
+        assert recorded is not None, server.lines[-20:]
+        assert recorded["seconds"] >= 2.5, server.lines[-20:]
+        assert abs(recorded["dominant_hz"] - TONE_HZ) <= 10
+        assert server.wait_event("media_port_open")["port"] == MEDIA_PORTS[0]
+    finally:
+        assert server.stop() == 0
