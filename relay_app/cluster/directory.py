@@ -78,6 +78,11 @@ class RemoteStream:
     channel: str | None
 
 
+# How long a channel may be between speakers on its node before its links here end: past the
+# longest streams.channel_wait_timeout its links' far ends have let them go anyway.
+MAX_PAUSE = 3600.0
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
@@ -104,6 +109,8 @@ class Cluster:
     _written: dict[str, str] = field(default_factory=dict)  # stream_id -> the record we wrote
     _started_at: float = field(default_factory=time.time)
     _rejected: set[str] = field(default_factory=set)  # keys already logged as forged
+    # Channels between two speakers on a node that lives: (where they were, since when).
+    _paused: dict[str, tuple[RemoteStream, float]] = field(default_factory=dict)
     # The context's withdrawn tokens (attach.py): this node's are written to Redis, the
     # other nodes' read from it. Those still to write: token id -> until.
     revocations: Revocations = field(default_factory=Revocations)
@@ -345,11 +352,7 @@ class Cluster:
                     revoked.append((str(record["token_id"]), float(record["until"])))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # not one of our records (another program's key under the prefix)
-        gone = [
-            (stream_id, was)
-            for stream_id, was in self.remote.items()
-            if (now := remote.get(stream_id)) is None or now.node_id != was.node_id
-        ]
+        gone = self._gone(remote, nodes)
         left = sorted(self.nodes.keys() - nodes.keys())
         self.remote, self.nodes = remote, nodes
         for token_id, until in revoked:  # (those known already change nothing)
@@ -357,13 +360,44 @@ class Cluster:
                 self.log.info("cluster_token_withdrawn", token_id=token_id[:8], until=until)
         for node_id in left:
             self.log.warning("cluster_node_gone", gone_node=node_id)
-        for stream_id, was in gone:
-            dead = was.node_id not in nodes
-            reason = f"node {was.node_id} is gone" if dead else "the sender left"
+        for stream_id, was, reason in gone:
             self.log.info(
                 "cluster_stream_gone", stream_id=stream_id, origin=was.node_id, reason=reason
             )
             self.on_gone(stream_id, reason)
+
+    def _gone(
+        self, remote: dict[str, RemoteStream], nodes: dict[str, Any]
+    ) -> list[tuple[str, RemoteStream, str]]:
+        """Other nodes' streams that are gone since the last read, and why.
+
+        A channel between two speakers on a node that lives is not gone: the links to it
+        (upstream.py) wait there on their connections, as its own listeners do, and the
+        channel's next speaker on that node plays on them without a break. It is gone when its
+        node dies, when it comes back on another node (the links here must move there), or
+        once it was away for MAX_CHANNEL_PAUSE."""
+        gone, now = [], time.monotonic()
+        for stream_id, was in self.remote.items():
+            found = remote.get(stream_id)
+            if found is not None and found.node_id == was.node_id:
+                continue
+            if found is None and was.channel is not None and was.node_id in nodes:
+                self._paused.setdefault(stream_id, (was, now))
+                continue
+            gone.append((stream_id, was))
+        for stream_id, (was, since) in list(self._paused.items()):
+            found = remote.get(stream_id)
+            back = found is not None and found.node_id == was.node_id
+            if back or found is not None or was.node_id not in nodes or now - since > MAX_PAUSE:
+                del self._paused[stream_id]
+                if not back:
+                    gone.append((stream_id, was))
+        return [
+            (stream_id, was, f"node {was.node_id} is gone")
+            if was.node_id not in nodes
+            else (stream_id, was, "the sender left")
+            for stream_id, was in gone
+        ]
 
     async def _listen(self, client: aioredis.Redis) -> None:
         """Other nodes' stream starts and ends: look again now."""

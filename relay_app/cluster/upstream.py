@@ -192,11 +192,21 @@ async def _relay(ctx: RelayContext, cluster: Cluster, link: Upstream, log: Any) 
 
 async def _watch_origin(client: RelayClient, stream: Stream) -> None:
     """The origin's word on the stream: its end (and why) is the end here too. A channel's
-    handover on the origin (`waiting`) is not an end: the link stays on its connection and
-    the next sender's audio comes on it, so this node's listeners follow without a break."""
+    handover on the origin (`waiting`, then `stream_started`: the next speaker) is not an
+    end: the link stays on its connection and the next sender's audio comes on it, so this
+    node's listeners stay on theirs and follow without a break, told as the origin's own
+    listeners are."""
     try:
         while True:
             message = await client.next_message(timeout=float("inf"))
+            if isinstance(message, p.StreamEnded) and message.waiting:
+                stream.between_speakers = True  # (no audio for a while: not stale)
+            elif isinstance(message, p.StreamStarted):
+                stream.between_speakers = False
+                stream.last_audio_at = anyio.current_time()
+            if isinstance(message, p.StreamStarted | p.StreamEnded) and stream.channel:
+                for tell in stream.outputs.told():
+                    tell(message)
             if isinstance(message, p.StreamEnded) and not message.waiting:
                 stream.end(EndCause.SENDER_LEFT, message.reason)
                 return

@@ -80,7 +80,7 @@ async def sweep_stale_streams(ctx: RelayContext) -> None:
             now = anyio.current_time()
             for stream in ctx.registry.live_streams():
                 silent_for = now - stream.last_audio_at
-                if silent_for > settings.stale_after:
+                if silent_for > settings.stale_after and not stream.between_speakers:
                     log.warning(
                         "stale_stream_cleanup",
                         stream_id=stream.stream_id,

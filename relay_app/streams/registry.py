@@ -243,7 +243,9 @@ class StreamRegistry:
         return stream
 
     def live_streams(self) -> list[Stream]:
-        return [s for s in self.streams.values() if not s.ended.is_set()]
+        """Streams that carry a speaker now: not ended, and (a channel relayed from another
+        node) not between two speakers there, where its link waits for the next."""
+        return [s for s in self.streams.values() if not s.ended.is_set() and not s.between_speakers]
 
     def stream_infos(self) -> list[StreamInfo]:
         """The live streams as clients see them (`available_streams`, `/stream/status`);

@@ -94,6 +94,9 @@ class Stream:
     # While its speaker is lost (no packet for a second: media/sender.py's watch), the
     # last packet's arrival (anyio.current_time()); None while packets come.
     lost_since: float | None = None
+    # Cluster mode, a relayed channel: its origin's channel is between two speakers (the
+    # link waits there for the next: cluster/upstream.py), so no audio is not staleness.
+    between_speakers: bool = False
 
     def close_relays(self) -> None:
         """Its sender is leaving: every output is closed (the Ogg pages end, queues end)."""

@@ -213,10 +213,11 @@ async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
 def ogg_body(url: str) -> Iterator[bytearray]:
     """A plain-HTTP listener reading the response (one connection) until the block ends."""
     body, stop = bytearray(), threading.Event()
+    client = httpx.Client(timeout=30)
 
     def read() -> None:
         try:
-            with httpx.stream("GET", url, timeout=30) as response:
+            with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     body.extend(f"HTTP {response.status_code}".encode())
                     return
@@ -225,14 +226,17 @@ def ogg_body(url: str) -> Iterator[bytearray]:
                     if stop.is_set():
                         return
         except httpx.HTTPError:
-            return  # the server ended the response: the body stays
+            return  # the server ended the response (or we hung up): the body stays
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         yield body
     finally:
+        # Hang up now, pages or none (a channel between speakers sends none): the socket is
+        # closed under the reader, which ends.
         stop.set()
+        client.close()
         reader.join(5)
 
 
@@ -401,7 +405,10 @@ async def test_a_takeover_on_the_origin_plays_on_over_the_same_upstream(
             await second.start_sending(ToneTrack(660), channel="hall", takeover=True)
             await hears(on_b, 660)
             assert on_b.pc is pc
-            assert not any(isinstance(m, p.StreamEnded) for m in on_b.messages)  # seamless
+            # Told as A's own listeners are (who took over), never let go: no new offer.
+            ended = [m for m in on_b.messages if isinstance(m, p.StreamEnded)]
+            assert ended and all(m.waiting and "took over" in m.message for m in ended)
+            assert any(isinstance(m, p.StreamStarted) for m in on_b.messages)
             assert sum(isinstance(m, p.Offer) for m in on_b.messages) == 1
             assert b.find("upstream_opened") and len(b.find("upstream_opened")) == 1
 
