@@ -7,13 +7,16 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import av
 import httpx
 import numpy as np
 import pytest
+from aiortc import MediaStreamTrack
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core import protocol as p
@@ -326,3 +329,37 @@ async def test_a_player_that_asked_ahead_gets_its_answer_once_the_stream_ends(
     await player.aclose()
     ogg_end = data.index(b"HTTP/1.1 200")
     assert data.count(b"HTTP/1.1 200") == 1 and data[:ogg_end].endswith(b"0\r\n\r\n")
+
+
+class MuteTrack(MediaStreamTrack):
+    """A microphone whose audio never comes (its sound card hangs, say): no packet is sent."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        await anyio.sleep_forever()
+
+
+async def test_a_channel_listener_stays_on_when_a_speaker_leaves_before_any_audio_came(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"channels": HALL})
+    url = f"{server.status_url}/stream/hall.ogg"
+    async with anyio.create_task_group() as group:
+        heard: list[bytes] = []
+
+        async def listener() -> None:
+            heard.append(await listen(url, 6.0))
+
+        async with RelayClient.connect(server.ws_url) as speaker:
+            await speaker.start_sending(MuteTrack(), channel="hall")
+            group.start_soon(listener)
+            await anyio.to_thread.run_sync(server.wait_event, "http_listener_started")
+            await anyio.sleep(0.5)
+        ended = partial(server.wait_event, "http_listener_ended", reason="stream ended")
+        await anyio.to_thread.run_sync(ended)
+        async with RelayClient.connect(server.ws_url) as speaker:
+            await speaker.start_sending(ToneTrack(660), channel="hall")
+            await anyio.sleep(4.0)
+    assert_hears_tone(heard[0], 660, at_least=2.0)  # the same response, the next speaker
+    assert not [e for e in server.events if e.get("level") in ("error", "critical")]
