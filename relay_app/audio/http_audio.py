@@ -93,9 +93,13 @@ class ChannelPages:
             self.serial = http.muxer.serial
         self._http = http
 
-    def page(self, data: bytes) -> bytes:
-        assert self._http is not None and self._http.origin is not None  # (a page was fed)
+    def page(self, data: bytes) -> bytes | None:
+        """The page in this listener's stream; None for the end page of a sender none of
+        whose packets came (its stream ended first: there is nothing on it to place)."""
+        assert self._http is not None
         origin = self._http.origin
+        if origin is None:
+            return None
         if self._start is None:  # its first audio page: its granules start from it
             self._start = origin + page_granule(data) - page_samples(data)
         out = renumber(data, self._sequence, origin - self._start, self.serial)

@@ -200,7 +200,7 @@ class OggListener(ResponseBody):
             assert self.stream.outputs.http is not None
             pages.follow(self.stream.outputs.http)
 
-            def renumber(_: Listener, page: bytes) -> bytes:
+            def renumber(_: Listener, page: bytes) -> bytes | None:
                 return pages.page(page)
 
             async for data in self._one_stream(renumber, headers=first):
@@ -217,9 +217,10 @@ class OggListener(ResponseBody):
             return
 
     async def _one_stream(
-        self, own: Callable[[Listener, bytes], bytes], headers: bool
+        self, own: Callable[[Listener, bytes], bytes | None], headers: bool
     ) -> AsyncIterator[bytes]:
-        """One sender's pages to this listener (the headers first, if nothing was sent yet)."""
+        """One sender's pages to this listener (the headers first, if nothing was sent yet),
+        each as `own` makes it this listener's (None: nothing for it)."""
         http, metrics = self.stream.outputs.http, self.ctx.metrics
         assert http is not None
         async with http.listen(self.log, self.abort) as listener:  # logs its start and end
@@ -228,6 +229,8 @@ class OggListener(ResponseBody):
                 yield listener.headers
             async for shared, arrival in listener.pages:
                 page = own(listener, shared)
+                if page is None:
+                    continue
                 yield page
                 metrics.http_page_latency.observe(time.monotonic() - arrival)
                 listener.sent_bytes += len(page)

@@ -19,7 +19,8 @@ without an import running up the layers. It imports nothing of relay_app but `co
     of_pylibsrtp  SRTP protection in the session's own buffer
     of_asyncio    the selector loop's datagram sockets: direct sends, batched reads
     of_quart      the WebSocket's receive queue, the request's WebSocket object
-    of_hypercorn  the WebSocket stream, permessage-deflate, a response's TCP transport
+    of_hypercorn  the WebSocket stream, permessage-deflate, HTTP/1.1 reading on during a
+                  response (a client that hangs up is seen), a response's TCP transport
 
 Another event loop (uvloop, or a loop without epoll) has none of the selector loop's
 internals: `of_asyncio` says so (`batched_reads_unavailable`) and gives the transport's public

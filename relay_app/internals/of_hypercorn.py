@@ -1,10 +1,12 @@
-"""Hypercorn 0.18.0 (and its wsproto): the WebSocket stream it serves every WebSocket with,
-the permessage-deflate extension it accepts, and the TCP transport under a response.
+"""Hypercorn 0.18.0 (and its wsproto and h11): the WebSocket stream it serves every WebSocket
+with, the permessage-deflate extension it accepts, the HTTP/1.1 protocol's wait between a
+request and the next one, and the TCP transport under a response.
 
 Hypercorn has no setting for any of these, so each is replaced or reached where Hypercorn
 looks it up: `WSStream` in its h11 and h2 protocol modules, `PerMessageDeflate` in its
-`ws_stream` module, and a response's transport through the bound methods its ASGI `send` is
-made of. server/websocket.py and server/connection.py say what the relay wants of them.
+`ws_stream` module, `H11Protocol` in its `protocol` package, and a response's transport
+through the bound methods its ASGI `send` is made of. server/websocket.py and
+server/connection.py say what the relay wants of them.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
+import h11
+import hypercorn.protocol as hypercorn_protocol
+from hypercorn.events import Closed, Updated
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.protocol import ws_stream as hypercorn_ws_stream
-from hypercorn.protocol.events import Data, Event, StreamClosed
+from hypercorn.protocol.events import Body, Data, EndBody, Event, StreamClosed
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
@@ -178,3 +185,105 @@ def connection_transport(send: Any) -> Any:
     except AttributeError:
         return None
     return transport if callable(getattr(transport, "abort", None)) else None
+
+
+MAX_RECV = 2**16  # what Hypercorn's asyncio read loop reads at a time (tcp_server.MAX_RECV)
+
+
+class WatchfulH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, still reading its connection while a response is under
+    way and the client has already sent more, so that a client that hangs up then is seen.
+
+    After a request, h11 holds whatever the client sends next (a pipelined request, even a
+    stray CRLF) until the response ends, and Hypercorn 0.18 waits for that end inside the
+    connection's read loop (`can_read`): nothing more is read, so neither the client's end
+    of file nor a reset is noticed and the app is never sent `http.disconnect`; only a failed
+    write tells. A response that writes nothing for minutes (an Ogg listener while its
+    channel has no speaker) then outlived its client until the next page.
+
+    Here that wait reads on: what comes is handed to h11 to hold, as it would have been
+    after the response (`h11_max_incomplete_size` at most; past it reading stops and the
+    wait is Hypercorn's own, TCP holding the client back), and the client's end of file or
+    a read error ends the wait: Hypercorn's read loop then finds the same end and tells the
+    app as it always does. Overrides Hypercorn's private `_handle_events` loop, which is
+    Hypercorn's own but for that wait.
+    """
+
+    async def _handle_events(self) -> None:
+        while True:
+            if self.connection.they_are_waiting_for_100_continue:
+                await self._send_h11_event(
+                    h11.InformationalResponse(
+                        status_code=100, headers=self.config.response_headers("h11")
+                    )
+                )
+
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError as error:
+                if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                    await self._send_error_response(error.error_status_hint)
+                await self.send(Closed())
+                break
+            else:
+                if isinstance(event, h11.Request):
+                    await self.send(Updated(idle=False))
+                    await self._check_protocol(event)
+                    await self._create_stream(event)
+                elif event is h11.PAUSED:
+                    await self.can_read.clear()
+                    if not await self._wait_reading_on():
+                        break  # the client left: the read loop finds its end next
+                elif (
+                    isinstance(event, h11.ConnectionClosed)
+                    or event is h11.NEED_DATA
+                    or self.stream is None
+                ):
+                    break
+                elif isinstance(event, h11.Data):
+                    await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await self.stream.handle(EndBody(stream_id=STREAM_ID))
+                elif isinstance(event, Data):
+                    # WebSocket pass through
+                    await self.stream.handle(event)
+
+    async def _wait_reading_on(self) -> bool:
+        """Wait for the response's end (True), reading on meanwhile; False if the client
+        left first (its end of file or a read error, left for the read loop to find)."""
+        reader = getattr(getattr(self.send, "__self__", None), "reader", None)
+        if not isinstance(reader, asyncio.StreamReader):  # (not the asyncio worker's)
+            await self.can_read.wait()
+            return True
+        left = False
+        async with anyio.create_task_group() as group:
+
+            async def read_on(scope: anyio.CancelScope) -> None:
+                nonlocal left
+                held = 0
+                while held <= self.config.h11_max_incomplete_size:
+                    try:
+                        data = await reader.read(MAX_RECV)
+                    except OSError:  # (a reset; SSLError and ConnectionError are OSErrors)
+                        data = b""
+                    if not data:
+                        left = True
+                        scope.cancel()
+                        return
+                    self.connection.receive_data(data)
+                    held += len(data)
+
+            group.start_soon(read_on, group.cancel_scope)
+            await self.can_read.wait()
+            group.cancel_scope.cancel()
+        return not left
+
+
+def watch_http11_hangups() -> None:
+    """Serve HTTP/1.1 with `WatchfulH11Protocol`: Hypercorn's ProtocolWrapper looks
+    `H11Protocol` up in its `protocol` package for each new connection."""
+    setattr(hypercorn_protocol, "H11Protocol", WatchfulH11Protocol)  # noqa: B010
+
+
+def http11_hangups_watched() -> bool:
+    return hypercorn_protocol.H11Protocol is WatchfulH11Protocol

@@ -19,6 +19,7 @@ from ..endpoints.whip import whip_routes
 from ..signaling.http_peers import HttpPeers
 from ..streams.context import RelayContext
 from ..webrtc.udp_mux import UdpMux
+from .connection import watch_hangups
 from .dispatch import PortDispatcher
 from .lifespan import serve_root
 from .pages import page_routes
@@ -75,6 +76,7 @@ def create_status_app(ctx: RelayContext) -> Quart:
 
 def create_asgi_app(settings: Settings) -> PortDispatcher:
     decline_websocket_compression()
+    watch_hangups()  # (an Ogg listener that hangs up while its channel is silent is seen)
     ctx = build_context(settings)
     main = create_app(settings, ctx)
     return PortDispatcher(main, create_status_app(ctx), {settings.server.audio_port})

@@ -7,15 +7,19 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import av
 import httpx
 import numpy as np
 import pytest
+from aiortc import MediaStreamTrack
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.core import protocol as p
 from relay_app.core.auth import mint
 from relay_app.tools.testing import ServerProcess
 
@@ -26,6 +30,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 
 
 DEAD_PEER_TIMEOUT = 3.0  # server.dead_peer_timeout where a listener stalls on purpose
+HALL = {"hall": {"label": "Hall"}}
+# What a player may send after its GET before any answer: nothing (curl, VLC), or its next
+# request, pipelined (HTTP/1.1 allows it; a stray CRLF does the same to the server).
+AHEAD = {"nothing": b"", "a pipelined request": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
+GONE_WITHIN = 5.0  # s, generous: the server learns of a hang-up within a few ms
 
 
 async def listen(url: str, seconds: float, headers: dict[str, str] | None = None) -> bytes:
@@ -41,6 +50,34 @@ async def listen(url: str, seconds: float, headers: dict[str, str] | None = None
             async for chunk in response.aiter_bytes():
                 data += chunk
     return bytes(data)
+
+
+async def play(port: int, path: str, ahead: bytes) -> anyio.abc.SocketStream:
+    """A player on a connection of its own: its GET, then `ahead`, sent before any answer."""
+    player = await anyio.connect_tcp("127.0.0.1", port)
+    await player.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() + ahead)
+    return player
+
+
+async def read_at_least(player: anyio.abc.SocketStream, size: int) -> bytes:
+    """What the server sent the player, once it is `size` bytes or more."""
+    data = bytearray()
+    with anyio.fail_after(10):
+        while len(data) < size:
+            data += await player.receive()
+    return bytes(data)
+
+
+async def wait_gone(server: ServerProcess, connections: int) -> float:
+    """Seconds until the server holds `connections` sessions (and as many session groups)."""
+    started = time.monotonic()
+    with anyio.fail_after(GONE_WITHIN):
+        while True:
+            metrics = server.metrics()
+            live = (metrics["active_connections"], metrics["live"]["session_task_groups"])
+            if live == (connections, connections):
+                return time.monotonic() - started
+            await anyio.sleep(0.05)
 
 
 def decode(ogg: bytes) -> tuple[np.ndarray, int]:
@@ -232,3 +269,97 @@ async def _listen_with_tokens(server: ServerProcess) -> None:
         assert_hears_tone(ogg, 440, at_least=1.0)
         ogg = await listen(f"{url}?token={scoped}", 2.0)
         assert_hears_tone(ogg, 440, at_least=1.0)
+
+
+@pytest.mark.parametrize("ahead", AHEAD.values(), ids=AHEAD.keys())
+async def test_a_channel_listener_that_hangs_up_while_nobody_speaks_is_gone_and_its_place_free(
+    make_server: Callable[..., ServerProcess], ahead: bytes
+) -> None:
+    server = make_server({"channels": HALL, "streams": {"max_http_listeners": 1}})
+    url = f"{server.status_url}/stream/hall.ogg"
+    async with RelayClient.connect(server.ws_url) as speaker:
+        await speaker.start_sending(ToneTrack(440), channel="hall")
+        player = await play(server.audio_port, "/stream/hall.ogg", ahead)
+        await read_at_least(player, 4000)  # the headers and some pages of audio
+    # The speaker has left; nobody follows: the listener waits on the channel, sent nothing.
+    server.wait_event("http_listener_ended", stream_id="hall", reason="stream ended")
+    await wait_gone(server, 1)  # (the speaker's session is over: only the listener's)
+    await anyio.sleep(0.5)
+    await player.aclose()  # the player hangs up
+    seconds = await wait_gone(server, 0)
+    print(f"hang-up to session gone: {seconds:.3f} s")
+    # Its place among streams.max_http_listeners (1) is free for the next listener.
+    async with RelayClient.connect(server.ws_url) as speaker:
+        await speaker.start_sending(ToneTrack(660), channel="hall")
+        assert_hears_tone(await listen(url, 2.5), 660, at_least=1.5)
+
+
+@pytest.mark.parametrize("ahead", AHEAD.values(), ids=AHEAD.keys())
+async def test_a_channel_listener_that_hangs_up_while_audio_flows_ends_as_before(
+    make_server: Callable[..., ServerProcess], ahead: bytes
+) -> None:
+    server = make_server({"channels": HALL})
+    async with RelayClient.connect(server.ws_url) as speaker:
+        await speaker.start_sending(ToneTrack(440), channel="hall")
+        player = await play(server.audio_port, "/stream/hall.ogg", ahead)
+        await read_at_least(player, 4000)
+        await player.aclose()
+        await wait_gone(server, 1)  # the speaker's own session stays, and its audio
+        server.wait_event("http_listener_ended", stream_id="hall", reason="client left")
+        assert server.metrics()["live"]["http_listeners"] == 0
+
+
+async def test_a_player_that_asked_ahead_gets_its_answer_once_the_stream_ends(
+    server: ServerProcess,
+) -> None:
+    """Its next request waits for the stream's end, on the same connection, as HTTP/1.1
+    has it: the server reads on meanwhile but answers in order."""
+    async with RelayClient.connect(server.ws_url) as sender:
+        stream_id = await sender.start_sending(ToneTrack(440))
+        player = await play(
+            server.audio_port, f"/stream/{stream_id}.ogg", AHEAD["a pipelined request"]
+        )
+        await read_at_least(player, 4000)
+        await sender.send(p.Stop())
+        await sender.expect("stopped")
+    data = bytearray()
+    with anyio.fail_after(10):
+        while b'"status"' not in data:  # /health's JSON answer, after the Ogg response
+            data += await player.receive()
+    await player.aclose()
+    ogg_end = data.index(b"HTTP/1.1 200")
+    assert data.count(b"HTTP/1.1 200") == 1 and data[:ogg_end].endswith(b"0\r\n\r\n")
+
+
+class MuteTrack(MediaStreamTrack):
+    """A microphone whose audio never comes (its sound card hangs, say): no packet is sent."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        await anyio.sleep_forever()
+
+
+async def test_a_channel_listener_stays_on_when_a_speaker_leaves_before_any_audio_came(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server({"channels": HALL})
+    url = f"{server.status_url}/stream/hall.ogg"
+    async with anyio.create_task_group() as group:
+        heard: list[bytes] = []
+
+        async def listener() -> None:
+            heard.append(await listen(url, 6.0))
+
+        async with RelayClient.connect(server.ws_url) as speaker:
+            await speaker.start_sending(MuteTrack(), channel="hall")
+            group.start_soon(listener)
+            await anyio.to_thread.run_sync(server.wait_event, "http_listener_started")
+            await anyio.sleep(0.5)
+        ended = partial(server.wait_event, "http_listener_ended", reason="stream ended")
+        await anyio.to_thread.run_sync(ended)
+        async with RelayClient.connect(server.ws_url) as speaker:
+            await speaker.start_sending(ToneTrack(660), channel="hall")
+            await anyio.sleep(4.0)
+    assert_hears_tone(heard[0], 660, at_least=2.0)  # the same response, the next speaker
+    assert not [e for e in server.events if e.get("level") in ("error", "critical")]

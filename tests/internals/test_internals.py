@@ -24,6 +24,7 @@ from typing import Any
 import aioice.ice
 import aiortc.rtcpeerconnection
 import anyio
+import hypercorn.protocol as hypercorn_protocol
 import pylibsrtp
 import pytest
 import quart
@@ -31,8 +32,11 @@ import werkzeug.local
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import task_group as hypercorn_task_group
+from hypercorn.asyncio import tcp_server as hypercorn_tcp_server
 from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.protocol import ws_stream as hypercorn_ws_stream
@@ -42,7 +46,7 @@ from quart.asgi import ASGIWebsocketConnection
 from relay_app.client import ToneTrack
 from relay_app.internals import WRITTEN_FOR, of_aioice, of_aiortc, of_asyncio, of_hypercorn
 from relay_app.internals.of_pylibsrtp import InPlaceSrtp
-from relay_app.tools.testing import REPO
+from relay_app.tools.testing import REPO, free_port
 from relay_app.webrtc.rtp_tap import audio_receiver, negotiated_opus_payload_type
 
 pytestmark = pytest.mark.anyio
@@ -394,6 +398,39 @@ REACHES = [
     ),
     Reach(
         "Hypercorn",
+        "H11Protocol._handle_events, can_read; protocol.H11Protocol; TCPServer.reader",
+        "of_hypercorn.WatchfulH11Protocol: HTTP/1.1 read on during a response (hang-ups seen)",
+        all_of(
+            contains(
+                hypercorn_h11.H11Protocol._handle_events,
+                "if self.connection.they_are_waiting_for_100_continue:",
+                "event = self.connection.next_event()",
+                "await self._send_error_response(error.error_status_hint)",
+                "await self._check_protocol(event)",
+                "await self._create_stream(event)",
+                "elif event is h11.PAUSED:\n"
+                "                    await self.can_read.clear()\n"
+                "                    await self.can_read.wait()",
+                "await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))",
+                "await self.stream.handle(EndBody(stream_id=STREAM_ID))",
+            ),
+            contains(hypercorn_h11.H11Protocol._maybe_recycle, "await self.can_read.set()"),
+            contains(hypercorn_protocol.ProtocolWrapper, "self.protocol = H11Protocol("),
+            contains(
+                TCPServer,
+                "self.reader = reader",
+                "self.protocol_send,",
+                "while not self.reader.at_eof():",
+                "await self.protocol.handle(Closed())",
+            ),
+            holds(
+                lambda: hypercorn_tcp_server.MAX_RECV == of_hypercorn.MAX_RECV,
+                "Hypercorn reads another amount at a time",
+            ),
+        ),
+    ),
+    Reach(
+        "Hypercorn",
         "HTTPStream.send -> H11Protocol/H2Protocol.send -> TCPServer.writer",
         "of_hypercorn.connection_transport: an Ogg listener's connection reset (server/connection)",
         all_of(
@@ -587,6 +624,66 @@ def test_the_websocket_plumbing_is_in_place_where_hypercorn_looks_it_up() -> Non
     assert of_hypercorn.websocket_streams_bounded()
     assert hypercorn_ws_stream.PerMessageDeflate is not None
     assert hypercorn_ws_stream.PerMessageDeflate().accept("permessage-deflate") is None
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [("asyncio", {}), ("asyncio", {"use_uvloop": True})], ids=["asyncio", "uvloop"]
+)
+async def test_a_silent_response_learns_its_client_hung_up_after_sending_more_on_both_loops(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hypercorn in this process, with the room's HTTP/1.1 protocol: a client that sent its
+    next request ahead, then hangs up while its response sends nothing, is seen at once; one
+    that stays gets that next answer once the response ends, in order."""
+    monkeypatch.setattr(hypercorn_protocol, "H11Protocol", hypercorn_protocol.H11Protocol)
+    of_hypercorn.watch_http11_hangups()  # (undone after the test)
+    assert of_hypercorn.http11_hangups_watched()
+    disconnected, finish = anyio.Event(), anyio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        if scope["path"] == "/silent":  # sends nothing more until it is told the client left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+        elif scope["path"] == "/until-finished":
+            await finish.wait()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    port, stop = free_port(), anyio.Event()
+    config = HypercornConfig()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = config.errorlog = None
+    ahead = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: hypercorn_serve(app, config, shutdown_trigger=stop.wait))
+        try:
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        client = await anyio.connect_tcp("127.0.0.1", port)
+                        break
+                    except OSError:
+                        await anyio.sleep(0.05)
+            await client.send(b"GET /silent HTTP/1.1\r\nHost: x\r\n\r\n" + ahead)
+            assert b"first" in await client.receive()
+            await client.aclose()
+            with anyio.fail_after(2):
+                await disconnected.wait()
+            stayer = await anyio.connect_tcp("127.0.0.1", port)
+            await stayer.send(b"GET /until-finished HTTP/1.1\r\nHost: x\r\n\r\n" + ahead)
+            answer = await stayer.receive()
+            await anyio.sleep(0.2)
+            finish.set()
+            with anyio.fail_after(2):
+                while answer.count(b"HTTP/1.1 200") < 2 or not answer.endswith(b"0\r\n\r\n"):
+                    answer += await stayer.receive()
+            await stayer.aclose()
+        finally:
+            stop.set()
 
 
 def test_srtp_in_place_is_what_the_receiver_unprotects_and_long_packets_are_refused() -> None:

@@ -107,3 +107,19 @@ async def test_an_ogg_listener_hears_the_handover_pause_as_the_timeline_has_it()
     after = 480_000 + 10 * 960 + 72_000  # its first packet: 1.5 s after the last one ended
     heard = [pages.page(data) for data in await pages_of(second, after, 5)]
     assert [page_granule(p) for p in heard] == [9_600 + 72_000 + 4_800]
+
+
+async def test_a_sender_whose_audio_never_came_leaves_nothing_in_an_ogg_listeners_stream() -> None:
+    """Its stream ended before its first packet: its end page holds nothing to place on the
+    timeline, so the listener gets nothing of it and the next sender goes on the stream."""
+    metrics = Metrics()
+    mute, next_one = HttpAudio(metrics), HttpAudio(metrics)
+    pages = ChannelPages()
+    pages.follow(mute)
+    async with mute.listen(structlog.get_logger()) as listener:
+        mute.close()
+        (end, _) = listener.pages.receive_nowait()
+    assert pages.page(end) is None
+    pages.follow(next_one)
+    heard = [pages.page(data) for data in await pages_of(next_one, 960_000, 5)]
+    assert [page_granule(p) for p in heard if p is not None] == [4_800]
