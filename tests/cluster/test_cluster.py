@@ -7,6 +7,7 @@ Faults are real too: A killed with SIGKILL, Redis killed and started again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -212,12 +213,12 @@ async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
 @contextmanager
 def ogg_body(url: str) -> Iterator[bytearray]:
     """A plain-HTTP listener reading the response (one connection) until the block ends."""
-    body, stop = bytearray(), threading.Event()
-    client = httpx.Client(timeout=30)
+    body, stop, sockets = bytearray(), threading.Event(), []
 
     def read() -> None:
         try:
-            with client.stream("GET", url) as response:
+            with httpx.stream("GET", url, timeout=30) as response:
+                sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
                 if response.status_code != 200:
                     body.extend(f"HTTP {response.status_code}".encode())
                     return
@@ -226,17 +227,19 @@ def ogg_body(url: str) -> Iterator[bytearray]:
                     if stop.is_set():
                         return
         except httpx.HTTPError:
-            return  # the server ended the response (or we hung up): the body stays
+            return  # the server ended the response, or the block shut it: the body stays
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         yield body
     finally:
-        # Hang up now, pages or none (a channel between speakers sends none): the socket is
-        # closed under the reader, which ends.
+        # Hang up now, pages or none (a channel between speakers sends none): its socket is
+        # shut under the reader, which ends, and the server sees the listener leave.
         stop.set()
-        client.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         reader.join(5)
 
 
