@@ -64,7 +64,7 @@ class Recorder:
             held.streams += 1
             return held.recording
         recording = Recording(path, self._metrics, log, self._settings)
-        self._group.start_soon(recording.run)
+        self._group.start_soon(_run, recording, log)
         if channel is not None:
             self._channels[channel] = _Held(recording, streams=1)
         return recording
@@ -96,3 +96,12 @@ class Recorder:
         if self._channels.get(channel) is held:
             del self._channels[channel]
         held.recording.close()
+
+
+async def _run(recording: Recording, log: Any) -> None:
+    """A recording's writer, a ROOT child: a bug in one must not stop the server (its disk
+    errors are the recording's own: recording_failed)."""
+    try:
+        await recording.run()
+    except Exception:
+        log.exception("recording_crashed", path=str(recording.path))

@@ -85,7 +85,6 @@ class Recording:
         )
         self.failed = False
         self.bytes_written = 0
-        self._running = False
         self._next_pts: int | None = None  # where the next packet's audio should start
         self.closed = False  # no more pages (`close`)
 
@@ -102,9 +101,12 @@ class Recording:
         plays as long as the event lasted and each speaker starts where they did."""
         if self.failed or self.stopped:
             return
-        if self._next_pts is not None and pts - self._next_pts >= SILENCE_SAMPLES:
-            self._fill(min(pts - self._next_pts, MAX_SILENCE * OPUS_RATE) // SILENCE_SAMPLES)
-        self._next_pts = pts + opus_samples(packet)
+        if self._next_pts is not None:
+            if pts < self._next_pts - SILENCE_SAMPLES // 2:
+                return  # late: its place is written already (silence, or a repair)
+            if pts - self._next_pts >= SILENCE_SAMPLES:
+                self._fill(min(pts - self._next_pts, MAX_SILENCE * OPUS_RATE) // SILENCE_SAMPLES)
+        self._next_pts = max(pts, self._next_pts or 0) + opus_samples(packet)
         if not self._budget.take(len(packet)):
             limit = self._settings.max_bytes_per_second
             self._stop(f"over {limit} bytes/s (recording.max_bytes_per_second): not Opus speech")
@@ -133,7 +135,6 @@ class Recording:
         """Write the pages until cancelled (the stream ended), then close the file cleanly.
         The file is created with the first page (or, for under a second of audio, at the
         end): a stream without audio leaves none."""
-        self._running = True
         file: IO[bytes] | None = None
         try:
             async for page in self._pages[1]:
@@ -166,7 +167,12 @@ class Recording:
         return file
 
     def _prune(self) -> None:
-        for path, reason in prune_recordings(self.path.parent, self._settings, keep=self.path):
+        try:
+            deleted = prune_recordings(self.path.parent, self._settings, keep=self.path)
+        except OSError as error:  # (best effort: a directory another process changes)
+            self._log.warning("recording_prune_failed", error=str(error))
+            return
+        for path, reason in deleted:
             self._log.info("recording_deleted", path=str(path), reason=reason)
 
     async def _write(self, file: IO[bytes], data: bytes) -> None:
@@ -213,11 +219,10 @@ class Recording:
             self._log.error("recording_failed", path=str(self.path), error=reason)
 
     def close(self) -> None:
-        """No more pages (idempotent); a running `run` writes what is queued and ends."""
+        """No more pages (idempotent): `run` (started with the recording: recorder.py) writes
+        what is queued and ends."""
         self.closed = True
         self._pages[0].close()
-        if not self._running:
-            self._pages[1].close()
 
 
 def list_recordings(directory: Path, live: set[Path]) -> list[dict[str, Any]]:

@@ -375,7 +375,7 @@ class Cluster:
         (upstream.py) wait there on their connections, as its own listeners do, and the
         channel's next speaker on that node plays on them without a break. It is gone when its
         node dies, when it comes back on another node (the links here must move there), or
-        once it was away for MAX_CHANNEL_PAUSE."""
+        once it was away for MAX_PAUSE."""
         gone, now = [], time.monotonic()
         for stream_id, was in self.remote.items():
             found = remote.get(stream_id)

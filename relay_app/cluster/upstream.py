@@ -204,8 +204,9 @@ async def _watch_origin(client: RelayClient, stream: Stream) -> None:
             elif isinstance(message, p.StreamStarted):
                 stream.between_speakers = False
                 stream.last_audio_at = anyio.current_time()
-            if isinstance(message, p.StreamStarted | p.StreamEnded) and stream.channel:
-                for tell in stream.outputs.told():
+            waiting = isinstance(message, p.StreamEnded) and message.waiting
+            if (waiting or isinstance(message, p.StreamStarted)) and stream.channel:
+                for tell in stream.outputs.told():  # (an end they hear from this stream's end)
                     tell(message)
             if isinstance(message, p.StreamEnded) and not message.waiting:
                 stream.end(EndCause.SENDER_LEFT, message.reason)

@@ -140,7 +140,6 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
         source=audio[0],
     )
     stream.speaker = name_of(host.info)
-    _record(host, stream)
     # Tapped before the answer leaves, so that no packet arrives untapped.
     visualization = host.ctx.settings.visualization
     meter_every = visualization.downsample if visualization.enabled else None
@@ -149,6 +148,7 @@ async def _answer_offer(host: SessionHost, peer: Peer, sdp: str) -> Stream:
     if red is not None:
         receive_red(peer.pc, red)
     tap_stream(receiver, metrics, stream, opus, red, peer, meter_every)
+    _record(host, stream)  # (last: nothing after it can fail before close_relays gives it back)
     return stream
 
 

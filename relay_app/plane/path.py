@@ -57,6 +57,10 @@ class Fed(Protocol):
     pts_base: int
     repair: Repair | None
 
+    @property
+    def replaces(self) -> object | None:
+        """The stream it takes the channel over from, until it is audible."""
+
     def take_over(self) -> None: ...
 
 
@@ -157,8 +161,9 @@ def packet_path(
             packet = packetizer.packet(rtp, pts)
             for push in outputs.packet:
                 push(packet, arrival)
-        for feed in outputs.payload:
-            feed(rtp.payload, pts, arrival)
+        if stream.replaces is None:  # (audible: transcode takes over at its first frame)
+            for feed in outputs.payload:
+                feed(rtp.payload, pts, arrival)
         if sparse is not None and outputs.frame:
             for frame in sparse(rtp.payload):
                 metrics.audio_frames += 1

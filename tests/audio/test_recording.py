@@ -13,15 +13,19 @@ import anyio
 import av
 import numpy as np
 import pytest
+import structlog
 from av.frame import Frame
 
-from relay_app.audio.recording import RECORDING_NAME
+from relay_app.audio.recording import RECORDING_NAME, Recording
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
+from relay_app.core.metrics import Metrics
 from relay_app.tools.testing import ServerProcess
 
 from ..helpers import finish_server, serving
 
 pytestmark = pytest.mark.anyio
+
+OPUS_20MS = bytes([0xFC, 0xFF, 0xFE])  # TOC: CELT-only fullband 20 ms, one frame
 
 
 class FiniteTone(ToneTrack):
@@ -131,6 +135,15 @@ async def test_a_channels_next_speakers_go_on_in_the_same_file_with_the_pause_ke
         assert seconds >= 6.0, seconds
         assert abs(heard(seconds - 2.5) - 660) <= 10
         assert abs(heard(seconds - 0.7) - 880) <= 10
+
+
+async def test_a_late_packet_is_not_written_twice_nor_makes_a_gap(tmp_path: Path) -> None:
+    """On the channel's timeline a late packet's place is written already (as silence when
+    the next packet came first): it is dropped, and the file keeps time."""
+    recording = Recording(tmp_path / "x.ogg", Metrics(), structlog.get_logger())
+    for pts in (0, 1920, 960, 2880, 3840):  # the third arrives after the fourth
+        recording.feed(OPUS_20MS, pts)
+    assert recording.seconds == pytest.approx(5 * 0.02)  # 0, silence, 1920, 2880, 3840
 
 
 async def test_an_unwritable_directory_does_not_interrupt_the_stream(tmp_path: Path) -> None:

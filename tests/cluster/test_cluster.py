@@ -416,6 +416,31 @@ async def test_a_takeover_on_the_origin_plays_on_over_the_same_upstream(
             assert b.find("upstream_opened") and len(b.find("upstream_opened")) == 1
 
 
+async def test_between_speakers_on_a_the_next_speaker_on_b_gets_the_channel_and_b_hears_them(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The channel's speaker on A stops: B's listener waits on its upstream of A (the link
+    stays while nobody speaks), the channel is free, and a speaker on B takes it without a
+    takeover; B's listener hears them on the connection it has, and B's link to A goes."""
+    nodes = make_cluster()
+    a, b = nodes["a"], nodes["b"]
+    async with RelayClient.connect(a.ws_url) as first:
+        await first.start_sending(ToneTrack(440), channel="hall")
+        wait_for(lambda: listed(b, "hall"), timeout=5)
+        async with RelayClient.connect(b.ws_url) as on_b:
+            await on_b.start_receiving("hall")
+            await hears(on_b, 440)
+            await first.send(p.Stop())
+            await first.expect("stopped")
+            wait_for(lambda: not listed(b, "hall"), timeout=5)
+            assert b.metrics()["live"]["upstreams"] == 1  # (waiting on A for the next)
+            async with RelayClient.connect(b.ws_url) as second:
+                await second.start_sending(ToneTrack(660), channel="hall")
+                await hears(on_b, 660)
+                assert sum(isinstance(m, p.Offer) for m in on_b.messages) == 1
+                wait_for(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+
+
 async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
     make_cluster: Callable[..., Cluster], redis: RedisProcess
 ) -> None:
