@@ -154,10 +154,22 @@ async def chromium(
             await launched.close()
 
 
+@asynccontextmanager
+async def own_contexts(browser: Any) -> AsyncIterator[Any]:
+    """`browser` for one test: the contexts (devices, tabs) it leaves open are closed after
+    it, so the next test starts with none."""
+    before = set(browser.contexts)
+    try:
+        yield browser
+    finally:
+        for context in set(browser.contexts) - before:
+            await context.close()
+
+
 @pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    async with chromium(tmp_path) as launched:
-        yield launched
+async def browser(module_chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(module_chromium) as shared:
+        yield shared
 
 
 async def open_page(browser: Any, url: str) -> Any:
