@@ -96,12 +96,11 @@ SERIAL = (
 CHROMIUM_LANES = {
     "tests/browser/test_browser.py": "chromium-1",
     "tests/browser/test_hall.py": "chromium-1",
-    "tests/browser/test_admin_link.py": "chromium-1",
     "tests/browser/test_third_party_players.py": "chromium-1",
     "tests/browser/test_entrance.py": "chromium-2",
     "tests/browser/test_operator.py": "chromium-2",
+    "tests/browser/test_admin_link.py": "chromium-2",
     "tests/browser/test_wifi_loss.py": "chromium-2",
-    "tests/browser/test_phone.py": "chromium-2",
 }
 LONGEST_FIRST = (
     "chromium-1",

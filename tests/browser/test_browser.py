@@ -257,6 +257,7 @@ async def test_python_sender_chromium_receiver_hears_880(
         await page.context.close()
 
 
+@pytest.mark.mode_independent  # (both modes' fan-out: test_audio_relay; Chromium's ear: the 880)
 async def test_chromium_sender_two_chromium_receivers_both_hear(
     server: ServerProcess, browser: Any
 ) -> None:
@@ -483,6 +484,7 @@ async (channel) => {
 )
 
 
+@pytest.mark.mode_independent  # (WHEP in both modes: test_whip; this is the browser's side)
 async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(
     server: ServerProcess, browser: Any
 ) -> None:
