@@ -182,6 +182,7 @@ def whip_publisher(url: str, bearer: str) -> Iterator[subprocess.Popen[str]]:
 
 
 @pytest.mark.serial
+@pytest.mark.mode_independent  # the speaker's side and the notices (audio: the test above)
 async def test_a_vanished_whip_publisher_frees_its_channel(server: ServerProcess) -> None:
     """A WHIP publisher in its own process, stopped with SIGSTOP: its listeners are told and
     the channel is freed as for a WebSocket speaker."""
