@@ -18,7 +18,7 @@ from .helpers import SECRET, assert_no_leaks, finish_server, serving, token
 use_host_addresses(["127.0.0.1"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # (session: so a module may hold an async fixture)
 def anyio_backend() -> str:
     return "asyncio"  # aiortc is asyncio-only
 
@@ -80,40 +80,64 @@ def _servers(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerPr
             server.stop()
 
 
-# Run alone (`make test`'s second part, marked `serial`): Chromium (heavy, and its pages'
-# timings), gaps and latencies measured against tight bounds, floods and memory measured,
-# timeouts, network namespaces. The rest runs on every core.
+# Run alone (`make test`'s second part, marked `serial`): what measures time against tight
+# bounds (hand-over gaps, latencies, cleanup and notice deadlines, loss as heard by Chromium)
+# and floods, which a busy machine would stretch. Whole files here; a test elsewhere that
+# measures time says so itself with `@pytest.mark.serial`. The rest, Chromium pages included,
+# runs on every core (`make test`'s first part).
 SERIAL = (
-    "tests/browser/",
-    "tests/scenarios/test_handover.py",
+    "tests/browser/test_speakers.py",
     "tests/scenarios/test_handover_gap.py",
-    "tests/scenarios/test_booth.py",
-    "tests/scenarios/test_nat.py",
     "tests/scenarios/test_faults.py",
-    "tests/scenarios/test_soak.py",
-    "tests/scenarios/test_hardening.py",
-    "tests/scenarios/test_hardening_round4_pages.py",
-    "tests/scenarios/test_hardening_round4_transport.py",
+)
+
+# The first part hands each worker a file at a time (xdist's `loadgroup`: a group per file,
+# so a module's server stays one), longest first, so no long file starts last and runs on
+# alone. Chromium pages run in two lanes (a group each), so at most two browsers run at once.
+CHROMIUM_LANES = {
+    "tests/browser/test_browser.py": "chromium-1",
+    "tests/browser/test_hall.py": "chromium-1",
+    "tests/browser/test_third_party_players.py": "chromium-1",
+    "tests/browser/test_browsers_on_one_udp_port.py": "chromium-1",
+    "tests/browser/test_entrance.py": "chromium-2",
+    "tests/browser/test_operator.py": "chromium-2",
+    "tests/browser/test_admin_link.py": "chromium-2",
+    "tests/browser/test_wifi_loss.py": "chromium-2",
+}
+LONGEST_FIRST = (
+    "chromium-1",
+    "chromium-2",
+    "tests/cluster/test_cluster.py",
+    "tests/operations/test_event_cli.py",
+    "tests/scenarios/test_vlc_late_joiner.py",
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # (before xdist's own hook reads the groups)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Scenarios marked `mode_independent` (page logic, the HTTP path, which both relay modes
     share) run in forward mode only: the transcode copy would test the same code again and
     cost suite time. Deselected, not skipped: nothing here depends on the machine. Tests in
-    SERIAL are marked `serial`."""
+    SERIAL are marked `serial`; every test gets its file's `xdist_group` (see above)."""
     root = config.rootpath
     keep, drop = [], []
     for item in items:
-        if item.path.relative_to(root).as_posix().startswith(SERIAL):
+        path = item.path.relative_to(root).as_posix()
+        if path.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
+        item.add_marker(pytest.mark.xdist_group(CHROMIUM_LANES.get(path, path)))
         callspec = getattr(item, "callspec", None)
         mode = callspec.params.get("relay_mode") if callspec is not None else None
         once = item.get_closest_marker("mode_independent") is not None
         (drop if once and mode == "transcode" else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+
+    def rank(item: pytest.Item) -> int:
+        group = next(item.iter_markers("xdist_group")).args[0]
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items[:] = sorted(keep, key=rank)  # (stable: a file's own order stays)
 
 
 @pytest.fixture(scope="module")

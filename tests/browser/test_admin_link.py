@@ -9,7 +9,6 @@ localStorage), as an operator clicking a link in a chat or an e-mail would.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from relay_app.tools.testing import ServerProcess
 
 from ..helpers import SECRET, assert_no_leaks, serving, token
-from .test_browser import chromium, screenshot
+from .test_browser import own_contexts, screenshot
 from .test_hall import no_serious_accessibility_problems
 
 pytestmark = pytest.mark.anyio
@@ -43,13 +42,11 @@ def server(console_server: ServerProcess) -> Any:
 
 
 @pytest.fixture
-async def device(tmp_path: Path) -> AsyncIterator[Any]:
+async def device(module_chromium: Any) -> AsyncIterator[Any]:
     """One browser profile: its tabs share localStorage. (CSP bypassed only so that axe-core
     can be injected.)"""
-    async with chromium(tmp_path) as browser:
-        context = await browser.new_context(bypass_csp=True)
-        yield context
-        await context.close()
+    async with own_contexts(module_chromium) as browser:
+        yield await browser.new_context(bypass_csp=True)
 
 
 async def open_tab(device: Any, url: str) -> Any:

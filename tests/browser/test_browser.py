@@ -154,10 +154,22 @@ async def chromium(
             await launched.close()
 
 
+@asynccontextmanager
+async def own_contexts(browser: Any) -> AsyncIterator[Any]:
+    """`browser` for one test: the contexts (devices, tabs) it leaves open are closed after
+    it, so the next test starts with none."""
+    before = set(browser.contexts)
+    try:
+        yield browser
+    finally:
+        for context in set(browser.contexts) - before:
+            await context.close()
+
+
 @pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    async with chromium(tmp_path) as launched:
-        yield launched
+async def browser(module_chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(module_chromium) as shared:
+        yield shared
 
 
 async def open_page(browser: Any, url: str) -> Any:
@@ -245,6 +257,7 @@ async def test_python_sender_chromium_receiver_hears_880(
         await page.context.close()
 
 
+@pytest.mark.mode_independent  # (both modes' fan-out: test_audio_relay; Chromium's ear: the 880)
 async def test_chromium_sender_two_chromium_receivers_both_hear(
     server: ServerProcess, browser: Any
 ) -> None:
@@ -471,6 +484,7 @@ async (channel) => {
 )
 
 
+@pytest.mark.mode_independent  # (WHEP in both modes: test_whip; this is the browser's side)
 async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(
     server: ServerProcess, browser: Any
 ) -> None:

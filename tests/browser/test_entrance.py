@@ -26,7 +26,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import ServerProcess
 
 from ..helpers import SECRET, assert_no_leaks, need, serving, token
-from .test_browser import chromium, heard_by_page, wait_state
+from .test_browser import heard_by_page, own_contexts, wait_state
 from .test_hall import (
     CHANNELS,
     PHONE,
@@ -66,11 +66,13 @@ def event(event_server: ServerProcess) -> Iterator[ServerProcess]:
     assert_no_leaks(event_server)
 
 
+AUTOPLAY = False  # the module's Chromium is as on a phone: nothing plays before a tap
+
+
 @pytest.fixture
-async def phones(tmp_path: Path) -> AsyncIterator[Any]:
-    """Chromium as on a phone: nothing plays before a tap."""
-    async with chromium(tmp_path, autoplay=False) as launched:
-        yield launched
+async def phones(module_chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(module_chromium) as shared:
+        yield shared
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,7 +22,12 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import REPO, ServerProcess
 
 from ..helpers import SECRET, serving, token, unavailable
-from .test_browser import chromium, heard_by_page, playwright_api, wait_state
+from .test_browser import (
+    heard_by_page,
+    own_contexts,
+    playwright_api,
+    wait_state,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -52,11 +56,13 @@ def hall(tmp_path_factory: pytest.TempPathFactory) -> Any:
     yield from serving(tmp_path_factory.mktemp("hall"), config, metrics)
 
 
+AUTOPLAY = False  # the module's Chromium is as on a phone: nothing plays before a tap
+
+
 @pytest.fixture
-async def phone_browser(tmp_path: Path) -> AsyncIterator[Any]:
-    """Chromium as on a phone: nothing plays before a tap."""
-    async with chromium(tmp_path, autoplay=False) as launched:
-        yield launched
+async def phone_browser(module_chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(module_chromium) as shared:
+        yield shared
 
 
 async def phone_page(browser: Any, url: str) -> Any:

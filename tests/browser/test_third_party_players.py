@@ -11,7 +11,6 @@ for one URL of it), so their POSTs are same-origin, as a page a venue hosts woul
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import REPO, ServerProcess
 
 from ..helpers import unavailable
-from .test_browser import chromium
+from .test_browser import own_contexts
 
 pytestmark = pytest.mark.anyio
 
@@ -75,11 +74,11 @@ def relay_mode() -> str:
 
 
 @pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+async def browser(module_chromium: Any) -> AsyncIterator[Any]:
     if not PLAYERS.exists():
         unavailable(f"the npm players are not bundled at {PLAYERS}: run .ci/run")
-    async with chromium(tmp_path) as launched:
-        yield launched
+    async with own_contexts(module_chromium) as shared:
+        yield shared
 
 
 async def heard(page: Any, tries: int = 10) -> float | None:

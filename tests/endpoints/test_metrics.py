@@ -77,6 +77,7 @@ async def test_a_live_scrape_has_exactly_the_documented_metrics_and_streams_leav
     assert set(after) == documented_names()
 
 
+@pytest.mark.mode_independent  # the metric names: the relay mode does not change it
 async def test_every_dashboard_and_alert_query_names_a_scraped_metric(
     server: ServerProcess,
 ) -> None:
@@ -116,6 +117,7 @@ def test_alert_rules_and_scrape_config_pass_promtool() -> None:
         assert result.returncode == 0, (command, result.stdout, result.stderr)
 
 
+@pytest.mark.mode_independent  # startup checks: the relay mode does not change it
 async def test_a_config_whose_limits_contradict_each_other_warns_at_startup(
     make_server: Callable[..., ServerProcess],
 ) -> None:

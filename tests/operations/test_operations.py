@@ -90,6 +90,7 @@ async def test_health_metrics_and_status_during_and_after_a_stream(server: Serve
     assert after["active_streams"] == 0 and after["connected_clients"] == 0
 
 
+@pytest.mark.mode_independent  # the HTTP side: the relay mode does not change it
 async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) -> None:
     response = server.get("/metrics", headers={"Accept": "text/plain"})
     assert response.headers["content-type"].startswith("text/plain")
@@ -109,6 +110,7 @@ async def test_prometheus_scraper_gets_exposition_format(server: ServerProcess) 
     assert server.get("/metrics", headers={"Accept": "*/*"}).json()["active_streams"] == 0
 
 
+@pytest.mark.mode_independent  # the HTTP side: the relay mode does not change it
 async def test_unknown_paths_get_json_404_and_wrong_method_405(server: ServerProcess) -> None:
     for status_port in (False, True):
         response = server.get("/no/such/path", status_port=status_port)
@@ -118,6 +120,7 @@ async def test_unknown_paths_get_json_404_and_wrong_method_405(server: ServerPro
     assert response.status_code == 405 and response.json()["status"] == 405
 
 
+@pytest.mark.mode_independent  # the HTTP side: the relay mode does not change it
 async def test_web_client_page_is_served(server: ServerProcess) -> None:
     response = server.get("/")
     assert response.status_code == 200
@@ -230,11 +233,13 @@ async def test_sigterm_to_hypercorn_exits_within_5s_cleaning_every_session(
         server.stop()
 
 
+@pytest.mark.mode_independent  # the HTTP side: the relay mode does not change it
 async def test_status_port_serves_only_status(server: ServerProcess) -> None:
     assert server.get("/stream/status", status_port=True).status_code == 200
     assert server.get("/metrics", status_port=True).status_code == 404
 
 
+@pytest.mark.mode_independent  # the transport: the relay mode does not change it
 async def test_https_and_wss_with_a_self_signed_cert_for_lan_phones(
     make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -368,6 +373,7 @@ def test_hypercorn_binds_that_do_not_match_the_config_ports_stop_the_server(
     assert f"server.audio_port={audio_port}" in message
 
 
+@pytest.mark.mode_independent  # the config file: the relay mode does not change it
 async def test_a_config_file_from_the_old_guide_starts_the_server(
     make_server: Callable[..., ServerProcess],
 ) -> None:

@@ -37,6 +37,7 @@ def test_the_doc_has_checked_commands() -> None:
 
 
 @pytest.mark.parametrize(("command", "expected"), console_commands())
+@pytest.mark.mode_independent  # the guide's commands: the relay mode does not change it
 def test_troubleshooting_command_gives_the_documented_output(
     server: ServerProcess, command: str, expected: list[str]
 ) -> None:

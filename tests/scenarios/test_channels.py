@@ -90,6 +90,7 @@ async def test_takeover_replaces_the_live_sender_and_its_receivers_follow(
         assert await old.start_sending(ToneTrack(440), channel="french") == "french"
 
 
+@pytest.mark.mode_independent  # the listing: the relay mode does not change it
 async def test_channels_are_listed_live_or_not_and_a_quiet_one_says_no_stream(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -112,6 +113,7 @@ async def test_channels_are_listed_live_or_not_and_a_quiet_one_says_no_stream(
             assert live == {"english": False, "french": True}
 
 
+@pytest.mark.mode_independent  # admission: the relay mode does not change it
 async def test_a_busy_channel_refuses_a_second_sender(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -127,6 +129,7 @@ async def test_a_busy_channel_refuses_a_second_sender(
         assert await second.start_sending(ToneTrack(660), channel="french") == "french"
 
 
+@pytest.mark.mode_independent  # admission: the relay mode does not change it
 async def test_unlisted_channels_can_be_switched_off_and_reserved_names_are_refused(
     make_server: Callable[..., ServerProcess],
 ) -> None:

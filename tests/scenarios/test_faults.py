@@ -79,6 +79,7 @@ async def test_frozen_receiver_does_not_delay_others_and_is_cleaned_up(
     assert event["role"] == "receiver"
 
 
+@pytest.mark.mode_independent  # the sweep watches the speaker's side, which both modes share
 async def test_sender_whose_network_vanishes_is_swept_as_stale(
     fault_server: ServerProcess,
 ) -> None:

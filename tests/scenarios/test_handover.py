@@ -33,6 +33,7 @@ from relay_app.webrtc.rtp_tap import tap_receiver
 pytestmark = pytest.mark.anyio
 
 CHANNELS = {"stage": {"label": "Main stage"}}
+DROP = 3.0  # seconds a speaker's laptop is off the Wi-Fi before it is back
 
 
 class Arrivals:
@@ -100,6 +101,7 @@ def ogg_tones(body: bytes) -> tuple[float, float, float]:
     return len(audio) / 48000, tone(audio[:48000]), tone(audio[-48000:])
 
 
+@pytest.mark.serial
 async def test_a_takeover_plays_on_every_listeners_connection_within_a_packet_or_two(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -147,6 +149,7 @@ async def test_a_takeover_plays_on_every_listeners_connection_within_a_packet_or
             assert seconds >= 3 and abs(before - 440) <= 10 and abs(after - 660) <= 10
 
 
+@pytest.mark.serial
 async def test_a_speaker_back_after_a_drop_plays_on_the_same_connections_after_a_real_pause(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -160,7 +163,7 @@ async def test_a_speaker_back_after_a_drop_plays_on_the_same_connections_after_a
         left = time.monotonic()
         ended = await receiver.receive(p.StreamEnded)
         assert ended.waiting
-        await anyio.sleep(5)  # the interpreter's laptop drops off the Wi-Fi for 5 s
+        await anyio.sleep(DROP)  # the interpreter's laptop drops off the Wi-Fi
         async with RelayClient.connect(server.ws_url) as speaker:
             await speaker.start_sending(ToneTrack(880), channel="stage")
             assert (await receiver.receive(p.StreamStarted)).stream_id == "stage"
@@ -174,7 +177,7 @@ async def test_a_speaker_back_after_a_drop_plays_on_the_same_connections_after_a
                 sequence_step,
                 timestamp_step,
             )
-            assert 5 <= seconds < 8 and sequence_step == 1
+            assert DROP <= seconds < DROP + 3 and sequence_step == 1
             if server.config["relay"]["mode"] == "forward":  # (transcode: aiortc's encoder)
                 assert abs(timestamp_step / 48000 - seconds) < 0.5  # the pause, timestamped
     assert sum(isinstance(m, p.Offer) for m in receiver.messages) == 1

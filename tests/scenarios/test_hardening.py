@@ -68,6 +68,7 @@ async def sender_offer(audio_sections: int = 1) -> str:
 
 
 # 1. A client that never reads is closed; what it sends cannot pile up in the server -------
+@pytest.mark.serial
 async def test_1_a_client_that_floods_then_never_reads_is_closed_and_memory_stays_flat(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:
@@ -109,6 +110,7 @@ async def test_1_a_client_that_floods_then_never_reads_is_closed_and_memory_stay
 
 
 # 2. One limiter counts every frame and closes a sustained flood -----------------------------
+@pytest.mark.serial
 async def test_2_binary_oversized_and_steady_floods_are_all_closed(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:
@@ -176,6 +178,7 @@ async def test_3_a_rebinding_host_is_refused_on_http_and_websocket(server: Serve
 
 
 # 4, 5. Tokens: checked when used, expiry closes the session, metrics tokens stay off /ws ----
+@pytest.mark.serial
 async def test_4_an_expiring_token_closes_its_session_unless_renewed(
     secure: ServerProcess,
 ) -> None:
@@ -290,6 +293,7 @@ def p_offer(sdp: str) -> object:
 
 
 # 9. Connections waiting for a token are capped and wait briefly ------------------------------
+@pytest.mark.serial
 async def test_9_pending_connections_are_capped_and_time_out_quickly(
     secure: ServerProcess,
 ) -> None:
@@ -384,6 +388,7 @@ def test_13_a_library_warning_repeated_per_packet_is_logged_once_per_window() ->
 
 
 # The acceptance soak, short (bench/slow_readers.py runs 50 clients for 60 s) ---------------
+@pytest.mark.serial
 async def test_slow_readers_are_all_closed_in_time_and_the_pair_keeps_hearing(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:

@@ -94,6 +94,7 @@ def clients(*runs: tuple[str, list[str]]) -> Iterator[list[subprocess.Popen[str]
             proc.wait()
 
 
+@pytest.mark.serial
 async def test_looping_qr_codes_and_200_page_loads_leave_every_listener_gap_short(
     make_server: Callable[..., ServerProcess],
 ) -> None:

@@ -70,6 +70,7 @@ def scraped(server: ServerProcess, name: str) -> float:
 
 
 # A. Junk at one listener's media port ----------------------------------------------------------
+@pytest.mark.serial
 async def test_a_flooded_listener_port_keeps_its_listener_and_the_junk_is_dropped_and_counted(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:
@@ -180,6 +181,7 @@ def send_megabytes(port: int, flood_first: bool, frames: int = 50) -> Outcome:
         return Outcome(sent, cut_off, received)
 
 
+@pytest.mark.serial
 async def test_a_client_that_stops_reading_and_sends_megabyte_frames_is_cut_off_and_held_to_nothing(
     make_forward_server: Callable[..., ServerProcess],
 ) -> None:
