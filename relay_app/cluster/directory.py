@@ -352,7 +352,7 @@ class Cluster:
                     revoked.append((str(record["token_id"]), float(record["until"])))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # not one of our records (another program's key under the prefix)
-        gone = self._gone(remote, nodes)
+        gone = gone_streams(self.remote, remote, nodes, self._paused)
         left = sorted(self.nodes.keys() - nodes.keys())
         self.remote, self.nodes = remote, nodes
         for token_id, until in revoked:  # (those known already change nothing)
@@ -365,39 +365,6 @@ class Cluster:
                 "cluster_stream_gone", stream_id=stream_id, origin=was.node_id, reason=reason
             )
             self.on_gone(stream_id, reason)
-
-    def _gone(
-        self, remote: dict[str, RemoteStream], nodes: dict[str, Any]
-    ) -> list[tuple[str, RemoteStream, str]]:
-        """Other nodes' streams that are gone since the last read, and why.
-
-        A channel between two speakers on a node that lives is not gone: the links to it
-        (upstream.py) wait there on their connections, as its own listeners do, and the
-        channel's next speaker on that node plays on them without a break. It is gone when its
-        node dies, when it comes back on another node (the links here must move there), or
-        once it was away for MAX_PAUSE."""
-        gone, now = [], time.monotonic()
-        for stream_id, was in self.remote.items():
-            found = remote.get(stream_id)
-            if found is not None and found.node_id == was.node_id:
-                continue
-            if found is None and was.channel is not None and was.node_id in nodes:
-                self._paused.setdefault(stream_id, (was, now))
-                continue
-            gone.append((stream_id, was))
-        for stream_id, (was, since) in list(self._paused.items()):
-            found = remote.get(stream_id)
-            back = found is not None and found.node_id == was.node_id
-            if back or found is not None or was.node_id not in nodes or now - since > MAX_PAUSE:
-                del self._paused[stream_id]
-                if not back:
-                    gone.append((stream_id, was))
-        return [
-            (stream_id, was, f"node {was.node_id} is gone")
-            if was.node_id not in nodes
-            else (stream_id, was, "the sender left")
-            for stream_id, was in gone
-        ]
 
     async def _listen(self, client: aioredis.Redis) -> None:
         """Other nodes' stream starts and ends: look again now."""
@@ -432,3 +399,42 @@ def _redis_failure(error: BaseException) -> str | None:
             if (found := _redis_failure(inner)) is not None:
                 return found
     return None
+
+
+def gone_streams(
+    was: dict[str, RemoteStream],
+    remote: dict[str, RemoteStream],
+    nodes: dict[str, Any],
+    paused: dict[str, tuple[RemoteStream, float]],
+) -> list[tuple[str, RemoteStream, str]]:
+    """Other nodes' streams gone since the last read (`was`), and why.
+
+    A channel between two speakers on a node that lives is not gone: the links to it
+    (upstream.py) wait there on their connections, as its own listeners do, and the channel's
+    next speaker on that node plays on them without a break. It is kept in `paused` and is
+    gone when its node dies, when it comes back on another node (the links here must move
+    there), or once it was away for MAX_PAUSE."""
+    gone, now = [], time.monotonic()
+    for stream_id, old in was.items():
+        found = remote.get(stream_id)
+        if found is not None and found.node_id == old.node_id:
+            continue
+        if found is None and old.channel is not None and old.node_id in nodes:
+            paused.setdefault(stream_id, (old, now))
+            continue
+        gone.append((stream_id, old))
+    for stream_id, (old, since) in list(paused.items()):
+        found = remote.get(stream_id)
+        back = found is not None and found.node_id == old.node_id
+        if found is not None or old.node_id not in nodes or now - since > MAX_PAUSE:
+            del paused[stream_id]
+            if not back:
+                gone.append((stream_id, old))
+    return [
+        (
+            stream_id,
+            old,
+            f"node {old.node_id} is gone" if old.node_id not in nodes else "the sender left",
+        )
+        for stream_id, old in gone
+    ]

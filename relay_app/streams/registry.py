@@ -117,15 +117,9 @@ class StreamRegistry:
             live = self.streams.get(channel)
             if holder is not None:
                 self._release(holder, channel, takeover)
-            elif (
-                live is not None
-                and not live.ended.is_set()
-                and not takeover
-                and not live.between_speakers
-            ):
+            elif live in self.live_streams() and not takeover:
                 # (taken over by a sender that then failed: it plays on until replaced; a
-                # channel relayed from a node where nobody speaks now is free: this sender
-                # replaces it at its first packet, as a takeover would)
+                # channel relayed from a node where nobody speaks now is not live: free)
                 raise _busy(live)
             stream_id = channel
         info.role, info.stream_id = "sender", stream_id

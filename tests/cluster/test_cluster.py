@@ -66,14 +66,18 @@ Cluster = dict[str, ServerProcess]
 def make_cluster(
     tmp_path: Path, redis: RedisProcess, relay_mode: str
 ) -> Iterator[Callable[..., Cluster]]:
-    """Three nodes on one Redis; after the test, every node still running is idle."""
+    """Nodes on one Redis (three unless asked for fewer); after the test, every node still
+    running is idle."""
     started: list[ServerProcess] = []
 
     def _make(
-        config: dict[str, Any] | None = None, per_node: dict[str, dict[str, Any]] | None = None
+        config: dict[str, Any] | None = None,
+        per_node: dict[str, dict[str, Any]] | None = None,
+        count: int = len(NODES),
     ) -> Cluster:
+        """`count` nodes (a, b[, c]): a test that never needs c starts two."""
         nodes = {}
-        for name in NODES:
+        for name in NODES[:count]:
             node_config = cluster_config(redis.url, name, node_ttl=NODE_TTL)
             node_config["relay"] = {"mode": relay_mode}
             for key, value in [*(config or {}).items(), *(per_node or {}).get(name, {}).items()]:
@@ -85,7 +89,7 @@ def make_cluster(
         for node in nodes.values():
             node.wait_event("cluster_joined")
             node.take_baseline()
-        wait_for(lambda: all(len(nodes_seen(node)) == 3 for node in nodes.values()))
+        wait_for(lambda: all(len(nodes_seen(node)) == count for node in nodes.values()))
         return nodes
 
     yield _make
@@ -187,7 +191,9 @@ async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
     """Every node on webrtc.udp_port (a port each, all on loopback): B's two links to A are
     client peer connections in B's process; on B's port both would join A's port from the
     same address, so they gather sockets of their own, and each listener hears its stream."""
-    nodes = make_cluster(per_node={n: {"webrtc": {"udp_port": free_udp_port()}} for n in NODES})
+    nodes = make_cluster(
+        per_node={n: {"webrtc": {"udp_port": free_udp_port()}} for n in NODES}, count=2
+    )
     a, b = nodes["a"], nodes["b"]
     async with (
         RelayClient.connect(a.ws_url) as low,
@@ -278,7 +284,7 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
 ) -> None:
     """Every door looks a stream up the same way: WHEP and Ogg on node B play node A's
     stream through B's one upstream, as /ws does, and refuse one nowhere with a 404."""
-    nodes = make_cluster()
+    nodes = make_cluster(count=2)
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as sender:
         await sender.start_sending(ToneTrack(440), channel="hall")
@@ -333,7 +339,7 @@ async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no
     """With auth on, a WHEP player and an Ogg listener on B holding a receive token scoped to
     A's channel hear it (B links with a node token); a token scoped to another channel is
     refused by both doors before B opens anything toward A."""
-    nodes = make_cluster({"auth": {"secret": SECRET, "protect_metrics": False}})
+    nodes = make_cluster({"auth": {"secret": SECRET, "protect_metrics": False}}, count=2)
     a, b = nodes["a"], nodes["b"]
     hall = mint(SECRET, "receive", 600, stream="hall")
     foyer = mint(SECRET, "receive", 600, stream="foyer")
@@ -396,7 +402,7 @@ async def test_a_takeover_on_the_origin_plays_on_over_the_same_upstream(
 ) -> None:
     """The channel changes hands on node A; the listener on B stays on its connection and
     B's upstream follows on its own (no second link, no new offer)."""
-    nodes = make_cluster()
+    nodes = make_cluster(count=2)
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as first, RelayClient.connect(a.ws_url) as second:
         await first.start_sending(ToneTrack(440), channel="hall")
@@ -422,7 +428,7 @@ async def test_between_speakers_on_a_the_next_speaker_on_b_gets_the_channel_and_
     """The channel's speaker on A stops: B's listener waits on its upstream of A (the link
     stays while nobody speaks), the channel is free, and a speaker on B takes it without a
     takeover; B's listener hears them on the connection it has, and B's link to A goes."""
-    nodes = make_cluster()
+    nodes = make_cluster(count=2)
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as first:
         await first.start_sending(ToneTrack(440), channel="hall")
@@ -526,7 +532,8 @@ async def test_a_record_planted_in_redis_redirects_no_node_and_blocks_no_channel
     auth.secret the nodes sign their records, so the planted one is ignored (and logged),
     no node connects there with a node token, and the channel's real sender is not busy."""
     nodes = make_cluster(
-        {"auth": {"secret": SECRET, "protect_metrics": False}, "streams": {"max_streams": 5}}
+        {"auth": {"secret": SECRET, "protect_metrics": False}, "streams": {"max_streams": 5}},
+        count=2,
     )
     a, b = nodes["a"], nodes["b"]
     with socket.socket() as trap:  # the attacker's "node": counts who connects
