@@ -61,6 +61,17 @@ async def _offer(
     return urljoin(url, response.headers["Location"])
 
 
+async def _delete(http: httpx.AsyncClient, location: str, token: str | None) -> None:
+    """End the resource. Asked again once on a fresh connection if the kept-alive one was
+    closed under the request (the server's keep-alive timeout racing it): DELETE is
+    idempotent, and a browser retries it the same way."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        await http.delete(location, headers=headers)
+    except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError):
+        await http.delete(location, headers={**headers, "Connection": "close"})
+
+
 @asynccontextmanager
 async def _session(
     url: str, pc: RTCPeerConnection, token: str | None
@@ -72,8 +83,7 @@ async def _session(
                 yield http, location
             finally:
                 with anyio.move_on_after(5, shield=True):
-                    headers = {"Authorization": f"Bearer {token}"} if token else {}
-                    await http.delete(location, headers=headers)
+                    await _delete(http, location, token)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await pc.close()

@@ -174,6 +174,8 @@ async def visible_codes(page: Any, tmp_path: Path) -> list[str]:
         if not await image.is_visible():
             continue
         path = tmp_path / f"code-{index}.png"
+        # (shown is not drawn: a code built while others wait its turn comes a moment later)
+        await image.evaluate("img => img.decode()")
         await image.screenshot(path=str(path), scale="device")
         found = decoded(path)
         assert len(found) == 1, f"code {index} of {page.url}: {found}"
