@@ -33,10 +33,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -45,13 +43,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
-import httpx
 from aiortc.rtp import RtpPacket
 
 from bench.fanout import RESULTS
 from relay_app.audio.ogg import OPUS_RATE, page_granule, page_samples
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.core import protocol as p
+from relay_app.tools.ogg_listener import ogg_listener
 from relay_app.tools.testing import (
     REPO,
     RedisProcess,
@@ -159,42 +157,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-@contextmanager
-def ogg_reader(url: str) -> Iterator[tuple[bytearray, list[tuple[float, int]]]]:
-    """A plain-HTTP listener in a thread: its body, and when each chunk came (its length
-    then); its socket is shut when the block ends."""
-    body, chunks, stop, sockets = bytearray(), [], threading.Event(), []
-
-    def read() -> None:
-        try:
-            with httpx.stream("GET", url, timeout=30) as response:
-                sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
-                for chunk in response.iter_bytes():
-                    body.extend(chunk)
-                    chunks.append((time.monotonic(), len(body)))
-                    if stop.is_set():
-                        return
-        except httpx.HTTPError:
-            return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield body, chunks
-    finally:
-        stop.set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        reader.join(5)
-
-
 def listener_main(kind: str, url: str, ready: Any, stop: Any, out: Any) -> None:
     """The listener, in a process of its own (so the speakers' setup in the bench's process
     cannot delay its arrival times; time.monotonic() is the machine's): what it received,
     from `ready` until `stop`, goes to `out`."""
     if kind == "ogg":
-        with ogg_reader(url) as (body, chunks):
+        chunks: list[tuple[float, int]] = []
+        with ogg_listener(url, chunks) as body:
             ready.set()
             stop.wait()
         out.put(("ogg", bytes(body), list(chunks)))

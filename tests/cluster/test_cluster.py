@@ -7,17 +7,14 @@ Faults are real too: A killed with SIGKILL, Redis killed and started again.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from relay_app.client.whip import WhipError, WhipSession, whep_play
 from relay_app.core import protocol as p
 from relay_app.core.auth import mint, verify
 from relay_app.core.errors import sole_error
+from relay_app.tools.ogg_listener import ogg_listener
 from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, free_udp_port
 
 from ..helpers import SECRET, finish_server
@@ -216,39 +214,6 @@ async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
             assert b.metrics()["media_port"]["connections"] == 2
 
 
-@contextmanager
-def ogg_body(url: str) -> Iterator[bytearray]:
-    """A plain-HTTP listener reading the response (one connection) until the block ends."""
-    body, stop, sockets = bytearray(), threading.Event(), []
-
-    def read() -> None:
-        try:
-            with httpx.stream("GET", url, timeout=30) as response:
-                sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
-                if response.status_code != 200:
-                    body.extend(f"HTTP {response.status_code}".encode())
-                    return
-                for chunk in response.iter_bytes():
-                    body.extend(chunk)
-                    if stop.is_set():
-                        return
-        except httpx.HTTPError:
-            return  # the server ended the response, or the block shut it: the body stays
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield body
-    finally:
-        # Hang up now, pages or none (a channel between speakers sends none): its socket is
-        # shut under the reader, which ends, and the server sees the listener leave.
-        stop.set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        reader.join(5)
-
-
 def ogg_audio(body: bytes) -> np.ndarray:
     """The decoded mono samples (48 kHz) of an Ogg/Opus stream's bytes so far."""
     with av.open(io.BytesIO(bytes(body))) as container:
@@ -290,7 +255,7 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
         await sender.start_sending(ToneTrack(440), channel="hall")
         wait_for(lambda: listed(b, "hall"), timeout=5)
         async with whep_play(f"{b.base_url}/whep/hall") as player:
-            with ogg_body(f"{b.status_url}/stream/hall.ogg") as ogg:
+            with ogg_listener(f"{b.status_url}/stream/hall.ogg") as ogg:
                 await whep_hears(player, 440)
                 await ogg_hears(ogg, 440)
                 # One link from A to B for both (A serves it as its only receiver).
@@ -318,7 +283,7 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_follow_the_channel_to_anot
         await first.start_sending(ToneTrack(440), channel="hall")
         wait_for(lambda: listed(b, "hall"), timeout=5)
         async with whep_play(f"{b.base_url}/whep/hall") as player:
-            with ogg_body(f"{b.status_url}/stream/hall.ogg") as ogg:
+            with ogg_listener(f"{b.status_url}/stream/hall.ogg") as ogg:
                 await whep_hears(player, 440)
                 await ogg_hears(ogg, 440)
                 await first.send(p.Stop())
@@ -354,7 +319,7 @@ async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no
         assert other.status_code == 403, other.text
         assert not b.find("upstream_requested") and not b.find("upstream_opened")
         async with whep_play(f"{b.base_url}/whep/hall", token=hall) as player:
-            with ogg_body(f"{b.status_url}/stream/latest.ogg?token={hall}") as ogg:
+            with ogg_listener(f"{b.status_url}/stream/latest.ogg?token={hall}") as ogg:
                 await whep_hears(player, 440)
                 await ogg_hears(ogg, 440)  # (its "latest" is the stream its token names)
                 assert b.metrics()["live"]["upstreams"] == 1

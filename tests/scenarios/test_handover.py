@@ -8,25 +8,21 @@ the last packet of one speaker and the first of the next is measured at the list
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import av
-import httpx
 import numpy as np
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.client.whip import whep_play
 from relay_app.core import protocol as p
+from relay_app.tools.ogg_listener import ogg_listener
 from relay_app.tools.testing import ServerProcess
 from relay_app.webrtc.rtp_tap import tap_receiver
 
@@ -59,39 +55,6 @@ class Arrivals:
 
 def tone(audio: np.ndarray, rate: int = 48000) -> float:
     return dominant_frequency(audio.astype(np.float32), rate)
-
-
-@contextmanager
-def ogg_listener(url: str, arrivals: list[tuple[float, int]] | None = None) -> Iterator[bytearray]:
-    """A plain-HTTP listener reading the response, one connection, until the block ends: then
-    its socket is shut, so the reader stops even while no page comes (a channel waiting for
-    its next speaker sends none) and the server sees the listener leave. With `arrivals`,
-    each chunk's arrival (time.monotonic()) is noted there beside the body's length then."""
-    body, stop, sockets = bytearray(), threading.Event(), []
-
-    def read() -> None:
-        try:
-            with httpx.stream("GET", url, timeout=30) as response:
-                sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
-                for chunk in response.iter_bytes():
-                    body.extend(chunk)
-                    if arrivals is not None:
-                        arrivals.append((time.monotonic(), len(body)))
-                    if stop.is_set():
-                        return
-        except httpx.HTTPError:
-            return  # the server ended the response, or the block shut it: body stays
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield body
-    finally:
-        stop.set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        reader.join(5)
 
 
 def ogg_tones(body: bytes) -> tuple[float, float, float]:

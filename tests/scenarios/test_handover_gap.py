@@ -39,10 +39,11 @@ from relay_app.audio.ogg import OPUS_RATE, opus_samples, page_granule, page_samp
 from relay_app.audio.recording import SILENCE
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.core import protocol as p
+from relay_app.tools.ogg_listener import ogg_listener
 from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, deep_merge
 from relay_app.webrtc.sdp import red_payload_type
 
-from .test_handover import Arrivals, ogg_listener
+from .test_handover import Arrivals
 
 pytestmark = pytest.mark.anyio
 
