@@ -35,7 +35,8 @@ def read_terminal_qr(text: str) -> str:
         path = Path(folder) / "code.pgm"
         path.write_bytes(f"P5\n{pixels} {height}\n255\n".encode() + image.tobytes())
         result = subprocess.run(
-            [zbarimg, "--raw", "--quiet", "--nodbus", str(path)],
+            # QR codes only: zbar also finds a stray EAN-8 in a code's modules now and then
+            [zbarimg, "--raw", "--quiet", "--nodbus", "-Sdisable", "-Sqrcode.enable", str(path)],
             capture_output=True,
             text=True,
             timeout=30,
