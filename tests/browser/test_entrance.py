@@ -240,8 +240,12 @@ async def test_a_phone_scans_the_entrance_display_opened_from_the_console_and_pl
             await plays(phones, url, channel)
         # Full screen on request, and back.
         await entrance.click("#fullscreen")
-        await entrance.wait_for_function("() => document.fullscreenElement !== null")
-        assert await entrance.text_content("#fullscreen") == "Leave full screen"
+        # The label follows the browser's fullscreenchange event, which comes a moment
+        # after document.fullscreenElement is set: wait for what the visitor sees.
+        await entrance.wait_for_function(
+            "() => document.fullscreenElement !== null"
+            " && document.getElementById('fullscreen').textContent === 'Leave full screen'"
+        )
         await entrance.keyboard.press("Enter")  # (the button keeps the focus)
         await entrance.wait_for_function("() => document.fullscreenElement === null")
     await operator.close()
