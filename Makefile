@@ -26,13 +26,13 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 # Two parts: what does not measure time runs on TEST_WORKERS workers, a file to a worker at a
-# time (a module's server stays one; Chromium files in one lane, one browser at a time;
+# time (a module's server stays one; Chromium files in two lanes, at most two browsers at once;
 # tests/conftest.py), longest first; most of it waits on real time (audio, timeouts), so
 # there are more workers than cores. Then the tests marked `serial` (tight time bounds,
 # floods) run alone, so nothing else on the machine stretches what they measure.
 # (pytest exits 5 when a part selects nothing, e.g. with a PYTEST_ARGS of one file.)
-TEST_WORKERS ?= 3
-PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+TEST_WORKERS ?= 4
+PARALLEL := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 test: lint
 	$(VENV)/bin/pytest $(PARALLEL) -m "not serial" --durations=10 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(VENV)/bin/pytest -p no:xdist -m serial --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
+from relay_app.internals import of_aioice
 from relay_app.tools.testing import ServerProcess, deep_merge
 from relay_app.webrtc.ice import use_host_addresses
 
@@ -59,6 +61,22 @@ def make_forward_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]
     yield from _servers(tmp_path, "forward")
 
 
+CONSENT_TIMEOUT = 6.0  # webrtc.consent_timeout's least
+
+
+@pytest.fixture
+def short_consent() -> Iterator[dict[str, Any]]:
+    """Settings for a server that gives up on ICE consent after CONSENT_TIMEOUT (checks ~1 s
+    apart, not 30 s), this process's clients doing the same meanwhile: a flood that costs a
+    peer its consent shows in seconds."""
+    before = of_aioice.consent_timeout()
+    of_aioice.set_consent_timeout(CONSENT_TIMEOUT)
+    try:
+        yield {"webrtc": {"consent_timeout": CONSENT_TIMEOUT}}
+    finally:
+        of_aioice.set_consent_timeout(before)
+
+
 def _servers(tmp_path: Path, relay_mode: str) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
@@ -91,41 +109,62 @@ SERIAL = (
     "tests/scenarios/test_faults.py",
 )
 
-# The first part hands each worker a file at a time (xdist's `loadgroup`: a group per file,
-# so a module's server stays one), longest first, so no long file starts last and runs on
-# alone. Chromium pages run in one lane (a group), so one browser runs at a time: two beside the
-# other workers on two cores starved a page past its 30 s waits about one run in three.
+# The first part hands each worker a file at a time, longest first, so no long file starts
+# last and runs on alone, and a module's server stays one. Chromium pages run in two lanes, so
+# at most two browsers run at once (three beside the other workers on two cores starved a page
+# past its 30 s waits about one run in three). A file's lane is its unit of work (FileLanes).
 CHROMIUM_LANES = {
-    "tests/browser/test_browser.py": "chromium",
-    "tests/browser/test_hall.py": "chromium",
-    "tests/browser/test_third_party_players.py": "chromium",
-    "tests/browser/test_browsers_on_one_udp_port.py": "chromium",
-    "tests/browser/test_entrance.py": "chromium",
-    "tests/browser/test_operator.py": "chromium",
-    "tests/browser/test_admin_link.py": "chromium",
-    "tests/browser/test_wifi_loss.py": "chromium",
+    "tests/browser/test_entrance.py": "chromium-1",
+    "tests/browser/test_hall.py": "chromium-1",
+    "tests/browser/test_admin_link.py": "chromium-1",
+    "tests/browser/test_wifi_loss.py": "chromium-1",
+    "tests/browser/test_browser.py": "chromium-2",
+    "tests/browser/test_operator.py": "chromium-2",
+    "tests/browser/test_third_party_players.py": "chromium-2",
+    "tests/browser/test_browsers_on_one_udp_port.py": "chromium-2",
+    "tests/browser/test_phone.py": "chromium-2",
 }
 LONGEST_FIRST = (
-    "chromium",
+    "chromium-1",
+    "chromium-2",
     "tests/cluster/test_cluster.py",
     "tests/operations/test_event_cli.py",
+    "tests/endpoints/test_http_listening.py",
     "tests/scenarios/test_vlc_late_joiner.py",
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # (before xdist's own hook reads the groups)
+def lane(nodeid: str) -> str:
+    """The unit of work a test belongs to: its file's, or its Chromium lane."""
+    path = nodeid.split("::", 1)[0]
+    return CHROMIUM_LANES.get(path, path)
+
+
+class FileLanes(LoadScopeScheduling):
+    """xdist's scheduler by scope, with our lanes for scopes. (xdist's own `loadgroup` marks
+    a test's group by renaming its node id, which pytest 9 no longer lets it do: every test
+    ran wherever there was room, three browsers at once among them.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return lane(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # (the serial part runs without xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling:
+    return FileLanes(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Scenarios marked `mode_independent` (page logic, the HTTP path, which both relay modes
     share) run in forward mode only: the transcode copy would test the same code again and
     cost suite time. Deselected, not skipped: nothing here depends on the machine. Tests in
-    SERIAL are marked `serial`; every test gets its file's `xdist_group` (see above)."""
+    SERIAL are marked `serial`; lanes are ordered longest first (see above)."""
     root = config.rootpath
     keep, drop = [], []
     for item in items:
         path = item.path.relative_to(root).as_posix()
         if path.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
-        item.add_marker(pytest.mark.xdist_group(CHROMIUM_LANES.get(path, path)))
         callspec = getattr(item, "callspec", None)
         mode = callspec.params.get("relay_mode") if callspec is not None else None
         once = item.get_closest_marker("mode_independent") is not None
@@ -134,7 +173,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=drop)
 
     def rank(item: pytest.Item) -> int:
-        group = next(item.iter_markers("xdist_group")).args[0]
+        group = lane(item.nodeid)
         return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items[:] = sorted(keep, key=rank)  # (stable: a file's own order stays)

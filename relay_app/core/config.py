@@ -193,6 +193,15 @@ class WebRTCSettings(_Section):
         "(`-p 3478:3478/udp`); null = a port per peer connection (udp_port_range, or any). "
         "Not with udp_port_range (choose one) nor ice_servers.",
     )
+    consent_timeout: float = Field(
+        30.0,
+        ge=6,
+        le=300,
+        description="ICE consent freshness (RFC 7675): a peer connection whose consent checks "
+        "go unanswered this long is closed; a check goes out every sixth of it (5 s at the "
+        "default 30 s). Shorter finds a listener whose network vanished sooner, at a few more "
+        "STUN packets a second per peer.",
+    )
     negotiation_timeout: float = Field(
         10.0, gt=0, description="Seconds a receiver has to answer the server's offer."
     )

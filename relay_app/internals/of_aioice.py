@@ -51,6 +51,19 @@ def cancel_consent_check(connection: aioice.ice.Connection) -> None:
         task.cancel()
 
 
+def set_consent_timeout(seconds: float) -> None:
+    """Consent freshness (RFC 7675) gives up after `seconds` without an answer: aioice sends a
+    check every CONSENT_INTERVAL (randomised 0.8-1.2x) and closes after CONSENT_FAILURES
+    unanswered in a row, both module constants it reads at each check (process-wide, as the
+    settings are)."""
+    aioice.ice.CONSENT_INTERVAL = seconds / aioice.ice.CONSENT_FAILURES  # type: ignore[assignment]
+
+
+def consent_timeout() -> float:
+    """What set_consent_timeout set (aioice's own: 6 checks 5 s apart, 30 s)."""
+    return float(aioice.ice.CONSENT_INTERVAL * aioice.ice.CONSENT_FAILURES)
+
+
 def replace_host_addresses(addresses: HostAddresses | None) -> None:
     """Have aioice gather host candidates on the addresses `addresses(use_ipv4, use_ipv6)`
     names (it asks `aioice.ice.get_host_addresses` at each gathering, and always skips

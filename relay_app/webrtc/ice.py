@@ -88,9 +88,11 @@ def _family(address: str) -> int | None:
 
 
 def configure_ice(settings: WebRTCSettings) -> None:
-    """Apply webrtc.ice_addresses and webrtc.udp_port_range to this process."""
+    """Apply webrtc.ice_addresses, webrtc.udp_port_range and webrtc.consent_timeout to this
+    process."""
     use_host_addresses(settings.ice_addresses)
     use_port_range(settings.udp_port_range)
+    of_aioice.set_consent_timeout(settings.consent_timeout)
 
 
 class NoFreeMediaPort(OSError):

@@ -264,6 +264,22 @@ REACHES = [
     ),
     Reach(
         "aioice",
+        "ice.CONSENT_INTERVAL, ice.CONSENT_FAILURES",
+        "of_aioice.set_consent_timeout: webrtc.consent_timeout",
+        all_of(
+            holds(
+                lambda: aioice.ice.CONSENT_FAILURES == 6,
+                "aioice no longer gives up after 6 unanswered consent checks",
+            ),
+            contains(
+                aioice.ice.Connection.query_consent,
+                "await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))",
+                "if failures >= CONSENT_FAILURES:",
+            ),
+        ),
+    ),
+    Reach(
+        "aioice",
         "ice.get_host_addresses, Connection.get_component_candidates",
         "of_aioice.replace_host_addresses, replace_host_gathering: webrtc.ice_addresses, ports",
         all_of(

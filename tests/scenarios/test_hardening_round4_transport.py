@@ -5,8 +5,11 @@ answers still get through) and drops the junk before the ICE agent, counted; a W
 client that stops reading and sends megabyte frames is cut off at the TCP level, and what it
 sends is never held. The attacker is 127.0.0.2; everything else is on 127.0.0.1.
 
-`RELAY_FLOOD_SECONDS=90` runs the media flood for 90 s instead of 40 (aioice gives up on
-consent after six missed checks, 4-6 s apart: ~30 s of flood is enough to lose a listener).
+ICE consent gives up after six unanswered checks (30 s by default). Here the server and the
+clients give up after 6 s (`webrtc.consent_timeout`, checks ~1 s apart: the `short_consent`
+fixture) and the
+flood lasts FLOOD_SECONDS, more than twice that: a flood that cost a listener its consent drops
+it halfway through. `RELAY_FLOOD_SECONDS=90` floods for longer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -28,7 +32,7 @@ from relay_app.tools.testing import ServerProcess, assert_kept_hearing, listenin
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 
 ATTACKER = "127.0.0.2"
-FLOOD_SECONDS = float(os.environ.get("RELAY_FLOOD_SECONDS", "40"))
+FLOOD_SECONDS = float(os.environ.get("RELAY_FLOOD_SECONDS", "15"))
 FLOOD_RATE = 30_000  # datagrams a second, 60 bytes each
 # A paced sender in its own process: the rate is a ceiling (each 5 ms it sends its share and
 # sleeps), so on two shared cores it takes ~15 % of one and cannot starve the server.
@@ -72,13 +76,13 @@ def scraped(server: ServerProcess, name: str) -> float:
 # A. Junk at one listener's media port ----------------------------------------------------------
 @pytest.mark.serial
 async def test_a_flooded_listener_port_keeps_its_listener_and_the_junk_is_dropped_and_counted(
-    make_forward_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess], short_consent: dict[str, Any]
 ) -> None:
     """Before, the listener's socket was read every 0.2 s (batched_reads.py): 30,000 junk
     datagrams a second overflowed it, the consent answers were lost with the junk, and the
-    listener was dropped after ~32 s; now the socket is read as the junk comes, which is
-    dropped before the ICE agent."""
-    server = make_forward_server()
+    listener was dropped after ~32 s (the default consent timeout); now the socket is read as
+    the junk comes, which is dropped before the ICE agent."""
+    server = make_forward_server(short_consent)
     async with (
         listening_pair(server.ws_url) as (sender, victim),
         RelayClient.connect(server.ws_url) as other,

@@ -5,8 +5,9 @@ checks with a listener's fragment but not its password, and a flood from another
 before the ICE agent and counted. While every peer is quiet (a speaker nobody hears yet) the
 port is read in batches; a flood puts it back on the loop until it is calm.
 
-`RELAY_FLOOD_SECONDS` sets the flood's length as for the other flood (default 40 s: aioice
-gives up on consent after six missed checks, ~30 s).
+The floods' server and clients give up on consent after 6 s (`short_consent`), and
+`RELAY_FLOOD_SECONDS` sets the flood's length, as for the other flood
+(test_hardening_round4_transport.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import pytest
@@ -27,6 +29,7 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import (
     ServerProcess,
     assert_kept_hearing,
+    deep_merge,
     free_udp_port,
     listening_pair,
 )
@@ -163,9 +166,11 @@ async def test_a_speaker_and_twenty_listeners_on_one_udp_port_hear_the_tone(
 
 
 async def test_junk_strangers_checks_and_a_flood_at_the_one_port_cost_no_listener_its_audio(
-    make_forward_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess], short_consent: dict[str, Any]
 ) -> None:
-    server = make_forward_server({"webrtc": {"udp_port": free_udp_port()}})
+    server = make_forward_server(
+        deep_merge(short_consent, {"webrtc": {"udp_port": free_udp_port()}})
+    )
     async with (
         listening_pair(server.ws_url) as (sender, victim),
         RelayClient.connect(server.ws_url) as other,
@@ -204,13 +209,13 @@ async def test_junk_strangers_checks_and_a_flood_at_the_one_port_cost_no_listene
 
 
 async def test_a_flood_while_every_peer_is_quiet_puts_the_port_on_the_loop_till_it_is_calm(
-    make_forward_server: Callable[..., ServerProcess],
+    make_forward_server: Callable[..., ServerProcess], short_consent: dict[str, Any]
 ) -> None:
     """A speaker nobody hears yet is quiet: the port is read in batches. A flood puts it
     back on the loop (the speaker keeps its consent and its stream), 5 s of calm in batches
     again, and a listener who comes then hears the speaker."""
     port = free_udp_port()
-    server = make_forward_server({"webrtc": {"udp_port": port}})
+    server = make_forward_server(deep_merge(short_consent, {"webrtc": {"udp_port": port}}))
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(440))
         await anyio.to_thread.run_sync(lambda: wait_for_port(server, batched=True))
