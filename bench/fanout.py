@@ -16,10 +16,11 @@ and timestamp RTP packets without decoding them; like browsers they take RED whe
 relay offers it (relay.red, on by default: `--modes forward+nored` measures plain Opus;
 `forward+nice` runs the server at nice -10, as on a machine it shares; `forward+port` serves
 every peer on one UDP port, webrtc.udp_port).
-Over a measurement window it records the server's CPU (% of one core, from its /proc
-stats), RSS, packets lost (gaps in each receiver's RTP sequence numbers), and the relay-added
-latency (ingress -> a receiver's sender) from the server's own histogram, and what the
-kernel dropped for a full UDP buffer meanwhile (`kdrop`, machine-wide). A mode stops
+After the window each receiver decodes its last second (`tone`: how many heard the
+sender's 440 Hz). Over a measurement window it records the server's CPU (% of one core, from
+its /proc stats), RSS, packets lost (gaps in each receiver's RTP sequence numbers), and the
+relay-added latency (ingress -> a receiver's sender) from the server's own histogram, and what
+the kernel dropped for a full UDP buffer meanwhile (`kdrop`, machine-wide). A mode stops
 growing N once it saturates (loss >= 5 %).
 
 Results: bench/results/fanout-<timestamp>.json and a table on stdout. Not a pass/fail test.
@@ -35,6 +36,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -46,6 +48,7 @@ from relay_app.tools.testing import REPO, ServerProcess, deep_merge, free_udp_po
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER = 40
+TONE_HZ = 440
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NICE = -10  # `forward+nice`: the server's priority (needs root or CAP_SYS_NICE)
 
@@ -89,7 +92,7 @@ class Server(ServerProcess):
             self.ws_url,
             "send",
             "--tone",
-            "440",
+            str(TONE_HZ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -120,18 +123,24 @@ def worker_main(
     from relay_app.client import RelayClient
     from relay_app.webrtc.ice import use_host_addresses
     from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
+    from relay_app.webrtc.sdp import red_payload_type
 
     use_host_addresses(["127.0.0.1"])
-    # Per receiver: arrival times (monotonic -> converted to wall clock) and sequence numbers.
+    # Per receiver: arrival times (monotonic -> converted to wall clock) and sequence numbers,
+    # and its last second of payloads, decoded once the window is over (what it heard).
     offset = time.time() - time.monotonic()
     arrivals: list[list[tuple[float, int]]] = [[] for _ in range(count)]
+    last_second: list[deque[tuple[bool, bytes]]] = [deque(maxlen=50) for _ in range(count)]
 
     async def one(index: int, connected: Any) -> None:
-        log = arrivals[index]
+        log, payloads = arrivals[index], last_second[index]
 
         def on_track(pc: Any, track: Any) -> None:
+            red_type = red_payload_type(pc.localDescription.sdp)
+
             def on_packet(packet: Any, arrival: float) -> None:
                 log.append((arrival + offset, packet.sequence_number))
+                payloads.append((packet.payload_type == red_type, packet.payload))
 
             tap_receiver(audio_receiver(pc, track), on_packet, then_aiortc=False)
 
@@ -160,10 +169,32 @@ def worker_main(
             ready.put(count)
             start_at, end_at = await anyio.to_thread.run_sync(commands.recv)
             await anyio.sleep(max(0.0, end_at - time.time()) + 0.5)
-            results.put([window_counts(log, start_at, end_at) for log in arrivals])
+            heard = [tone_of(payloads) for payloads in last_second]
+            results.put(
+                [
+                    (*window_counts(log, start_at, end_at), hz)
+                    for log, hz in zip(arrivals, heard, strict=True)
+                ]
+            )
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def tone_of(payloads: deque[tuple[bool, bytes]]) -> float:
+    """The dominant Hz of a receiver's last payloads (is it RED, the payload), decoded as a
+    player would: the primary Opus of each RED packet, a plain Opus packet itself."""
+    import av
+
+    from relay_app.client import Recorder, dominant_frequency
+    from relay_app.webrtc import red
+
+    decoder, heard = av.CodecContext.create("opus", "r"), Recorder(keep_seconds=2.0)
+    for is_red, payload in payloads:
+        blocks = red.split(payload) if is_red else None
+        for frame in decoder.decode(av.Packet(blocks[-1].payload if blocks else payload)):
+            heard.add(frame)
+    return dominant_frequency(heard.audio(), heard.sample_rate)
 
 
 def window_counts(log: list[tuple[float, int]], start: float, end: float) -> tuple[int, int]:
@@ -236,6 +267,8 @@ class Point:
     # (RcvbufErrors: the receiving client fell behind), a sender's (SndbufErrors).
     udp_drops: dict[str, int] | None = None
     loss_vs_sender_percent: float | None = None
+    # Receivers whose last second, decoded after the window, is the sender's tone (±10 Hz).
+    tone_heard: int | None = None
 
 
 def measure(mode: str, receivers: int, window: float, tmp: Path, levels: bool = False) -> Point:
@@ -339,9 +372,10 @@ def measure_receivers(
             cpu1, buckets1 = server.cpu_seconds(), server.latency_buckets()
             sent1, drops1 = server.metrics()["relay"]["packets_in"], udp_drops()
             rss = server.metrics()["process"]["rss_mb"]
-            got = [pair for _ in workers for pair in _get(results, workers, timeout=60)]
-            counts = [n for n, _ in got]
-            delivered, spans = sum(counts), max(sum(span for _, span in got), 1)
+            got = [row for _ in workers for row in _get(results, workers, timeout=60)]
+            counts = [n for n, _, _ in got]
+            delivered, spans = sum(counts), max(sum(span for _, span, _ in got), 1)
+            tone_heard = sum(abs(hz - TONE_HZ) <= 10 for _, _, hz in got)
             # What the sender sent in the window, once per receiver.
             expected = max((sent1 - sent0) * receivers, 1)
             delta = [(b1[0], b1[1] - b0[1]) for b0, b1 in zip(buckets0, buckets1, strict=True)]
@@ -366,6 +400,7 @@ def measure_receivers(
                 latency_p99_ms=ms(quantile(delta, 0.99)),
                 setup_seconds=round(setup, 1),
                 udp_drops={key: drops1[key] - drops0[key] for key in drops0},
+                tone_heard=tone_heard,
             )
         finally:
             pool.stop()
@@ -388,7 +423,7 @@ def table(points: list[Point]) -> str:
     """One row per point; the per-receiver columns are differences from that mode's N = 0."""
     header = (
         f"{'system':<15} {'N':>4} {'cpu%':>7} {'+cpu%/rx':>9} {'rss MB':>7} {'+MB/rx':>7} "
-        f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'kdrop':>6}"
+        f"{'loss%':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'kdrop':>6} {'tone':>5}"
     )
     lines = [header, "-" * len(header)]
     idle = {p.mode: p for p in points if p.receivers == 0}
@@ -406,7 +441,8 @@ def table(points: list[Point]) -> str:
             f"{p.mode:<15} {p.receivers:>4} {p.cpu_percent:>7.1f} {f(per_cpu, 3):>9} "
             f"{p.rss_mb:>7.1f} {f(per_mb, 3):>7} {p.loss_percent:>6.2f} "
             f"{f(p.latency_p50_ms):>7} {f(p.latency_p95_ms):>7} {f(p.latency_p99_ms):>7} "
-            f"{sum(p.udp_drops.values()) if p.udp_drops else '-':>6}"
+            f"{sum(p.udp_drops.values()) if p.udp_drops else '-':>6} "
+            f"{'-' if p.tone_heard is None else p.tone_heard:>5}"
         )
     return "\n".join(lines)
 

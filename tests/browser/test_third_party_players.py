@@ -1,7 +1,7 @@
 """WHEP players we did not write, in real Chromium: Eyevinn's @eyevinn/webrtc-player with its
 default options (it offers video and audio, video first) and whip-whep's WHEP client as its
 README uses it (`addTransceiver("audio")`: sendrecv). Both must hear the sender's tone with the
-fast path on.
+fast path on, with a port per peer connection and on the one UDP port (`webrtc.udp_port`).
 
 The players come from the npm registry, pinned, bundled by .ci/run into
 test-output/npm/players.js; the page is served on the relay's own origin (Playwright answers
@@ -10,16 +10,17 @@ for one URL of it), so their POSTs are same-origin, as a page a venue hosts woul
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import pytest
 
 from relay_app.client import RelayClient, ToneTrack
-from relay_app.tools.testing import REPO, ServerProcess
+from relay_app.tools.testing import REPO, ServerProcess, free_udp_port
 
 from ..helpers import unavailable
+from ..scenarios.test_one_udp_port import udp_ports_of
 from .test_browser import own_contexts
 
 pytestmark = pytest.mark.anyio
@@ -93,10 +94,29 @@ async def heard(page: Any, tries: int = 10) -> float | None:
     return frequency
 
 
-@pytest.mark.parametrize(("player", "script"), [("eyevinn", EYEVINN), ("whip-whep", WHIP_WHEP)])
+PLAYERS_AND_SCRIPTS = [("eyevinn", EYEVINN), ("whip-whep", WHIP_WHEP)]
+
+
+@pytest.mark.parametrize(("player", "script"), PLAYERS_AND_SCRIPTS)
 async def test_a_third_party_whep_player_hears_the_tone_on_the_fast_path(
     server: ServerProcess, browser: Any, player: str, script: str
 ) -> None:
+    await plays_the_tone(server, browser, player, script)
+
+
+@pytest.mark.parametrize(("player", "script"), PLAYERS_AND_SCRIPTS)
+async def test_a_third_party_whep_player_hears_the_tone_on_one_udp_port(
+    make_forward_server: Callable[..., ServerProcess], browser: Any, player: str, script: str
+) -> None:
+    port = free_udp_port()
+    server = make_forward_server({"webrtc": {"udp_port": port}})
+    assert server.proc is not None
+    await plays_the_tone(server, browser, player, script)
+    assert udp_ports_of(server.proc.pid) == [port]
+
+
+async def plays_the_tone(server: ServerProcess, browser: Any, player: str, script: str) -> None:
+    """`player` loaded by `script` in a page of the relay's origin plays a speaker's tone."""
     async with RelayClient.connect(server.ws_url) as sender:
         # An unnamed stream: its players end with it (a channel's would wait for its next
         # sender, and a closed tab says no goodbye: only ICE consent would tell, ~30 s later).
