@@ -136,11 +136,13 @@ def worker_main(
         log, payloads = arrivals[index], last_second[index]
 
         def on_track(pc: Any, track: Any) -> None:
-            red_type = red_payload_type(pc.localDescription.sdp)
+            red_types: list[int | None] = []  # (the description is set after the track)
 
             def on_packet(packet: Any, arrival: float) -> None:
                 log.append((arrival + offset, packet.sequence_number))
-                payloads.append((packet.payload_type == red_type, packet.payload))
+                if not red_types:
+                    red_types.append(red_payload_type(pc.remoteDescription.sdp))
+                payloads.append((packet.payload_type == red_types[0], packet.payload))
 
             tap_receiver(audio_receiver(pc, track), on_packet, then_aiortc=False)
 
