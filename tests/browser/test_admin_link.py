@@ -59,9 +59,9 @@ async def open_tab(device: Any, url: str) -> Any:
 async def settled(page: Any) -> str:
     """The console's state once it has tried the API: ready or unauthorized."""
     await page.wait_for_function(
-        "() => ['ready', 'unauthorized'].includes(document.body.dataset.state)", timeout=15000
+        "() => ['ready', 'unauthorized'].includes(document.body?.dataset.state)", timeout=15000
     )
-    return str(await page.evaluate("() => document.body.dataset.state"))
+    return str(await page.evaluate("() => document.body?.dataset.state"))
 
 
 async def stored(page: Any) -> str | None:

@@ -183,7 +183,7 @@ async def open_page(browser: Any, url: str) -> Any:
 
 async def wait_state(page: Any, state: str, timeout: float = 15) -> None:
     await page.wait_for_function(
-        "state => document.body.dataset.state === state", arg=state, timeout=timeout * 1000
+        "state => document.body?.dataset.state === state", arg=state, timeout=timeout * 1000
     )
 
 
@@ -246,7 +246,7 @@ async def test_python_sender_chromium_receiver_hears_880(
         assert await page.text_content("#stream-id") == stream_id
         # The Listen page meters what it plays (WebAudio): no level messages for listeners.
         await page.wait_for_function("() => Number(document.getElementById('level').value) > 0")
-        heard = await heard_by_page(page)
+        heard = await settled_tone(page, 880)
         assert abs(heard["freq"] - 880) <= 10, heard
         assert heard["rms"] > 0.01, heard
         await page.wait_for_function("() => Number(document.getElementById('level').value) > 0")
@@ -287,7 +287,7 @@ async def test_receiver_page_waits_retries_then_plays_without_reload(
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(660))
         await wait_state(page, "playing", timeout=10)
-        heard = await heard_by_page(page)
+        heard = await settled_tone(page, 660)
         assert abs(heard["freq"] - 660) <= 10, heard
         await page.context.close()
 
@@ -308,7 +308,7 @@ async def test_sender_closes_tab_receiver_sees_end_then_rejoins(
         new_id = await sender.start_sending(ToneTrack(550))
         await wait_state(page, "playing", timeout=10)
         assert await page.text_content("#stream-id") == new_id != stream_id
-        heard = await heard_by_page(page)
+        heard = await settled_tone(page, 550)
         assert abs(heard["freq"] - 550) <= 10, heard
         await page.context.close()
 
@@ -332,7 +332,7 @@ async def test_receiver_page_reconnects_after_server_restart(
         async with RelayClient.connect(second.ws_url) as sender:
             await sender.start_sending(ToneTrack(770))
             await wait_state(page, "playing", timeout=20)
-            heard = await heard_by_page(page)
+            heard = await settled_tone(page, 770)
             assert abs(heard["freq"] - 770) <= 10, heard
             await page.context.close()
         assert_no_leaks(second)
@@ -382,7 +382,7 @@ async def test_listen_page_lists_channels_by_label_and_follows_the_channel_acros
             async with RelayClient.connect(server.ws_url) as english:
                 await english.start_sending(ToneTrack(660), channel="english")
                 await wait_state(page, "playing", timeout=20)
-                heard = await heard_by_page(page)
+                heard = await settled_tone(page, 660)
                 assert abs(heard["freq"] - 660) <= 10, heard
                 assert await page.text_content("#connection-id") == connection_id
                 assert await page.evaluate("() => window.relayReceiver.pc === window.firstPc")
@@ -401,7 +401,7 @@ async def _listen_by_label(server: ServerProcess, browser: Any) -> Any:
     page = await open_page(browser, server.base_url + "/listen/french")
     await wait_state(page, "playing")
     assert await page.text_content("#stream-id") == "french"
-    heard = await heard_by_page(page)
+    heard = await settled_tone(page, 880)
     assert abs(heard["freq"] - 880) <= 10, heard
     labels = await page.eval_on_selector_all(
         "#stream-select option", "options => options.map(o => o.textContent)"
@@ -494,7 +494,7 @@ async def test_chromium_plays_a_channel_over_whep_with_plain_fetch(
         started = await page.evaluate(WHEP_JS, "whep-test")
         assert started["status"] == 201, started
         assert started["location"].startswith("/whep/whep-test/")
-        heard = await heard_by_page(page)
+        heard = await settled_tone(page, 660)
         assert abs(heard["freq"] - 660) <= 10, heard
         deleted = await page.evaluate(
             "async () => (await fetch(window.whep.location, {method: 'DELETE'})).status"

@@ -17,7 +17,6 @@ from .test_browser import (
     BROWSER_CONFIG,
     WHEP_JS,
     browser,
-    heard_by_page,
     open_page,
     settled_tone,
     start_sender_page,
@@ -45,7 +44,7 @@ async def test_chromium_speaker_listener_and_whep_player_on_one_udp_port_hear_th
         player = await open_page(browser, server.base_url + "/health")
         started = await player.evaluate(WHEP_JS, "whep-test")
         assert started["status"] == 201, started
-        heard = await heard_by_page(player)
+        heard = await settled_tone(player, 660)
         assert abs(heard["freq"] - 660) <= 10, heard
         assert udp_ports_of(server.proc.pid) == [port]
         assert server.metrics()["media_port"]["connections"] == 4

@@ -419,7 +419,7 @@ async def test_the_listen_and_speak_pages_on_air_links_keep_the_invite(
     context = await device(phones)
     receive, both, send = token("receive"), token("both"), token("send", stream="english")
     listen = await open_page(context, f"{event.base_url}/listen/english?token={receive}")
-    await listen.wait_for_function("() => document.body.dataset.state !== 'loading'")
+    await listen.wait_for_function("() => document.body?.dataset.state !== 'loading'")
     on_air = listen.locator("header a", has_text="On air")
     assert await on_air.get_attribute("href") == f"/?token={receive}"
     assert await listen.locator("header a", has_text="Speak instead").is_hidden()  # cannot send

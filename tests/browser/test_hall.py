@@ -127,10 +127,10 @@ async def play_with_at_most_one_tap(page: Any) -> None:
     """A phone plays after one tap on Play (Chromium without a user gesture blocks autoplay;
     it may let a page play at once, e.g. once the browser has captured audio)."""
     await page.wait_for_function(
-        "() => ['blocked', 'playing'].includes(document.body.dataset.state)", timeout=20000
+        "() => ['blocked', 'playing'].includes(document.body?.dataset.state)", timeout=20000
     )
     state, text = await page.evaluate(
-        "() => [document.body.dataset.state, document.getElementById('status').textContent]"
+        "() => [document.body?.dataset.state, document.getElementById('status').textContent]"
     )
     if state == "blocked":  # (read together: the page may start playing on its own meanwhile)
         assert text == "Tap Play to start listening."
@@ -176,7 +176,7 @@ async def test_a_phone_opens_an_invite_from_the_cli_and_plays_after_one_tap(
     await wait_state(page, "unauthorized", timeout=15)
     assert "needs an invitation" in (await page.text_content("#status") or "")
     await anyio.sleep(3)
-    assert await page.evaluate("() => document.body.dataset.state") == "unauthorized"
+    assert await page.evaluate("() => document.body?.dataset.state") == "unauthorized"
     await shoot(page, "listen-no-invite")
     await page.context.close()
 

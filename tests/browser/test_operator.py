@@ -209,7 +209,7 @@ async def test_the_console_names_everyone_and_disconnect_keeps_a_phone_off(
         await no_serious_accessibility_problems(phone)
         await anyio.sleep(max(0.0, OFF_FOR - (time.monotonic() - since)))
         assert ws_sessions(server) == attempts, "the disconnected page connected again"
-        assert await phone.evaluate("() => document.body.dataset.state") == "dismissed"
+        assert await phone.evaluate("() => document.body?.dataset.state") == "dismissed"
         await no_audio(phone)
         assert not speaker.closed.is_set()
         # Disconnect withdrew nothing: its Reload button plays again.
@@ -253,7 +253,7 @@ async def test_remove_survives_a_reload_and_another_phone_with_the_invite_plays_
         assert reached - {""} == {"remove-confirm", "remove-invite", "remove-cancel"}, reached
         await operator.keyboard.press("Escape")  # Esc cancels: nothing happens
         await operator.wait_for_selector("#remove-dialog:not([open])", state="hidden")
-        assert await removed.evaluate("() => document.body.dataset.state") == "playing"
+        assert await removed.evaluate("() => document.body?.dataset.state") == "playing"
         await row.get_by_role("button", name=f"Remove {target['name']}").focus()
         await operator.keyboard.press("Enter")
         await operator.focus("#remove-confirm")
@@ -271,7 +271,7 @@ async def test_remove_survives_a_reload_and_another_phone_with_the_invite_plays_
         assert said.startswith(WITHDRAWN), said
         await anyio.sleep(5)  # and it does not keep trying
         assert len(server.find("connection_refused")) == refused + 1
-        assert await removed.evaluate("() => document.body.dataset.state") == "removed"
+        assert await removed.evaluate("() => document.body?.dataset.state") == "removed"
         await no_audio(removed)
         await removed.screenshot(path=str(SHOTS / "listen-removed.png"), full_page=True)
         await no_serious_accessibility_problems(removed)
