@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,23 @@ def make_forward_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]
     """`make_server` in forward mode only: for scenarios about the WebSocket, limits and
     sessions that the relay mode does not touch (each run costs suite time)."""
     yield from _servers(tmp_path, "forward")
+
+
+@pytest.fixture(autouse=True)
+def _frozen_heap(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that measures time runs its speakers and listeners in this process, which by
+    then has run many scenarios: a full garbage collection of all that would stop them for a
+    moment and show as the server's gap. Collected before the test, and what is left frozen
+    (gc.freeze) so that the collections during it look only at what it made."""
+    if request.node.get_closest_marker("serial") is None:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 CONSENT_TIMEOUT = 6.0  # webrtc.consent_timeout's least
