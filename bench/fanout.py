@@ -194,6 +194,8 @@ def tone_of(payloads: deque[tuple[bool, bytes]]) -> float:
     decoder, heard = av.CodecContext.create("opus", "r"), Recorder(keep_seconds=2.0)
     for is_red, payload in payloads:
         blocks = red.split(payload) if is_red else None
+        if is_red and not blocks:
+            continue  # (malformed RED: nothing a player could decode)
         for frame in decoder.decode(av.Packet(blocks[-1].payload if blocks else payload)):
             heard.add(frame)
     return dominant_frequency(heard.audio(), heard.sample_rate)

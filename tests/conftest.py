@@ -168,8 +168,9 @@ class FileLanes(LoadScopeScheduling):
 
 
 @pytest.hookimpl(optionalhook=True)  # (the serial part runs without xdist)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling:
-    return FileLanes(config, log)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+    """FileLanes for `--dist loadscope` (`make test`'s); xdist's own for any other mode."""
+    return FileLanes(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

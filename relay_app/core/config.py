@@ -198,9 +198,10 @@ class WebRTCSettings(_Section):
         ge=6,
         le=300,
         description="ICE consent freshness (RFC 7675): a peer connection whose consent checks "
-        "go unanswered this long is closed; a check goes out every sixth of it (5 s at the "
-        "default 30 s). Shorter finds a listener whose network vanished sooner, at a few more "
-        "STUN packets a second per peer.",
+        "go unanswered about this long (plus ~3 s: each of the six checks waits 0.5 s for its "
+        "answer) is closed; a check goes out every sixth of it (5 s at the default 30 s). "
+        "Shorter finds a listener whose network vanished sooner, at up to one more STUN check "
+        "a second per peer.",
     )
     negotiation_timeout: float = Field(
         10.0, gt=0, description="Seconds a receiver has to answer the server's offer."

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from relay_app.tools.testing import REPO
 
-from ..conftest import CHROMIUM_LANES, lane
+from ..conftest import CHROMIUM_LANES, FileLanes, lane
 
 FILES = ("tests/signaling/test_session.py", "tests/webrtc/test_udp_mux.py")
 
@@ -31,6 +31,18 @@ def test_the_parallel_part_gives_each_file_to_one_worker() -> None:
         workers[nodeid.split("::")[0]].add(worker)
     assert sorted(workers) == sorted(FILES), done.stdout[-3000:]
     assert all(len(ran_on) == 1 for ran_on in workers.values()), dict(workers)
+
+
+def test_browser_files_of_a_lane_are_one_unit_of_work_and_other_files_their_own() -> None:
+    """What FileLanes gives xdist as each test's scope (a parametrize id may hold '::')."""
+    scope = FileLanes._split_scope  # (it reads nothing of the scheduler's state)
+    entrance = scope(None, "tests/browser/test_entrance.py::test_a[x::y]")
+    hall = scope(None, "tests/browser/test_hall.py::test_b")
+    browser = scope(None, "tests/browser/test_browser.py::test_c[forward]")
+    session = scope(None, "tests/signaling/test_session.py::test_d[a::b]")
+    assert entrance == hall == CHROMIUM_LANES["tests/browser/test_hall.py"]
+    assert browser != entrance and browser.startswith("chromium")
+    assert session == "tests/signaling/test_session.py"
 
 
 def test_every_browser_file_has_a_lane() -> None:

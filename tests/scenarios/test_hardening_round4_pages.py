@@ -97,13 +97,10 @@ def clients(*runs: tuple[str, list[str]]) -> Iterator[list[subprocess.Popen[str]
 
 @contextmanager
 def no_collections_here() -> Iterator[None]:
-    """The speaker and the listener run in this (test) process, which by the serial part has
-    run dozens of scenarios: a full garbage collection of its heap would stop both for a
-    moment and show as the server's gap (one of 185 ms in a clean-clone run). Collected
-    before, not during, the measured window."""
-    started = time.monotonic()
-    gc.collect()
-    print(f"a full collection of this process: {(time.monotonic() - started) * 1000:.0f} ms")
+    """The speaker and the listener run in this (test) process: a garbage collection would
+    stop both for a moment and show as the server's gap (one of 185 ms in a clean-clone
+    run). None during the measured window (the heap was collected and frozen before the
+    test: conftest's `_frozen_heap`)."""
     gc.disable()
     try:
         yield

@@ -5,11 +5,11 @@ answers still get through) and drops the junk before the ICE agent, counted; a W
 client that stops reading and sends megabyte frames is cut off at the TCP level, and what it
 sends is never held. The attacker is 127.0.0.2; everything else is on 127.0.0.1.
 
-ICE consent gives up after six unanswered checks (30 s by default). Here the server and the
-clients give up after 6 s (`webrtc.consent_timeout`, checks ~1 s apart: the `short_consent`
-fixture) and the
-flood lasts FLOOD_SECONDS, more than twice that: a flood that cost a listener its consent drops
-it halfway through. `RELAY_FLOOD_SECONDS=90` floods for longer.
+ICE consent gives up after six unanswered checks (~33 s by default). Here the server and the
+clients give up after ~8-10 s (`webrtc.consent_timeout` 6, checks ~1 s apart, each waiting
+0.5 s for its answer: the `short_consent` fixture) and the flood lasts FLOOD_SECONDS (15):
+a flood that cost a listener its consent drops it before the flood is over.
+`RELAY_FLOOD_SECONDS=90` floods for longer.
 """
 
 from __future__ import annotations
