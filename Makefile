@@ -31,7 +31,7 @@ lint: $(STAMP)
 # there are more workers than cores. Then the tests marked `serial` (tight time bounds,
 # floods) run alone, so nothing else on the machine stretches what they measure.
 # (pytest exits 5 when a part selects nothing, e.g. with a PYTEST_ARGS of one file.)
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 PARALLEL := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 test: lint
 	$(VENV)/bin/pytest $(PARALLEL) -m "not serial" --durations=10 $(PYTEST_ARGS) || [ $$? -eq 5 ]
