@@ -98,7 +98,9 @@ async def test_a_link_with_another_working_token_asks_before_replacing(
     server: ServerProcess, device: Any
 ) -> None:
     good, other = token("admin", subject="operator"), token("admin", subject="deputy")
-    await (await open_tab(device, f"{server.base_url}/admin#token={good}")).close()
+    first = await open_tab(device, f"{server.base_url}/admin#token={good}")
+    assert await settled(first) == "ready"  # (the token is stored once the server took it)
+    await first.close()
     tab = await open_tab(device, f"{server.base_url}/admin#token={other}")
     await tab.wait_for_selector("#link-token:not([hidden])")
     assert await settled(tab) == "ready"  # it works meanwhile on the token it has

@@ -32,7 +32,9 @@ async def test_a_frozen_listener_is_dropped_once_its_consent_times_out(
         async with RelayClient.connect(server.ws_url) as other:
             await other.start_receiving(stream_id)
             with client_process(server, "listen", "--stream-id", stream_id) as frozen:
-                await wait_until(lambda: server.metrics()["live"]["peer_connections"] == 3, 15)
+                # Frozen once connected: consent checks start with the connection (frozen
+                # while ICE still checks, it would take ICE's own give-up, much later).
+                await wait_until(lambda: len(connections(server, "connected")) == 3, 20)
                 frozen.send_signal(signal.SIGSTOP)  # no more answers to consent checks
                 heard = other.recorder.seconds
                 took = await wait_until(
@@ -44,3 +46,8 @@ async def test_a_frozen_listener_is_dropped_once_its_consent_times_out(
                 ended = {e["state"] for e in server.find("ice_connection_state")}
                 assert ended & {"failed", "closed"}, ended
                 await other.wait_audio(heard + took * 0.9, timeout=2)
+
+
+def connections(server: ServerProcess, state: str) -> list[dict[str, object]]:
+    """The server's peer connections that reached `state`, as its log says."""
+    return server.find("ice_connection_state", state=state)
