@@ -1,10 +1,12 @@
 """The handover gap, for every kind of output: a channel's speaker changes and each kind of
 listener hears the next one after no more than the real silence, on one timeline.
 
-Kinds of output (`KINDS`): a WebRTC listener on the fast path, one that negotiated RED, one
-fed through an aiortc track (relay.fast_path off), one in transcode mode, a plain-HTTP Ogg
+Kinds of output: a WebRTC listener on the fast path, one that negotiated RED, one fed
+through an aiortc track (relay.fast_path off), one in transcode mode, a plain-HTTP Ogg
 listener, the channel's recording, and a WebRTC listener on node B of a channel spoken on
-node A (B's upstream of it; real Redis). Each is a real listener of a real server; what it
+node A (B's upstream of it; real Redis). Kinds whose server is set up alike listen to one
+channel at once (`SETUPS`: the fast path, RED, Ogg and the recording share one), and each is
+measured across the same handover. Each is a real listener of a real server; what it
 received is turned into timed pieces of its media timeline (`Piece`: an RTP packet and its
 timestamp, an Ogg page and its granule position), and across the handover (`measure`):
 
@@ -12,12 +14,10 @@ timestamp, an Ogg page and its granule position), and across the handover (`meas
   next speaker's first (an Ogg page's first packet came as long before the page as the
   page's audio, less one packet, lasts) is at most 100 ms on a takeover;
 - the timeline: it moves on by the time that really passed, within 100 ms (a recording, which
-  has no arrival times, against a fast-path listener of the same channel): never back, never
-  seconds ahead, on a takeover and after a real pause alike.
+  has no arrival times, against the fast-path listener of the same channel): never back,
+  never seconds ahead, on a takeover and after a real pause alike.
 
-A kind that does not do so today is kept as an xfail whose reason is what was measured;
-strict (it fails the day it passes, so its mark is removed) unless it fails in most runs
-only (`NOT_STRICT`). bench/handover.py measures the same over many handovers.
+bench/handover.py measures the same over many handovers.
 """
 
 from __future__ import annotations
@@ -52,7 +52,14 @@ FRAME = 960  # one 20 ms packet at 48 kHz
 BOUND = 0.1  # seconds: the handover gap, and the timeline's error across it
 PAUSE = 1.0  # seconds between one speaker stopping and the next starting
 
-KINDS = ("fast_path", "red", "aiortc_track", "transcode", "ogg", "recording", "cluster")
+# Kinds whose server is set up alike share one channel, measured at each of its listeners
+# across one handover; a kind that needs its own setting has its own.
+SETUPS: dict[str, tuple[str, ...]] = {
+    "forward": ("fast_path", "red", "ogg", "recording"),
+    "aiortc_track": ("aiortc_track",),
+    "transcode": ("transcode",),
+    "cluster": ("cluster",),
+}
 CONFIG: dict[str, dict[str, Any]] = {
     "aiortc_track": {"relay": {"fast_path": False}},
     "transcode": {"relay": {"mode": "transcode"}},
@@ -61,7 +68,7 @@ CONFIG: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def relay_mode() -> str:
-    return "forward"  # each kind sets its own mode (CONFIG)
+    return "forward"  # each setup sets its own mode (CONFIG)
 
 
 class Piece(NamedTuple):
@@ -227,9 +234,9 @@ def recording_gap(pieces: list[Piece]) -> float:
 
 @pytest.fixture
 def redis(request: pytest.FixtureRequest) -> Iterator[RedisProcess | None]:
-    """The cluster kind's Redis (None for the others); requested before `make_server`, so
+    """The cluster's Redis (None for the other setups); requested before `make_server`, so
     the nodes are checked and stopped before it is."""
-    if request.getfixturevalue("kind") != "cluster":
+    if request.getfixturevalue("setup") != "cluster":
         yield None
         return
     if shutil.which("redis-server") is None:
@@ -242,35 +249,25 @@ def redis(request: pytest.FixtureRequest) -> Iterator[RedisProcess | None]:
 
 
 @dataclass
-class Output:
-    """One kind of output of the channel "stage": where its speakers speak, and its listener."""
+class Listener:
+    """One listener of the channel "stage", of one kind, and what it received."""
 
     kind: str
-    speaking: ServerProcess  # where the speakers connect
-    listening: ServerProcess  # where the listener is (node B for the cluster kind)
-    directory: Path | None = None  # the recording kind's recordings
     client: RelayClient | None = None  # a WebRTC listener
     arrivals: Arrivals | None = None  # its packets
     body: bytearray = field(default_factory=bytearray)  # the Ogg listener's response
     chunks: list[tuple[float, int]] = field(default_factory=list)  # and when it came
 
-    async def listen(self, stack: AsyncExitStack) -> None:
-        """The listener joins the channel (its speaker is live) and hears it for a while."""
+    async def join(self, server: ServerProcess, stack: AsyncExitStack) -> None:
+        """Joins the channel (its speaker is live) and hears it for a while."""
         if self.kind == "ogg":
-            url = f"{self.listening.status_url}/stream/stage.ogg"
+            url = f"{server.status_url}/stream/stage.ogg"
             self.body = stack.enter_context(ogg_listener(url, self.chunks))
             with anyio.fail_after(10):
                 while len(ogg_pieces(self.body, None)) < 10:
                     await anyio.sleep(0.1)
             return
-        # A WebRTC listener (beside the recording: the real gap it is measured against).
-        if self.kind == "cluster":  # node B lists node A's channel
-            with anyio.fail_after(10):
-                while "stage" not in self.listening.get("/stream/status", status_port=True).text:
-                    await anyio.sleep(0.1)
-        self.client = client = await stack.enter_async_context(
-            RelayClient.connect(self.listening.ws_url)
-        )
+        self.client = client = await stack.enter_async_context(RelayClient.connect(server.ws_url))
         client.red = self.kind == "red"
         await client.start_receiving("stage")
         assert client.pc is not None
@@ -290,6 +287,42 @@ class Output:
         if self.client is not None:
             assert sum(isinstance(m, p.Offer) for m in self.client.messages) == 1
 
+
+@dataclass
+class Channel:
+    """The channel "stage" set up one way (`SETUPS`): where its speakers speak, where its
+    listeners listen (node B for the cluster), and its recordings."""
+
+    speaking: ServerProcess
+    listening: ServerProcess
+    listeners: list[Listener]
+    directory: Path | None = None  # the recordings, when the channel is recorded
+
+    async def listen(self, stack: AsyncExitStack) -> None:
+        if self.listening is not self.speaking:  # node B lists node A's channel
+            with anyio.fail_after(10):
+                while "stage" not in self.listening.get("/stream/status", status_port=True).text:
+                    await anyio.sleep(0.1)
+        for listener in self.listeners:
+            await listener.join(self.listening, stack)
+
+    def handovers(self, moment: float, what: str) -> dict[str, Handover]:
+        """Each kind's handover after `moment`, printed (after a pause, without the packet a
+        re-encoding listener gets late: `encoder_tail`)."""
+        measured = {}
+        for one in self.listeners:
+            pieces = one.pieces()
+            if what == "pause" and one.kind == "transcode":
+                pieces = encoder_tail(pieces)
+            measured[one.kind] = measure(pieces, moment)
+        for kind, handover in measured.items():
+            print(f"{kind} {what}: {handover}")
+        return measured
+
+    def stayed(self) -> None:
+        for listener in self.listeners:
+            listener.stayed()
+
     async def recordings(self) -> list[list[Piece]]:
         """Once the channel is quiet: each recording file's pages, oldest file first."""
         assert self.directory is not None
@@ -301,47 +334,28 @@ class Output:
         return [recording_pieces(path.read_bytes()) for path in files]
 
 
-def output(
-    kind: str,
+def channel(
+    setup: str,
     make_server: Callable[..., ServerProcess],
     redis: RedisProcess | None,
     tmp_path: Path,
-) -> Output:
-    """The channel's server (two nodes for the cluster kind) for one kind of output."""
-    config = deep_merge({"channels": CHANNELS}, CONFIG.get(kind, {}))
-    if kind == "recording":
+) -> Channel:
+    """The channel's server (two nodes for the cluster) and its listeners, one per kind."""
+    config = deep_merge({"channels": CHANNELS}, CONFIG.get(setup, {}))
+    listeners = [Listener(kind) for kind in SETUPS[setup] if kind != "recording"]
+    if "recording" in SETUPS[setup]:
         directory = tmp_path / "recordings"
         recording = {"enabled": True, "directory": str(directory), "continue_within": 3.0}
-        config = deep_merge(config, {"recording": recording})
-        server = make_server(config)
-        return Output(kind, server, server, directory=directory)
-    elif kind == "cluster":
+        server = make_server(deep_merge(config, {"recording": recording}))
+        return Channel(server, server, listeners, directory=directory)
+    if setup == "cluster":
         assert redis is not None
         a, b = (make_server(deep_merge(config, cluster_config(redis.url, node))) for node in "ab")
         for node in (a, b):
             node.wait_event("cluster_joined")
-        return Output(kind, a, b)
+        return Channel(a, b, listeners)
     server = make_server(config)
-    return Output(kind, server, server)
-
-
-# Where a kind does not do so yet: what was measured (this 2-core machine, forward mode
-# unless the kind says otherwise).
-TAKEOVER_XFAIL: dict[str, str] = {}
-PAUSE_XFAIL: dict[str, str] = {}
-# Failing in most runs, not all: an XPASS of these is no news (the reason says how often).
-NOT_STRICT: set[str] = set()
-
-
-def kinds(xfail: dict[str, str], not_strict: frozenset[str] | set[str] = frozenset()) -> list[Any]:
-    return [
-        pytest.param(
-            kind, marks=pytest.mark.xfail(strict=kind not in not_strict, reason=xfail[kind])
-        )
-        if kind in xfail
-        else kind
-        for kind in KINDS
-    ]
+    return Channel(server, server, listeners)
 
 
 def check_recording(out_pieces: list[list[Piece]], heard: Handover, what: str) -> None:
@@ -358,15 +372,23 @@ def check_recording(out_pieces: list[list[Piece]], heard: Handover, what: str) -
     assert abs(skipped - real) <= BOUND
 
 
-@pytest.mark.parametrize("kind", kinds(TAKEOVER_XFAIL))
+def check_timelines(handovers: dict[str, Handover]) -> None:
+    """Every kind's timeline moved on by the time that really passed, never back."""
+    for kind, handover in handovers.items():
+        assert abs(handover.error) <= BOUND and abs(handover.drift) <= BOUND, (kind, handover)
+        assert handover.steps_back == 0, (kind, handover)
+        assert handover.biggest_step <= handover.silence + BOUND, (kind, handover)
+
+
+@pytest.mark.parametrize("setup", SETUPS)
 async def test_after_a_takeover_each_kind_of_listener_waits_no_more_than_100_ms_on_one_timeline(
-    kind: str,
+    setup: str,
     redis: RedisProcess | None,
     make_server: Callable[..., ServerProcess],
     tmp_path: Path,
 ) -> None:
     """The next speaker takes the channel over mid-sentence (make before break)."""
-    out = output(kind, make_server, redis, tmp_path)
+    out = channel(setup, make_server, redis, tmp_path)
     async with AsyncExitStack() as stack:
         speaker = await stack.enter_async_context(RelayClient.connect(out.speaking.ws_url))
         await speaker.start_sending(ToneTrack(440), channel="stage")
@@ -376,25 +398,24 @@ async def test_after_a_takeover_each_kind_of_listener_waits_no_more_than_100_ms_
             moment = time.monotonic()
             await next_speaker.start_sending(ToneTrack(660), channel="stage", takeover=True)
             await anyio.sleep(2.0)
-            handover = measure(out.pieces(), moment)
-            print(f"{kind} takeover: {handover}")
+            handovers = out.handovers(moment, "takeover")
         out.stayed()
-    if kind == "recording":
-        check_recording(await out.recordings(), handover, "takeover")
-    assert handover.silence <= BOUND
-    assert abs(handover.error) <= BOUND and abs(handover.drift) <= BOUND
-    assert handover.steps_back == 0 and handover.biggest_step <= handover.silence + BOUND
+    if out.directory is not None:
+        check_recording(await out.recordings(), handovers["fast_path"], "takeover")
+    waited = {kind: round(h.silence * 1000) for kind, h in handovers.items()}
+    assert max(waited.values()) <= BOUND * 1000, f"ms waited: {waited}"
+    check_timelines(handovers)
 
 
-@pytest.mark.parametrize("kind", kinds(PAUSE_XFAIL, NOT_STRICT))
+@pytest.mark.parametrize("setup", SETUPS)
 async def test_after_a_pause_between_speakers_each_kind_of_listeners_timeline_skips_the_pause(
-    kind: str,
+    setup: str,
     redis: RedisProcess | None,
     make_server: Callable[..., ServerProcess],
     tmp_path: Path,
 ) -> None:
     """The speaker stops; the next one starts about a second later."""
-    out = output(kind, make_server, redis, tmp_path)
+    out = channel(setup, make_server, redis, tmp_path)
     async with AsyncExitStack() as stack:
         speaker = await stack.enter_async_context(RelayClient.connect(out.speaking.ws_url))
         await speaker.start_sending(ToneTrack(440), channel="stage")
@@ -407,12 +428,9 @@ async def test_after_a_pause_between_speakers_each_kind_of_listeners_timeline_sk
         async with RelayClient.connect(out.speaking.ws_url) as next_speaker:
             await next_speaker.start_sending(ToneTrack(660), channel="stage")
             await anyio.sleep(2.0)
-            pieces = out.pieces()
-            handover = measure(encoder_tail(pieces) if kind == "transcode" else pieces, moment)
-            print(f"{kind} pause: {handover}")
+            handovers = out.handovers(moment, "pause")
         out.stayed()
-    if kind == "recording":
-        check_recording(await out.recordings(), handover, "pause")
-    assert handover.silence >= PAUSE  # (the pause was real)
-    assert abs(handover.error) <= BOUND and abs(handover.drift) <= BOUND
-    assert handover.steps_back == 0 and handover.biggest_step <= handover.silence + BOUND
+    if out.directory is not None:
+        check_recording(await out.recordings(), handovers["fast_path"], "pause")
+    assert all(h.silence >= PAUSE for h in handovers.values())  # (the pause was real)
+    check_timelines(handovers)
