@@ -118,9 +118,12 @@ async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
     """`wait_for` inside a scenario: its speakers' tones and its clients' answers to consent
     checks run on this event loop, and a blocking wait froze them (a speaker silent for the
     seconds Redis took to come back lost its channel)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.05)
+    try:
+        with anyio.fail_after(timeout):
+            while not condition():
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"condition not met in {timeout} s") from None
 
 
 async def logged(node: ServerProcess, name: str, **fields: Any) -> dict[str, Any]:
@@ -454,7 +457,8 @@ async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
             await hears(local, 440)
             await hears(relayed, 660)
             await logged(b, "cluster_redis_unreachable")
-            redis.start()  # the same port, empty: every node writes its streams again
+            # The same port, empty: every node writes its streams again.
+            await anyio.to_thread.run_sync(redis.start)
             await until(
                 lambda: b.get("/health").json()["cluster"]["redis"] == "connected", timeout=15
             )

@@ -53,7 +53,8 @@ BOUND = 0.1  # seconds: the handover gap, and the timeline's error across it
 PAUSE = 1.0  # seconds between one speaker stopping and the next starting
 
 # Kinds whose server is set up alike share one channel, measured at each of its listeners
-# across one handover; a kind that needs its own setting has its own.
+# across the same handovers; a kind that needs its own setting has its own. (The fast path,
+# RED and Ogg listen to a recorded channel: the recording is an output beside theirs.)
 SETUPS: dict[str, tuple[str, ...]] = {
     "forward": ("fast_path", "red", "ogg", "recording"),
     "aiortc_track": ("aiortc_track",),
@@ -304,8 +305,8 @@ class Channel:
         measured = {}
         for one in self.listeners:
             pieces = [piece for piece in one.pieces() if (piece.arrival or 0) < end]
-            if what == "pause" and one.kind == "transcode":
-                pieces = encoder_tail(pieces)
+            if what == "pause" and one.kind == "transcode":  # (from a second before the stop)
+                pieces = encoder_tail([x for x in pieces if (x.arrival or 0) >= moment - 1.0])
             measured[one.kind] = measure(pieces, moment)
         for kind, handover in measured.items():
             print(f"{kind} {what}: {handover}")
@@ -352,21 +353,25 @@ def channel(
 
 def check_recording(out_pieces: list[list[Piece]], takeover: Handover, pause: Handover) -> None:
     """The channel's recording is one file whose timeline skips what a listener waited: at
-    the pause as much as the pause, at the takeover no more than the takeover."""
+    the pause as much as the pause (the skip followed by the last speaker's ~2 s), at the
+    takeover no more than the takeover."""
     lengths = [round((f[-1].start + f[-1].samples) / OPUS_RATE, 2) for f in out_pieces if f]
     print(f"recording: {len(out_pieces)} file(s) of {lengths} s")
     assert len(out_pieces) == 1, f"the channel's recording is {len(out_pieces)} files"
     (pieces,) = out_pieces
     steps = [(b.start - (a.start + a.samples)) / OPUS_RATE for a, b in itertools.pairwise(pieces)]
     assert min(steps) >= 0, "the recording's timeline went back"
-    skipped, next_longest = sorted(steps)[-1], sorted(steps)[-2]
+    at = max(range(len(steps)), key=steps.__getitem__)
+    skipped, elsewhere = steps[at], max(steps[:at] + steps[at + 1 :])
+    after = (pieces[-1].start + pieces[-1].samples - pieces[at + 1].start) / OPUS_RATE
     print(
         f"recording: skipped {skipped * 1000:.0f} ms of a real {pause.real_gap * 1000:.0f} ms"
-        f" pause; {next_longest * 1000:.0f} ms elsewhere (takeover's real gap:"
-        f" {takeover.real_gap * 1000:.0f} ms)"
+        f" pause, {after:.2f} s before its end; {elsewhere * 1000:.0f} ms elsewhere (the"
+        f" takeover's real gap: {takeover.real_gap * 1000:.0f} ms)"
     )
     assert abs(skipped - pause.real_gap) <= BOUND
-    assert next_longest <= max(takeover.real_gap, 0) + BOUND
+    assert 1.5 <= after <= 3.0, "the recording's longest skip is not the pause"
+    assert elsewhere <= max(takeover.real_gap, 0) + BOUND
 
 
 def check_timelines(handovers: dict[str, Handover]) -> None:
@@ -409,8 +414,9 @@ async def test_each_kind_of_listener_waits_at_most_100_ms_at_a_takeover_and_skip
         out.stayed()
     if out.directory is not None:
         check_recording(await out.recordings(), takeovers["fast_path"], pauses["fast_path"])
-    waited = {kind: round(h.silence * 1000) for kind, h in takeovers.items()}
-    assert max(waited.values()) <= BOUND * 1000, f"ms waited at the takeover: {waited}"
-    assert all(h.silence >= PAUSE for h in pauses.values())  # (the pause was real)
+    waited = {kind: h.silence for kind, h in takeovers.items()}
+    assert max(waited.values()) <= BOUND, f"seconds waited at the takeover: {waited}"
+    paused = {kind: h.silence for kind, h in pauses.items()}
+    assert min(paused.values()) >= PAUSE, f"the pause was not real: {paused}"
     check_timelines(takeovers)
     check_timelines(pauses)
