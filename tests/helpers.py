@@ -4,14 +4,17 @@ what bench/ shares with the tests is in relay_app/tools/testing.py."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
+import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import anyio
 import numpy as np
 import pytest
 
@@ -47,6 +50,27 @@ def serving(
         finish_server(server)
     finally:
         server.stop()
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout: float = 10, step: float = 0.05
+) -> float:
+    """Seconds until `condition` held, polled every `step` without blocking the event loop:
+    a scenario's speakers (their tones) and clients (their answers to consent checks) run on
+    it, and a blocking wait of seconds froze them. AssertionError after `timeout`."""
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(timeout):
+            while not condition():
+                await anyio.sleep(step)
+    except TimeoutError:
+        raise AssertionError(f"condition not met in {timeout} s") from None
+    return time.monotonic() - started
+
+
+async def server_event(server: ServerProcess, name: str, **fields: Any) -> dict[str, Any]:
+    """`server.wait_event` (its log) read in a thread, for the same reason (`wait_until`)."""
+    return await anyio.to_thread.run_sync(functools.partial(server.wait_event, name, **fields))
 
 
 def assert_no_leaks(server: ServerProcess) -> None:

@@ -5,7 +5,6 @@ Mode-independent (the packets come from the RTP tap in both relay modes): run on
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core.metrics import Metrics
 from relay_app.tools.testing import ServerProcess
 
-from ..helpers import finish_server, serving
+from ..helpers import finish_server, server_event, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -49,12 +48,6 @@ def decode(path: Path) -> tuple[float, float]:
     return len(audio) / 48000, dominant_frequency(audio[-48000:], 48000)
 
 
-async def event(server: ServerProcess, name: str, **fields: Any) -> dict[str, Any]:
-    """Wait for a server event without blocking the loop: a recording starts with the first
-    second of audio, which this loop's sender must keep sending meanwhile."""
-    return await anyio.to_thread.run_sync(functools.partial(server.wait_event, name, **fields))
-
-
 def recording_config(directory: Path, **extra: Any) -> dict[str, Any]:
     """Recording on; a channel's file closes 1 s after its speaker stops (unless `extra` says
     otherwise), so that a test need not wait recording.continue_within's 10 s for its end."""
@@ -77,7 +70,7 @@ async def test_a_five_second_tone_is_recorded_and_decodes_to_the_tone(tmp_path: 
             async with RelayClient.connect(server.ws_url) as receiver:  # it is relayed, too
                 await receiver.start_receiving("english")
                 await receiver.wait_audio(1.0)
-            started = await event(server, "recording_started", stream_id="english")
+            started = await server_event(server, "recording_started", stream_id="english")
             await anyio.sleep(5.0)  # the tone stops after 5 s; the sender stays connected
             assert not server.find("recording_ended")
         ended = server.wait_event("recording_ended", stream_id="english")
@@ -103,7 +96,7 @@ async def test_a_channels_next_speakers_go_on_in_the_same_file_with_the_pause_ke
     for server in serving(tmp_path, recording_config(directory, continue_within=5.0)):
         async with RelayClient.connect(server.ws_url) as first:
             await first.start_sending(FiniteTone(440, 2.0), channel="english")
-            started = await event(server, "recording_started", stream_id="english")
+            started = await server_event(server, "recording_started", stream_id="english")
             await anyio.sleep(2.0)
         await anyio.sleep(1.0)
         async with (
@@ -111,7 +104,7 @@ async def test_a_channels_next_speakers_go_on_in_the_same_file_with_the_pause_ke
             RelayClient.connect(server.ws_url) as third,
         ):
             await second.start_sending(FiniteTone(660, 2.0), channel="english")
-            await event(server, "recording_continued", stream_id="english")
+            await server_event(server, "recording_continued", stream_id="english")
             await anyio.sleep(2.0)
             await third.start_sending(FiniteTone(880, 1.0), channel="english", takeover=True)
             await anyio.sleep(1.5)
@@ -156,7 +149,7 @@ async def test_an_unwritable_directory_does_not_interrupt_the_stream(tmp_path: P
         ):
             await sender.start_sending(ToneTrack(440), channel="english")
             await receiver.start_receiving("english")
-            failed = await event(server, "recording_failed", stream_id="english")
+            failed = await server_event(server, "recording_failed", stream_id="english")
             assert "cannot create" in failed["error"] and failed["level"] == "error"
             await receiver.wait_audio(2.0)
             recent = receiver.recorder.audio(1.0)
@@ -172,7 +165,7 @@ async def test_sigterm_mid_recording_leaves_a_file_that_decodes(tmp_path: Path) 
     try:
         async with RelayClient.connect(server.ws_url) as sender:
             await sender.start_sending(ToneTrack(440), channel="english")
-            await event(server, "recording_started")
+            await server_event(server, "recording_started")
             async with RelayClient.connect(server.ws_url) as receiver:
                 await receiver.start_receiving("english")
                 await receiver.wait_audio(2.5)

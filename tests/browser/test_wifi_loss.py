@@ -37,7 +37,7 @@ from relay_app.tools.testing import REPO, ServerProcess, deep_merge
 from relay_app.webrtc.sdp import red_payload_type
 
 from ..audio.test_recording import decode, recording_config
-from ..helpers import need, require_namespaces, serving, write_wav
+from ..helpers import need, require_namespaces, server_event, serving, write_wav
 from .test_browser import (
     BROWSER_CONFIG,
     CHROMIUM,
@@ -310,7 +310,7 @@ async def test_a_red_speakers_tone_decodes_at_python_and_ogg_listeners_and_in_th
             url = f"{server.status_url}/stream/english.ogg"
             assert abs(await anyio.to_thread.run_sync(ogg_tone, url) - 440) <= 10
             await page.context.close()
-        ended = await anyio.to_thread.run_sync(server.wait_event, "recording_ended")
+        ended = await server_event(server, "recording_ended")
         seconds, hz = decode(Path(ended["path"]))
         assert seconds >= 2 and abs(hz - 440) <= 10, (seconds, hz)
         assert server.metrics()["relay"]["drops"].get("not_opus", 0) == 0

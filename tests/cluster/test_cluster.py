@@ -7,7 +7,6 @@ Faults are real too: A killed with SIGKILL, Redis killed and started again.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import shutil
@@ -34,7 +33,7 @@ from relay_app.core.errors import sole_error
 from relay_app.tools.ogg_listener import ogg_listener
 from relay_app.tools.testing import RedisProcess, ServerProcess, cluster_config, free_udp_port
 
-from ..helpers import SECRET, finish_server
+from ..helpers import SECRET, finish_server, server_event, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -106,29 +105,12 @@ def make_cluster(
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
     """Poll until `condition` holds (AssertionError after `timeout`): for the fixture, where
-    no client runs yet. A scenario uses `until`."""
+    no client runs yet. A scenario uses helpers.wait_until."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """`wait_for` inside a scenario: its speakers' tones and its clients' answers to consent
-    checks run on this event loop, and a blocking wait froze them (a speaker silent for the
-    seconds Redis took to come back lost its channel)."""
-    try:
-        with anyio.fail_after(timeout):
-            while not condition():
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"condition not met in {timeout} s") from None
-
-
-async def logged(node: ServerProcess, name: str, **fields: Any) -> dict[str, Any]:
-    """`node.wait_event` without blocking the scenario's event loop (see `until`)."""
-    return await anyio.to_thread.run_sync(functools.partial(node.wait_event, name, **fields))
 
 
 def nodes_seen(node: ServerProcess) -> list[str]:
@@ -159,7 +141,7 @@ async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_no
         junk.publish("relay_app:events", "not json either")
     async with RelayClient.connect(a.ws_url) as sender:
         stream_id = await sender.start_sending(ToneTrack(440))
-        await until(lambda: listed(b, stream_id) and listed(c, stream_id), timeout=5)
+        await wait_until(lambda: listed(b, stream_id) and listed(c, stream_id), timeout=5)
         # B lists A's stream, with its node, before anyone listens on B.
         async with RelayClient.connect(b.ws_url) as probe:
             available = await probe.request(p.GetAvailableStreams(), "available_streams")
@@ -183,7 +165,7 @@ async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_no
             assert c.metrics()["live"]["upstreams"] == 1
             assert a.metrics()["active_receivers"] == 2
             # Every node counts the stream's listeners cluster-wide (A's links are not).
-            await until(
+            await wait_until(
                 lambda: all(
                     n.get("/stream/status", status_port=True).json()["streams"][0]["receivers"] == 3
                     for n in (a, b, c)
@@ -195,10 +177,10 @@ async def test_sender_on_a_receivers_on_b_and_c_hear_it_over_one_upstream_per_no
             await hears(b2, 440)  # B's other receiver goes on over the same upstream
             assert b.metrics()["live"]["upstreams"] == 1
         # The last receiver on B left: its upstream closes after the linger (1 s here).
-        event = await logged(b, "upstream_closed", stream_id=stream_id, timeout=5)
+        event = await server_event(b, "upstream_closed", stream_id=stream_id, timeout=5)
         assert event["reason"] == "no receivers left on this node"
-        await until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
-        await until(lambda: a.metrics()["active_receivers"] == 0, timeout=5)
+        await wait_until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+        await wait_until(lambda: a.metrics()["active_receivers"] == 0, timeout=5)
 
 
 async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
@@ -217,7 +199,7 @@ async def test_on_the_one_udp_port_two_streams_of_a_reach_b_over_two_links(
     ):
         low_id = await low.start_sending(ToneTrack(440))
         high_id = await high.start_sending(ToneTrack(660))
-        await until(lambda: listed(b, low_id) and listed(b, high_id), timeout=5)
+        await wait_until(lambda: listed(b, low_id) and listed(b, high_id), timeout=5)
         async with (
             RelayClient.connect(b.ws_url) as hears_low,
             RelayClient.connect(b.ws_url) as hears_high,
@@ -271,7 +253,7 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as sender:
         await sender.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall"), timeout=5)
         async with whep_play(f"{b.base_url}/whep/hall") as player:
             with ogg_listener(f"{b.status_url}/stream/hall.ogg") as ogg:
                 await whep_hears(player, 440)
@@ -287,7 +269,7 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_hear_a_sender_on_a_over_on
         assert refused.value.status == 404
         missing = b.get("/stream/nowhere.ogg", status_port=True)
         assert missing.status_code == 404, missing.text
-    await until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+    await wait_until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
 async def test_a_whep_player_and_an_ogg_listener_on_b_follow_the_channel_to_another_node(
@@ -299,21 +281,21 @@ async def test_a_whep_player_and_an_ogg_listener_on_b_follow_the_channel_to_anot
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     async with RelayClient.connect(a.ws_url) as first:
         await first.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall"), timeout=5)
         async with whep_play(f"{b.base_url}/whep/hall") as player:
             with ogg_listener(f"{b.status_url}/stream/hall.ogg") as ogg:
                 await whep_hears(player, 440)
                 await ogg_hears(ogg, 440)
                 await first.send(p.Stop())
                 await first.expect("stopped")
-                await until(lambda: not listed(b, "hall"), timeout=5)
+                await wait_until(lambda: not listed(b, "hall"), timeout=5)
                 async with RelayClient.connect(c.ws_url) as second:
                     await second.start_sending(ToneTrack(660), channel="hall")
                     await whep_hears(player, 660)
                     await ogg_hears(ogg, 660)
                     assert b.find("http_listener_followed")
                     assert len(b.find("upstream_opened")) == 2  # A's, then C's
-    await until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+    await wait_until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
 async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no_further(
@@ -328,7 +310,7 @@ async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no
     foyer = mint(SECRET, "receive", 600, stream="foyer")
     async with RelayClient.connect(a.ws_url, token=mint(SECRET, "send", 600)) as sender:
         await sender.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall"), timeout=5)
         with pytest.raises(WhipError) as refused:
             async with whep_play(f"{b.base_url}/whep/hall", token=foyer):
                 pass
@@ -341,9 +323,9 @@ async def test_with_auth_whep_and_ogg_on_b_play_a_with_their_tokens_scope_and_no
                 await whep_hears(player, 440)
                 await ogg_hears(ogg, 440)  # (its "latest" is the stream its token names)
                 assert b.metrics()["live"]["upstreams"] == 1
-                link = await logged(a, "client_authenticated", role="node")
+                link = await server_event(a, "client_authenticated", role="node")
                 assert link["subject"] == "b"
-    await until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+    await wait_until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
 async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_channel(
@@ -353,7 +335,7 @@ async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_chan
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     async with RelayClient.connect(a.ws_url) as sender:
         await sender.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall") and listed(c, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall") and listed(c, "hall"), timeout=5)
         async with RelayClient.connect(b.ws_url) as on_b, RelayClient.connect(c.ws_url) as on_c:
             await on_b.start_receiving("hall")
             await on_c.start_receiving("hall")
@@ -366,10 +348,10 @@ async def test_node_killed_its_stream_vanishes_and_its_listeners_follow_the_chan
                 ended = await receiver.receive(p.StreamEnded, timeout=NODE_TTL + 3)
                 assert ended.stream_id == "hall" and ended.waiting
             # Gone from every other node's listing within node_ttl (+ one beat of slack).
-            await until(lambda: not listed(b, "hall") and not listed(c, "hall"), timeout=5)
+            await wait_until(lambda: not listed(b, "hall") and not listed(c, "hall"), timeout=5)
             assert time.monotonic() - killed <= NODE_TTL + 1.5
             for node in (b, c):
-                await until(lambda node=node: nodes_seen(node) == ["b", "c"])
+                await wait_until(lambda node=node: nodes_seen(node) == ["b", "c"])
             # The channel's next sender, on C: the listener on B follows it over a new
             # upstream, the one on C locally, both on the sockets they had.
             async with RelayClient.connect(c.ws_url) as next_sender:
@@ -389,7 +371,7 @@ async def test_a_takeover_on_the_origin_plays_on_over_the_same_upstream(
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as first, RelayClient.connect(a.ws_url) as second:
         await first.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall"), timeout=5)
         async with RelayClient.connect(b.ws_url) as on_b:
             await on_b.start_receiving("hall")
             await hears(on_b, 440)
@@ -415,19 +397,19 @@ async def test_between_speakers_on_a_the_next_speaker_on_b_gets_the_channel_and_
     a, b = nodes["a"], nodes["b"]
     async with RelayClient.connect(a.ws_url) as first:
         await first.start_sending(ToneTrack(440), channel="hall")
-        await until(lambda: listed(b, "hall"), timeout=5)
+        await wait_until(lambda: listed(b, "hall"), timeout=5)
         async with RelayClient.connect(b.ws_url) as on_b:
             await on_b.start_receiving("hall")
             await hears(on_b, 440)
             await first.send(p.Stop())
             await first.expect("stopped")
-            await until(lambda: not listed(b, "hall"), timeout=5)
+            await wait_until(lambda: not listed(b, "hall"), timeout=5)
             assert b.metrics()["live"]["upstreams"] == 1  # (waiting on A for the next)
             async with RelayClient.connect(b.ws_url) as second:
                 await second.start_sending(ToneTrack(660), channel="hall")
                 await hears(on_b, 660)
                 assert sum(isinstance(m, p.Offer) for m in on_b.messages) == 1
-                await until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
+                await wait_until(lambda: b.metrics()["live"]["upstreams"] == 0, timeout=5)
 
 
 async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
@@ -441,14 +423,14 @@ async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
     ):
         remote_id = await remote_sender.start_sending(ToneTrack(660))
         local_id = await local_sender.start_sending(ToneTrack(440))
-        await until(lambda: listed(b, remote_id), timeout=5)
+        await wait_until(lambda: listed(b, remote_id), timeout=5)
         async with RelayClient.connect(b.ws_url) as local, RelayClient.connect(b.ws_url) as relayed:
             await local.start_receiving(local_id)
             await relayed.start_receiving(remote_id)
             await hears(local, 440)
             await hears(relayed, 660)
             redis.stop(signal.SIGKILL)
-            await until(lambda: b.get("/health").json()["cluster"]["redis"] == "unreachable")
+            await wait_until(lambda: b.get("/health").json()["cluster"]["redis"] == "unreachable")
             health = b.get("/health")
             assert health.status_code == 200 and health.json()["status"] == "healthy"
             # The listing degrades to B's own streams; the audio on B never stops, and the
@@ -456,13 +438,15 @@ async def test_redis_away_local_audio_goes_on_and_the_cluster_comes_back(
             assert listed(b, local_id)
             await hears(local, 440)
             await hears(relayed, 660)
-            await logged(b, "cluster_redis_unreachable")
+            await server_event(b, "cluster_redis_unreachable")
             # The same port, empty: every node writes its streams again.
             await anyio.to_thread.run_sync(redis.start)
-            await until(
+            await wait_until(
                 lambda: b.get("/health").json()["cluster"]["redis"] == "connected", timeout=15
             )
-            await until(lambda: listed(a, local_id) and listed(nodes["c"], remote_id), timeout=10)
+            await wait_until(
+                lambda: listed(a, local_id) and listed(nodes["c"], remote_id), timeout=10
+            )
             await hears(local, 440)
     for node in nodes.values():
         assert node.get("/health").status_code == 200
@@ -481,11 +465,11 @@ async def test_with_auth_links_use_node_tokens_and_a_receive_token_opens_no_upst
     receive = mint(SECRET, "receive", 600)
     async with RelayClient.connect(a.ws_url, token=send) as sender:
         stream_id = await sender.start_sending(ToneTrack(440))
-        await until(lambda: listed(b, stream_id), timeout=5)
+        await wait_until(lambda: listed(b, stream_id), timeout=5)
         async with RelayClient.connect(b.ws_url, token=receive) as listener:
             await listener.start_receiving(stream_id)
             await hears(listener, 440)
-            link = await logged(a, "client_authenticated", role="node")
+            link = await server_event(a, "client_authenticated", role="node")
             assert link["subject"] == "b"
             # A node token cannot chain a stream B only relays (links never loop).
             node = mint(SECRET, "node", 600, stream=stream_id, subject="x", to="b")
@@ -534,7 +518,7 @@ async def test_a_record_planted_in_redis_redirects_no_node_and_blocks_no_channel
             "channel": "english",
         }
         Redis.from_url(redis.url).set("relay_app:stream:english", json.dumps(planted), px=60000)
-        rejected = await logged(b, "cluster_record_rejected", key="relay_app:stream:english")
+        rejected = await server_event(b, "cluster_record_rejected", key="relay_app:stream:english")
         assert rejected["reason"] == "bad or no signature"
         assert "english" not in b.get("/stream/status").json()["active_streams"]
         async with RelayClient.connect(b.ws_url, token=mint(SECRET, "receive", 600)) as victim:
@@ -561,7 +545,7 @@ async def test_a_token_removed_on_one_node_is_refused_and_cut_on_every_node(
     planted = {"token_id": verify(SECRET, kept).token_id, "until": time.time() + 600}
     key = f"relay_app:revoked:{planted['token_id']}"
     Redis.from_url(redis.url).set(key, json.dumps(planted), px=60000)
-    await logged(b, "cluster_record_rejected", key=key)
+    await server_event(b, "cluster_record_rejected", key=key)
     async with (
         RelayClient.connect(a.ws_url, token=marie) as on_a,
         RelayClient.connect(b.ws_url, token=marie) as on_b,

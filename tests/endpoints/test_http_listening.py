@@ -23,7 +23,7 @@ from relay_app.core import protocol as p
 from relay_app.core.auth import mint
 from relay_app.tools.testing import ServerProcess
 
-from ..helpers import SECRET, serving
+from ..helpers import SECRET, server_event, serving
 
 # The HTTP path is fed from the RTP tap in both relay modes: the same code either way.
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
@@ -355,7 +355,7 @@ async def test_a_channel_listener_stays_on_when_a_speaker_leaves_before_any_audi
         async with RelayClient.connect(server.ws_url) as speaker:
             await speaker.start_sending(MuteTrack(), channel="hall")
             group.start_soon(listener)
-            await anyio.to_thread.run_sync(server.wait_event, "http_listener_started")
+            await server_event(server, "http_listener_started")
             await anyio.sleep(0.5)
         ended = partial(server.wait_event, "http_listener_ended", reason="stream ended")
         await anyio.to_thread.run_sync(ended)

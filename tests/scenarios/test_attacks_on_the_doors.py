@@ -25,7 +25,7 @@ from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import ServerProcess
 
 from ..endpoints.test_http_listening import assert_hears_tone, decode, listen
-from ..helpers import token
+from ..helpers import server_event, token
 
 pytestmark = pytest.mark.anyio
 
@@ -326,10 +326,10 @@ async def test_a_sender_over_the_opus_byte_rate_loses_its_recording_not_its_audi
     ):
         await sender.start_sending(ToneTrack(440), channel="spam")
         await receiver.start_receiving("spam")
-        stopped = await anyio.to_thread.run_sync(server.wait_event, "recording_stopped")
+        stopped = await server_event(server, "recording_stopped")
         assert "recording.max_bytes_per_second" in stopped["reason"]
         await receiver.wait_audio(3.0)  # the audio goes on
-    ended = await anyio.to_thread.run_sync(server.wait_event, "recording_ended")
+    ended = await server_event(server, "recording_ended")
     assert Path(ended["path"]).stat().st_size < 20_000
     decode(Path(ended["path"]).read_bytes())  # closed cleanly: it decodes
 
@@ -355,8 +355,8 @@ async def test_senders_without_audio_leave_no_recordings_and_old_ones_are_pruned
             await anyio.sleep(0.3)
     async with RelayClient.connect(server.ws_url) as sender:
         await sender.start_sending(ToneTrack(440), channel="talk")
-        await anyio.to_thread.run_sync(server.wait_event, "recording_started")
-    await anyio.to_thread.run_sync(server.wait_event, "recording_ended")
+        await server_event(server, "recording_started")
+    await server_event(server, "recording_ended")
     left = sorted(path.name for path in directory.iterdir())
     assert not [name for name in left if name.startswith("silent")], left
     assert old.name not in left and big[0].name not in left, left  # oldest first

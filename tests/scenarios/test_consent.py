@@ -13,7 +13,8 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack
 from relay_app.tools.testing import ServerProcess
 
-from .test_faults import client_process, wait_until
+from ..helpers import wait_until
+from .test_faults import client_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 

@@ -16,6 +16,8 @@ from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.core import protocol as p
 from relay_app.tools.testing import ServerProcess, start_client
 
+from ..helpers import wait_until
+
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 3.0  # webrtc.connection_timeout in these tests
@@ -40,15 +42,6 @@ def client_process(server: ServerProcess, *args: str) -> Iterator[subprocess.Pop
         process.send_signal(signal.SIGCONT)
         process.kill()
         process.wait(10)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds it took for `condition` to hold; fails after `timeout`."""
-    started = time.monotonic()
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.1)
-    return time.monotonic() - started
 
 
 async def test_frozen_receiver_does_not_delay_others_and_is_cleaned_up(

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -28,7 +28,12 @@ from relay_app.webrtc.batched_reads import (
 )
 from relay_app.webrtc.rtp_tap import audio_receiver, tap_receiver
 
+from ..helpers import wait_until
+
 pytestmark = pytest.mark.anyio
+
+# In-process state (a reader's ticks, the mux's counts) changes within milliseconds.
+soon = functools.partial(wait_until, step=0.01)
 
 
 async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_again() -> None:
@@ -57,17 +62,17 @@ async def test_an_unheard_peer_is_read_in_batches_without_loss_then_at_once_agai
         async with anyio.create_task_group() as tg:
             tg.start_soon(reads.run)
             with reads.watching(relay, lambda: unheard):
-                await wait_until(lambda: reads.paused_sockets >= 1)  # (at the second tick)
+                await soon(lambda: reads.paused_sockets >= 1)  # (at the second tick)
                 start = len(arrivals)
                 await anyio.sleep(1.5)
                 batched = arrivals[start:]
                 unheard = False
-                await wait_until(lambda: reads.paused_sockets == 0)  # (at the next tick)
+                await soon(lambda: reads.paused_sockets == 0)  # (at the next tick)
                 start = len(arrivals)
                 await anyio.sleep(1.0)
                 at_once = arrivals[start:]
                 unheard = True
-                await wait_until(lambda: reads.paused_sockets >= 1)
+                await soon(lambda: reads.paused_sockets >= 1)
             assert reads.paused_sockets == 0  # (the block's end resumes them)
             tg.cancel_scope.cancel()
     finally:
@@ -94,18 +99,11 @@ async def test_the_sockets_go_back_on_the_loop_when_the_reader_stops() -> None:
         with reads.watching(pc, lambda: True):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reads.run)
-                await wait_until(lambda: all(fd not in loop._selector.get_map() for fd in fds))
+                await soon(lambda: all(fd not in loop._selector.get_map() for fd in fds))
                 tg.cancel_scope.cancel()
             assert all(fd in loop._selector.get_map() for fd in fds)
     finally:
         await pc.close()
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Until `condition()` holds (the reader's ticks come late on a loaded machine)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 def _per_wake_up(arrivals: list[tuple[float, int]]) -> float:
@@ -149,7 +147,7 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
         async with anyio.create_task_group() as tg:
             tg.start_soon(reads.run)
             with reads.watching(relay, lambda: True):
-                await wait_until(lambda: reads.statistics() == ReadStatistics(1, 0, 0))
+                await soon(lambda: reads.statistics() == ReadStatistics(1, 0, 0))
                 # From the peer's own address, a first byte that is none of STUN, DTLS or
                 # RTP/RTCP is junk too.
                 [(speaker_transport, _, _, _)] = _transports(speaker)
@@ -160,7 +158,7 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
                         stranger.sendto(os.urandom(60), address)
                         sent += 1
                     if burst == 0:  # (the first batch overflows: what it held is lost)
-                        await wait_until(lambda: reads.statistics().guarded_sockets == 1)
+                        await soon(lambda: reads.statistics().guarded_sockets == 1)
                         guarded = len(arrivals)
                     await anyio.sleep(0.01)
                 assert reads.statistics().guarded_sockets == 1
@@ -174,7 +172,7 @@ async def test_a_flooded_socket_is_read_at_once_and_junk_never_reaches_the_ice_a
                         await anyio.sleep(0.01)
                 assert answer.transaction_id == request.transaction_id
                 await anyio.sleep(0.05 * CALM_TICKS)  # (calm: batched again)
-                await wait_until(lambda: reads.statistics().guarded_sockets == 0)
+                await soon(lambda: reads.statistics().guarded_sockets == 0)
                 statistics = reads.statistics()
                 assert statistics.paused_sockets == 1
                 assert 0.8 * sent + 1 <= statistics.junk_datagrams <= sent + 1, (statistics, sent)
@@ -217,7 +215,7 @@ async def test_on_uvloop_the_reader_says_once_it_is_off_and_peers_are_read_as_th
                     await relay.setRemoteDescription(speaker.localDescription)
                     await relay.setLocalDescription(await relay.createAnswer())
                     await speaker.setRemoteDescription(relay.localDescription)
-                    await wait_until(lambda: len(arrivals) >= 5, timeout=10)
+                    await soon(lambda: len(arrivals) >= 5, timeout=10)
                     start = len(arrivals)
                     await anyio.sleep(1.0)  # (twenty of the reader's intervals)
                     assert reads.statistics() == ReadStatistics(0, 0, 0)

@@ -6,9 +6,10 @@ new address is followed once its check is authenticated; a closed connection lea
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -33,7 +34,12 @@ from relay_app.webrtc.udp_mux import (
     own_sockets,
 )
 
+from ..helpers import wait_until
+
 pytestmark = pytest.mark.anyio
+
+# In-process state (a reader's ticks, the mux's counts) changes within milliseconds.
+soon = functools.partial(wait_until, step=0.01)
 HOST = "127.0.0.1"
 
 
@@ -102,12 +108,6 @@ def binding_request(username: str, password: str) -> bytes:
     return bytes(request)
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
 async def test_peers_on_one_port_each_reach_only_their_own_connection() -> None:
     async with serving_mux() as mux, AsyncExitStack() as stack:
         pairs = [await stack.enter_async_context(connected_pair(mux)) for _ in range(3)]
@@ -140,7 +140,7 @@ async def test_what_no_connection_can_claim_is_dropped_before_aioice_and_counted
         with raw_socket() as stranger:
             for datagram in junk:
                 stranger.sendto(datagram, (HOST, mux.port))
-            await wait_until(lambda: mux.statistics().unknown_datagrams == len(junk))
+            await soon(lambda: mux.statistics().unknown_datagrams == len(junk))
             assert await answers(stranger) == []  # (nobody answered)
         await peer.send(b"\x80 still heard")
         with anyio.fail_after(5):
@@ -152,7 +152,7 @@ async def test_a_new_address_is_followed_only_once_its_check_is_authenticated() 
         username = f"{relay.local_username}:{peer.local_username}"
         with raw_socket() as roamed:
             roamed.sendto(b"\x80 before any check", (HOST, mux.port))
-            await wait_until(lambda: mux.statistics().unknown_datagrams == 1)
+            await soon(lambda: mux.statistics().unknown_datagrams == 1)
 
             roamed.sendto(binding_request(username, "a wrong password 12345"), (HOST, mux.port))
             [refused] = map(stun.parse_message, await answers(roamed))
@@ -161,7 +161,7 @@ async def test_a_new_address_is_followed_only_once_its_check_is_authenticated() 
                 401,
             )
             roamed.sendto(b"\x80 after a refused check", (HOST, mux.port))
-            await wait_until(lambda: mux.statistics().unknown_datagrams == 2)
+            await soon(lambda: mux.statistics().unknown_datagrams == 2)
 
             roamed.sendto(binding_request(username, relay.local_password), (HOST, mux.port))
             # (aioice answers, and checks the new address back: a triggered check)
@@ -182,7 +182,7 @@ async def test_checks_from_a_stranger_are_limited_before_aioice_sees_them() -> N
                 stranger.sendto(
                     binding_request(username, "not the password 1234"), (HOST, mux.port)
                 )
-            await wait_until(lambda: mux.statistics().unknown_datagrams >= 3 * STRANGER_CHECKS)
+            await soon(lambda: mux.statistics().unknown_datagrams >= 3 * STRANGER_CHECKS)
             refused = len(await answers(stranger))
             assert 0 < refused <= 2 * STRANGER_CHECKS  # (a window may turn over meanwhile)
         await peer.send(b"\x80 still heard")
@@ -197,7 +197,7 @@ async def test_a_closed_connection_leaves_the_port_and_its_peer_is_a_stranger_ag
         stats = mux.statistics()
         assert (stats.connections, stats.addresses, stats.transactions) == (0, 0, 0)
         await peer.sendto(b"\x80 to nobody", 1)
-        await wait_until(lambda: mux.statistics().unknown_datagrams == stats.unknown_datagrams + 1)
+        await soon(lambda: mux.statistics().unknown_datagrams == stats.unknown_datagrams + 1)
 
 
 async def test_when_the_port_closes_its_connections_close_with_it() -> None:
@@ -243,7 +243,7 @@ async def speaker_to_relay(mux: UdpMux) -> AsyncIterator[tuple[RTCPeerConnection
         await relay.setLocalDescription(await relay.createAnswer())
         assert f" {mux.port} typ host" in relay.localDescription.sdp
         await speaker.setRemoteDescription(relay.localDescription)
-        await wait_until(lambda: bool(arrivals), 10)
+        await soon(lambda: bool(arrivals), 10)
         yield relay, arrivals
     finally:
         await speaker.close()
@@ -258,19 +258,19 @@ async def test_a_quiet_peer_on_the_port_is_read_in_batches_and_at_once_again_whe
         async with anyio.create_task_group() as tg:
             tg.start_soon(reads.run)
             with reads.watching(relay, lambda: unheard):
-                await wait_until(lambda: mux.statistics().batched)
+                await soon(lambda: mux.statistics().batched)
                 assert reads.paused_sockets == 0  # (no socket of its own to pause)
                 arrivals.clear()
                 await anyio.sleep(1)
                 batches = {round(arrival / 0.05) for arrival in arrivals}
                 assert len(arrivals) >= 40 and len(batches) <= 0.5 * len(arrivals)
                 unheard = False
-                await wait_until(lambda: not mux.statistics().batched)
+                await soon(lambda: not mux.statistics().batched)
                 arrivals.clear()
                 await anyio.sleep(0.5)
                 assert len({round(arrival, 3) for arrival in arrivals}) >= 0.8 * len(arrivals)
                 unheard = True
-                await wait_until(lambda: mux.statistics().batched)
+                await soon(lambda: mux.statistics().batched)
             assert not mux.statistics().batched  # (out of its care: read at once)
             tg.cancel_scope.cancel()
 
@@ -282,13 +282,13 @@ async def test_a_flood_at_a_batched_port_is_read_at_once_until_it_is_calm() -> N
         async with anyio.create_task_group() as tg:
             tg.start_soon(reads.run)
             with reads.watching(relay, lambda: True), raw_socket() as attacker:
-                await wait_until(lambda: mux.statistics().batched)
+                await soon(lambda: mux.statistics().batched)
                 for _ in range(10):
                     for _ in range(200):
                         attacker.sendto(b"\xff junk", (HOST, mux.port))
                     await anyio.sleep(0.01)
                 assert mux.statistics().guarded and not mux.statistics().batched
-                await wait_until(lambda: mux.statistics().batched, 5)
+                await soon(lambda: mux.statistics().batched, 5)
                 assert mux.statistics().unknown_datagrams == 2000
                 arrivals.clear()
                 await anyio.sleep(0.3)
@@ -303,7 +303,7 @@ async def test_a_muxed_peer_sends_on_the_shared_socket_and_has_no_socket_of_its_
         sendto = of_asyncio.datagram_sendto(protocol.transport)
         with raw_socket() as listener:
             sendto(b"\x80 a fast-path copy", listener.getsockname())
-            await wait_until(lambda: bool(select.select([listener], [], [], 0)[0]))
+            await soon(lambda: bool(select.select([listener], [], [], 0)[0]))
             data, source = listener.recvfrom(2048)
             assert (data, source) == (b"\x80 a fast-path copy", (HOST, mux.port))
     assert mux.statistics().connections == 0
