@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from relay_app.client import (
@@ -26,7 +25,7 @@ from relay_app.core.auth import mint
 from relay_app.core.errors import sole_error
 from relay_app.tools.testing import ServerProcess
 
-from ..helpers import SECRET, require_namespaces, serving
+from ..helpers import SECRET, require_namespaces, server_event, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -141,8 +140,8 @@ async def test_with_auth_only_an_admin_token_may_use_it(tmp_path: Path) -> None:
         # A recording, listed and fetched by the admin only.
         async with RelayClient.connect(server.ws_url, token=mint(SECRET, "send", 600)) as sender:
             await sender.start_sending(ToneTrack(440), channel="english")
-            # (in a thread: the recording starts with the first second of this loop's audio)
-            await anyio.to_thread.run_sync(server.wait_event, "recording_started")
+            # (not blocking: the recording starts with the first second of this loop's audio)
+            await server_event(server, "recording_started")
             listed = server.get("/admin/recordings", headers=admin).json()["recordings"]
             assert len(listed) == 1 and listed[0]["recording"] is True
         server.wait_event("recording_ended")

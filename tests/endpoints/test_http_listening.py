@@ -7,7 +7,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -357,8 +356,7 @@ async def test_a_channel_listener_stays_on_when_a_speaker_leaves_before_any_audi
             group.start_soon(listener)
             await server_event(server, "http_listener_started")
             await anyio.sleep(0.5)
-        ended = partial(server.wait_event, "http_listener_ended", reason="stream ended")
-        await anyio.to_thread.run_sync(ended)
+        await server_event(server, "http_listener_ended", reason="stream ended")
         async with RelayClient.connect(server.ws_url) as speaker:
             await speaker.start_sending(ToneTrack(660), channel="hall")
             await anyio.sleep(4.0)

@@ -17,7 +17,7 @@ import pytest
 from relay_app.client import RelayClient, ToneTrack, dominant_frequency
 from relay_app.tools.testing import REPO, ServerProcess, free_port, start_client
 
-from ..helpers import write_wav
+from ..helpers import server_event, write_wav
 
 LOOPBACK = ("--ice-address", "127.0.0.1")
 
@@ -112,9 +112,7 @@ async def test_check_and_listen_say_no_audio_arrived_and_fail(server: ServerProc
 async def test_send_says_why_an_operator_ended_it_and_fails(server: ServerProcess) -> None:
     sender = _client(server, "send", "--tone", "440", "--channel", "stage", "--duration", "60")
     try:
-        await anyio.to_thread.run_sync(
-            lambda: server.wait_event("stream_stored", timeout=20, stream_id="stage")
-        )
+        await server_event(server, "stream_stored", timeout=20, stream_id="stage")
         assert server.post("/admin/streams/stage/stop").status_code == 200
         _, err = await anyio.to_thread.run_sync(lambda: sender.communicate(timeout=30))
     finally:
@@ -127,9 +125,7 @@ async def test_send_says_why_an_operator_ended_it_and_fails(server: ServerProces
 async def test_send_says_the_operator_disconnected_it_and_fails(server: ServerProcess) -> None:
     sender = _client(server, "send", "--tone", "440", "--channel", "desk", "--duration", "60")
     try:
-        stored = await anyio.to_thread.run_sync(
-            lambda: server.wait_event("stream_stored", timeout=20, stream_id="desk")
-        )
+        stored = await server_event(server, "stream_stored", timeout=20, stream_id="desk")
         disconnect = f"/admin/sessions/{stored['connection_id']}/disconnect"
         assert server.post(disconnect).status_code == 200
         _, err = await anyio.to_thread.run_sync(lambda: sender.communicate(timeout=30))

@@ -29,6 +29,8 @@ import pytest
 from relay_app.client import RelayClient
 from relay_app.tools.testing import ServerProcess, assert_kept_hearing, listening_pair
 
+from ..helpers import server_event
+
 pytestmark = [pytest.mark.anyio, pytest.mark.mode_independent]
 
 ATTACKER = "127.0.0.2"
@@ -118,9 +120,7 @@ async def test_a_flooded_listener_port_keeps_its_listener_and_the_junk_is_droppe
         assert junk >= 0.9 * int(sent), (junk, sent)
         assert server.find("media_socket_flooded", port=port)
         # Once the flood is over, the socket is batched again.
-        await anyio.to_thread.run_sync(
-            lambda: server.wait_event("media_socket_calm", 10, port=port)
-        )
+        await server_event(server, "media_socket_calm", port=port)
 
 
 # B. A WebSocket client that stops reading and sends megabyte frames --------------------------

@@ -34,6 +34,7 @@ from relay_app.tools.testing import (
     listening_pair,
 )
 
+from ..helpers import server_event
 from .test_hardening_round4_transport import (
     ATTACKER,
     FLOOD_RATE,
@@ -229,7 +230,7 @@ async def test_a_flood_while_every_peer_is_quiet_puts_the_port_on_the_loop_till_
 
         await flood(("127.0.0.1", port), [os.urandom(60), b"\x80" + os.urandom(59)], speaker_kept)
         assert any(guarded), "the flood never put the port on the loop"
-        await anyio.to_thread.run_sync(lambda: server.wait_event("media_socket_calm", 10))
+        await server_event(server, "media_socket_calm")
         assert server.find("media_socket_flooded", port=port)
         await anyio.to_thread.run_sync(lambda: wait_for_port(server, batched=True))
         async with RelayClient.connect(server.ws_url) as listener:
